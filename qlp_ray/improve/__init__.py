@@ -1,0 +1,1 @@
+"""improve stage of qlp_ray."""

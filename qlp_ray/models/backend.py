@@ -1,0 +1,53 @@
+"""The inference-backend protocol: the rest of qlp_ray does not care which engine runs.
+
+Implementations: ``TransformersBackend`` (default, CPU/GPU), OpenVINO (hardware
+issue), vLLM (optional GPU extra). A backend serves one base model and any
+number of adapters (by adapter id, ``None`` = the bare base model).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = "length"  # "stop" | "length"
+    extra: dict = field(default_factory=dict)
+
+
+class InferenceBackend(abc.ABC):
+    """Generates text from one base model with an optional adapter (or stack) applied."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest, adapter: str | None = None) -> Generation:
+        """Generate one completion; ``adapter`` is a loaded adapter name or ``None``."""
+
+    @abc.abstractmethod
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load a (verified) adapter directory under ``name``."""
+
+    @abc.abstractmethod
+    def unload_adapter(self, name: str) -> None:
+        """Free an adapter; unknown names are ignored."""
+
+    @property
+    @abc.abstractmethod
+    def loaded_adapters(self) -> list[str]:
+        """Names of adapters currently loaded."""

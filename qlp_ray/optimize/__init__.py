@@ -1,0 +1,1 @@
+"""optimize stage of qlp_ray."""

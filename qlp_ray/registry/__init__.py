@@ -1,0 +1,1 @@
+"""registry stage of qlp_ray."""

@@ -1,0 +1,1 @@
+"""tune stage of qlp_ray."""
