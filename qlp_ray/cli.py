@@ -80,7 +80,8 @@ def _register() -> None:
     import importlib
 
     for module_name, group in [
-        # ("qlp_ray.cli_adapters", "adapters"),
+        ("qlp_ray.cli_keys", "keys"),
+        ("qlp_ray.cli_adapters", "adapters"),
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)
