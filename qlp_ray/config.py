@@ -64,8 +64,8 @@ class TinyModelConfig(_Section):
     num_heads: int = Field(4, ge=1, description="Attention heads.")
     intermediate_size: int = Field(256, ge=16, description="MLP width.")
     max_position: int = Field(256, ge=32, description="Longest sequence the model sees.")
-    pretrain_steps: int = Field(400, ge=0, description="Pre-training steps on the bundled corpus.")
-    batch_size: int = Field(16, ge=1, description="Pre-training batch size.")
+    pretrain_steps: int = Field(300, ge=0, description="Pre-training steps on the bundled corpus.")
+    batch_size: int = Field(8, ge=1, description="Pre-training batch size.")
     learning_rate: float = Field(3e-3, gt=0, description="Pre-training peak learning rate.")
     seed: int = Field(0, description="Seed for tokenizer, init and data order.")
 
