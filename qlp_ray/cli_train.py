@@ -62,8 +62,7 @@ def train(
             how = _ensure_ray(cfg)
             console.log(f"Ray: {how}")
 
-            def progress(message: str) -> None:
-                console.log(message)
+            def progress(message: str) -> None:  # the pipeline also logs each stage
                 status.update(message)
 
             record = train_and_register(

@@ -94,11 +94,20 @@ class AdaLoraAllocateCallback(TrainerCallback):
 def rank_pattern(model: Any) -> dict[str, int] | None:
     """Kept rank per AdaLoRA module (``{module: rank}``), or None for LoRA / before allocation."""
     peft_model = unwrap_peft_model(model)
-    config = peft_model.peft_config[getattr(peft_model, "active_adapter", "default")]
-    pattern = getattr(config, "rank_pattern", None)
+    adapter = getattr(peft_model, "active_adapter", "default")
+    pattern = getattr(peft_model.peft_config[adapter], "rank_pattern", None)
     if not pattern:
         return None
-    return {name: int(sum(bool(x) for x in mask)) for name, mask in pattern.items()}
+    return {
+        _module_name(name, adapter): int(sum(map(bool, mask))) for name, mask in pattern.items()
+    }
+
+
+def _module_name(param_name: str, adapter: str) -> str:
+    """``base_model.model.model.layers.0.self_attn.q_proj.lora_E.default`` → ``model.layers.0…``."""
+    name = param_name.removeprefix("base_model.model.")
+    name = name.removesuffix(f".{adapter}")
+    return name.removesuffix(".lora_E")
 
 
 __all__ = [

@@ -184,8 +184,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _use_gpu(train_cfg: TrainConfig) -> bool:
+    """``train.use_gpu``, or when unset: whether the Ray cluster (else this host) has a GPU."""
     if train_cfg.use_gpu is not None:
         return train_cfg.use_gpu
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) > 0
     import torch
 
     return torch.cuda.is_available()

@@ -7,6 +7,7 @@ Two Ray Train runs in total (each ~20–40 s on 2 cores): a 2-worker DDP LoRA ru
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def test_ray_train_two_workers_lowers_heldout_loss(ray_local, tiny_cfg):
     m = result.metrics
     assert m["world_size"] == 2 and m["workers"] == 2
     assert m["steps"] == 30
-    assert m["eval_loss_after"] < m["eval_loss_before"] - 0.1, m
+    assert m["eval_loss_after"] < 0.95 * m["eval_loss_before"], m
     assert m["tokens_per_s"] > 0 and m["tokens"] > 0
     assert m["heldout_source"] == "file"
     # Metrics went through ray.train.report: every logging step plus the final report.
@@ -51,12 +52,19 @@ def test_ray_train_two_workers_lowers_heldout_loss(ray_local, tiny_cfg):
 
 def test_train_and_register_adalora_signed_with_centroid(ray_local, tiny_cfg):
     data = sample_path("ml", "train")
+    adapter_id = f"ml-it-{uuid.uuid4().hex[:8]}"  # fresh id: QLP_TEST_HOME may be reused
     record = train_and_register(
-        tiny_cfg, domain="ml", data_path=data, method="adalora", workers=1, steps=20
+        tiny_cfg,
+        domain="ml",
+        data_path=data,
+        adapter_id=adapter_id,
+        method="adalora",
+        workers=1,
+        steps=20,
     )
-    assert (record.adapter_id, record.domain, record.version) == ("ml", "ml", 1)
+    assert (record.adapter_id, record.domain, record.version) == (adapter_id, "ml", 1)
     assert record.signed
-    verified = Registry(tiny_cfg).verify("ml")
+    verified = Registry(tiny_cfg).verify(adapter_id)
     assert verified.signed and verified.path == record.path
 
     info = json.loads((record.path / "qlp.json").read_text())
@@ -66,7 +74,9 @@ def test_train_and_register_adalora_signed_with_centroid(ray_local, tiny_cfg):
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
     assert metrics["steps"] == 20 and metrics["tokens_per_s"] > 0
     assert info["train_config"]["method"] == "adalora" and info["train_config"]["steps"] == 20
-    assert info["rank_pattern"] and len(set(info["rank_pattern"].values())) > 1
+    ranks = info["rank_pattern"]
+    assert len(ranks) == 16 and len(set(ranks.values())) > 1
+    assert "model.layers.0.self_attn.q_proj" in ranks
     assert info["run"]["heldout_records"] >= 1  # split off: no held-out file was given
 
     centroid = np.asarray(info["centroid"], dtype=np.float32)

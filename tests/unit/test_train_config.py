@@ -91,3 +91,20 @@ def test_empty_and_missing_data_are_refused(tmp_path):
     one = _write(tmp_path / "one.jsonl", [_row(1)])
     with pytest.raises(TrainingError, match="at least 2"):
         load_training_data("api", one)
+
+
+def test_cli_train_rejects_bad_arguments_before_starting_ray(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from qlp_ray.cli import app
+
+    monkeypatch.setenv("QLP_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    missing = runner.invoke(app, ["train", "--domain", "api", "--data", str(tmp_path / "x.jsonl")])
+    assert missing.exit_code == 1
+    assert "--data file not found" in missing.output
+    data = _write(tmp_path / "t.jsonl", [_row(i) for i in range(3)])
+    bad = runner.invoke(app, ["train", "--domain", "api", "--data", str(data), "--method", "dora"])
+    assert bad.exit_code == 1
+    assert "--method must be 'lora' or 'adalora'" in bad.output
+    assert not (tmp_path / "home" / "runs").exists()
