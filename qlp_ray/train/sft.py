@@ -18,7 +18,12 @@ from typing import Any
 
 from qlp_ray.config import TrainConfig
 from qlp_ray.errors import TrainingError
-from qlp_ray.train.peft_setup import AdaLoraAllocateCallback, build_peft_config, rank_pattern
+from qlp_ray.train.peft_setup import (
+    AdaLoraAllocateCallback,
+    build_peft_config,
+    rank_pattern,
+    unwrap_peft_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +112,56 @@ def _finite(value: Any, name: str) -> float:
     return float(value)
 
 
+def adalora_orth_penalty(peft_model: Any) -> Any:
+    """AdaLoRA's orthogonal regulariser: mean Frobenius norm of ``PPᵀ - I`` / ``QᵀQ - I``.
+
+    The same term PEFT's ``AdaLoraModel.forward`` adds to ``outputs.loss``.
+    """
+    import torch
+
+    adapter = peft_model.active_adapter
+    total, count = None, 0
+    for name, p in peft_model.named_parameters():
+        if not (("lora_A" in name or "lora_B" in name) and f".{adapter}" in name):
+            continue
+        cov = p @ p.T if "lora_A" in name else p.T @ p
+        eye = torch.eye(*cov.size(), dtype=cov.dtype, device=cov.device)
+        term = torch.norm(cov - eye, p="fro")
+        total = term if total is None else total + term
+        count += 1
+    if total is None:
+        raise TrainingError("no AdaLoRA lora_A/lora_B parameters found for the orthogonal penalty")
+    return total / count
+
+
+def _trainer_class(method: str):
+    """``SFTTrainer``, or for AdaLoRA a subclass that keeps the orthogonal regulariser.
+
+    TRL 1.16 computes the SFT loss from fused per-token log-probs and ignores the
+    model's own ``loss``, which is where PEFT adds AdaLoRA's orthogonal regulariser;
+    without this the SVD factors P, Q are not kept orthogonal during training.
+    """
+    from trl import SFTTrainer
+
+    if method != "adalora":
+        return SFTTrainer
+
+    class AdaLoraSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+            if not model.training:
+                return result  # held-out loss stays the plain completion loss
+            loss, outputs = result if return_outputs else (result, None)
+            peft_model = unwrap_peft_model(model)
+            weight = peft_model.peft_config[peft_model.active_adapter].orth_reg_weight
+            loss = loss + weight * adalora_orth_penalty(peft_model)
+            return (loss, outputs) if return_outputs else loss
+
+    return AdaLoraSFTTrainer
+
+
 def run_sft(
     base_path: str | Path,
     train_records: Sequence[dict[str, str]],
@@ -128,7 +183,6 @@ def run_sft(
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTTrainer
 
     output_dir = Path(output_dir)
     train_ds = records_to_dataset(train_records, "training")
@@ -150,7 +204,7 @@ def run_sft(
     args = build_sft_args(
         train_cfg, output_dir / "trainer", max_seq_len=max_seq_len, use_cpu=use_cpu
     )
-    trainer = SFTTrainer(
+    trainer = _trainer_class(train_cfg.method)(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -203,8 +257,6 @@ def run_sft(
 
 def save_adapter_dir(model: Any, dest: Path) -> Path:
     """Save only ``adapter_model.safetensors`` + ``adapter_config.json`` into ``dest``."""
-    from qlp_ray.train.peft_setup import unwrap_peft_model
-
     peft_model = unwrap_peft_model(model)
     dest.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(dest), safe_serialization=True)
@@ -219,4 +271,11 @@ def save_adapter_dir(model: Any, dest: Path) -> Path:
     return dest
 
 
-__all__ = ["ADAPTER_FILES", "SFTResult", "build_sft_args", "records_to_dataset", "run_sft"]
+__all__ = [
+    "ADAPTER_FILES",
+    "SFTResult",
+    "adalora_orth_penalty",
+    "build_sft_args",
+    "records_to_dataset",
+    "run_sft",
+]

@@ -98,3 +98,31 @@ def test_training_options_are_validated(overrides, needle):
 
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         effective_train_config(load_config(defaults_file=None, environ={}), **overrides)
+
+
+def test_orth_penalty_matches_peft_adalora_regulariser(tiny_cfg):
+    """TRL drops the model's own loss; our re-added penalty must equal PEFT's term."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from qlp_ray.train.peft_setup import build_peft_config
+    from qlp_ray.train.sft import adalora_orth_penalty
+
+    train_cfg = effective_train_config(tiny_cfg, method="adalora", steps=20)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(resolve_base_path(tiny_cfg))
+    model = get_peft_model(base, build_peft_config(train_cfg, 20))
+    ids = torch.randint(0, 100, (2, 12))
+    model.train()
+    torch.manual_seed(1)
+    with_reg = model(input_ids=ids, labels=ids).loss
+    config = model.peft_config["default"]
+    weight, config.orth_reg_weight = config.orth_reg_weight, 0.0
+    torch.manual_seed(1)  # same dropout mask
+    without = model(input_ids=ids, labels=ids).loss
+    penalty = adalora_orth_penalty(model)
+    assert float(penalty) > 0
+    assert float(with_reg - without) == pytest.approx(weight * float(penalty), rel=1e-4)
+    penalty.backward()
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
