@@ -56,6 +56,7 @@ def build_peft_config(train_cfg: TrainConfig, total_steps: int) -> PeftConfig:
             tinit=a.tinit,
             tfinal=a.tfinal,
             deltaT=a.delta_t,
+            orth_reg_weight=a.orth_reg_weight,
             total_step=total_steps,
             **common,
         )

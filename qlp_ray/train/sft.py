@@ -78,12 +78,15 @@ def build_sft_args(
     from trl import SFTConfig
 
     steps = train_cfg.steps
+    learning_rate = train_cfg.learning_rate
+    if train_cfg.method == "adalora" and train_cfg.adalora.learning_rate is not None:
+        learning_rate = train_cfg.adalora.learning_rate
     return SFTConfig(
         output_dir=str(output_dir),
         max_steps=steps,
         per_device_train_batch_size=train_cfg.batch_size,
         per_device_eval_batch_size=max(train_cfg.batch_size, 16),
-        learning_rate=train_cfg.learning_rate,
+        learning_rate=learning_rate,
         warmup_steps=train_cfg.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps
         lr_scheduler_type="linear",
         logging_steps=max(1, steps // 10),

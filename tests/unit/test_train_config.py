@@ -27,6 +27,7 @@ def test_adalora_config_carries_schedule():
     assert isinstance(peft, AdaLoraConfig)
     assert (peft.total_step, peft.init_r, peft.target_r) == (30, 12, 4)
     assert (peft.tinit, peft.tfinal, peft.deltaT) == (5, 5, 2)
+    assert peft.orth_reg_weight == cfg.adalora.orth_reg_weight
 
 
 @pytest.mark.parametrize(
