@@ -76,6 +76,7 @@ def build_stack(home: Path):
     """Tiny base + three trained adapters (dataeng, frontend registered; devops not yet)."""
     from qlp_ray.config import load_config
     from qlp_ray.models.base import base_model_id, load_base
+    from qlp_ray.registry.signing import init_keys
     from qlp_ray.registry.store import Registry
     from qlp_ray.route.centroid import compute_centroid
     from qlp_ray.route.embeddings import get_embedder
@@ -83,7 +84,7 @@ def build_stack(home: Path):
     os.environ["HF_HUB_OFFLINE"] = "1"
     overrides = {
         "paths": {"home": str(home)},
-        "model": {"tiny": {"pretrain_steps": 20, "hidden_size": 64, "num_layers": 2}},
+        "model": {"tiny": {"pretrain_steps": 10, "hidden_size": 64, "num_layers": 2}},
         "serve": {
             "port": PORT,
             "max_adapters_per_replica": 1,  # every adapter switch exercises LRU eviction
@@ -100,6 +101,7 @@ def build_stack(home: Path):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     embedder = get_embedder()
+    init_keys(cfg.paths.keys)
     registry = Registry(cfg)
     work = home / "adapters"
     dirs = {}

@@ -58,8 +58,8 @@ def setup(tokenizer, tmp_path_factory):
     base = _tiny_llama()
     reference = copy.deepcopy(base)
     root = tmp_path_factory.mktemp("adapters")
-    a = _save_adapter(base, root / "a", seed=1)
-    b = _save_adapter(base, root / "b", seed=2)
+    a = _save_adapter(base, root / "first", seed=1)
+    b = _save_adapter(base, root / "second", seed=2)
     backend = TransformersBackend(base, tokenizer)
     return backend, reference, a, b
 
@@ -95,29 +95,34 @@ def test_base_generation_matches_plain_model_and_counts_tokens(setup, tokenizer)
 def test_adapters_by_name_change_output_and_base_stays_base(setup):
     backend, _, a, b = setup
     base_text = backend.generate(REQ).text
-    backend.load_adapter("a", str(a))
-    backend.load_adapter("b", str(b))
-    assert backend.loaded_adapters == ["a", "b"]
-    text_a = backend.generate(REQ, adapter="a").text
-    text_b = backend.generate(REQ, adapter="b").text
+    backend.load_adapter("first", str(a))
+    backend.load_adapter("second", str(b))
+    assert backend.loaded_adapters == ["first", "second"]
+    text_a = backend.generate(REQ, adapter="first").text
+    text_b = backend.generate(REQ, adapter="second").text
     assert text_a != base_text and text_b != base_text and text_a != text_b
     # None = adapters disabled: identical to the base model even with adapters loaded
     assert backend.generate(REQ).text == base_text
-    assert backend.generate(REQ, adapter="a").text == text_a
+    assert backend.generate(REQ, adapter="first").text == text_a
 
 
 def test_concurrent_requests_never_see_another_adapter(setup):
     backend, _, a, b = setup
-    backend.load_adapter("a", str(a))
-    backend.load_adapter("b", str(b))
-    expected = {name: backend.generate(REQ, adapter=name).text for name in ("a", "b", None)}
+    backend.load_adapter("first", str(a))
+    backend.load_adapter("second", str(b))
+    expected = {
+        name: backend.generate(REQ, adapter=name).text for name in ("first", "second", None)
+    }
     results: list[tuple[str | None, str]] = []
 
     def worker(name: str | None) -> None:
         for _ in range(3):
             results.append((name, backend.generate(REQ, adapter=name).text))
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b", None, "a", "b")]
+    threads = [
+        threading.Thread(target=worker, args=(n,))
+        for n in ("first", "second", None, "first", "second")
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -155,8 +160,8 @@ def test_pickle_and_mismatched_adapters_are_refused(setup, tmp_path):
         backend.load_adapter("other", str(other))
     assert "other" not in backend.loaded_adapters
     assert "other" not in backend.peft_model.peft_config
-    backend.load_adapter("a", str(a))
-    assert backend.generate(REQ, adapter="a").completion_tokens >= 1
+    backend.load_adapter("first", str(a))
+    assert backend.generate(REQ, adapter="first").completion_tokens >= 1
 
 
 def test_stop_strings_and_context_limit(setup):
