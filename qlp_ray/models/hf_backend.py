@@ -13,7 +13,6 @@ trained for another base model) raises ``AdapterLoadError``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -221,8 +220,3 @@ class TransformersBackend(InferenceBackend):
             finish_reason=finish,
             extra={"adapter": adapter, "generate_ms": round(ms, 2)},
         )
-
-
-def read_adapter_config(path: str | Path) -> dict[str, Any]:
-    """The parsed ``adapter_config.json`` of an adapter directory."""
-    return json.loads((Path(path) / ADAPTER_CONFIG).read_text())

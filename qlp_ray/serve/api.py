@@ -8,6 +8,7 @@ header) and carries ``x-request-id``.
 
 # No `from __future__ import annotations` here: Serve's ingress re-creates the route
 # methods, and FastAPI must see real types (not strings) to recognise Request/Response.
+import asyncio
 import hmac
 import logging
 import time
@@ -106,10 +107,11 @@ class Gateway:
         if expected and not key_matches(request, expected):
             raise AuthenticationError(_KEY_MESSAGE)
 
-    def _adapters(self, *, fresh: bool = False) -> dict[str, Any]:
-        """Registered adapters by id (cached for a few seconds)."""
+    async def _adapters(self, *, fresh: bool = False) -> dict[str, Any]:
+        """Registered adapters by id (cached for a few seconds; listing hashes files)."""
         if fresh or time.monotonic() - self._listed_at > _ADAPTER_LIST_TTL_S:
-            self._records = {r.adapter_id: r for r in self.registry.list()}
+            records = await asyncio.to_thread(self.registry.list)
+            self._records = {r.adapter_id: r for r in records}
             self._listed_at = time.monotonic()
         return self._records
 
@@ -122,7 +124,9 @@ class Gateway:
             return _Target(d["target"], d["version"], d["domain"], d["confidence"], True)
         if model == self.base_model:
             return _Target(None)
-        record = self._adapters().get(model) or self._adapters(fresh=True).get(model)
+        record = (await self._adapters()).get(model) or (await self._adapters(fresh=True)).get(
+            model
+        )
         if record is None:
             raise AdapterNotFound(
                 f"model {model!r} does not exist; GET /v1/models lists the models", param="model"
@@ -186,7 +190,7 @@ class Gateway:
             ModelCard(id=AUTO_MODEL, kind="router"),
             ModelCard(id=self.base_model, kind="base"),
         ]
-        for rec in sorted(self._adapters(fresh=True).values(), key=lambda r: r.adapter_id):
+        for rec in sorted((await self._adapters(fresh=True)).values(), key=lambda r: r.adapter_id):
             cards.append(
                 ModelCard(id=rec.adapter_id, domain=rec.domain, version=int(rec.version),
                           signed=bool(rec.signed))
@@ -219,11 +223,9 @@ class Gateway:
         from qlp_ray.data.format import chat_to_prompt, routing_text
 
         t0 = time.perf_counter()
-        messages = [m.model_dump() for m in body.messages]
-        prompt = chat_to_prompt(messages)
+        prompt = chat_to_prompt(body.messages)
         self._checked(body, prompt, request)
-        last_user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        target = await self._resolve(body.model, routing_text(last_user))
+        target = await self._resolve(body.model, routing_text(body.messages))
         gen = await self._generate(target, body, prompt)
         response.headers[ADAPTER_HEADER] = target.adapter or BASE_LABEL
         return ChatCompletionResponse(

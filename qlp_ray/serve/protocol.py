@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qlp_ray.data.format import validate_messages
 from qlp_ray.errors import InvalidRequest
 
 AUTO_MODEL = "auto"
@@ -80,20 +81,21 @@ class CompletionRequest(_Request):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    """A chat message in a response."""
 
     role: Literal["system", "user", "assistant"]
     content: str
 
 
 class ChatCompletionRequest(_Request):
-    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
+    messages: list[dict[str, Any]] = Field(
+        min_length=1, description="OpenAI chat messages; the last one must be from the user."
+    )
 
     @field_validator("messages")
     @classmethod
-    def _has_user_turn(cls, v: list[ChatMessage]) -> list[ChatMessage]:
-        if not any(m.role == "user" and m.content.strip() for m in v):
-            raise ValueError("messages must contain a non-empty user message")
+    def _valid_messages(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        validate_messages(v)  # roles, text content parts, last turn from the user
         return v
 
 

@@ -56,9 +56,18 @@ def test_chat_request_needs_a_user_message():
             "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
         }
     )
-    assert [m.role for m in ok.messages] == ["system", "user"]
-    for messages in ([], [{"role": "system", "content": "s"}], [{"role": "robot", "content": "x"}]):
-        with pytest.raises(ValidationError):
+    assert [m["role"] for m in ok.messages] == ["system", "user"]
+    assert ok.messages[-1]["content"] == "u"
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    assert ChatCompletionRequest.model_validate({"model": "auto", "messages": parts})
+    bad = {
+        "at least 1": [],
+        "last message must have role 'user'": [{"role": "system", "content": "s"}],
+        "role must be one of": [{"role": "robot", "content": "x"}],
+        "only text parts": [{"role": "user", "content": [{"type": "image_url"}]}],
+    }
+    for text, messages in bad.items():
+        with pytest.raises(ValidationError, match=text):
             ChatCompletionRequest.model_validate({"model": "auto", "messages": messages})
 
 
