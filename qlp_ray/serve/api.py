@@ -124,9 +124,10 @@ class Gateway:
             return _Target(d["target"], d["version"], d["domain"], d["confidence"], True)
         if model == self.base_model:
             return _Target(None)
-        record = (await self._adapters()).get(model) or (await self._adapters(fresh=True)).get(
-            model
-        )
+        known = await self._adapters()
+        if model not in known:  # registered since the last listing?
+            known = await self._adapters(fresh=True)
+        record = known.get(model)
         if record is None:
             raise AdapterNotFound(
                 f"model {model!r} does not exist; GET /v1/models lists the models", param="model"
