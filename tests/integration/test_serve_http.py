@@ -194,13 +194,18 @@ def test_explicit_adapter_chat_and_base_fallback(stack):
     assert body["object"] == "chat.completion" and body["qlp"]["routed"] is False
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert r.headers["x-qlp-adapter"] == "frontend"
-    # one-element prompt list is accepted; gibberish has low confidence -> base model
-    r = _post("/v1/completions", {"model": "auto", "prompt": ["zqx vbn 12 34 ;;"], "max_tokens": 4})
+    # off-domain text scores < 0.1 against every centroid -> routed to the base model
+    body = {"model": "auto", "prompt": ["Bake a chocolate cake for my grandmother"]}
+    r = _post("/v1/completions", {**body, "max_tokens": 4})  # a 1-element prompt list is fine
     assert r.status_code == 200, r.text
     q = r.json()["qlp"]
-    if q["confidence"] < 0.2:
-        assert q["fallback"] is True and q["adapter"] is None
-        assert r.headers["x-qlp-adapter"] == "base"
+    assert q["confidence"] < 0.2 and q["fallback"] is True and q["adapter"] is None
+    assert r.headers["x-qlp-adapter"] == "base" and r.json()["model"].startswith("builtin:")
+    # the base model by its id: no adapter, not routed
+    base_id = r.json()["model"]
+    r = _post("/v1/completions", {"model": base_id, "prompt": "hello", "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["qlp"]["routed"] is False
+    assert r.headers["x-qlp-adapter"] == "base"
 
 
 def test_lru_eviction_frees_the_peft_adapter(stack):
