@@ -18,8 +18,15 @@ def small_cfg(tmp_path_factory):
         environ={},
         overrides={
             "paths": {"home": str(home)},
-            "model": {"tiny": {"num_layers": 2, "hidden_size": 64, "intermediate_size": 128,
-                               "pretrain_steps": 40, "vocab_size": 1024}},
+            "model": {
+                "tiny": {
+                    "num_layers": 2,
+                    "hidden_size": 64,
+                    "intermediate_size": 128,
+                    "pretrain_steps": 40,
+                    "vocab_size": 1024,
+                }
+            },
         },
     )
 
@@ -28,11 +35,17 @@ def test_default_size_is_one_to_five_million_parameters():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     t = load_config(environ={}).model.tiny
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-        num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
-        num_key_value_heads=t.num_heads, tie_word_embeddings=True,
-    ))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=t.vocab_size,
+            hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_layers,
+            num_attention_heads=t.num_heads,
+            num_key_value_heads=t.num_heads,
+            tie_word_embeddings=True,
+        )
+    )
     n = sum(p.numel() for p in model.parameters())
     assert 0.5e6 <= n <= 5e6, n
 
