@@ -90,3 +90,7 @@ def _register() -> None:
 
 
 _register()
+
+
+if __name__ == "__main__":
+    run()
