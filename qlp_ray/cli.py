@@ -91,6 +91,3 @@ def _register() -> None:
 
 _register()
 
-
-if __name__ == "__main__":
-    run()
