@@ -80,7 +80,8 @@ def check_summary(summary: dict) -> list[str]:
         if before is None or after is None or not after < before:
             problems.append(f"adapter {a['id']}: eval loss did not drop ({before} -> {after})")
     if summary["requests"]["ok"] != summary["requests"]["sent"]:
-        problems.append(f"{summary['requests']['sent'] - summary['requests']['ok']} requests failed")
+        failed = summary["requests"]["sent"] - summary["requests"]["ok"]
+        problems.append(f"{failed} requests failed")
     if summary["routing_accuracy"] < 0.9:
         problems.append(f"routing accuracy {summary['routing_accuracy']:.3f} < 0.9")
     return problems
