@@ -57,7 +57,13 @@ def deploy(cfg: QLPConfig, *, persistent: bool = True) -> str:
     t0 = time.perf_counter()
     serve.run(build_app(cfg), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     url = base_url(cfg)
-    wait_healthy(url, cfg.serve.health_timeout_s)
+    try:
+        wait_healthy(url, cfg.serve.health_timeout_s)
+    except QLPError as exc:  # Serve keeps the HTTP options it was first started with
+        raise QLPError(
+            f"{exc.message}; if Serve already runs on this cluster with other HTTP options, "
+            "run `qlp shutdown` first"
+        ) from exc
     logger.info("app %r serving at %s (%.1f s)", cfg.serve.app_name, url, time.perf_counter() - t0)
     return url
 
