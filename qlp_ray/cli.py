@@ -81,7 +81,7 @@ def _register() -> None:
     import importlib
 
     for module_name, group in [
-        ("qlp_ray.cli_demo", "demo"),
+        ("qlp_ray.cli_demo", None),  # top-level `qlp demo`
         ("qlp_ray.cli_keys", "keys"),
         ("qlp_ray.cli_adapters", "adapters"),
         ("qlp_ray.cli_serve", None),  # top-level `qlp serve`, `qlp shutdown`
@@ -91,4 +91,3 @@ def _register() -> None:
 
 
 _register()
-
