@@ -6,27 +6,10 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Train a LoRA/AdaLoRA adapter on Ray Train and register it signed.")
+app = typer.Typer()
 
 
-def _ensure_ray(cfg) -> str:
-    """Connect to Ray (``RAY_ADDRESS`` or a local in-process cluster)."""
-    try:
-        from qlp_ray.runtime import ensure_ray
-    except ImportError:  # qlp_ray.runtime (engineer `serve`) not merged yet
-        import os
-
-        import ray
-
-        if ray.is_initialized():
-            return "already"
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address or "local", include_dashboard=bool(address) or None)
-        return "connected" if address else "local"
-    return ensure_ray(cfg, persistent=False)
-
-
-@app.callback(invoke_without_command=True)
+@app.command("train")
 def train(
     domain: str = typer.Option(..., "--domain", "-d", help="Domain of the capsules, e.g. api."),
     data: Path = typer.Option(..., "--data", help="Training capsules (JSONL)."),
@@ -45,6 +28,7 @@ def train(
 
     from qlp_ray.cli import console, fail, get_config
     from qlp_ray.errors import QLPError
+    from qlp_ray.runtime import ensure_ray
 
     if method is not None and method not in ("lora", "adalora"):
         fail(f"--method must be 'lora' or 'adalora', got {method!r}")
@@ -59,7 +43,7 @@ def train(
         from qlp_ray.train.pipeline import train_and_register
 
         with console.status("starting Ray", spinner="dots") as status:
-            how = _ensure_ray(cfg)
+            how = ensure_ray(cfg, persistent=False)  # RAY_ADDRESS, else an in-process local Ray
             console.log(f"Ray: {how}")
 
             def progress(message: str) -> None:  # the pipeline also logs each stage
