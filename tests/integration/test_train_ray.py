@@ -23,7 +23,16 @@ from qlp_ray.train.sft import ADAPTER_FILES
 pytestmark = pytest.mark.integration
 
 
-def test_ray_train_two_workers_lowers_heldout_loss(ray_local, tiny_cfg):
+@pytest.fixture
+def train_cfg(tiny_cfg):
+    """Small logical CPU share per worker: the session's Ray may also host the Serve test app
+    (1.5 of its 2 CPUs), and a Ray Train run that cannot be scheduled would wait forever."""
+    tiny_cfg.train.cpus_per_worker = 0.25
+    return tiny_cfg
+
+
+def test_ray_train_two_workers_lowers_heldout_loss(ray_local, train_cfg):
+    tiny_cfg = train_cfg
     result = train_adapter(
         tiny_cfg,
         domain="dataeng",
@@ -50,7 +59,8 @@ def test_ray_train_two_workers_lowers_heldout_loss(ray_local, tiny_cfg):
     assert config["peft_type"] == "LORA"
 
 
-def test_train_and_register_adalora_signed_with_centroid(ray_local, tiny_cfg):
+def test_train_and_register_adalora_signed_with_centroid(ray_local, train_cfg):
+    tiny_cfg = train_cfg
     data = sample_path("ml", "train")
     adapter_id = f"ml-it-{uuid.uuid4().hex[:8]}"  # fresh id: QLP_TEST_HOME may be reused
     record = train_and_register(
