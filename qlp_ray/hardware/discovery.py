@@ -19,13 +19,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qlp_ray.config import HW_DEVICE_CLASSES
+
 logger = logging.getLogger(__name__)
 
 SYSFS_DEVICES = Path("/sys/devices")
 PROC_CPUINFO = Path("/proc/cpuinfo")
 PROC_MEMINFO = Path("/proc/meminfo")
 
-DEVICE_CLASSES = ("pcore", "ecore", "cpu", "ov_cpu", "npu", "arc", "ncs2", "cuda", "xpu")
+DEVICE_CLASSES = HW_DEVICE_CLASSES
 BACKEND_OF_CLASS = {
     "pcore": "torch",
     "ecore": "torch",
