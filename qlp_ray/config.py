@@ -197,7 +197,7 @@ def _default_capabilities() -> dict[str, list[str]]:
 class HardwareConfig(_Section):
     capabilities: dict[str, list[str]] = Field(
         default_factory=_default_capabilities,
-        description="Workload -> device classes in order of preference ('class' or 'class+avx512').",
+        description="Workload -> device classes, best first ('class' or 'class+avx512').",
     )
     busy_threshold: float = Field(
         0.9, gt=0, le=1, description="Skip a device whose utilization is above this share."

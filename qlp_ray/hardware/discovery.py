@@ -114,7 +114,10 @@ def read_core_classes(
         usable = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     pfile, efile = sysfs_devices / "cpu_core" / "cpus", sysfs_devices / "cpu_atom" / "cpus"
     if pfile.is_file() and efile.is_file():
-        classes = {"pcore": parse_cpu_list(pfile.read_text()), "ecore": parse_cpu_list(efile.read_text())}
+        classes = {
+            "pcore": parse_cpu_list(pfile.read_text()),
+            "ecore": parse_cpu_list(efile.read_text()),
+        }
     else:
         online = sysfs_devices / "system" / "cpu" / "online"
         cores = parse_cpu_list(online.read_text()) if online.is_file() else sorted(usable or [])

@@ -87,8 +87,7 @@ def choose_device(
             f"present: {present}"
         )
     if memory_bytes and all(
-        s.total_memory_bytes is not None and s.total_memory_bytes < memory_bytes
-        for _, s in capable
+        s.total_memory_bytes is not None and s.total_memory_bytes < memory_bytes for _, s in capable
     ):
         raise NoCapableDevice(
             f"no device capable of {workload!r} has {memory_bytes / 2**20:.0f} MiB of memory"
@@ -97,7 +96,9 @@ def choose_device(
     def available(s: DeviceState) -> bool:
         if s.inflight >= max_inflight or s.utilization > busy_threshold:
             return False
-        return not (memory_bytes and s.free_memory_bytes is not None and s.free_memory_bytes < memory_bytes)
+        return not (
+            memory_bytes and s.free_memory_bytes is not None and s.free_memory_bytes < memory_bytes
+        )
 
     ready = [(rank, s) for rank, s in capable if available(s)]
     if not ready:

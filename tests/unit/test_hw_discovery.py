@@ -80,14 +80,24 @@ def test_cpuinfo_reads_first_processor(tmp_path: Path) -> None:
     _, cpuinfo, meminfo = _fake_machine(tmp_path, hybrid=False, avx512=True)
     model, flags = disc.read_cpuinfo(cpuinfo)
     assert model.endswith("i7-1360P") and "avx512f" in flags and disc.has_avx512(flags)
-    assert disc.read_meminfo(meminfo) == {"MemTotal": 16314488 * 1024, "MemAvailable": 8000000 * 1024}
+    assert disc.read_meminfo(meminfo) == {
+        "MemTotal": 16314488 * 1024,
+        "MemAvailable": 8000000 * 1024,
+    }
     assert disc.read_cpuinfo(tmp_path / "missing")[1] == set()
 
 
 @pytest.mark.parametrize(
     ("name", "cls"),
-    [("CPU", "ov_cpu"), ("NPU", "npu"), ("GPU", "arc"), ("GPU.1", "arc"), ("MYRIAD", "ncs2"),
-     ("HDDL", "ncs2"), ("HETERO", None)],
+    [
+        ("CPU", "ov_cpu"),
+        ("NPU", "npu"),
+        ("GPU", "arc"),
+        ("GPU.1", "arc"),
+        ("MYRIAD", "ncs2"),
+        ("HDDL", "ncs2"),
+        ("HETERO", None),
+    ],
 )
 def test_classify_openvino_device(name: str, cls: str | None) -> None:
     assert disc.classify_openvino_device(name) == cls

@@ -15,9 +15,13 @@ def _fleet() -> list[DeviceState]:
         DeviceState("a/pcore", "pcore", "a", avx512=True),
         DeviceState("a/ecore", "ecore", "a"),
         DeviceState("b/openvino:NPU", "npu", "b"),
-        DeviceState("b/openvino:GPU", "arc", "b", total_memory_bytes=8 << 30, free_memory_bytes=8 << 30),
+        DeviceState(
+            "b/openvino:GPU", "arc", "b", total_memory_bytes=8 << 30, free_memory_bytes=8 << 30
+        ),
         DeviceState("c/openvino:MYRIAD", "ncs2", "c"),
-        DeviceState("c/cuda:0", "cuda", "c", total_memory_bytes=16 << 30, free_memory_bytes=16 << 30),
+        DeviceState(
+            "c/cuda:0", "cuda", "c", total_memory_bytes=16 << 30, free_memory_bytes=16 << 30
+        ),
         DeviceState("c/openvino:CPU", "ov_cpu", "c"),
         DeviceState("c/cpu", "cpu", "c"),
     ]
@@ -58,7 +62,10 @@ def test_dead_saturated_and_busy_devices_are_skipped() -> None:
 
 
 def test_avx512_selector() -> None:
-    fleet = [DeviceState("a/pcore", "pcore", "a", avx512=False), DeviceState("b/cpu", "cpu", "b", avx512=True)]
+    fleet = [
+        DeviceState("a/pcore", "pcore", "a", avx512=False),
+        DeviceState("b/cpu", "cpu", "b", avx512=True),
+    ]
     assert choose_device("vector_search", fleet, TABLE).key == "b/cpu"
 
 
