@@ -3,8 +3,9 @@
 A workload goes to the first entry of its preference list (``hardware.capabilities``)
 that has an *available* device: alive, not busier than ``busy_threshold``, fewer than
 ``max_inflight`` workloads running, and enough free memory. Among equally preferred
-devices the least loaded wins (ties rotate). ``None`` means "all capable devices are
-busy, wait"; :class:`NoCapableDevice` means it can never run on the current devices.
+devices the least loaded wins (ties rotate). ``None`` means "every capable device is
+busy or restarting, wait"; :class:`NoCapableDevice` means no registered device could
+ever run it (absent class, or too little memory everywhere).
 """
 
 from __future__ import annotations
@@ -77,11 +78,9 @@ def choose_device(
     ``turn`` rotates ties so equal devices share the load.
     """
     check_workload(workload, table)
-    capable = [
-        (rank, s) for s in states if s.alive and (rank := preference_rank(workload, s, table)) >= 0
-    ]
+    capable = [(rank, s) for s in states if (rank := preference_rank(workload, s, table)) >= 0]
     if not capable:
-        present = sorted({s.device_class for s in states if s.alive}) or ["none"]
+        present = sorted({s.device_class for s in states}) or ["none"]
         raise NoCapableDevice(
             f"no device can run {workload!r}: it needs one of {list(table[workload])}, "
             f"present: {present}"
@@ -94,7 +93,7 @@ def choose_device(
         )
 
     def available(s: DeviceState) -> bool:
-        if s.inflight >= max_inflight or s.utilization > busy_threshold:
+        if not s.alive or s.inflight >= max_inflight or s.utilization > busy_threshold:
             return False
         return not (
             memory_bytes and s.free_memory_bytes is not None and s.free_memory_bytes < memory_bytes

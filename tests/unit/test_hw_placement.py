@@ -72,6 +72,8 @@ def test_avx512_selector() -> None:
 def test_all_busy_means_wait_and_nothing_capable_raises() -> None:
     fleet = [DeviceState("a/cpu", "cpu", "a", inflight=2)]
     assert choose_device("inference", fleet, TABLE, max_inflight=2) is None
+    fleet[0].inflight, fleet[0].alive = 0, False  # restarting: wait, do not fail
+    assert choose_device("inference", fleet, TABLE) is None
     with pytest.raises(NoCapableDevice, match="inference_int8"):
         choose_device("inference_int8", fleet, TABLE)
     with pytest.raises(NoCapableDevice, match="unknown workload"):
