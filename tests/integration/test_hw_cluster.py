@@ -146,9 +146,31 @@ def test_each_workload_runs_where_the_table_says(cluster) -> None:
     assert len(losses) == 3 and losses[-1] < losses[0]
 
 
-def test_priority_and_unknown_work_is_refused(cluster) -> None:
+def test_unknown_and_impossible_work_is_refused(cluster) -> None:
     with pytest.raises(Exception, match="unknown workload"):
         ray.get(cluster["scheduler"].submit.remote("mining", {}))
+    with pytest.raises(Exception, match="MiB of memory"):
+        ray.get(cluster["scheduler"].submit.remote("gating", {}, memory_mb=2**30))
+
+
+def test_higher_priority_waits_less(cluster) -> None:
+    scheduler = cluster["scheduler"]
+    rng = np.random.default_rng(2)
+    matrix = rng.standard_normal((20000, 64)).astype(np.float32)
+    heavy = {"queries": rng.standard_normal((1500, 64)).astype(np.float32), "matrix": matrix}
+    light = {"queries": matrix[:2], "matrix": matrix, "k": 1}
+    fillers = [scheduler.submit.remote("vector_search", heavy) for _ in range(4)]  # all slots
+    low = [scheduler.submit.remote("vector_search", light, priority=0) for _ in range(2)]
+    high = [scheduler.submit.remote("vector_search", light, priority=9) for _ in range(2)]
+    outs = ray.get(fillers + low + high, timeout=240)
+    low_ids = {o["job_id"] for o in outs[4:6]}
+    high_ids = {o["job_id"] for o in outs[6:]}
+    order = [
+        h["job_id"]
+        for h in ray.get(scheduler.history.remote())
+        if h["job_id"] in low_ids | high_ids
+    ]
+    assert set(order[:2]) == high_ids, order  # queued later, dispatched first
 
 
 def test_fallback_when_saturated(cluster) -> None:
