@@ -83,6 +83,7 @@ def _register() -> None:
     for module_name, group in [
         ("qlp_ray.cli_keys", "keys"),
         ("qlp_ray.cli_adapters", "adapters"),
+        ("qlp_ray.cli_devices", "devices"),
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)
