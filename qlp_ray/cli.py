@@ -81,6 +81,7 @@ def _register() -> None:
     import importlib
 
     for module_name, group in [
+        ("qlp_ray.cli_demo", "demo"),
         ("qlp_ray.cli_keys", "keys"),
         ("qlp_ray.cli_adapters", "adapters"),
         ("qlp_ray.cli_devices", "devices"),
