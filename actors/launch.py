@@ -115,6 +115,26 @@ def sync_devices(
     return added, removed
 
 
+def get_scheduler(cfg: HardwareConfig | None = None) -> Any:
+    """Handle of the running scheduler actor (``ValueError`` if none is running)."""
+    cfg = cfg or HardwareConfig()
+    return ray.get_actor(SCHEDULER_NAME, namespace=cfg.namespace)
+
+
+def submit_workload(
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    priority: int = 0,
+    memory_mb: float = 0,
+    preferred: str | None = None,
+    cfg: HardwareConfig | None = None,
+) -> ray.ObjectRef:
+    """Queue a workload on the cluster's scheduler; ``ray.get`` the ref for the result
+    (``{"result", "device", "device_class", "node_id", "attempts", ...}``)."""
+    return get_scheduler(cfg).submit.remote(kind, payload, priority, memory_mb, preferred)
+
+
 def start_hardware(cfg: HardwareConfig | None = None) -> Any:
     """Scheduler + device actors for everything discovered on every node."""
     scheduler = start_scheduler(cfg)
@@ -124,6 +144,8 @@ def start_hardware(cfg: HardwareConfig | None = None) -> Any:
 
 __all__ = [
     "discover_cluster",
+    "get_scheduler",
+    "submit_workload",
     "start_device_actor",
     "start_hardware",
     "start_scheduler",

@@ -196,10 +196,12 @@ def classify_openvino_device(name: str) -> str | None:
     return {"CPU": "ov_cpu", "NPU": "npu", "GPU": "arc", "MYRIAD": "ncs2", "HDDL": "ncs2"}.get(base)
 
 
-def discover_openvino(core: Any = None, cpu_avx512: bool = False) -> list[Device]:
+def discover_openvino(
+    core: Any = None, cpu_avx512: bool = False, cpu_cores: tuple[int, ...] = ()
+) -> list[Device]:
     """Devices OpenVINO can run on; ``[]`` when OpenVINO is not installed.
 
-    ``cpu_avx512`` is the host CPU's flag, reported on the OpenVINO ``CPU`` device.
+    ``cpu_avx512`` / ``cpu_cores`` describe the host CPU behind the OpenVINO ``CPU`` device.
     """
     if core is None:
         try:
@@ -232,6 +234,7 @@ def discover_openvino(core: Any = None, cpu_avx512: bool = False) -> list[Device
                 target=name,
                 description=f"OpenVINO {name}: {full_name}",
                 avx512=cpu_avx512 if cls == "ov_cpu" else False,
+                cores=cpu_cores if cls == "ov_cpu" else (),
                 memory_bytes=memory,
             )
         )
@@ -280,7 +283,10 @@ def discover_devices(*, openvino: bool = True, torch: bool = True) -> list[Devic
     """Every device of this machine: CPU core classes, OpenVINO devices, torch GPUs."""
     devices = discover_cpu()
     if openvino:
-        devices += discover_openvino(cpu_avx512=any(d.avx512 for d in devices))
+        devices += discover_openvino(
+            cpu_avx512=any(d.avx512 for d in devices),
+            cpu_cores=tuple(sorted(c for d in devices for c in d.cores)),
+        )
     if torch:
         devices += discover_torch()
     logger.info("discovered devices: %s", ", ".join(d.key for d in devices))
