@@ -65,7 +65,6 @@ class DeviceActor:
         self._busy: deque[tuple[float, float]] = deque()
         self._completed = 0
         ctx = ray.get_runtime_context()
-        self.restarts = ctx.was_current_actor_reconstructed  # True after a restart
         scheduler = ray.get_actor(scheduler_name, namespace=ctx.namespace)
         ray.get(scheduler.register.remote(self.info(), ctx.current_actor))
 
@@ -76,7 +75,6 @@ class DeviceActor:
             "pid": os.getpid(),
             "hostname": socket.gethostname(),
             "started": self.started,
-            "reconstructed": self.restarts,
         }
 
     def run(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
