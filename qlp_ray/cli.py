@@ -81,10 +81,11 @@ def _register() -> None:
     import importlib
 
     for module_name, group in [
-        ("qlp_ray.cli_demo", "demo"),
+        ("qlp_ray.cli_demo", None),  # top-level `qlp demo`
         ("qlp_ray.cli_keys", "keys"),
         ("qlp_ray.cli_adapters", "adapters"),
-        ("qlp_ray.cli_devices", "devices"),
+        ("qlp_ray.cli_serve", None),  # top-level `qlp serve`, `qlp shutdown`
+        ("qlp_ray.cli_devices", None),  # top-level `qlp devices`
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)

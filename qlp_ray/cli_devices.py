@@ -82,7 +82,7 @@ def cluster_rows(namespace: str) -> list[dict[str, Any]]:
     ]
 
 
-@app.callback(invoke_without_command=True)
+@app.command("devices")
 def devices(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     cluster: bool = typer.Option(
