@@ -157,9 +157,15 @@ def test_higher_priority_waits_less(cluster) -> None:
     scheduler = cluster["scheduler"]
     rng = np.random.default_rng(2)
     matrix = rng.standard_normal((20000, 64)).astype(np.float32)
-    heavy = {"queries": rng.standard_normal((1500, 64)).astype(np.float32), "matrix": matrix}
+    heavy = {"queries": rng.standard_normal((8000, 64)).astype(np.float32), "matrix": matrix}
     light = {"queries": matrix[:2], "matrix": matrix, "k": 1}
-    fillers = [scheduler.submit.remote("vector_search", heavy) for _ in range(4)]  # all slots
+    fillers = [scheduler.submit.remote("vector_search", heavy) for _ in range(4)]
+
+    def saturated():  # pcore and cpu both at max_inflight_per_device
+        rows = ray.get(scheduler.devices.remote())
+        return sum(r["inflight"] for r in rows if r["device_class"] in ("pcore", "cpu")) == 4
+
+    wait_for(saturated, timeout=60, interval=0.02)
     low = [scheduler.submit.remote("vector_search", light, priority=0) for _ in range(2)]
     high = [scheduler.submit.remote("vector_search", light, priority=9) for _ in range(2)]
     outs = ray.get(fillers + low + high, timeout=240)
