@@ -24,9 +24,9 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from qlp_ray.config import HardwareConfig
-from qlp_ray.errors import QLPError
+from qlp_ray.errors import NoCapableDevice, WorkloadFailed
 from qlp_ray.hardware.discovery import Device
-from qlp_ray.hardware.placement import DeviceState, NoCapableDevice, check_workload, choose_device
+from qlp_ray.hardware.placement import DeviceState, check_workload, choose_device
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +34,6 @@ SCHEDULER_NAME = "qlp-scheduler"
 STATUS_TIMEOUT_S = 10.0
 DEAD_DROP_S = 60.0
 _DEVICE_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
-
-
-class WorkloadFailed(QLPError, RuntimeError):
-    """A workload could not be completed after ``max_attempts`` placements."""
-
-    code = "workload_failed"
 
 
 @dataclass

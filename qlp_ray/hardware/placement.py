@@ -14,15 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from qlp_ray.config import WORKLOADS
-from qlp_ray.errors import QLPError
-
-
-class NoCapableDevice(QLPError, RuntimeError):
-    """No present device can run this workload (absent class, or too little memory)."""
-
-    http_status = 503
-    error_type = "server_error"
-    code = "no_capable_device"
+from qlp_ray.errors import InvalidRequest, NoCapableDevice
 
 
 @dataclass
@@ -56,7 +48,7 @@ def preference_rank(workload: str, state: DeviceState, table: Mapping[str, Seque
 
 def check_workload(workload: str, table: Mapping[str, Sequence[str]]) -> None:
     if workload not in WORKLOADS:
-        raise NoCapableDevice(f"unknown workload kind {workload!r}; known: {list(WORKLOADS)}")
+        raise InvalidRequest(f"unknown workload kind {workload!r}; known: {list(WORKLOADS)}")
     if not table.get(workload):
         raise NoCapableDevice(f"the capability table lists no device for {workload!r}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qlp_ray.config import HardwareConfig, load_config
+from qlp_ray.errors import InvalidRequest
 from qlp_ray.hardware.placement import DeviceState, NoCapableDevice, choose_device
 
 TABLE = HardwareConfig().capabilities
@@ -76,7 +77,7 @@ def test_all_busy_means_wait_and_nothing_capable_raises() -> None:
     assert choose_device("inference", fleet, TABLE) is None
     with pytest.raises(NoCapableDevice, match="inference_int8"):
         choose_device("inference_int8", fleet, TABLE)
-    with pytest.raises(NoCapableDevice, match="unknown workload"):
+    with pytest.raises(InvalidRequest, match="unknown workload"):
         choose_device("mining", fleet, TABLE)
 
 
