@@ -138,6 +138,54 @@ class TransformersBackend(InferenceBackend):
             self._peft.delete_adapter(name)
         self._adapters.pop(name, None)
 
+    def adapter_rank(self, name: str) -> int:
+        """The LoRA rank ``r`` of a loaded adapter (the largest, with a rank pattern)."""
+        if name not in self._adapters or self._peft is None:
+            raise AdapterNotLoaded(name)
+        config = self._peft.peft_config[name]
+        return max([int(config.r), *map(int, (config.rank_pattern or {}).values())])
+
+    def compose_adapters(
+        self,
+        name: str,
+        sources: list[str],
+        weights: list[float],
+        combination_type: str,
+        *,
+        density: float | None = None,
+    ) -> None:
+        """Add adapter ``name`` = PEFT ``add_weighted_adapter`` of loaded ``sources``.
+
+        The new adapter holds its own weights: the sources may be unloaded afterwards.
+        PEFT's refusals (e.g. unequal ranks for ``linear``) become ``InvalidRequest``.
+        """
+        t0 = time.perf_counter()
+        with self._lock:
+            missing = [s for s in sources if s not in self._adapters]
+            if missing or self._peft is None:
+                raise AdapterNotLoaded(", ".join(missing or sources))
+            if name in self._adapters:
+                self._delete_locked(name)
+            try:
+                self._peft.add_weighted_adapter(
+                    adapters=list(sources),
+                    weights=list(weights),
+                    adapter_name=name,
+                    combination_type=combination_type,
+                    density=density,
+                )
+            except (ValueError, TypeError, RuntimeError) as exc:
+                self._discard_partial_locked(name)
+                raise InvalidRequest(
+                    f"cannot compose {'+'.join(sources)} with {combination_type!r}: {exc}",
+                    param="model",
+                ) from exc
+            self._adapters[name] = "composed:" + "+".join(sources)
+        logger.info(
+            "composed %s from %d adapters (%s) in %.1f ms",
+            name, len(sources), combination_type, (time.perf_counter() - t0) * 1000,
+        )  # fmt: skip
+
     def adapter_parameter_names(self, name: str) -> list[str]:
         """Names of the parameters that belong to adapter ``name`` (empty when unloaded)."""
         if self._peft is None:
