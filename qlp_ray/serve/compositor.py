@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ray import serve
 
 from qlp_ray.config import QLPConfig
-from qlp_ray.errors import InvalidRequest, Overloaded, QLPError
+from qlp_ray.errors import ConfigError, InvalidRequest, Overloaded, QLPError
 from qlp_ray.models.backend import GenerationRequest, InferenceBackend
 from qlp_ray.models.composition import AdapterStack, is_stack, parse_stack
 from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
@@ -295,8 +295,11 @@ def create_backend(cfg: QLPConfig) -> InferenceBackend:
     from qlp_ray.models.base import load_base, resolve_base_path
 
     if cfg.serve.backend == "vllm":
-        from qlp_ray.models.vllm_backend import VLLMBackend
+        from qlp_ray.models.vllm_backend import VLLMBackend, vllm_unavailable_reason
 
+        reason = vllm_unavailable_reason()  # before building/loading any base model
+        if reason is not None:
+            raise ConfigError(f"`serve.backend` is 'vllm' but {reason}")
         s = cfg.serve
         return VLLMBackend(
             resolve_base_path(cfg),
