@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 def vllm_unavailable_reason() -> str | None:
     """Why the vLLM backend cannot run here (``None`` when it can)."""
     if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed (the 'gpu' extra: pip install 'qlp_ray[gpu]' on a CUDA machine)"
+        return "vllm is not installed (the 'gpu' extra: pip install 'qlp_ray[gpu]' on CUDA)"
     import torch
 
     if not torch.cuda.is_available():
