@@ -61,6 +61,29 @@ def save_random_adapter(base: Any, out: Path, seed: int, rank: int = 8) -> Path:
     return out
 
 
+def save_random_adapters(base: Any, outs: list[Path], rank: int = 8) -> list[Path]:
+    """Like :func:`save_random_adapter` for many outputs, re-using one PEFT model."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        init_lora_weights=False,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
+    model = get_peft_model(copy.deepcopy(base), lora)
+    for seed, out in enumerate(outs):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_A" in name:
+                    p.uniform_(-0.2, 0.2)
+                elif "lora_B" in name:
+                    p.normal_(0, 0.2)
+        model.save_pretrained(str(out))
+    return outs
+
+
 def register_adapters(cfg: Any, base: Any, ids: list[str], *, versions: int = 1) -> Any:
     """Register ``versions`` signed versions of each id (fresh registry); returns it."""
     from qlp_ray.models.base import base_model_id
@@ -75,10 +98,11 @@ def register_adapters(cfg: Any, base: Any, ids: list[str], *, versions: int = 1)
     registry = Registry(cfg)
     src = cfg.paths.root / "bench_src"
     base_id = base_model_id(cfg)
-    for i, adapter_id in enumerate(ids):
-        for v in range(versions):
-            d = save_random_adapter(base, src / f"{adapter_id}-{v}", seed=1000 * v + i)
-            registry.register(d, adapter_id=adapter_id, domain="bench", base_model=base_id)
+    outs = [src / f"{adapter_id}-{v}" for v in range(versions) for adapter_id in ids]
+    save_random_adapters(base, outs)
+    for out in outs:
+        adapter_id = out.name.rsplit("-", 1)[0]
+        registry.register(out, adapter_id=adapter_id, domain="bench", base_model=base_id)
     shutil.rmtree(src)
     return registry
 

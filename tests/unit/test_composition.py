@@ -265,3 +265,28 @@ def test_unknown_member_is_not_found_and_loads_nothing(composer_setup):
     with pytest.raises(InvalidRequest, match="without a version"):
         composer.get(AdapterStack((StackMember("a"),)))
     assert set(backend.loaded_adapters) == before
+
+
+def test_fast_adapter_switch_generates_like_a_dedicated_peft_model(composer_setup):
+    """The backend's O(layers) adapter switch = PEFT's own set_adapter, in any order."""
+    from peft import PeftModel
+
+    backend, _, paths = composer_setup
+    names = {"a": "sw-a", "b": "sw-b", "c": "sw-c"}
+    for key, name in names.items():
+        backend.load_adapter(name, str(paths[(key, 1)]))
+    request = GenerationRequest("w3 w4 w5", 6)
+    reference = {}
+    for key in names:
+        model = PeftModel.from_pretrained(copy.deepcopy(_tiny_llama()), str(paths[(key, 1)]))
+        ref_backend = TransformersBackend(model.merge_and_unload(), _tokenizer())
+        reference[key] = ref_backend.generate(request).text
+    assert len(set(reference.values())) == 3  # the adapters really differ
+    for key in ["a", "b", "a", "a", "c", "b"]:
+        assert backend.generate(request, names[key]).text == reference[key]
+    assert (
+        backend.generate(request, None).text
+        == TransformersBackend(_tiny_llama(), _tokenizer()).generate(request).text
+    )
+    for name in names.values():
+        backend.unload_adapter(name)
