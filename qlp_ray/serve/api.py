@@ -57,7 +57,9 @@ async def _api_key_first(request: Request, call_next: Any) -> Any:
     expected = getattr(request.app.state, "api_key", None)
     path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/"))
     if expected and path != "/health" and not key_matches(request, expected):
-        return qlp_error_response(AuthenticationError(_KEY_MESSAGE))
+        admin_key = getattr(request.app.state, "admin_key", None)  # admin routes: admin key
+        if not (path.startswith("/v1/admin/") and admin_key and key_matches(request, admin_key)):
+            return qlp_error_response(AuthenticationError(_KEY_MESSAGE))
     return await call_next(request)
 
 
@@ -102,6 +104,7 @@ class Gateway:
         self.registry = Registry(self.cfg)
         self.base_model = base_model_id(self.cfg)
         app.state.api_key = self.cfg.serve.api_key
+        app.state.admin_key = self.cfg.serve.admin_key
         app.state.gateway = self  # for the included admin routers
         self._records: dict[str, Any] = {}
         self._listed_at = 0.0

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.integration
 PORT = 8140
 URL = f"http://127.0.0.1:{PORT}"
 ADMIN_KEY = "adm1n-key"
+API_KEY = "user-key"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+USER = {"authorization": f"Bearer {API_KEY}"}
 PREWARM = "dataeng+frontend"
 
 
@@ -56,6 +58,7 @@ def build(home: Path):
                 "port": PORT,
                 "app_name": "qlp_compose",
                 "admin_key": ADMIN_KEY,
+                "api_key": API_KEY,
                 "max_adapters_per_replica": 4,
                 "compositor_num_cpus": 0.5,
                 "router_num_cpus": 0.25,
@@ -98,7 +101,7 @@ def app(tmp_path_factory):
 
 def complete(model: str, prompt: str = "select rows", max_tokens: int = 4) -> httpx.Response:
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens}
-    return httpx.post(URL + "/v1/completions", json=body, timeout=60)
+    return httpx.post(URL + "/v1/completions", json=body, timeout=60, headers=USER)
 
 
 def cache_stats() -> dict:
@@ -131,7 +134,7 @@ def test_prewarmed_stack_is_served_from_the_cache(app):
     assert stacks["hits"] == before["hits"] + 1 and stacks["compositions"] == 1
     messages = [{"role": "user", "content": "center a div"}]
     body = {"model": "frontend:0.5+dataeng:0.5", "max_tokens": 3, "messages": messages}
-    chat = httpx.post(URL + "/v1/chat/completions", timeout=60, json=body)
+    chat = httpx.post(URL + "/v1/chat/completions", timeout=60, json=body, headers=USER)
     assert chat.status_code == 200, chat.text
     assert chat.json()["qlp"]["adapter"] == "frontend@1:0.5+dataeng@1:0.5"
 
@@ -198,8 +201,13 @@ def test_admin_routes_need_the_admin_key(app):
             r = httpx.request(method, URL + path, json=body, headers=headers, timeout=30)
             assert r.status_code == 401, (path, r.text)
             assert r.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.request(method, URL + path, json=body, headers=USER, timeout=30)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
     assert httpx.get(URL + "/health").status_code == 200  # no key needed
-    assert complete("dataeng").status_code == 200  # no api_key configured: open
+    # the admin key opens admin routes only; the API key the others
+    r = httpx.post(URL + "/v1/completions", headers=ADMIN, json={"model": "dataeng", "prompt": "x"})
+    assert r.status_code == 401
+    assert complete("dataeng").status_code == 200
 
 
 def _swap(body: dict) -> httpx.Response:
@@ -225,7 +233,7 @@ class Load:
         self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
 
     def _run(self, i: int) -> None:
-        with httpx.Client(timeout=60) as client:
+        with httpx.Client(timeout=60, headers=USER) as client:
             n = i
             while not self._stop.is_set():
                 model = self.models[n % len(self.models)]
