@@ -81,7 +81,7 @@ def run(n: int, max_tokens: int, combinations: list[str]) -> list[dict[str, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=20, help="cold/cached request pairs")
+    parser.add_argument("--n", type=int, default=40, help="cold/cached request pairs")
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--combinations", default="linear,cat", help="also: svd, ties")
     args = parser.parse_args()

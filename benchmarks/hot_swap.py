@@ -98,12 +98,15 @@ def swap_once(load: Load, old: int, new: int, warm: bool) -> dict[str, float]:
         return (min(done) - t_swap) if done else float("inf")
 
     stale = [x for x in load.results if x[0] > t_done and old_tag in x[3]]
+    # latency of the requests sent during the swap call or in the second after it
+    around = [(x[1] - x[0]) * 1000 for x in load.results if t_swap <= x[0] <= t_done + 1.0]
     return {
         "swap_ms": (t_done - t_swap) * 1000,
         "adapter_s": first_new(False),
         "stack_s": first_new(True),
         "stale": len(stale),
         "warmed": len(r.json()["warmed"]),
+        "around_max_ms": max(around) if around else float("nan"),
     }
 
 
@@ -162,12 +165,13 @@ def main() -> None:
     )
     print(
         f"{'swap':<6}{'mode':<6}{'swap call':>11}{'adapter new':>13}{'stack new':>11}"
-        f"{'stale':>7}{'warmed':>8}"
+        f"{'stale':>7}{'warmed':>8}{'max latency':>13}"
     )
     for i, r in enumerate(rows):
         print(
             f"{i + 1:<6}{'warm' if r['warm'] else 'cold':<6}{r['swap_ms']:>9.0f}ms"
             f"{r['adapter_s']:>12.3f}s{r['stack_s']:>10.3f}s{r['stale']:>7}{r['warmed']:>8}"
+            f"{r['around_max_ms']:>11.0f}ms"
         )
     worst = max(max(r["adapter_s"], r["stack_s"]) for r in rows)
     for mode in (True, False):
@@ -181,6 +185,11 @@ def main() -> None:
     print(
         f"worst time until the new version serves: {worst:.3f} s = {worst / 1.0:.2f}x "
         f"the 1 s target {'ok' if worst <= 1.0 else 'MISSED'}"
+    )
+    print(
+        "adapter/stack new = swap sent -> first response by the new version; stale = requests "
+        "sent after the swap returned but served by the old version; max latency = slowest "
+        "request sent during the swap or in the second after it"
     )
     print(f"(total {time.perf_counter() - t_start:.0f} s)")
 

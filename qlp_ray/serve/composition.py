@@ -2,8 +2,9 @@
 
 :class:`StackComposer` turns a resolved :class:`AdapterStack` into one composed
 adapter in the shared backend: every member is verified through the registry first
-(404 naming an unknown member, 424 for a bad signature), loaded under a temporary
-name, combined with PEFT ``add_weighted_adapter`` and unloaded again; the composed
+(404 naming an unknown member, 424 for a bad signature), then — in one step under the
+backend lock — loaded under a temporary name, combined with PEFT
+``add_weighted_adapter`` and unloaded again; the composed
 adapter is held in an LRU + TTL :class:`CompositionCache` as an :class:`AdapterLease`
 (freed once the requests still using it finish). Concurrent requests for the same
 uncached stack compose it once.
@@ -28,7 +29,7 @@ from qlp_ray.errors import InvalidRequest, Overloaded, QLPError
 from qlp_ray.models.backend import Generation, GenerationRequest
 from qlp_ray.models.composition import AdapterStack, choose_combination, parse_stack
 from qlp_ray.models.composition_cache import CompositionCache
-from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
+from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend, lora_rank
 from qlp_ray.serve.compositor import AdapterLease
 
 logger = logging.getLogger(__name__)
@@ -95,32 +96,22 @@ class StackComposer:
         return lease
 
     def compose(self, stack: AdapterStack) -> AdapterLease:
-        """Verify every member, load, combine, unload the members; not cached."""
+        """Verify every member, then compose them in one backend step; not cached."""
         t0 = time.perf_counter()
         paths = [self._resolve_path(m.adapter_id, m.version) for m in stack.members]
+        ranks = {m.multiplex_id: lora_rank(p) for m, p in zip(stack.members, paths, strict=True)}
+        combination, note = choose_combination(self.combination, ranks, self.fallback)
+        if note:
+            logger.warning("stack %s: %s", stack.key, note)
+            self.notes[stack.key] = note
         lease = AdapterLease(self.backend, stack.key)
-        names = [f"{lease.name}-m{i}" for i in range(len(stack.members))]
-        try:
-            for name, path in zip(names, paths, strict=True):
-                self.backend.load_adapter(name, str(path))
-            ranks = {
-                m.multiplex_id: self.backend.adapter_rank(name)
-                for m, name in zip(stack.members, names, strict=True)
-            }
-            combination, note = choose_combination(self.combination, ranks, self.fallback)
-            if note:
-                logger.warning("stack %s: %s", stack.key, note)
-                self.notes[stack.key] = note
-            self.backend.compose_adapters(
-                lease.name,
-                names,
-                [m.weight for m in stack.members],
-                combination,
-                density=self.density if combination == "ties" else None,
-            )
-        finally:
-            for name in names:
-                self.backend.unload_adapter(name)
+        self.backend.compose_from_dirs(
+            lease.name,
+            [str(p) for p in paths],
+            [m.weight for m in stack.members],
+            combination,
+            density=self.density if combination == "ties" else None,
+        )
         ms = (time.perf_counter() - t0) * 1000
         self.compositions += 1
         self.compose_ms_total += ms

@@ -175,9 +175,8 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
     """Switch an adapter to another registered version (see the module docstring)."""
     gateway = _gateway(request)
     adapter_id, old_version, new_version = _parse_swap(body)
-    current = (await gateway._adapters(fresh=True)).get(adapter_id)
-    if current is None:
-        raise AdapterNotFound(f"adapter {adapter_id!r} does not exist", param="old")
+    t0 = time.perf_counter()
+    current = await asyncio.to_thread(gateway.registry.get, adapter_id)  # 404 when unknown
     if old_version is not None and old_version != int(current.version):
         raise InvalidRequest(
             f"`old` is {body.old!r} but {adapter_id!r} serves v{current.version}", param="old"
@@ -185,14 +184,17 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
     old_version = int(current.version)
     if new_version == old_version:
         raise InvalidRequest(f"{adapter_id!r} already serves v{new_version}", param="new")
-    t0 = time.perf_counter()
-    record = await asyncio.to_thread(
+    old_id, new_id = f"{adapter_id}@{old_version}", f"{adapter_id}@{new_version}"
+    verify = asyncio.to_thread(
         gateway.registry.verify, adapter_id, new_version, expected_base_model=gateway.base_model
     )
-    old_id, new_id = f"{adapter_id}@{old_version}", f"{adapter_id}@{new_version}"
     warmed: list[str] = []
-    if body.warm:
-        warmed = await _call(gateway.compositor.warm.remote(old_id, new_id))
+    if body.warm:  # verify (here) and pre-load/pre-compose (compositor) side by side
+        record, warmed = await asyncio.gather(
+            verify, _call(gateway.compositor.warm.remote(old_id, new_id))
+        )
+    else:
+        record = await verify
     warm_ms = (time.perf_counter() - t0) * 1000
     # the switch: durable pointer, then the gateway's table in one assignment
     await asyncio.to_thread(gateway.registry.set_current, adapter_id, new_version)
