@@ -156,6 +156,8 @@ def test_bad_stacks_are_4xx_naming_the_problem(app):
     r = complete("dataeng++frontend")
     assert r.status_code == 400 and "empty member" in r.json()["error"]["message"]
     assert r.json()["error"]["param"] == "model"
+    r = complete("dataeng@2")  # a pinned version, not the current one (v1)
+    assert r.status_code == 200 and r.json()["qlp"]["version"] == 2, r.text
     r = complete("dataeng@7+frontend")
     assert r.status_code == 404 and "no version 7" in r.json()["error"]["message"], r.text
     r = complete("dataeng+frontend+wide+dataeng")

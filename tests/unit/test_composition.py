@@ -290,3 +290,32 @@ def test_fast_adapter_switch_generates_like_a_dedicated_peft_model(composer_setu
     )
     for name in names.values():
         backend.unload_adapter(name)
+
+
+def test_prefetch_queue_runs_highest_priority_first_and_reports_failures():
+    import asyncio
+
+    from qlp_ray.serve.composition import PrefetchQueue
+
+    order = []
+
+    async def load(model_id: str) -> None:
+        if model_id == "broken":
+            raise AdapterNotFound("unknown adapter 'broken'")
+        order.append(model_id)
+
+    async def scenario() -> dict:
+        queue = PrefetchQueue(load)
+        queue.submit(["low-1", "low-2", "broken"], priority=0)
+        queue.submit(["urgent"], priority=9)  # queued before the worker first runs
+        await queue.join(5.0)
+        return queue.stats()
+
+    stats = asyncio.run(scenario())
+    assert order == ["urgent", "low-1", "low-2"]
+    assert (stats["submitted"], stats["done"], stats["failed"], stats["pending"]) == (4, 3, 1, 0)
+    failed = [e for e in stats["recent"] if e["status"] == "failed"]
+    assert failed == [
+        {"model": "broken", "priority": 0, "status": "failed",
+         "error": "unknown adapter 'broken'", "ms": failed[0]["ms"]}
+    ]  # fmt: skip
