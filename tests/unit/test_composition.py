@@ -319,3 +319,17 @@ def test_prefetch_queue_runs_highest_priority_first_and_reports_failures():
         {"model": "broken", "priority": 0, "status": "failed",
          "error": "unknown adapter 'broken'", "ms": failed[0]["ms"]}
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("combination", ["linear", "cat", "svd", "ties"])
+def test_every_configured_combination_composes_and_generates(composer_setup, combination):
+    backend, resolve, _ = composer_setup
+    composer = StackComposer(backend, resolve, combination=combination, fallback=None)
+    stack = parse_stack("a@1:0.7+b@1:0.3")
+    gen = composer.generate(stack, GenerationRequest("w1 w2 w3", 4))
+    assert gen.completion_tokens >= 1 and gen.extra["stack"] == stack.key
+    name = composer.get(stack).name
+    ranks = {m.r[name] for m in backend.peft_model.modules() if name in getattr(m, "r", {})}
+    assert ranks == ({8} if combination == "cat" else {4})  # cat concatenates the ranks
+    composer.cache.clear()
+    assert name not in backend.loaded_adapters
