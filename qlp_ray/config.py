@@ -183,6 +183,31 @@ class ServeConfig(_Section):
     health_timeout_s: float = Field(
         300.0, gt=0, description="How long `qlp serve` waits for the app to become healthy."
     )
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Inference backend of the compositor (vllm: GPU only)."
+    )
+    composition_type: Literal["linear", "cat", "svd", "ties"] = Field(
+        "linear", description="PEFT add_weighted_adapter combination type for adapter stacks."
+    )
+    composition_fallback: Literal["cat", "svd"] | None = Field(
+        "cat", description="Used when linear/ties meet unequal ranks; null = answer 400."
+    )
+    composition_density: float = Field(
+        0.5, gt=0, le=1, description="Share of weights kept by the 'ties' combination."
+    )
+    max_stack_size: int = Field(4, ge=1, description="Most adapters one stack may name.")
+    composition_cache_size: int = Field(16, ge=1, description="LRU size of composed stacks.")
+    composition_cache_ttl_s: float = Field(
+        600.0, gt=0, description="Seconds a composed stack stays cached after composition."
+    )
+    prewarm_stacks: list[str] = Field(
+        default_factory=list, description="Stacks (e.g. 'a+b') composed when a compositor starts."
+    )
+    vllm_max_loras: int = Field(8, ge=1, description="vLLM: LoRAs resident on the GPU at once.")
+    vllm_max_lora_rank: int = Field(16, ge=1, description="vLLM: largest LoRA rank accepted.")
+    vllm_gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="vLLM: share of GPU memory the engine may use."
+    )
 
 
 class DemoConfig(_Section):

@@ -20,7 +20,8 @@ from ray.serve.handle import DeploymentHandle
 
 from qlp_ray.config import QLPConfig
 from qlp_ray.errors import AdapterNotFound, AuthenticationError, QLPError
-from qlp_ray.serve.compositor import multiplex_id
+from qlp_ray.models.composition import is_stack
+from qlp_ray.serve.compositor import multiplex_id, parse_multiplex_id
 from qlp_ray.serve.errors import install_error_handlers, qlp_error_response, unwrap
 from qlp_ray.serve.protocol import (
     AUTO_MODEL,
@@ -37,6 +38,8 @@ from qlp_ray.serve.protocol import (
     check_limits,
     usage_of,
 )
+from qlp_ray.serve.routes_admin_compositor import resolve_stack_model
+from qlp_ray.serve.routes_admin_compositor import router as admin_compositor_router
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ BASE_LABEL = "base"
 _ADAPTER_LIST_TTL_S = 5.0
 
 app = FastAPI(title="qlp_ray", description="OpenAI-compatible API over routed LoRA adapters.")
+app.include_router(admin_compositor_router)
 
 
 @app.middleware("http")
@@ -53,7 +57,9 @@ async def _api_key_first(request: Request, call_next: Any) -> Any:
     expected = getattr(request.app.state, "api_key", None)
     path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/"))
     if expected and path != "/health" and not key_matches(request, expected):
-        return qlp_error_response(AuthenticationError(_KEY_MESSAGE))
+        admin_key = getattr(request.app.state, "admin_key", None)  # admin routes: admin key
+        if not (path.startswith("/v1/admin/") and admin_key and key_matches(request, admin_key)):
+            return qlp_error_response(AuthenticationError(_KEY_MESSAGE))
     return await call_next(request)
 
 
@@ -98,6 +104,8 @@ class Gateway:
         self.registry = Registry(self.cfg)
         self.base_model = base_model_id(self.cfg)
         app.state.api_key = self.cfg.serve.api_key
+        app.state.admin_key = self.cfg.serve.admin_key
+        app.state.gateway = self  # for the included admin routers
         self._records: dict[str, Any] = {}
         self._listed_at = 0.0
 
@@ -124,6 +132,12 @@ class Gateway:
             return _Target(d["target"], d["version"], d["domain"], d["confidence"], True)
         if model == self.base_model:
             return _Target(None)
+        if is_stack(model):  # "a+b", "a:0.7+b@2:0.3": composed by the compositor
+            return _Target(await resolve_stack_model(self, model))
+        if "@" in model:  # a pinned version, "adapter@version"
+            adapter_id, version = parse_multiplex_id(model)
+            record = await asyncio.to_thread(self.registry.get, adapter_id, version)
+            return _Target(adapter_id, int(record.version), record.domain)
         known = await self._adapters()
         if model not in known:  # registered since the last listing?
             known = await self._adapters(fresh=True)
