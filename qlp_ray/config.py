@@ -183,8 +183,14 @@ class ServeConfig(_Section):
     health_timeout_s: float = Field(
         300.0, gt=0, description="How long `qlp serve` waits for the app to become healthy."
     )
-    backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Inference backend of the compositor (vllm: GPU only)."
+    backend: Literal["transformers", "openvino", "vllm"] = Field(
+        "transformers",
+        description="Inference backend of the compositor (openvino: IR on serve.openvino_device; "
+        "vllm: GPU only).",
+    )
+    openvino_device: str = Field("CPU", description="OpenVINO device when backend is openvino.")
+    openvino_weight_format: Literal["fp32", "int8", "int4"] = Field(
+        "fp32", description="OpenVINO weight compression (NNCF) when backend is openvino."
     )
     composition_type: Literal["linear", "cat", "svd", "ties"] = Field(
         "linear", description="PEFT add_weighted_adapter combination type for adapter stacks."

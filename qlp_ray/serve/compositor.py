@@ -308,6 +308,15 @@ def create_backend(cfg: QLPConfig) -> InferenceBackend:
             gpu_memory_utilization=s.vllm_gpu_memory_utilization,
         )
     model, tokenizer = load_base(cfg)
+    if cfg.serve.backend == "openvino":
+        from qlp_ray.models.openvino_backend import OpenVINOBackend
+
+        return OpenVINOBackend(
+            model,
+            tokenizer,
+            device=cfg.serve.openvino_device,
+            weight_format=cfg.serve.openvino_weight_format,
+        )
     return TransformersBackend(model, tokenizer)
 
 
