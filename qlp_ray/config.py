@@ -169,6 +169,18 @@ class DemoConfig(_Section):
     max_tokens: int = Field(16, ge=1, description="Tokens generated per demo request.")
 
 
+class StoreConfig(_Section):
+    url: str = Field(
+        "",
+        description="Feedback store URL ('' = sqlite <home>/feedback.db; postgresql://... ; "
+        "the QLP_DB_URL environment variable wins).",
+    )
+    sqlite_synchronous: Literal["NORMAL", "FULL", "EXTRA"] = Field(
+        "FULL", description="SQLite synchronous pragma (FULL: committed rows survive power loss)."
+    )
+    busy_timeout_ms: int = Field(10000, ge=0, description="SQLite wait for a locked database.")
+
+
 class QLPConfig(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -177,6 +189,7 @@ class QLPConfig(_Section):
     router: RouterConfig = Field(default_factory=RouterConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
     @property
     def registry_uri(self) -> str:
@@ -275,6 +288,7 @@ __all__ = [
     "RouterConfig",
     "ServeConfig",
     "DemoConfig",
+    "StoreConfig",
     "load_config",
     "read_yaml",
 ]
