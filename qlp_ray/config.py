@@ -181,6 +181,22 @@ class StoreConfig(_Section):
     busy_timeout_ms: int = Field(10000, ge=0, description="SQLite wait for a locked database.")
 
 
+class S3Config(_Section):
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, moto, ...); None = AWS."
+    )
+    region: str = Field("us-east-1", description="S3 region.")
+    access_key_id: str | None = Field(None, description="Access key; None = boto3's chain.")
+    secret_access_key: str | None = Field(None, description="Secret key; None = boto3's chain.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "path", description="Bucket addressing style (path works with local endpoints)."
+    )
+    max_attempts: int = Field(3, ge=1, description="boto3 retries per request.")
+    artifacts_uri: str = Field(
+        "", description="s3://bucket/prefix for datasets and reports ('' = keep them local)."
+    )
+
+
 class QLPConfig(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -190,6 +206,7 @@ class QLPConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    s3: S3Config = Field(default_factory=S3Config)
 
     @property
     def registry_uri(self) -> str:
@@ -289,6 +306,7 @@ __all__ = [
     "ServeConfig",
     "DemoConfig",
     "StoreConfig",
+    "S3Config",
     "load_config",
     "read_yaml",
 ]
