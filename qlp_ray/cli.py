@@ -81,6 +81,7 @@ def _register() -> None:
 
     for module_name, group in [
         # ("qlp_ray.cli_adapters", "adapters"),
+        ("qlp_ray.cli_data", "data"),
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)

@@ -197,6 +197,24 @@ class S3Config(_Section):
     )
 
 
+class ImproveConfig(_Section):
+    min_validation_score: float = Field(
+        0.85, ge=0, le=1, description="Capsules need a validation score above this for SFT sets."
+    )
+    min_examples_per_domain: int = Field(
+        500, ge=1, description="Training examples a domain needs before it gets an adapter."
+    )
+    heldout_fraction: float = Field(
+        0.15, gt=0, lt=1, description="Share of each domain's SFT set held out for evaluation."
+    )
+    keyword_prior_strength: float = Field(
+        1.0, ge=0, description="Weight of keyword hints in the domain prior (0 = router only)."
+    )
+    classifier_temperature: float = Field(
+        0.05, gt=0, description="Softmax temperature over centroid cosine similarities."
+    )
+
+
 class QLPConfig(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -207,6 +225,7 @@ class QLPConfig(_Section):
     demo: DemoConfig = Field(default_factory=DemoConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     s3: S3Config = Field(default_factory=S3Config)
+    improve: ImproveConfig = Field(default_factory=ImproveConfig)
 
     @property
     def registry_uri(self) -> str:
@@ -307,6 +326,7 @@ __all__ = [
     "DemoConfig",
     "StoreConfig",
     "S3Config",
+    "ImproveConfig",
     "load_config",
     "read_yaml",
 ]
