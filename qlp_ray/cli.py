@@ -82,6 +82,7 @@ def _register() -> None:
     for module_name, group in [
         # ("qlp_ray.cli_adapters", "adapters"),
         ("qlp_ray.cli_data", "data"),
+        ("qlp_ray.cli_label", "label"),
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)

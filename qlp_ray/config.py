@@ -215,6 +215,34 @@ class ImproveConfig(_Section):
     )
 
 
+class ActiveLearningConfig(_Section):
+    method: Literal[
+        "entropy", "margin", "least_confidence", "mc_dropout", "diversity", "random"
+    ] = Field("entropy", description="How the label queue ranks unlabelled requests.")
+    k: int = Field(10, ge=1, description="Examples per label batch.")
+    duplicate_threshold: float | None = Field(
+        0.95, ge=-1, le=1, description="Skip picks this cosine-similar to labelled/picked ones."
+    )
+    high_quantile: float = Field(0.9, ge=0, le=1, description="Score percentile for 'high'.")
+    medium_quantile: float = Field(0.6, ge=0, le=1, description="Score percentile for 'medium'.")
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature over router scores.")
+    mc_passes: int = Field(20, ge=2, description="Stochastic passes for MC-dropout.")
+    mc_dropout: float = Field(0.1, gt=0, lt=1, description="Dropout rate for MC-dropout.")
+    pool_limit: int = Field(5000, ge=1, description="Most recent requests considered.")
+    weak_area_weighting: bool = Field(
+        True, description="Weigh requests of domains with poor feedback up (meta-analysis)."
+    )
+
+    @model_validator(mode="after")
+    def _quantiles_ordered(self) -> ActiveLearningConfig:
+        if self.medium_quantile > self.high_quantile:
+            raise ValueError(
+                f"`active_learning.medium_quantile` ({self.medium_quantile}) must not exceed "
+                f"`active_learning.high_quantile` ({self.high_quantile})."
+            )
+        return self
+
+
 class QLPConfig(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -226,6 +254,7 @@ class QLPConfig(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     s3: S3Config = Field(default_factory=S3Config)
     improve: ImproveConfig = Field(default_factory=ImproveConfig)
+    active_learning: ActiveLearningConfig = Field(default_factory=ActiveLearningConfig)
 
     @property
     def registry_uri(self) -> str:
@@ -327,6 +356,7 @@ __all__ = [
     "StoreConfig",
     "S3Config",
     "ImproveConfig",
+    "ActiveLearningConfig",
     "load_config",
     "read_yaml",
 ]
