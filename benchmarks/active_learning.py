@@ -127,8 +127,9 @@ def main() -> None:
     texts, y, repos, classes = load(args.data)
     t0 = time.perf_counter()
     emb = get_embedder().encode(texts)
-    print(f"{len(texts)} examples, {len(classes)} domains, embedded in "
-          f"{time.perf_counter() - t0:.1f} s; nearest-neighbour backend: {active.NN_BACKEND}")  # fmt: skip
+    secs = time.perf_counter() - t0
+    print(f"{len(texts)} examples, {len(classes)} domains, embedded in {secs:.1f} s; "
+          f"nearest-neighbour backend: {active.NN_BACKEND}")  # fmt: skip
     need: dict[str, list[int]] = {m: [] for m in METHODS}
     censored: dict[str, int] = {m: 0 for m in METHODS}
     auc: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -161,8 +162,9 @@ def main() -> None:
           f"{'mean acc (AUC)':>16}{'time s':>8}")  # fmt: skip
     for m in METHODS:
         n = np.array(need[m])
+        missed = f"{censored[m]}/{args.repeats}"
         print(f"{m:<18}{n.mean():>11.1f} ± {n.std():>4.1f}{n.mean() / base:>11.2f}"
-              f"{censored[m]:>9}/{args.repeats:<3}{np.mean(auc[m]):>16.3f}{t_methods[m]:>8.1f}")  # fmt: skip
+              f"{missed:>13}{np.mean(auc[m]):>16.3f}{t_methods[m]:>8.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":
