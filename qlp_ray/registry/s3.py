@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qlp_ray.errors import AdapterNotFound, ConfigError, InvalidRequest, NotFound
+from qlp_ray.registry.local import ADAPTER_ID_PATTERN, StorageError
 from qlp_ray.registry.storage import AdapterStorage
 
 if TYPE_CHECKING:
-    from qlp_ray.config import S3Config
+    from qlp_ray.config import QLPConfig, S3Config
 
 logger = logging.getLogger(__name__)
 
@@ -197,11 +198,13 @@ class S3Storage(AdapterStorage):
         return cls(make_client(cfg), bucket, prefix, cache_dir)
 
     def _adapter_key(self, adapter_id: str, *parts: str) -> str:
-        return self._s3.key("adapters", _check_name("adapter id", adapter_id), *parts)
+        if not ADAPTER_ID_PATTERN.match(adapter_id):  # same ids as LocalStorage
+            raise AdapterNotFound(f"invalid adapter id {adapter_id!r}", param="adapter_id")
+        return self._s3.key("adapters", adapter_id, *parts)
 
     def adapter_ids(self) -> list[str]:
         ids = self._s3.list_children(self._s3.key("adapters") + "/")
-        return sorted(i for i in ids if self.versions(i))
+        return sorted(i for i in ids if ADAPTER_ID_PATTERN.match(i) and self.versions(i))
 
     def versions(self, adapter_id: str) -> list[int]:
         prefix = self._adapter_key(adapter_id, "published") + "/"
@@ -220,7 +223,7 @@ class S3Storage(AdapterStorage):
     def publish(self, staging_dir: Path, adapter_id: str, version: int) -> None:
         marker_key = self._marker_key(adapter_id, version)
         if self._s3.exists(marker_key):
-            raise InvalidRequest(f"adapter {adapter_id!r} version {version} is already published")
+            raise StorageError(f"adapter {adapter_id!r} version {version} already exists")
         files_key = self._adapter_key(adapter_id, "files", str(version))
         t0 = time.perf_counter()
         marker = self._s3.upload_dir(
@@ -262,6 +265,11 @@ def _matches(local: Path, marker: dict) -> bool:
         if _sha256(path) != entry["sha256"]:
             return False
     return True
+
+
+def open_s3_storage(uri: str, cfg: QLPConfig) -> S3Storage:
+    """The registry's storage for an ``s3://`` ``registry.uri`` (cache under ``<home>``)."""
+    return S3Storage.from_uri(uri, cfg.s3, cfg.paths.root / "cache" / "s3")
 
 
 class S3ArtifactStore:

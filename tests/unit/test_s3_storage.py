@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -10,10 +11,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qlp_ray.config import S3Config
 from qlp_ray.errors import AdapterNotFound, ConfigError, InvalidRequest, NotFound
+from qlp_ray.registry.local import StorageError
 from qlp_ray.registry.s3 import S3ArtifactStore, S3Storage, make_client, parse_s3_uri
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,9 +76,9 @@ def test_publish_fetch_pointer_roundtrip(storage, tmp_path):
     assert storage.read_pointer("api") == 2
     with pytest.raises(AdapterNotFound, match="no published version 7"):
         storage.write_pointer("api", 7)
-    with pytest.raises(InvalidRequest, match="already published"):
+    with pytest.raises(StorageError, match="already exists"):
         storage.publish(src, "api", 1)
-    with pytest.raises(InvalidRequest, match="adapter id"):
+    with pytest.raises(AdapterNotFound, match="invalid adapter id"):
         storage.versions("../etc")
 
 
@@ -185,3 +188,45 @@ def test_parse_uri():
         parse_s3_uri("/local/dir")
     with pytest.raises(ConfigError):
         parse_s3_uri("s3:///x")
+
+
+def test_registry_signs_into_s3_and_refuses_tampering(s3_cfg, tmp_path):
+    """The real Registry (sign, publish, verify) on top of S3Storage."""
+    from safetensors.numpy import save_file
+
+    from qlp_ray.config import load_config
+    from qlp_ray.errors import SignatureError
+    from qlp_ray.registry import Registry
+    from qlp_ray.registry.signing import init_keys
+
+    cfg = load_config(overrides={"paths": {"home": str(tmp_path / "home")}}, environ={})
+    init_keys(cfg.paths.keys)
+    storage = S3Storage.from_uri(f"s3://{BUCKET}/registry", s3_cfg, tmp_path / "cache")
+    reg = Registry(cfg, storage=storage)
+    src = tmp_path / "adapter"
+    src.mkdir()
+    save_file({"lora_A": np.ones((2, 4), np.float32)}, str(src / "adapter_model.safetensors"))
+    (src / "adapter_config.json").write_text('{"r": 2}')
+    rec = reg.register(src, adapter_id="api", domain="api", base_model="builtin:tiny-llama")
+    assert rec.signed and rec.version == 1 and storage.read_pointer("api") == 1
+    reg.register(src, adapter_id="api", domain="api", base_model="builtin:tiny-llama")
+    assert storage.versions("api") == [1, 2] and reg.get("api").version == 2
+    # Overwrite the weights object in the bucket: a fresh reader (empty cache, e.g. another
+    # machine) refuses the download by digest; this reader's verified cache is unaffected.
+    key = storage._s3.key("adapters", "api", "files", "1", "adapter_model.safetensors")
+    storage._s3.client.put_object(Bucket=BUCKET, Key=key, Body=b"evil")
+    fresh = S3Storage.from_uri(f"s3://{BUCKET}/registry", s3_cfg, tmp_path / "cache2")
+    with pytest.raises(InvalidRequest, match="SHA-256"):
+        Registry(cfg, storage=fresh).verify("api", 1)
+    assert reg.verify("api", 1).signed
+    # Whoever can rewrite the marker too gets past the digest check, not the signature.
+    marker_key = storage._s3.key("adapters", "api", "published", "00000001.json")
+    marker = storage._s3.get_json(marker_key)
+    for entry in marker["files"]:
+        if entry["path"] == "adapter_model.safetensors":
+            entry["sha256"] = hashlib.sha256(b"evil").hexdigest()
+            entry["size"] = 4
+    storage._s3.put_json(marker_key, marker)
+    with pytest.raises(SignatureError, match="tampered"):
+        Registry(cfg, storage=fresh).verify("api", 1)
+    assert reg.verify("api", 2).signed
