@@ -85,6 +85,7 @@ def _register() -> None:
         ("qlp_ray.cli_adapters", "adapters"),
         ("qlp_ray.cli_data", "data"),
         ("qlp_ray.cli_label", "label"),
+        ("qlp_ray.cli_improve", "improve"),
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)

@@ -179,6 +179,10 @@ class StoreConfig(_Section):
         "FULL", description="SQLite synchronous pragma (FULL: committed rows survive power loss)."
     )
     busy_timeout_ms: int = Field(10000, ge=0, description="SQLite wait for a locked database.")
+    audit: bool = Field(
+        True,
+        description="Record sign/verify/promote/rollback events and refuse rolled-back pointers.",
+    )
 
 
 class S3Config(_Section):
