@@ -221,6 +221,32 @@ class ImproveConfig(_Section):
     classifier_temperature: float = Field(
         0.05, gt=0, description="Softmax temperature over centroid cosine similarities."
     )
+    domains: list[str] = Field(
+        default_factory=list, description="Domains the orchestrator improves ([] = all in store)."
+    )
+    min_new_samples: int = Field(
+        50, ge=1, description="New high-quality feedback examples that trigger retraining."
+    )
+    margin: float = Field(
+        0.05, ge=0, description="Relative held-out gain a candidate needs over production."
+    )
+    metric: str = Field(
+        "perplexity", description="Held-out metric that decides (lower-is-better ones known)."
+    )
+    experiment_share: float = Field(
+        0.5, gt=0, lt=1, description="Traffic share of the candidate during its experiment."
+    )
+    experiment_alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="Significance level of the promote/rollback test."
+    )
+    experiment_min_trials: int = Field(30, ge=1, description="Rated requests per arm first.")
+    experiment_max_trials: int = Field(
+        1000, ge=1, description="Rated requests per arm after which no gain means rollback."
+    )
+    experiment_timeout_s: float = Field(
+        0.0, ge=0, description="How long one cycle waits for its experiment (0 = next cycle)."
+    )
+    interval_s: float = Field(600.0, gt=0, description="Seconds between orchestrator cycles.")
 
 
 class ActiveLearningConfig(_Section):

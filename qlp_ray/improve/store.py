@@ -227,7 +227,11 @@ class FeedbackStore:
             return [FeedbackRecord(**r._mapping) for r in conn.execute(q)]
 
     def feedback_with_requests(
-        self, *, kinds: Iterable[str] | None = None, domain: str | None = None
+        self,
+        *,
+        kinds: Iterable[str] | None = None,
+        domain: str | None = None,
+        experiment: str | None = None,
     ) -> list[tuple[RequestRecord, FeedbackRecord]]:
         """Feedback joined to its request (for preference pairs and corrections)."""
         r, f = schema.requests, schema.feedback
@@ -238,6 +242,8 @@ class FeedbackStore:
             q = q.where(f.c.kind.in_(list(kinds)))
         if domain is not None:
             q = q.where(r.c.domain == domain)
+        if experiment is not None:
+            q = q.where(r.c.experiment == experiment)
         out = []
         with self.engine.connect() as conn:
             for row in conn.execute(q):
