@@ -6,7 +6,50 @@ import json
 
 import typer
 
-app = typer.Typer(help="Continual improvement: audit log, promote, rollback.")
+app = typer.Typer(
+    help="Continual improvement: one cycle (--once), the orchestrator, audit, promote, rollback.",
+    invoke_without_command=True,
+)
+
+
+@app.callback()
+def improve(
+    ctx: typer.Context,
+    once: bool = typer.Option(False, "--once", help="Run one cycle here and print decisions."),
+    domain: list[str] = typer.Option(None, "--domain", help="Only these domains (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the decisions as JSON."),
+) -> None:
+    """Run one continual-learning cycle with progress and a decision report."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not once:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from qlp_ray.cli import console, fail, get_config
+    from qlp_ray.errors import QLPError
+    from qlp_ray.improve.engines import build_orchestrator
+
+    cfg = get_config()
+    try:
+        orch = build_orchestrator(cfg, progress=lambda m: console.print(f"[dim]•[/] {m}"))
+        outcomes = orch.run_cycle(domain or None)
+    except QLPError as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps([asdict(o) for o in outcomes], indent=1, default=str))
+        return
+    table = Table(title="improvement cycle")
+    for col in ("domain", "decision", "why", "numbers"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+        nums = {k: round(v, 4) if isinstance(v, float) else v for k, v in o.numbers.items()}
+        table.add_row(o.domain, o.action, o.reason, json.dumps(nums, default=str))
+    console.print(table)
 
 
 def _registry():
@@ -14,6 +57,27 @@ def _registry():
     from qlp_ray.registry.store import Registry
 
     return Registry(get_config())
+
+
+@app.command("daemon")
+def daemon() -> None:
+    """Start the restartable orchestrator actor and cycle every improve.interval_s (Ctrl-C)."""
+    import ray
+
+    from qlp_ray.cli import console, get_config
+    from qlp_ray.improve.actor import start_orchestrator
+    from qlp_ray.improve.engines import ensure_ray
+
+    cfg = get_config()
+    ensure_ray()
+    actor = start_orchestrator(cfg)
+    done = actor.run_forever.remote()
+    console.print(f"orchestrator running, a cycle every {cfg.improve.interval_s:.0f} s")
+    try:
+        ray.get(done)
+    except KeyboardInterrupt:
+        ray.get(actor.stop.remote())
+        console.print(f"stopped after {ray.get(done)} cycles")
 
 
 @app.command("audit")

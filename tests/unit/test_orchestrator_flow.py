@@ -165,3 +165,23 @@ def test_experiment_rollback_keeps_control(env):
     assert outs[0].action == "kept" and "<" in outs[0].reason
     assert Registry(cfg).get("api").version == 1 and splitter.stopped == ["improve-api-v2"]
     assert make().running_experiments() == []
+
+
+def test_cli_improve_once_reports_decisions(tmp_path, monkeypatch):
+    """`qlp improve --once` on a store with too little feedback: a report, no training."""
+    from typer.testing import CliRunner
+
+    from qlp_ray.cli import app
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("QLP_HOME", str(home))
+    monkeypatch.setenv("QLP_IMPROVE__MIN_NEW_SAMPLES", "5")
+    store = FeedbackStore(f"sqlite:///{home / 'feedback.db'}")
+    _good_feedback(store, 3, "few")
+    store.close()
+    result = CliRunner().invoke(app, ["improve", "--once", "--json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    new = row["numbers"]["new"]  # the training share of the 3 (some go to held-out)
+    assert 1 <= new <= 3 and row["domain"] == "api" and row["action"] == "skipped"
+    assert row["reason"] == f"{new} new samples < 5"
