@@ -148,3 +148,29 @@ def test_cli_label_next(store, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert ids[1] in result.output and ids[2] in result.output and ids[0] not in result.output
     assert '"priority": "high"' in result.output
+
+
+def test_http_routes_feedback_and_label_queue(store):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from qlp_ray.improve.http_api import improve_router
+
+    s, ids = store
+    app = FastAPI()
+    app.include_router(improve_router(s, _fake_embed, ActiveLearningConfig()))
+    client = TestClient(app)
+    r = client.get("/v1/admin/label-queue", params={"k": 2, "method": "margin"})
+    assert r.status_code == 200
+    assert {d["request_id"] for d in r.json()["data"]} == {ids[1], ids[2]}
+    r = client.post("/v1/feedback", json={"request_id": ids[1], "kind": "rating", "value": 5})
+    assert r.status_code == 200 and r.json()["request_id"] == ids[1]
+    r = client.get("/v1/admin/label-queue", params={"k": 5, "method": "margin"})
+    assert ids[1] not in {d["request_id"] for d in r.json()["data"]}  # labelled now
+    bad = client.post("/v1/feedback", json={"request_id": ids[0], "kind": "rating", "value": 9})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+    assert "[1, 5]" in bad.json()["error"]["message"]
+    missing = client.post("/v1/feedback", json={"request_id": "nope", "kind": "thumbs", "value": 1})
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+    r = client.get("/v1/admin/label-queue", params={"method": "vibes"})
+    assert r.status_code == 400 and "unknown active-learning method" in r.json()["error"]["message"]
