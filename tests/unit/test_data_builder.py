@@ -125,6 +125,10 @@ def test_build_sets_and_report(classifier, tmp_path):
     fe_rewards = {r.get("request_id"): r for r in _jsonl(out / "rewards" / "frontend.jsonl")}
     assert fe_rewards[r1]["reward"] == 0.0
     assert de.reward_prompts == 3  # every capsule, low scores included, labelled by its score
+    from qlp_ray.data.capsules import load_capsules  # what the trainer reads
+
+    loaded = load_capsules(out / "sft" / f"devops.{'train' if dv.train else 'heldout'}.jsonl")
+    assert loaded[0].domain == "devops" and loaded[0].validation_score >= 0.9
     saved = json.loads((out / "report.json").read_text())
     assert saved["domains"]["dataeng"]["below_quality"] == 2
     store.close()
