@@ -247,6 +247,12 @@ class ImproveConfig(_Section):
         0.0, ge=0, description="How long one cycle waits for its experiment (0 = next cycle)."
     )
     interval_s: float = Field(600.0, gt=0, description="Seconds between orchestrator cycles.")
+    trusted_heldout: bool = Field(
+        True,
+        description="Also evaluate on the domain's bundled held-out set (a yardstick feedback "
+        "cannot move).",
+    )
+    max_eval_examples: int = Field(64, ge=1, description="Held-out examples scored per model.")
 
 
 class ActiveLearningConfig(_Section):

@@ -214,16 +214,34 @@ class Orchestrator:
             return self.wait_for_experiment(name, self.imp.experiment_timeout_s) or outcome
         return outcome
 
+    def heldout_records(self, domain: str, ex: DomainExamples) -> list[dict]:
+        """Feedback held-out examples plus, when configured, the domain's bundled held-out
+        set: a fixed yardstick, so a candidate trained on bad feedback cannot win on it."""
+        half = max(1, self.imp.max_eval_examples // 2)
+        records = list(ex.heldout)
+        if self.imp.trusted_heldout:
+            from qlp_ray.data.capsules import bundled_domains, load_capsules, sample_path
+
+            if domain in bundled_domains():
+                trusted = load_capsules(sample_path(domain, "heldout"))
+                fixed = [c.model_dump(include={"instruction", "input", "output", "domain"})
+                         for c in trusted]  # fmt: skip
+                room = max(half, self.imp.max_eval_examples - len(records))
+                records = records[: self.imp.max_eval_examples - min(room, len(fixed))]
+                records += fixed[:room]
+        return records[: self.imp.max_eval_examples]
+
     def _evaluate(self, domain, ex, cand_dir, prod, parts):
         key = idempotency_key("evaluate", domain, *parts)
         done = self.store.find_event(key)
         if done is not None:
             cand_m, prod_m = done.payload["candidate"], done.payload["production"]
         else:
-            self.say(f"{domain}: evaluating candidate and production on {len(ex.heldout)} held-out")
-            cand_m = self.evaluator.evaluate(cand_dir, ex.heldout)
+            records = self.heldout_records(domain, ex)
+            self.say(f"{domain}: evaluating candidate and production on {len(records)} held-out")
+            cand_m = self.evaluator.evaluate(cand_dir, records)
             prod_dir = self.registry.verified_path(domain, prod) if prod else None
-            prod_m = self.evaluator.evaluate(prod_dir, ex.heldout)
+            prod_m = self.evaluator.evaluate(prod_dir, records)
         verdict = judge_candidate(self.imp.metric, cand_m, prod_m, self.imp.margin)
         if done is None:
             self._event("evaluate", key, domain, prod, candidate=cand_m, production=prod_m,

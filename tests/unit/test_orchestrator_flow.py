@@ -185,3 +185,20 @@ def test_cli_improve_once_reports_decisions(tmp_path, monkeypatch):
     new = row["numbers"]["new"]  # the training share of the 3 (some go to held-out)
     assert 1 <= new <= 3 and row["domain"] == "api" and row["action"] == "skipped"
     assert row["reason"] == f"{new} new samples < 5"
+
+
+def test_heldout_mixes_feedback_and_the_bundled_yardstick(env):
+    from qlp_ray.data.capsules import load_capsules, sample_path
+    from qlp_ray.improve.feedback_data import DomainExamples
+
+    cfg, store, trainer, evaluator, splitter, make = env
+    bundled = load_capsules(sample_path("api", "heldout"))
+    mine = [
+        {"instruction": f"q{i}", "input": "", "output": "a", "domain": "api"} for i in range(50)
+    ]
+    recs = make().heldout_records("api", DomainExamples("api", [], mine))
+    assert len(recs) == cfg.improve.max_eval_examples == 64
+    assert recs[:32] == mine[:32] and recs[32]["instruction"] == bundled[0].instruction
+    few = make().heldout_records("api", DomainExamples("api", [], mine[:5]))
+    assert len(few) == 5 + min(len(bundled), 59)
+    assert make().heldout_records("nodomain", DomainExamples("nodomain", [], mine[:3])) == mine[:3]
