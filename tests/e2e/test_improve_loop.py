@@ -1,7 +1,8 @@
 """The self-improvement loop end to end on the tiny model, real engines throughout.
 
-Production is a weak ``devops`` adapter. Simulated users dislike its answers and send
-corrections in the domain's house style ("Steps: 1) ... Verify: ..."). One
+Production ``devops`` is a mis-trained adapter (it learned the frontend domain's answer
+style). Simulated users dislike its answers and send corrections in the devops house
+style ("Steps: 1) ... Verify: ..."). One
 orchestrator cycle mines those corrections, trains a candidate on Ray Train, checks it
 beats production on held-out data by the margin, signs and registers it, runs an A/B
 experiment (the same users query both versions and thumb up house-style answers) and
@@ -100,10 +101,14 @@ class SimulatedUsers:
         self.stopped.append(name)
 
 
-def test_cycle_promotes_a_better_adapter_and_keeps_it_against_bad_data(ray_local, tiny_cfg):
+def test_cycle_promotes_a_better_adapter_and_keeps_it_against_bad_data(
+    ray_local, tiny_cfg, tmp_path
+):
     from qlp_ray.train.ray_train import train_adapter
 
-    cfg = tiny_cfg.model_copy(deep=True)
+    cfg = tiny_cfg.model_copy(deep=True)  # the session's tiny model and keys ...
+    cfg.registry.uri = str(tmp_path / "registry")  # ... but a registry and store of our own
+    cfg.store.url = f"sqlite:///{tmp_path / 'feedback.db'}"
     cfg.improve.domains = [DOMAIN]
     cfg.improve.min_new_samples = 20
     cfg.improve.experiment_timeout_s = 120
@@ -112,10 +117,10 @@ def test_cycle_promotes_a_better_adapter_and_keeps_it_against_bad_data(ray_local
     store = FeedbackStore.from_config(cfg)
     registry = Registry(cfg)
 
-    # Production v1: a barely trained devops adapter.
-    weak = train_adapter(cfg, domain=DOMAIN, data_path=sample_path(DOMAIN, "train"),
-                         heldout_path=sample_path(DOMAIN, "heldout"), steps=2)  # fmt: skip
-    v1 = registry.register(weak.adapter_dir, adapter_id=DOMAIN, domain=DOMAIN,
+    # Production v1: trained on the wrong domain's data (answers start "Fix: ...").
+    wrong = train_adapter(cfg, domain="frontend", data_path=sample_path("frontend", "train"),
+                          heldout_path=sample_path("frontend", "heldout"), steps=30)  # fmt: skip
+    v1 = registry.register(wrong.adapter_dir, adapter_id=DOMAIN, domain=DOMAIN,
                            base_model=base_model_id(cfg))  # fmt: skip
     assert v1.version == 1
 
