@@ -81,8 +81,10 @@ def _register() -> None:
     import importlib
 
     for module_name, group in [
+        ("qlp_ray.cli_demo", None),  # top-level `qlp demo`
         ("qlp_ray.cli_keys", "keys"),
         ("qlp_ray.cli_adapters", "adapters"),
+        ("qlp_ray.cli_serve", None),  # top-level `qlp serve`, `qlp shutdown`
         ("qlp_ray.cli_data", "data"),
         ("qlp_ray.cli_label", "label"),
         ("qlp_ray.cli_improve", "improve"),

@@ -10,10 +10,10 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(help="Run the end-to-end demo on local Ray.", invoke_without_command=True)
+app = typer.Typer()
 
 
-@app.callback(invoke_without_command=True)
+@app.command()
 def demo(
     summary_json: Path | None = typer.Option(None, help="Write the summary JSON here."),
     keep_serving: bool = typer.Option(False, help="Leave the Serve app running afterwards."),
@@ -44,8 +44,9 @@ def demo(
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("pre-training tiny-llama", total=cfg.model.tiny.pretrain_steps,
-                                 loss="-")
+        task = progress.add_task(
+            "pre-training tiny-llama", total=cfg.model.tiny.pretrain_steps, loss="-"
+        )
 
         def on_step(step: int, total: int, loss: float) -> None:
             progress.update(task, completed=step, loss=f"{loss:.3f}")
@@ -70,8 +71,9 @@ def demo(
                 f"  [green]✓[/] {a.id} v{a.version}: eval loss "
                 f"{a.eval_loss_before:.3f} → {a.eval_loss_after:.3f}  signed={a.signed}"
             )
-            status.update(f"training adapters on Ray Train ({len(adapters)}/"
-                          f"{len(cfg.demo.domains)}) ...")
+            status.update(
+                f"training adapters on Ray Train ({len(adapters)}/{len(cfg.demo.domains)}) ..."
+            )
 
         train_domain_adapters(cfg, on_done=on_done)
 

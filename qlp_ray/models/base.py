@@ -25,7 +25,9 @@ def base_model_id(cfg: QLPConfig) -> str:
 
         return f"{BUILTIN_TINY}@{fingerprint(cfg.model.tiny)}"
     if name.startswith("builtin:"):
-        raise ConfigError(f"`model.base_model`: unknown builtin model {name!r} (have {BUILTIN_TINY!r})")
+        raise ConfigError(
+            f"`model.base_model`: unknown builtin model {name!r} (have {BUILTIN_TINY!r})"
+        )
     return name
 
 

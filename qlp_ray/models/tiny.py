@@ -190,7 +190,10 @@ def _build(tiny: TinyModelConfig, out: Path, progress: ProgressFn | None) -> Non
     os.replace(tmp, out)
     logger.info(
         "built tiny-llama: %d params, loss %.3f -> %.3f in %.1f s",
-        meta["parameters"], meta["loss_first"] or 0, meta["loss_last"] or 0, meta["seconds"],
+        meta["parameters"],
+        meta["loss_first"] or 0,
+        meta["loss_last"] or 0,
+        meta["seconds"],
     )
 
 
