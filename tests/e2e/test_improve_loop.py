@@ -31,7 +31,7 @@ from qlp_ray.improve.store import FeedbackStore  # noqa: E402
 from qlp_ray.models.base import base_model_id, load_base  # noqa: E402
 from qlp_ray.registry import Registry  # noqa: E402
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~5 min on 2 cores, 3 Ray Train runs
 DOMAIN = "devops"
 
 
@@ -149,6 +149,7 @@ def test_cycle_promotes_a_better_adapter_and_keeps_it_against_bad_data(
     assert verdict["register"] and verdict["improvement"] >= cfg.improve.margin, verdict
     assert evaluation["candidate"]["perplexity"] < evaluation["production"]["perplexity"]
     assert "centroid" in registry.get(DOMAIN).metadata  # routable
+    print(f"\ngood cycle: {verdict['reason']}; experiment {good.reason}; rates {users.rates}")
 
     # Bad data: users "correct" answers into word salad. The candidate must lose.
     words = " ".join(s.output for s in load_capsules(sample_path("frontend", "train"))).split()
@@ -158,6 +159,7 @@ def test_cycle_promotes_a_better_adapter_and_keeps_it_against_bad_data(
         salad = " ".join(rng.sample(words, 20))
         store.record_feedback(rid, "correction", payload={"text": salad})
     [bad] = orch.run_cycle()
+    print(f"bad cycle: {bad.action}: {bad.reason}")
     assert bad.action == "rejected", bad
     assert registry.get(DOMAIN).version == 2 and registry.storage.versions(DOMAIN) == [1, 2]
     kinds = [e.kind for e in audit_for(cfg).events(DOMAIN)]
