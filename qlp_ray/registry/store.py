@@ -102,6 +102,10 @@ class Registry:
         self, cfg: QLPConfig, storage: AdapterStorage | None = None, audit: Any = "config"
     ) -> None:
         self.cfg = cfg
+        if storage is None and cfg.registry_uri.startswith("s3://"):
+            from qlp_ray.registry.s3 import open_s3_storage
+
+            storage = open_s3_storage(cfg.registry_uri, cfg)
         self.storage = storage if storage is not None else open_storage(cfg.registry_uri)
         if audit == "config":  # the audit log / rollback guard of the feedback store
             from qlp_ray.improve.audit import audit_for

@@ -199,10 +199,14 @@ def test_registry_signs_into_s3_and_refuses_tampering(s3_cfg, tmp_path):
     from qlp_ray.registry import Registry
     from qlp_ray.registry.signing import init_keys
 
-    cfg = load_config(overrides={"paths": {"home": str(tmp_path / "home")}}, environ={})
+    s3 = s3_cfg.model_dump()
+    cfg = load_config(overrides={"paths": {"home": str(tmp_path / "home")}, "s3": s3,
+                                 "registry": {"uri": f"s3://{BUCKET}/registry"}},
+                      environ={})  # fmt: skip
     init_keys(cfg.paths.keys)
-    storage = S3Storage.from_uri(f"s3://{BUCKET}/registry", s3_cfg, tmp_path / "cache")
-    reg = Registry(cfg, storage=storage)
+    reg = Registry(cfg)  # registry.uri s3://... -> S3Storage on the configured endpoint
+    storage = reg.storage
+    assert isinstance(storage, S3Storage)
     src = tmp_path / "adapter"
     src.mkdir()
     save_file({"lora_A": np.ones((2, 4), np.float32)}, str(src / "adapter_model.safetensors"))
