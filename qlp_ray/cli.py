@@ -85,6 +85,7 @@ def _register() -> None:
         ("qlp_ray.cli_keys", "keys"),
         ("qlp_ray.cli_adapters", "adapters"),
         ("qlp_ray.cli_serve", None),  # top-level `qlp serve`, `qlp shutdown`
+        ("qlp_ray.cli_devices", None),  # top-level `qlp devices`
         ("qlp_ray.cli_data", "data"),
         ("qlp_ray.cli_label", "label"),
         ("qlp_ray.cli_improve", "improve"),

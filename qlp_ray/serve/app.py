@@ -26,6 +26,17 @@ def build_app(cfg: QLPConfig) -> serve.Application:
     return gateway_deployment(cfg).bind(config, router, compositor)
 
 
+def app_builder(args: dict[str, str]) -> serve.Application:
+    """Ray Serve application builder for ``serve run`` / RayService ``import_path``.
+
+    ``args`` may name a YAML file (``config: path``); otherwise the defaults, ``QLP_*``
+    environment variables and ``QLP_CONFIG`` apply, exactly as for the CLI.
+    """
+    from qlp_ray.config import load_config
+
+    return build_app(load_config(args.get("config") if args else None))
+
+
 def base_url(cfg: QLPConfig) -> str:
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
     prefix = cfg.serve.route_prefix.rstrip("/")
