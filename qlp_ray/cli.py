@@ -86,6 +86,7 @@ def _register() -> None:
         ("qlp_ray.cli_adapters", "adapters"),
         ("qlp_ray.cli_serve", None),  # top-level `qlp serve`, `qlp shutdown`
         ("qlp_ray.cli_devices", None),  # top-level `qlp devices`
+        ("qlp_ray.cli_train", None),  # top-level `qlp train`
         ("qlp_ray.cli_data", "data"),
         ("qlp_ray.cli_label", "label"),
         ("qlp_ray.cli_improve", "improve"),

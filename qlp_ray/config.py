@@ -94,6 +94,15 @@ class AdaLoraConfigSection(_Section):
     tinit: int = Field(5, ge=0, description="Warm-up steps before rank pruning starts.")
     tfinal: int = Field(5, ge=0, description="Final steps with a frozen rank pattern.")
     delta_t: int = Field(2, ge=1, description="Steps between two rank reallocations.")
+    # Measured on the tiny model (ml samples, 20 steps): held-out loss 0.383 -> 0.382 at
+    # lr 2e-3 with PEFT's default orth_reg_weight 0.5, -> 0.373 at lr 1e-2 with 0.1. AdaLoRA's
+    # singular values start at zero and need a larger step than LoRA in short runs.
+    learning_rate: float | None = Field(
+        1e-2, gt=0, description="Peak learning rate of AdaLoRA runs (None = train.learning_rate)."
+    )
+    orth_reg_weight: float = Field(
+        0.1, ge=0, description="Weight of AdaLoRA's orthogonal regulariser on P and Q."
+    )
 
 
 class TrainConfig(_Section):
