@@ -1,13 +1,17 @@
-"""Integration fixtures: a real local Ray for the session (never `ray start`/`ray stop`)."""
+"""Integration fixtures: a real local Ray per test module (never `ray start`/`ray stop`).
+
+Module scope keeps modules independent: some start their own multi-node cluster, and a
+Serve app of one module must not hold CPUs that the next module's Ray Train run needs.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """An in-process local Ray cluster with 2 CPUs, shut down at the end of the session."""
+    """An in-process local Ray cluster with 2 CPUs, shut down at the end of the module."""
     import ray
 
     if ray.is_initialized():

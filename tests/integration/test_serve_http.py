@@ -116,15 +116,13 @@ def build_stack(home: Path):
     return cfg, registry, dirs
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    import ray
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, ray_local):
     from ray import serve
 
     from qlp_ray.serve.app import deploy
 
     cfg, registry, dirs = build_stack(tmp_path_factory.mktemp("qlp_home"))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         url = deploy(cfg, persistent=False)
         assert url == URL
@@ -132,7 +130,6 @@ def stack(tmp_path_factory):
         yield {"cfg": cfg, "registry": registry, "dirs": dirs, "compositor": compositor}
     finally:
         serve.shutdown()
-        ray.shutdown()
 
 
 def _post(path: str, body, headers=AUTH) -> httpx.Response:
