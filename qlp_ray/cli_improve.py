@@ -69,7 +69,7 @@ def daemon() -> None:
     from qlp_ray.improve.engines import ensure_ray
 
     cfg = get_config()
-    ensure_ray()
+    ensure_ray(cfg)
     actor = start_orchestrator(cfg)
     done = actor.run_forever.remote()
     console.print(f"orchestrator running, a cycle every {cfg.improve.interval_s:.0f} s")

@@ -23,14 +23,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def ensure_ray() -> None:
-    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray (training needs it)."""
-    import os
+def ensure_ray(cfg: QLPConfig) -> None:
+    """Join the running cluster (``RAY_ADDRESS`` or the demo's local one), else start an
+    in-process local Ray for the training runs."""
+    from qlp_ray.runtime import connect_existing, ensure_ray
 
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
+    if not connect_existing():
+        ensure_ray(cfg, persistent=False)
 
 
 class RayTrainCandidateTrainer:
@@ -47,7 +46,7 @@ class RayTrainCandidateTrainer:
         from qlp_ray.route.centroid import compute_centroid
         from qlp_ray.route.embeddings import get_embedder
 
-        ensure_ray()
+        ensure_ray(self.cfg)
         result = train_adapter(
             self.cfg, domain=domain, data_path=train_path, heldout_path=heldout_path
         )
