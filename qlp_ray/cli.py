@@ -87,6 +87,9 @@ def _register() -> None:
         ("qlp_ray.cli_serve", None),  # top-level `qlp serve`, `qlp shutdown`
         ("qlp_ray.cli_devices", None),  # top-level `qlp devices`
         ("qlp_ray.cli_train", None),  # top-level `qlp train`
+        ("qlp_ray.cli_data", "data"),
+        ("qlp_ray.cli_label", "label"),
+        ("qlp_ray.cli_improve", "improve"),
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)
