@@ -24,7 +24,7 @@ demo: setup
 	$(VENV)/bin/qlp demo $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m pytest -q -ra --timeout=900 tests
+	$(PY) -m pytest -q -ra --timeout=900 --durations=15 tests/unit tests/integration tests/e2e
 
 test-unit: setup
 	$(PY) -m pytest -q -ra tests/unit
