@@ -41,7 +41,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf build *.egg-info qlp_ray/*.so cython_ext/*.c .pytest_cache .ruff_cache
