@@ -39,7 +39,7 @@ def test_demo_end_to_end(tmp_path: Path, qlp_home: Path):
         [
             sys.executable,
             "-m",
-            "qlp_ray.cli",
+            "qlp_ray",
             "demo",
             "--steps",
             "30",
