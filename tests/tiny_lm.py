@@ -21,6 +21,24 @@ CORPUS = [
 ] * 4
 
 
+NOUNS = ["service", "table", "model", "api", "button", "pipeline", "cluster", "file"]
+VERBS = ["deploys", "loads", "trains", "returns", "renders", "writes", "checks"]
+ADJS = ["new", "old", "fast", "big", "small"]
+
+
+def grammar_texts(n: int = 120, seed: int = 0) -> list[str]:
+    """Sentences of one tiny grammar: 'the ADJ NOUN VERB the NOUN'. Disjoint slices
+    share the distribution, so held-out measurements generalise."""
+    import random
+
+    rng = random.Random(seed)
+    out = set()
+    while len(out) < n:
+        adj, noun, verb, obj = (rng.choice(x) for x in (ADJS, NOUNS, VERBS, NOUNS))
+        out.add(f"the {adj} {noun} {verb} the {obj}")
+    return sorted(out, key=lambda _: rng.random())
+
+
 def make_tokenizer(vocab_size: int = 300) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -34,7 +52,7 @@ def make_tokenizer(vocab_size: int = 300) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(CORPUS + [" ".join(NOUNS + VERBS + ADJS)] * 4, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
@@ -61,3 +79,30 @@ def make_model(tokenizer: Any, *, hidden: int = 32, layers: int = 2, seed: int =
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(cfg)
+
+
+def pretrain(
+    model: Any,
+    tokenizer: Any,
+    *,
+    steps: int = 60,
+    lr: float = 1e-2,
+    seed: int = 0,
+    texts: list[str] | None = None,
+) -> Any:
+    """A few full-parameter LM steps on CORPUS so outputs look like corpus text
+    (a random model's next-token distribution is near uniform, which starves RL of signal)."""
+    import torch
+
+    torch.manual_seed(seed)
+    texts = texts or sorted(set(CORPUS))
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
