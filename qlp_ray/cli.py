@@ -84,10 +84,11 @@ def _register() -> None:
         ("qlp_ray.cli_demo", "demo"),
         ("qlp_ray.cli_keys", "keys"),
         ("qlp_ray.cli_adapters", "adapters"),
+        ("qlp_ray.cli_eval", "eval"),
+        ("qlp_ray.cli_optimize", "optimize"),
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)
 
 
 _register()
-

@@ -223,6 +223,20 @@ class EvaluationConfig(_Section):
         return self
 
 
+class OptimizeConfig(_Section):
+    method: Literal["dynamic-int8", "static-int8", "magnitude", "structured"] = Field(
+        "dynamic-int8", description="Optimisation `qlp optimize` applies by default."
+    )
+    sparsity: float = Field(0.5, ge=0.1, le=0.9, description="Target sparsity of pruning.")
+    calibration_samples: int = Field(
+        32, ge=1, description="Training texts used to calibrate static INT8 activation scales."
+    )
+    eval_samples: int = Field(
+        32, ge=1, description="Held-out texts for the before/after size-speed-quality report."
+    )
+    repeats: int = Field(3, ge=1, description="Timed passes over the eval texts per model.")
+
+
 class QLPConfig(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -232,6 +246,7 @@ class QLPConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
 
     @property
     def registry_uri(self) -> str:
@@ -331,6 +346,7 @@ __all__ = [
     "ServeConfig",
     "DemoConfig",
     "EvaluationConfig",
+    "OptimizeConfig",
     "load_config",
     "read_yaml",
 ]

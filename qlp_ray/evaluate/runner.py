@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 def load_eval_set(path: str | Path) -> list[dict[str, str]]:
-    """Read a JSONL evaluation set; every line needs string ``prompt`` and ``reference``."""
+    """Read a JSONL evaluation set: ``{prompt, reference}`` lines, or capsules
+    (``{instruction, input, output}``, turned into the training prompt format)."""
     p = Path(path)
     if not p.is_file():
         raise InvalidRequest(f"evaluation set not found: {p}")
@@ -35,10 +36,17 @@ def load_eval_set(path: str | Path) -> list[dict[str, str]]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InvalidRequest(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
+        if isinstance(rec, dict) and "instruction" in rec and "prompt" not in rec:
+            from qlp_ray.data.format import to_prompt_completion
+
+            pc = to_prompt_completion(rec)
+            rec = {"prompt": pc["prompt"], "reference": pc["completion"]}
         if not isinstance(rec, dict) or not all(
             isinstance(rec.get(k), str) for k in ("prompt", "reference")
         ):
-            raise InvalidRequest(f"{p}:{lineno}: needs string fields 'prompt' and 'reference'")
+            raise InvalidRequest(
+                f"{p}:{lineno}: needs string fields 'prompt' and 'reference' (or a capsule)"
+            )
         records.append(rec)
     if not records:
         raise InvalidRequest(f"evaluation set {p} is empty")
