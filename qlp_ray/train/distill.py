@@ -20,7 +20,7 @@ the student's own samples, the quantity the on-policy method optimises.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -123,6 +123,13 @@ def _kl_trainer_class() -> type:
             loss = per_token[mask].mean() * T * T
             return (loss, outputs) if return_outputs else loss
 
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            # no labels here, so the default would skip the loss: eval_loss is the KD loss
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad():
+                loss = self.compute_loss(model, inputs)
+            return loss.detach(), None, None
+
     return KLDistillTrainer
 
 
@@ -135,19 +142,23 @@ def _train_logits(
     args: Any,
     temperature: float,
     callbacks: Sequence[Any],
+    eval_texts: Sequence[str] = (),
 ) -> Any:
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
-    data = Dataset.from_list([{"text": t} for t in texts]).map(
-        lambda b: tokenizer(b["text"], truncation=True, max_length=256),
-        batched=True,
-        remove_columns=["text"],
-    )
+    def tokenized(items: Sequence[str]) -> Dataset:
+        return Dataset.from_list([{"text": t} for t in items]).map(
+            lambda b: tokenizer(b["text"], truncation=True, max_length=256),
+            batched=True,
+            remove_columns=["text"],
+        )
+
     trainer = _kl_trainer_class()(
         model=student,
         args=args,
-        train_dataset=data,
+        train_dataset=tokenized(texts),
+        eval_dataset=tokenized(eval_texts) if eval_texts else None,
         data_collator=DataCollatorWithPadding(tokenizer),
         teacher=teacher,
         temperature=temperature,
@@ -170,6 +181,7 @@ def train_distill(
     data: Sequence[str],
     *,
     output_dir: str,
+    eval_texts: Sequence[str] = (),
     method: Literal["logits", "on_policy"] = "logits",
     steps: int = 30,
     batch_size: int = 8,
@@ -187,6 +199,8 @@ def train_distill(
     seed: int = 0,
     callbacks: Sequence[Any] = (),
     extra_args: dict[str, Any] | None = None,
+    prepare: Callable[[Any], Any] | None = None,
+    resume_from_checkpoint: str | None = None,
 ) -> DistillResult:
     """Distil ``teacher`` into ``student`` (a LoRA adapter by default).
 
@@ -238,6 +252,7 @@ def train_distill(
             args=args,
             temperature=temperature,
             callbacks=callbacks,
+            eval_texts=eval_texts,
         )
     elif method == "on_policy":
         from datasets import Dataset
@@ -261,7 +276,9 @@ def train_distill(
         )
     else:
         raise InvalidRequest(f"method must be 'logits' or 'on_policy', got {method!r}")
-    out = trainer.train()
+    if prepare is not None:  # e.g. ray.train.huggingface.transformers.prepare_trainer
+        trainer = prepare(trainer)
+    out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     logger.info(
         "distillation (%s): %d items, %d steps, loss %.4f",
         method,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,7 @@ def train_dpo(
     pairs: Sequence[PreferencePair],
     *,
     output_dir: str,
+    eval_pairs: Sequence[PreferencePair] = (),
     steps: int = 40,
     batch_size: int = 8,
     learning_rate: float = 5e-3,
@@ -128,6 +129,8 @@ def train_dpo(
     seed: int = 0,
     callbacks: Sequence[Any] = (),
     extra_args: dict[str, Any] | None = None,
+    prepare: Callable[[Any], Any] | None = None,
+    resume_from_checkpoint: str | None = None,
 ) -> DPOResult:
     """Train a LoRA adapter on ``model`` with DPO; returns the adapted model."""
     from datasets import Dataset
@@ -135,9 +138,13 @@ def train_dpo(
 
     if not pairs:
         raise InvalidRequest("DPO needs at least one preference pair")
-    data = Dataset.from_list(
-        [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
-    )
+
+    def as_dataset(items: Sequence[PreferencePair]) -> Dataset:
+        return Dataset.from_list(
+            [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in items]
+        )
+
+    data = as_dataset(pairs)
     args = DPOConfig(
         beta=beta,
         max_length=256,
@@ -159,11 +166,14 @@ def train_dpo(
         model=model,
         args=args,
         train_dataset=data,
+        eval_dataset=as_dataset(eval_pairs) if eval_pairs else None,
         processing_class=tokenizer,
         peft_config=lora_config(rank=rank, alpha=alpha, target_modules=target_modules),
         callbacks=list(callbacks),
     )
-    out = trainer.train()
+    if prepare is not None:  # e.g. ray.train.huggingface.transformers.prepare_trainer
+        trainer = prepare(trainer)
+    out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     logger.info("DPO: %d pairs, %d steps, loss %.4f", len(pairs), steps, out.training_loss)
     return DPOResult(trainer.model, float(out.training_loss), dict(out.metrics))
 

@@ -15,7 +15,7 @@ mapping. The policy is trained as a LoRA adapter.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,6 +60,8 @@ def train_rl(
     seed: int = 0,
     callbacks: Sequence[Any] = (),
     extra_args: dict[str, Any] | None = None,
+    prepare: Callable[[Any], Any] | None = None,
+    resume_from_checkpoint: str | None = None,
 ) -> RLResult:
     """Optimise a LoRA policy on ``prompts`` for the summed ``reward_funcs``.
 
@@ -119,7 +121,9 @@ def train_rl(
         peft_config=lora_config(rank=rank, alpha=alpha, target_modules=target_modules),
         callbacks=list(callbacks),
     )
-    out = trainer.train()
+    if prepare is not None:  # e.g. ray.train.huggingface.transformers.prepare_trainer
+        trainer = prepare(trainer)
+    out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     rewards = [float(h["reward"]) for h in trainer.state.log_history if "reward" in h]
     logger.info(
         "%s: %d prompts, %d steps, reward %s -> %s",
