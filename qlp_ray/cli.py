@@ -86,6 +86,7 @@ def _register() -> None:
         ("qlp_ray.cli_adapters", "adapters"),
         ("qlp_ray.cli_eval", "eval"),
         ("qlp_ray.cli_optimize", "optimize"),
+        ("qlp_ray.cli_tune", "tune"),
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)

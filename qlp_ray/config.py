@@ -237,6 +237,18 @@ class OptimizeConfig(_Section):
     repeats: int = Field(3, ge=1, description="Timed passes over the eval texts per model.")
 
 
+class TuneConfig(_Section):
+    trials: int = Field(8, ge=1, description="Trials (Ray Train runs) per `qlp tune`.")
+    steps: int = Field(40, ge=1, description="Training steps per trial.")
+    eval_every: int = Field(10, ge=1, description="Steps between held-out evals (ASHA rungs).")
+    grace_period: int = Field(1, ge=1, description="Evaluations before ASHA may stop a trial.")
+    max_concurrent: int = Field(
+        1, ge=1, description="Trials running at the same time (each holds its worker CPUs)."
+    )
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs of each trial's Ray Train worker.")
+    seed: int = Field(0, description="Seed of the Optuna sampler.")
+
+
 class QLPConfig(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -247,6 +259,7 @@ class QLPConfig(_Section):
     demo: DemoConfig = Field(default_factory=DemoConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @property
     def registry_uri(self) -> str:
@@ -347,6 +360,7 @@ __all__ = [
     "DemoConfig",
     "EvaluationConfig",
     "OptimizeConfig",
+    "TuneConfig",
     "load_config",
     "read_yaml",
 ]

@@ -1,4 +1,4 @@
-"""DPO, GRPO/RLOO and distillation on Ray Train (``TorchTrainer``, DDP: gloo on CPU).
+"""DPO, GRPO/RLOO, distillation and the tuning SFT trials on Ray Train (DDP; gloo on CPU).
 
 Each worker runs the plain TRL function from :mod:`qlp_ray.train.dpo`, ``rl`` or
 ``distill`` with ``prepare_trainer`` and Ray's ``RayTrainReportCallback``: every
@@ -29,7 +29,7 @@ from qlp_ray.errors import InvalidRequest, TrainingError
 
 logger = logging.getLogger(__name__)
 
-RLHFMethod = Literal["dpo", "grpo", "rloo", "distill"]
+RLHFMethod = Literal["dpo", "grpo", "rloo", "distill", "sft"]
 ADAPTER_DIR = "adapter"
 HF_CHECKPOINT = "checkpoint"  # RayTrainReportCallback.CHECKPOINT_NAME
 
@@ -197,6 +197,18 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 resume_from_checkpoint=resume,
                 **common,
             )
+        elif method == "sft":  # the tuning trial (qlp_ray.tune)
+            from qlp_ray.tune.sft_trial import train_sft_lora
+
+            res = train_sft_lora(
+                model,
+                tokenizer,
+                config["data"],
+                eval_records=config.get("eval_data") or (),
+                output_dir=out_dir,
+                resume_from_checkpoint=resume,
+                **common,
+            )
         elif method == "distill":
             from qlp_ray.train.distill import train_distill
 
@@ -216,7 +228,11 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             raise InvalidRequest(f"unknown method {method!r}")
         metrics = {
-            **{k: float(v) for k, v in res.metrics.items() if isinstance(v, int | float)},
+            **{
+                k: float(v)
+                for k, v in res.metrics.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            },
             "train_loss": res.train_loss,
             "resumed_from_step": float(resumed_step),
             "done": 1.0,
