@@ -64,27 +64,24 @@ class RLHFRayResult:
     metrics: dict[str, Any]
 
 
-class _KillWorkerOnce:
-    """Test hook: SIGKILL this worker process at ``step`` (once per run, marked by a file).
-
-    It first waits ``grace_s`` so the Ray Train controller has collected the last
-    reported checkpoint (reports are picked up by polling the workers).
+def _kill_worker_callback(step: int, rank: int, marker: str, grace_s: float = 6.0) -> Any:
+    """Test hook: a ``TrainerCallback`` that SIGKILLs this worker at ``step`` (once per run,
+    remembered by a marker file), after waiting ``grace_s`` so the Ray Train controller
+    has collected the last reported checkpoint (it polls the workers for reports).
     """
+    import time
 
-    def __new__(cls, step: int, rank: int, marker: str, grace_s: float = 6.0):
-        import time
+    from transformers import TrainerCallback
 
-        from transformers import TrainerCallback
+    class KillWorker(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == step and _rank() == rank and not Path(marker).exists():
+                Path(marker).write_text(str(os.getpid()))
+                time.sleep(grace_s)
+                logger.warning("test hook: killing worker pid %d at step %d", os.getpid(), step)
+                os.kill(os.getpid(), signal.SIGKILL)
 
-        class KillWorker(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                if state.global_step == step and _rank() == rank and not Path(marker).exists():
-                    Path(marker).write_text(str(os.getpid()))
-                    time.sleep(grace_s)
-                    logger.warning("test hook: killing worker pid %d at step %d", os.getpid(), step)
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        return KillWorker()
+    return KillWorker()
 
 
 def _rank() -> int:
@@ -153,7 +150,7 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
             EarlyStoppingCallback(early_stopping_patience=opts.early_stopping_patience)
         )
     if config.get("kill_at_step"):
-        callbacks.append(_KillWorkerOnce(config["kill_at_step"], 0, config["kill_marker"]))
+        callbacks.append(_kill_worker_callback(config["kill_at_step"], 0, config["kill_marker"]))
     common = dict(
         steps=opts.steps,
         batch_size=opts.batch_size,
@@ -235,7 +232,7 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
             },
             "train_loss": res.train_loss,
             "resumed_from_step": float(resumed_step),
-            "done": 1.0,
+            "finished": 1.0,  # not "done": Tune reads that key as "stop this trial"
         }
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:

@@ -193,6 +193,9 @@ def run_tune(
             ),
             num_samples=n,
             max_concurrent_trials=cfg.tune.max_concurrent,
+            # a fresh trial process per trial: a second TorchTrainer in a reused trial
+            # actor was seen to wait forever for its workers
+            reuse_actors=False,
         ),
         run_config=tune.RunConfig(name=name, storage_path=str(storage)),
     )

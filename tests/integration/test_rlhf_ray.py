@@ -65,7 +65,7 @@ def test_dpo_survives_a_killed_worker(ray_local, base_dir, tmp_path):
     )
     assert (tmp_path / "runs" / "dpo-kill.killed").is_file()  # a worker really died at step 6
     assert res.metrics["resumed_from_step"] == 4.0  # ... and the run resumed from step 4
-    assert res.metrics["done"] == 1.0
+    assert res.metrics["finished"] == 1.0
     assert (res.adapter_dir / "adapter_model.safetensors").is_file()
     tuned = PeftModel.from_pretrained(base, str(res.adapter_dir))
     after = preference_margin(tuned, tok, held)
