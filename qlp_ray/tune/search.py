@@ -178,7 +178,10 @@ def run_tune(
             eval_records=eval_records,
             storage_path=str(storage / name / "train"),
         ),
-        {"CPU": 0.01},  # the trial driver only waits; its Ray Train worker holds the CPU
+        # The trial process only waits on its TorchTrainer; CPUs are reserved by the trial's
+        # Ray Train workers. (A fractional CPU here would leave e.g. 0.99 of 1 CPU free and
+        # the worker could never be placed.) Tune needs a non-empty bundle: 1 MiB of memory.
+        {"CPU": 0, "memory": 1 << 20},
     )
     max_t = max(1, cfg.tune.steps // cfg.tune.eval_every) + 1  # + the final report
     tuner = tune.Tuner(

@@ -19,12 +19,14 @@ pytestmark = pytest.mark.integration
 def ray_local():
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
+    if ray.is_initialized():
         ray.shutdown()
+    # 4 logical CPUs for 2 physical: a trial that ASHA stops mid-run can keep its Ray Train
+    # placement group (1 CPU) reserved for a while (seen on ray 2.60), which would starve
+    # the next trial's worker on a 2-CPU cluster.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
 
 
 def _records(texts):
