@@ -24,7 +24,7 @@ demo: setup
 	$(VENV)/bin/qlp demo $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m pytest -q -ra --timeout=900 tests
+	$(PY) -m pytest -q -ra --timeout=900 --durations=15 tests/unit tests/integration tests/e2e
 
 test-unit: setup
 	$(PY) -m pytest -q -ra tests/unit
@@ -41,7 +41,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf build *.egg-info qlp_ray/*.so cython_ext/*.c .pytest_cache .ruff_cache

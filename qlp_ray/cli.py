@@ -81,9 +81,15 @@ def _register() -> None:
     import importlib
 
     for module_name, group in [
-        ("qlp_ray.cli_demo", "demo"),
+        ("qlp_ray.cli_demo", None),  # top-level `qlp demo`
         ("qlp_ray.cli_keys", "keys"),
         ("qlp_ray.cli_adapters", "adapters"),
+        ("qlp_ray.cli_serve", None),  # top-level `qlp serve`, `qlp shutdown`
+        ("qlp_ray.cli_devices", None),  # top-level `qlp devices`
+        ("qlp_ray.cli_train", None),  # top-level `qlp train`
+        ("qlp_ray.cli_data", "data"),
+        ("qlp_ray.cli_label", "label"),
+        ("qlp_ray.cli_improve", "improve"),
         ("qlp_ray.cli_eval", "eval"),
         ("qlp_ray.cli_optimize", "optimize"),
         ("qlp_ray.cli_tune", "tune"),

@@ -44,3 +44,54 @@ def show() -> None:
     console.print(f"private key: {info.private_key_path}", soft_wrap=True)
     console.print(f"public key:  {info.public_key_path}", soft_wrap=True)
     console.print(f"trusted key ids: {', '.join(sorted(trusted))}")
+
+
+@app.command("rotate")
+def rotate() -> None:
+    """Make a new signing key; the old public key stays trusted (revoke it separately)."""
+    from qlp_ray.cli import console, fail, get_config
+    from qlp_ray.errors import QLPError
+    from qlp_ray.improve.audit import audit_for
+    from qlp_ray.improve.keyring import rotate_keys
+
+    cfg = get_config()
+    try:
+        old, new = rotate_keys(cfg, audit_for(cfg))
+    except QLPError as exc:
+        fail(str(exc))
+        return
+    console.print(f"signing key rotated: [bold]{old}[/] -> [bold]{new}[/]")
+    console.print(f"{old} stays trusted; `qlp keys revoke {old}` drops it")
+
+
+@app.command("trusted")
+def trusted() -> None:
+    """List every public key verification trusts and where it comes from."""
+    from qlp_ray.cli import console, fail, get_config
+    from qlp_ray.errors import QLPError
+    from qlp_ray.improve.keyring import trusted_keys
+
+    try:
+        keys = trusted_keys(get_config())
+    except QLPError as exc:
+        fail(str(exc))
+        return
+    for k in keys:
+        console.print(f"{k.key_id}  {k.role:<10} {k.path}", soft_wrap=True)
+
+
+@app.command("revoke")
+def revoke(key_id: str = typer.Argument(..., help="Id of a retired key.")) -> None:
+    """Stop trusting a retired key: adapters it signed are refused from now on."""
+    from qlp_ray.cli import console, fail, get_config
+    from qlp_ray.errors import QLPError
+    from qlp_ray.improve.audit import audit_for
+    from qlp_ray.improve.keyring import revoke_key
+
+    cfg = get_config()
+    try:
+        path = revoke_key(cfg, key_id, audit_for(cfg))
+    except QLPError as exc:
+        fail(str(exc))
+        return
+    console.print(f"revoked {key_id} (removed {path})", soft_wrap=True)

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 PRIVATE_KEY_FILE = "signing_key.pem"
 PUBLIC_KEY_FILE = "signing_key.pub.pem"
+TRUSTED_DIR = "trusted"  # <keys>/trusted/<key id>.pub.pem: retired keys still trusted
 ALGORITHM = "ed25519"
 
 
@@ -132,13 +133,16 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 
 def trusted_public_keys(cfg: QLPConfig) -> dict[str, Ed25519PublicKey]:
-    """Own public key (when it exists) plus every ``registry.trusted_keys`` file, by key id."""
+    """Own public key (when it exists), retired keys kept in ``<keys>/trusted/`` (see
+    ``qlp keys rotate``) and every ``registry.trusted_keys`` file, by key id."""
     keys: dict[str, Ed25519PublicKey] = {}
     own = cfg.paths.keys / PUBLIC_KEY_FILE
     if own.is_file():
         key = load_public_key(own)
         keys[key_id_of(key)] = key
-    for path in cfg.registry.trusted_keys:
+    retired = cfg.paths.keys / TRUSTED_DIR
+    extra = sorted(retired.glob("*.pem")) if retired.is_dir() else []
+    for path in [*extra, *cfg.registry.trusted_keys]:
         key = load_public_key(path)
         keys[key_id_of(key)] = key
     return keys

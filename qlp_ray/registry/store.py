@@ -98,9 +98,20 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
 class Registry:
     """Signed, versioned adapters in the store named by ``cfg.registry_uri``."""
 
-    def __init__(self, cfg: QLPConfig, storage: AdapterStorage | None = None) -> None:
+    def __init__(
+        self, cfg: QLPConfig, storage: AdapterStorage | None = None, audit: Any = "config"
+    ) -> None:
         self.cfg = cfg
+        if storage is None and cfg.registry_uri.startswith("s3://"):
+            from qlp_ray.registry.s3 import open_s3_storage
+
+            storage = open_s3_storage(cfg.registry_uri, cfg)
         self.storage = storage if storage is not None else open_storage(cfg.registry_uri)
+        if audit == "config":  # the audit log / rollback guard of the feedback store
+            from qlp_ray.improve.audit import audit_for
+
+            audit = audit_for(cfg)
+        self.audit = audit
 
     # --- writing ------------------------------------------------------------------------
     def register(
@@ -111,8 +122,10 @@ class Registry:
         domain: str,
         base_model: str,
         metadata: dict[str, Any] | None = None,
+        make_current: bool = True,
     ) -> AdapterRecord:
-        """Copy ``src_dir`` in as the next signed version of ``adapter_id``; make it current."""
+        """Copy ``src_dir`` in as the next signed version of ``adapter_id``; make it current
+        unless ``make_current`` is false (a candidate waiting for its experiment)."""
         src = Path(src_dir)
         validate_adapter_id(adapter_id)
         validate_adapter_id(domain, "domain")
@@ -155,7 +168,11 @@ class Registry:
             (stage / MANIFEST_FILE).write_bytes(manifest_bytes)
             (stage / SIGNATURE_FILE).write_bytes(sign_bytes(manifest_bytes, key))
             self.storage.publish(stage, adapter_id, version)
-        self.storage.write_pointer(adapter_id, version)
+        if self.audit is not None:
+            self.audit.record("sign", adapter_id, version, key_id=key.key_id, domain=domain,
+                              files=len(manifest.files), base_model=base_model)  # fmt: skip
+        if make_current:
+            self._point(adapter_id, version, "promote", reason="registered")
         logger.info(
             "registered adapter %s v%d (domain %s, base %s, %d files, key %s)",
             adapter_id,
@@ -167,11 +184,25 @@ class Registry:
         )
         return self.verify(adapter_id, version)
 
-    def set_current(self, adapter_id: str, version: int) -> None:
-        """Point ``adapter_id``'s CURRENT at an existing ``version``."""
+    def set_current(self, adapter_id: str, version: int, reason: str = "") -> None:
+        """Point ``adapter_id``'s CURRENT at an existing ``version`` (audited: a newer one
+        is a promotion, an older one an explicit rollback)."""
         self._require_version(adapter_id, version)
+        current = self.storage.read_pointer(adapter_id)
+        kind = "rollback" if current is not None and version < current else "promote"
+        self._point(adapter_id, version, kind, reason=reason, previous=current)
+
+    def rollback(self, adapter_id: str, version: int, reason: str = "") -> None:
+        """Explicitly make an older ``version`` current (recorded as a rollback)."""
+        self._require_version(adapter_id, version)
+        current = self.storage.read_pointer(adapter_id)
+        self._point(adapter_id, version, "rollback", reason=reason, previous=current)
+
+    def _point(self, adapter_id: str, version: int, kind: str, **payload: Any) -> None:
+        if self.audit is not None:  # the event first: a load never meets an unexplained pointer
+            self.audit.record(kind, adapter_id, version, **payload)
         self.storage.write_pointer(adapter_id, version)
-        logger.info("adapter %s: current version is now v%d", adapter_id, version)
+        logger.info("adapter %s: current version is now v%d (%s)", adapter_id, version, kind)
 
     # --- reading ------------------------------------------------------------------------
     def list(self, all_versions: bool = False) -> list[AdapterRecord]:
@@ -205,14 +236,23 @@ class Registry:
         version = self._resolve(adapter_id, version)
         path = self.storage.fetch(adapter_id, version)
         try:
-            record = check_signed(
-                adapter_id, version, path, trusted_public_keys(self.cfg), expected_base_model
-            )
-        except UnsignedAdapter as exc:
-            if self.cfg.registry.require_signature:
-                raise
-            record = check_unsigned(adapter_id, version, path, expected_base_model)
-            logger.warning("loading UNSIGNED adapter %s v%d: %s", adapter_id, version, exc)
+            try:
+                record = check_signed(
+                    adapter_id, version, path, trusted_public_keys(self.cfg), expected_base_model
+                )
+            except UnsignedAdapter as exc:
+                if self.cfg.registry.require_signature:
+                    raise
+                record = check_unsigned(adapter_id, version, path, expected_base_model)
+                logger.warning("loading UNSIGNED adapter %s v%d: %s", adapter_id, version, exc)
+        except SignatureError as exc:
+            if self.audit is not None:
+                self.audit.record("verify", adapter_id, version, ok=False, problem=str(exc))
+            raise
+        if self.audit is not None:
+            key_id = _key_id(path) if record.signed else None
+            self.audit.record("verify", adapter_id, version, ok=True, signed=record.signed,
+                              key_id=key_id)  # fmt: skip
         return record
 
     def verified_path(
@@ -241,7 +281,10 @@ class Registry:
         if not self.storage.versions(adapter_id):
             raise self._not_found(adapter_id)
         if version is None:
-            return self._current_version(adapter_id)
+            current = self._current_version(adapter_id)
+            if self.audit is not None:
+                self.audit.check_current(adapter_id, current)
+            return current
         self._require_version(adapter_id, version)
         return version
 
@@ -282,6 +325,14 @@ class Registry:
                 metadata=info,
                 problem=str(exc),
             )
+
+
+def _key_id(path: Path) -> str | None:
+    """The signing key id named by a verified version's manifest."""
+    try:
+        return json.loads((path / MANIFEST_FILE).read_text()).get("key_id")
+    except (OSError, ValueError):
+        return None
 
 
 __all__ = ["AdapterRecord", "Registry", "validate_adapter_id"]

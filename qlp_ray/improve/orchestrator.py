@@ -1,0 +1,309 @@
+"""One continual-learning cycle: feedback -> candidate adapter -> held-out check ->
+signed registration -> A/B experiment -> promote or keep production.
+
+The engines sit behind three small protocols (a trainer, a held-out evaluator and a
+traffic splitter), so this module holds only the control flow. Every step is an
+event in the store keyed by its inputs (domain, data hash, production version):
+a restarted orchestrator finds finished steps and reuses them, so it never trains
+the same data twice nor promotes twice. Registration is idempotent through the
+signed ``improve_key`` in the new version's metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from qlp_ray.errors import AdapterNotFound, InvalidRequest
+from qlp_ray.improve.decisions import (
+    VariantStats,
+    idempotency_key,
+    judge_candidate,
+    judge_experiment,
+    plan_training,
+)
+from qlp_ray.improve.feedback_data import DomainExamples, collect_examples
+
+if TYPE_CHECKING:
+    from qlp_ray.config import QLPConfig
+    from qlp_ray.improve.records import EventRecord
+    from qlp_ray.improve.store import FeedbackStore
+    from qlp_ray.registry.store import Registry
+
+logger = logging.getLogger(__name__)
+ACTOR = "orchestrator"
+
+
+@dataclass
+class TrainedCandidate:
+    adapter_dir: Path
+    metrics: dict[str, float]
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. the routing centroid
+
+
+class CandidateTrainer(Protocol):
+    def train(self, domain: str, train_path: Path, heldout_path: Path) -> TrainedCandidate: ...
+
+
+class HeldoutEvaluator(Protocol):
+    def evaluate(self, adapter_dir: Path | None, records: list[dict]) -> dict[str, float]:
+        """Metrics of the base model with ``adapter_dir`` (None: the bare base model)."""
+        ...
+
+
+class TrafficSplitter(Protocol):
+    def start(self, name: str, adapter_id: str, control: int, treatment: int, share: float): ...
+
+    def stop(self, name: str) -> None: ...
+
+
+@dataclass
+class DomainOutcome:
+    domain: str
+    action: str  # skipped | rejected | promoted | experiment_started | experiment_running | kept
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def experiment_stats(store: FeedbackStore, name: str) -> tuple[VariantStats, VariantStats]:
+    """(control, treatment): thumbs-rated requests and thumbs-up counts per arm."""
+    counts = {"control": [0, 0], "treatment": [0, 0]}
+    for req, fb in store.feedback_with_requests(kinds=["thumbs"], experiment=name):
+        arm = counts.get(req.variant or "")
+        if arm is not None:
+            arm[0] += 1
+            arm[1] += fb.value == 1
+    return VariantStats(*counts["control"]), VariantStats(*counts["treatment"])
+
+
+class Orchestrator:
+    """Runs cycles over the domains; all state lives in the store and the registry."""
+
+    def __init__(
+        self,
+        cfg: QLPConfig,
+        store: FeedbackStore,
+        registry: Registry,
+        trainer: CandidateTrainer,
+        evaluator: HeldoutEvaluator,
+        splitter: TrafficSplitter | None = None,
+        *,
+        base_model: str,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg, self.imp = cfg, cfg.improve
+        self.store, self.registry = store, registry
+        self.trainer, self.evaluator, self.splitter = trainer, evaluator, splitter
+        self.base_model = base_model
+        self._progress = progress
+
+    def say(self, message: str) -> None:
+        logger.info("%s", message)
+        if self._progress is not None:
+            self._progress(message)
+
+    def _event(self, kind: str, key: str | None, domain: str, version: int | None, **payload):
+        return self.store.record_event(kind, adapter_id=domain, version=version, actor=ACTOR,
+                                       payload=payload, idempotency_key=key)  # fmt: skip
+
+    # --- the cycle ------------------------------------------------------------------------
+    def run_cycle(self, domains: Sequence[str] | None = None) -> list[DomainOutcome]:
+        """Review running experiments, then improve every due domain (weakest first)."""
+        outcomes = [self.review_experiment(ev) for ev in self.running_experiments()]
+        busy = {o.domain for o in outcomes}  # one step per domain and cycle
+        names = list(domains or self.imp.domains or self._store_domains())
+        examples = {d: self._examples(d) for d in names if d not in busy}
+        new = {d: self._new_samples(d, ex) for d, ex in examples.items()}
+        from qlp_ray.improve.label_queue import weak_area_weights
+
+        weights = weak_area_weights(self.store.adapter_stats())
+        due = {p.domain: p for p in plan_training(new, self.imp.min_new_samples, weights)}
+        for d in names:
+            if d in busy:
+                continue
+            if d not in due:
+                why = f"{new[d]} new samples < {self.imp.min_new_samples}"
+                outcomes.append(DomainOutcome(d, "skipped", why, {"new": new[d]}))
+                continue
+            outcomes.append(self.improve_domain(d, examples[d], due[d].reason))
+        return outcomes
+
+    def _store_domains(self) -> list[str]:
+        return sorted({r.domain for r in self.store.query_requests() if r.domain})
+
+    def _examples(self, domain: str) -> DomainExamples:
+        return collect_examples(self.store, domain, min_score=self.imp.min_validation_score,
+                                heldout_fraction=self.imp.heldout_fraction)  # fmt: skip
+
+    def _new_samples(self, domain: str, ex: DomainExamples) -> int:
+        """Examples beyond those of the last *concluded* attempt (a decision or an experiment);
+        an attempt that crashed half-way stays due, and its finished steps are reused."""
+        concluded = [e for e in self.store.query_events(kinds=["decision", "experiment"],
+                                                        adapter_id=domain)
+                     if e.actor == ACTOR and "data_hash" in (e.payload or {})]  # fmt: skip
+        if not concluded:
+            return len(ex.train)
+        last = concluded[-1].payload or {}
+        if last["data_hash"] == ex.data_hash:
+            return 0
+        return max(0, len(ex.train) - int(last.get("examples", 0)))
+
+    def _production(self, domain: str) -> int | None:
+        try:
+            return (
+                self.registry.get(domain).version
+                if self.registry.storage.versions(domain)
+                else None
+            )
+        except AdapterNotFound:
+            return None
+
+    def improve_domain(self, domain: str, ex: DomainExamples, why: str) -> DomainOutcome:
+        if not ex.heldout:
+            return DomainOutcome(domain, "skipped", "no held-out examples to evaluate on")
+        prod = self._production(domain)
+        parts = (ex.data_hash, prod)
+        self.say(f"{domain}: {why}; production is {f'v{prod}' if prod else 'the base model'}")
+
+        key = idempotency_key("train", domain, *parts)
+        done = self.store.find_event(key)
+        if done is not None and Path(done.payload["adapter_dir"]).is_dir():
+            self.say(f"{domain}: reusing candidate trained before ({done.payload['adapter_dir']})")
+            cand_dir, extra = Path(done.payload["adapter_dir"]), done.payload.get("metadata", {})
+        else:
+            data_dir = self.cfg.paths.runs / "improve" / f"{domain}-{ex.data_hash[:12]}"
+            train_path, held_path = ex.write(data_dir)
+            self.say(f"{domain}: training a candidate on {len(ex.train)} examples")
+            trained = self.trainer.train(domain, train_path, held_path)
+            cand_dir, extra = trained.adapter_dir, trained.metadata
+            self._event("train", None if done else key, domain, prod, adapter_dir=str(cand_dir),
+                        examples=len(ex.train), heldout=len(ex.heldout), data_hash=ex.data_hash,
+                        metrics=trained.metrics, metadata=extra)  # fmt: skip
+
+        verdict = self._evaluate(domain, ex, cand_dir, prod, parts)
+        numbers = verdict.to_dict()
+        seen = {"data_hash": ex.data_hash, "examples": len(ex.train)}
+        if not verdict.register:
+            self._event("decision", idempotency_key("decision", domain, *parts), domain, prod,
+                        outcome="keep", **numbers, **seen)  # fmt: skip
+            return DomainOutcome(domain, "rejected", verdict.reason, numbers)
+
+        experiment = prod is not None and self.splitter is not None
+        version = self._register(
+            domain, cand_dir, extra, verdict, parts, make_current=not experiment
+        )
+        numbers["candidate_version"] = version
+        if not experiment:
+            if prod is not None:
+                self.registry.set_current(domain, version, reason=verdict.reason)
+            self._event("decision", idempotency_key("decision", domain, *parts), domain, version,
+                        outcome="promote", **numbers, **seen)  # fmt: skip
+            return DomainOutcome(domain, "promoted", verdict.reason, numbers)
+        name = f"improve-{domain}-v{version}"
+        self.splitter.start(name, domain, prod, version, self.imp.experiment_share)
+        self._event("experiment", idempotency_key("experiment", domain, *parts), domain, version,
+                    name=name, status="started", control=prod, treatment=version,
+                    share=self.imp.experiment_share, **seen)  # fmt: skip
+        self.say(f"{domain}: experiment {name}: v{prod} vs v{version}")
+        outcome = DomainOutcome(domain, "experiment_started", verdict.reason, numbers)
+        if self.imp.experiment_timeout_s > 0:
+            return self.wait_for_experiment(name, self.imp.experiment_timeout_s) or outcome
+        return outcome
+
+    def heldout_records(self, domain: str, ex: DomainExamples) -> list[dict]:
+        """Feedback held-out examples plus, when configured, the domain's bundled held-out
+        set: a fixed yardstick, so a candidate trained on bad feedback cannot win on it."""
+        half = max(1, self.imp.max_eval_examples // 2)
+        records = list(ex.heldout)
+        if self.imp.trusted_heldout:
+            from qlp_ray.data.capsules import bundled_domains, load_capsules, sample_path
+
+            if domain in bundled_domains():
+                trusted = load_capsules(sample_path(domain, "heldout"))
+                fixed = [c.model_dump(include={"instruction", "input", "output", "domain"})
+                         for c in trusted]  # fmt: skip
+                room = max(half, self.imp.max_eval_examples - len(records))
+                records = records[: self.imp.max_eval_examples - min(room, len(fixed))]
+                records += fixed[:room]
+        return records[: self.imp.max_eval_examples]
+
+    def _evaluate(self, domain, ex, cand_dir, prod, parts):
+        key = idempotency_key("evaluate", domain, *parts)
+        done = self.store.find_event(key)
+        if done is not None:
+            cand_m, prod_m = done.payload["candidate"], done.payload["production"]
+        else:
+            records = self.heldout_records(domain, ex)
+            self.say(f"{domain}: evaluating candidate and production on {len(records)} held-out")
+            cand_m = self.evaluator.evaluate(cand_dir, records)
+            prod_dir = self.registry.verified_path(domain, prod) if prod else None
+            prod_m = self.evaluator.evaluate(prod_dir, records)
+        verdict = judge_candidate(self.imp.metric, cand_m, prod_m, self.imp.margin)
+        if done is None:
+            self._event("evaluate", key, domain, prod, candidate=cand_m, production=prod_m,
+                        verdict=verdict.to_dict())  # fmt: skip
+        self.say(f"{domain}: {verdict.reason}")
+        return verdict
+
+    def _register(self, domain, cand_dir, extra, verdict, parts, *, make_current: bool) -> int:
+        key = idempotency_key("register", domain, *parts)
+        for rec in self.registry.list(all_versions=True):
+            if rec.adapter_id == domain and rec.signed and rec.metadata.get("improve_key") == key:
+                self.say(f"{domain}: candidate already registered as v{rec.version}")
+                return rec.version
+        meta = {**extra, "improve_key": key, "metrics": {verdict.metric: verdict.candidate},
+                "data_hash": parts[0], "method": "sft"}  # fmt: skip
+        rec = self.registry.register(cand_dir, adapter_id=domain, domain=domain,
+                                     base_model=self.base_model, metadata=meta,
+                                     make_current=make_current)  # fmt: skip
+        self.say(f"{domain}: signed and registered v{rec.version}")
+        return rec.version
+
+    # --- experiments ----------------------------------------------------------------------
+    def running_experiments(self) -> list[EventRecord]:
+        events = self.store.query_events(kinds=["experiment"])
+        ended = {(e.payload or {}).get("name") for e in events
+                 if (e.payload or {}).get("status") != "started"}  # fmt: skip
+        return [
+            e for e in events if e.payload["status"] == "started" and e.payload["name"] not in ended
+        ]
+
+    def review_experiment(self, start: EventRecord) -> DomainOutcome:
+        p = start.payload or {}
+        name, domain = p["name"], start.adapter_id or ""
+        control, treatment = experiment_stats(self.store, name)
+        v = judge_experiment(control, treatment, alpha=self.imp.experiment_alpha,
+                             min_trials=self.imp.experiment_min_trials,
+                             max_trials=self.imp.experiment_max_trials)  # fmt: skip
+        numbers = {"experiment": name, **v.numbers}
+        if v.outcome == "continue":
+            return DomainOutcome(domain, "experiment_running", v.reason, numbers)
+        key = idempotency_key("experiment-end", domain, name)
+        if v.outcome == "promote":
+            self.registry.set_current(domain, p["treatment"], reason=f"{name}: {v.reason}")
+        if self.splitter is not None:
+            self.splitter.stop(name)
+        end = {"name": name, "status": v.outcome, "control": p["control"],
+               "treatment": p["treatment"], "reason": v.reason, **v.numbers}  # fmt: skip
+        self._event("experiment", key, domain, p["treatment"], **end)
+        action = "promoted" if v.outcome == "promote" else "kept"
+        kept = p["treatment"] if v.outcome == "promote" else p["control"]
+        self.say(f"{domain}: {name}: {v.reason} -> v{kept} serves")
+        return DomainOutcome(domain, action, v.reason, numbers)
+
+    def wait_for_experiment(self, name: str, timeout_s: float, poll_s: float = 0.5):
+        """Review ``name`` until it ends or ``timeout_s`` passes; the final outcome or None."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            start = next((e for e in self.running_experiments() if e.payload["name"] == name), None)
+            if start is None:
+                raise InvalidRequest(f"no running experiment {name!r}")
+            outcome = self.review_experiment(start)
+            if outcome.action != "experiment_running":
+                return outcome
+            time.sleep(poll_s)
+        return None

@@ -1,0 +1,174 @@
+"""Tables of the feedback and trajectory store, and their versioned migrations.
+
+One SQLAlchemy Core schema serves SQLite and PostgreSQL. Migrations are plain
+functions applied in order; ``qlp_schema_migrations`` records which ran, so opening
+a store twice (or from two processes) never applies one twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    inspect,
+    select,
+)
+
+logger = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+migrations_table = Table(
+    "qlp_schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(128), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("model", String(256), nullable=False),
+    Column("adapter_id", String(256)),
+    Column("adapter_version", Integer),
+    Column("domain", String(64)),
+    Column("prompt", Text, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("latency_ms", Float),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("routing", JSON),
+    Column("experiment", String(128)),
+    Column("variant", String(128)),
+    Column("user_id", String(128)),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), ForeignKey("requests.id"), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("value", Float),
+    Column("payload", JSON),
+    Column("user_id", String(128)),
+)
+
+rewards = Table(
+    "rewards",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), ForeignKey("requests.id"), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("reward", Float, nullable=False),
+    Column("source", String(128), nullable=False),
+    Column("payload", JSON),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("adapter_id", String(256)),
+    Column("version", Integer),
+    Column("actor", String(128)),
+    Column("payload", JSON),
+    Column("idempotency_key", String(256)),
+    UniqueConstraint("idempotency_key", name="uq_events_idempotency_key"),
+)
+
+_INDEXES = (
+    Index("ix_requests_ts", requests.c.ts),
+    Index("ix_requests_domain_ts", requests.c.domain, requests.c.ts),
+    Index("ix_requests_adapter", requests.c.adapter_id, requests.c.adapter_version),
+    Index("ix_requests_experiment", requests.c.experiment, requests.c.variant),
+    Index("ix_feedback_request", feedback.c.request_id),
+    Index("ix_feedback_kind_ts", feedback.c.kind, feedback.c.ts),
+    Index("ix_rewards_request", rewards.c.request_id),
+    Index("ix_events_kind_adapter", events.c.kind, events.c.adapter_id),
+)
+
+_V1_TABLES = (requests, feedback, rewards, events)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: ``apply`` runs inside the migration's transaction."""
+
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def _v1_initial(conn: Connection) -> None:
+    metadata.create_all(conn, tables=list(_V1_TABLES))
+
+
+def _v2_indexes(conn: Connection) -> None:
+    for index in _INDEXES:
+        index.create(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial tables: requests, feedback, rewards, events", _v1_initial),
+    Migration(2, "query indexes", _v2_indexes),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def current_version(engine: Engine) -> int:
+    """Highest applied migration (0 for an empty database)."""
+    if not inspect(engine).has_table(migrations_table.name):
+        return 0
+    with engine.connect() as conn:
+        rows = conn.execute(select(migrations_table.c.version)).scalars().all()
+    return max(rows, default=0)
+
+
+def migrate(engine: Engine, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
+    """Apply pending migrations in order, each in its own transaction; return those applied."""
+    versions = [m.version for m in migrations]
+    if versions != sorted(set(versions)):
+        raise ValueError(f"migration versions must be strictly increasing, got {versions}")
+    metadata.create_all(engine, tables=[migrations_table])
+    applied: list[int] = []
+    for migration in migrations:
+        with engine.begin() as conn:
+            done = conn.execute(
+                select(migrations_table.c.version).where(
+                    migrations_table.c.version == migration.version
+                )
+            ).first()
+            if done is not None:
+                continue
+            logger.info("applying store migration %d: %s", migration.version, migration.name)
+            migration.apply(conn)
+            conn.execute(
+                migrations_table.insert().values(
+                    version=migration.version, name=migration.name, applied_at=time.time()
+                )
+            )
+        applied.append(migration.version)
+    return applied

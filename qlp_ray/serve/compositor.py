@@ -1,0 +1,330 @@
+"""Compositor deployment: one shared base model, signed adapters multiplexed on it (LRU).
+
+Serve's ``@serve.multiplexed`` keeps at most ``serve.max_adapters_per_replica`` adapters
+per replica. Its loader verifies the adapter through the registry (signature, files,
+base model) before a single weight is read, then loads it into the shared
+:class:`TransformersBackend`. On LRU eviction Serve calls the cached object's
+``__del__``; :class:`AdapterLease` then frees the PEFT adapter — after the requests still
+using it have finished. The multiplexed model id is ``"<adapter_id>@<version>"``.
+
+A model id with ``+`` or ``:`` is an adapter *stack* (see ``models/composition.py``):
+it bypasses the multiplex LRU and is composed by ``StackComposer`` into its own LRU +
+TTL composition cache. ``prefetch`` queues loads in the background; ``warm`` and
+``invalidate`` serve the hot-swap admin route. The backend comes from ``serve.backend``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ray import serve
+
+from qlp_ray.config import QLPConfig
+from qlp_ray.errors import ConfigError, InvalidRequest, Overloaded, QLPError
+from qlp_ray.models.backend import GenerationRequest, InferenceBackend
+from qlp_ray.models.composition import AdapterStack, is_stack, parse_stack
+from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
+
+if TYPE_CHECKING:
+    from qlp_ray.serve.composition import StackComposer
+
+logger = logging.getLogger(__name__)
+
+_LOAD_ATTEMPTS = 3
+
+
+def multiplex_id(adapter_id: str, version: int | None) -> str:
+    """The multiplexed model id of an adapter version."""
+    return adapter_id if version is None else f"{adapter_id}@{version}"
+
+
+def parse_multiplex_id(model_id: str) -> tuple[str, int | None]:
+    """Inverse of :func:`multiplex_id`."""
+    adapter_id, sep, version = model_id.rpartition("@")
+    if not sep:
+        return model_id, None
+    if not version.isdigit():
+        raise InvalidRequest(f"bad adapter version in {model_id!r}", param="model")
+    return adapter_id, int(version)
+
+
+class AdapterLease:
+    """One adapter loaded in the backend, as held by Serve's multiplex LRU cache.
+
+    Requests ``use()`` it; eviction (``__del__``, called by Serve) frees the backend
+    adapter at once if idle, else when the last request using it finishes.
+    """
+
+    _counter = itertools.count()
+
+    def __init__(self, backend: InferenceBackend, model_id: str) -> None:
+        safe = re.sub(r"[^A-Za-z0-9_-]", "_", model_id)
+        # unique per load, so freeing an old lease never unloads a newer load of the same id
+        self.name = f"{safe}-{next(self._counter)}"
+        self.model_id = model_id
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._users = 0
+        self._evicted = False
+        self._freed = False
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[str]:
+        with self._lock:
+            if self._evicted:
+                raise AdapterNotLoaded(self.model_id)
+            self._users += 1
+        try:
+            yield self.name
+        finally:
+            with self._lock:
+                self._users -= 1
+                free = self._evicted and self._users == 0
+            if free:
+                self._free()
+
+    def _free(self) -> None:
+        with self._lock:
+            if self._freed:
+                return
+            self._freed = True
+        self._backend.unload_adapter(self.name)
+        logger.info("evicted adapter %s (%s)", self.model_id, self.name)
+
+    def release(self) -> None:
+        """Evict: free now if idle, else when the last user finishes (idempotent)."""
+        with self._lock:
+            self._evicted = True
+            free = self._users == 0
+        if free:
+            self._free()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+class Compositor:
+    """Serve deployment: generates with the base model or a multiplexed, verified adapter."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from qlp_ray.models.base import base_model_id
+        from qlp_ray.registry.store import Registry
+        from qlp_ray.serve.composition import PrefetchQueue
+
+        self.cfg = QLPConfig.model_validate(config)
+        t0 = time.perf_counter()
+        self.backend = create_backend(self.cfg)
+        self.base_model = base_model_id(self.cfg)
+        self.registry = Registry(self.cfg)
+        self.loads = 0
+        # wired at init so the LRU size comes from the config (Serve detects this at runtime)
+        self.get_adapter = serve.multiplexed(
+            max_num_models_per_replica=self.cfg.serve.max_adapters_per_replica
+        )(self._make_loader())
+        self.stacks = self._make_stack_composer()
+        self.prefetcher = PrefetchQueue(self._prefetch_one)
+        self.prewarm_errors = self._prewarm()
+        logger.info("compositor ready (%s) in %.1f s", self.base_model, time.perf_counter() - t0)
+
+    # -- stacks, prefetch, swap -----------------------------------------------------
+    def _make_stack_composer(self) -> StackComposer | None:
+        from qlp_ray.serve.composition import StackComposer
+
+        if not isinstance(self.backend, TransformersBackend):
+            return None  # stacks are PEFT add_weighted_adapter compositions
+        s = self.cfg.serve
+        return StackComposer(
+            self.backend,
+            lambda adapter_id, version: self.registry.verified_path(
+                adapter_id, version, expected_base_model=self.base_model
+            ),
+            combination=s.composition_type,
+            fallback=s.composition_fallback,
+            density=s.composition_density,
+            cache_size=s.composition_cache_size,
+            ttl_s=s.composition_cache_ttl_s,
+        )
+
+    def _stack(self, model_id: str) -> AdapterStack:
+        """The parsed stack with every member pinned (to the current version if unnamed)."""
+        if self.stacks is None:
+            raise InvalidRequest(
+                f"adapter stacks need the transformers backend (serve.backend is "
+                f"{self.cfg.serve.backend!r})",
+                param="model",
+            )
+        stack = parse_stack(model_id, max_members=self.cfg.serve.max_stack_size)
+        if stack.resolved:
+            return stack
+        versions = {
+            m.adapter_id: int(self.registry.get(m.adapter_id).version)
+            for m in stack.members
+            if m.version is None
+        }
+        return stack.with_versions(versions)
+
+    def _prewarm(self) -> dict[str, str]:
+        """Compose the configured pre-warm stacks; failures are logged and reported."""
+        errors = {}
+        for model_id in self.cfg.serve.prewarm_stacks:
+            try:
+                self.stacks_required().get(self._stack(model_id))
+            except QLPError as exc:
+                logger.error("pre-warm of stack %s failed: %s", model_id, exc.message)
+                errors[model_id] = exc.message
+        return errors
+
+    def stacks_required(self) -> StackComposer:
+        if self.stacks is None:
+            raise InvalidRequest("adapter stacks need the transformers backend")
+        return self.stacks
+
+    async def _prefetch_one(self, model_id: str) -> None:
+        if is_stack(model_id):
+            stack = await asyncio.to_thread(self._stack, model_id)
+            await asyncio.to_thread(self.stacks_required().get, stack)
+        else:
+            await self.get_adapter(model_id)
+
+    async def prefetch(self, model_ids: list[str], priority: int = 0) -> dict[str, Any]:
+        """Queue adapters/stacks to load in the background; returns at once."""
+        pending = self.prefetcher.submit(list(model_ids), priority)
+        return {"queued": list(model_ids), "priority": priority, "pending": pending}
+
+    async def prefetch_join(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        await self.prefetcher.join(timeout_s)
+        return self.prefetcher.stats()
+
+    async def warm(self, old_id: str, new_id: str) -> list[str]:
+        """Load ``new_id`` (``adapter@version``) and pre-compose every cached stack that
+        holds ``old_id`` with ``new_id`` in its place; returns what was warmed."""
+        await self.get_adapter(new_id)
+        warmed = [new_id]
+        if self.stacks is None:
+            return warmed
+        adapter_id, old_version = parse_multiplex_id(old_id)
+        _, new_version = parse_multiplex_id(new_id)
+        if old_version is None or new_version is None:
+            raise InvalidRequest("warm needs versioned ids ('adapter@version')")
+        for stack in self.stacks.cached_stacks():
+            if stack.contains(adapter_id, old_version):
+                fresh = stack.replace_version(adapter_id, old_version, new_version)
+                await asyncio.to_thread(self.stacks.get, fresh)
+                warmed.append(fresh.key)
+        return warmed
+
+    def invalidate(self, adapter_id: str, version: int | None = None) -> list[str]:
+        """Drop cached stacks holding ``adapter_id`` (at ``version``); returns their keys."""
+        return self.stacks.invalidate(adapter_id, version) if self.stacks is not None else []
+
+    def cache_stats(self) -> dict[str, Any]:
+        """Composition-cache counters, prefetch queue and loaded adapters."""
+        return {
+            "backend": self.backend.name,
+            "stacks": self.stacks.stats() if self.stacks is not None else None,
+            "prefetch": self.prefetcher.stats(),
+            "prewarm_errors": dict(self.prewarm_errors),
+            "adapters_loaded": self.loads,
+            "max_adapters_per_replica": self.cfg.serve.max_adapters_per_replica,
+        }
+
+    def _make_loader(self) -> Any:
+        async def load_adapter(model_id: str) -> AdapterLease:
+            adapter_id, version = parse_multiplex_id(model_id)
+            t0 = time.perf_counter()
+            path = await asyncio.to_thread(
+                self.registry.verified_path,
+                adapter_id,
+                version,
+                expected_base_model=self.base_model,
+            )
+            lease = AdapterLease(self.backend, model_id)
+            await asyncio.to_thread(self.backend.load_adapter, lease.name, str(path))
+            self.loads += 1
+            logger.info(
+                "verified and loaded %s in %.1f ms", model_id, (time.perf_counter() - t0) * 1000
+            )
+            return lease
+
+        return load_adapter
+
+    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Generate for the request's multiplexed adapter ('' = base model, no adapter)."""
+        gen_request = GenerationRequest(**request)
+        model_id = serve.get_multiplexed_model_id()
+        if not model_id:
+            gen = await asyncio.to_thread(self.backend.generate, gen_request, None)
+            return dataclasses.asdict(gen)
+        if is_stack(model_id):
+            stack = await asyncio.to_thread(self._stack, model_id)
+            gen = await asyncio.to_thread(self.stacks_required().generate, stack, gen_request)
+            return dataclasses.asdict(gen)
+        for _ in range(_LOAD_ATTEMPTS):
+            lease: AdapterLease = await self.get_adapter(model_id)
+            try:
+                with lease.use() as name:
+                    gen = await asyncio.to_thread(self.backend.generate, gen_request, name)
+                    return dataclasses.asdict(gen)
+            except AdapterNotLoaded:  # evicted between lookup and use: load it again
+                logger.info("adapter %s evicted before use; reloading", model_id)
+        raise Overloaded(f"adapter {model_id!r} keeps being evicted; retry later")
+
+    def stats(self) -> dict[str, Any]:
+        """Loaded adapters (backend names and PEFT configs) and the load count, for tests/ops."""
+        peft = getattr(self.backend, "peft_model", None)
+        return {
+            "base_model": self.base_model,
+            "backend_adapters": self.backend.loaded_adapters,
+            "peft_adapters": sorted(peft.peft_config) if peft is not None else [],
+            "loads": self.loads,
+            "stacks": self.stacks.cache.keys() if self.stacks is not None else [],
+        }
+
+
+def create_backend(cfg: QLPConfig) -> InferenceBackend:
+    """The inference backend named by ``serve.backend`` on the configured base model."""
+    from qlp_ray.models.base import load_base, resolve_base_path
+
+    if cfg.serve.backend == "vllm":
+        from qlp_ray.models.vllm_backend import VLLMBackend, vllm_unavailable_reason
+
+        reason = vllm_unavailable_reason()  # before building/loading any base model
+        if reason is not None:
+            raise ConfigError(f"`serve.backend` is 'vllm' but {reason}")
+        s = cfg.serve
+        return VLLMBackend(
+            resolve_base_path(cfg),
+            max_loras=s.vllm_max_loras,
+            max_lora_rank=s.vllm_max_lora_rank,
+            gpu_memory_utilization=s.vllm_gpu_memory_utilization,
+        )
+    model, tokenizer = load_base(cfg)
+    if cfg.serve.backend == "openvino":
+        from qlp_ray.models.openvino_backend import OpenVINOBackend
+
+        return OpenVINOBackend(
+            model,
+            tokenizer,
+            device=cfg.serve.openvino_device,
+            weight_format=cfg.serve.openvino_weight_format,
+        )
+    return TransformersBackend(model, tokenizer)
+
+
+def compositor_deployment(cfg: QLPConfig) -> Any:
+    """The Serve deployment object of the compositor, sized for ``cfg``."""
+    return serve.deployment(
+        name="Compositor",
+        num_replicas=cfg.serve.compositor_replicas,
+        ray_actor_options={"num_cpus": cfg.serve.compositor_num_cpus},
+        max_ongoing_requests=16,
+    )(Compositor)

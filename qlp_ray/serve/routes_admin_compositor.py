@@ -1,0 +1,222 @@
+"""Admin HTTP routes of the compositor: composition-cache stats, prefetch, hot-swap.
+
+``GET /v1/admin/cache``      composition-cache counters (hit ratio, evictions, ...),
+                              prefetch queue and pre-warm errors of a compositor replica
+``POST /v1/admin/prefetch``  ``{"models": [...], "priority": int}`` → 202 at once; the
+                              compositor loads/composes them in the background
+``POST /v1/admin/swap``      ``{"old": "a@1", "new": "a@2", "warm": bool}`` → switch
+                              adapter ``a`` to version 2 atomically
+
+The routes run in the gateway (included into its FastAPI app); they reach the gateway
+through ``app.state.gateway``. When ``serve.admin_key`` is set every admin route needs
+``Authorization: Bearer <admin_key>`` (checked here by :func:`require_admin`).
+
+A swap verifies the new version (signature, files, base model), with ``warm`` loads it
+and pre-composes every cached stack that held the old version, then switches: the
+registry's current pointer and the gateway's adapter table change together, so each
+request resolves wholly to the old or to the new version. Requests already on the old
+version finish on it (its lease is freed when they are done); cached stacks holding the
+old version are invalidated. With ``warm=false`` the new version is loaded by the first
+request that needs it.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real types.
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from qlp_ray.errors import (
+    AdapterNotFound,
+    AuthenticationError,
+    InvalidRequest,
+    PermissionDenied,
+    QLPError,
+)
+from qlp_ray.models.composition import AdapterStack, is_stack, parse_stack
+from qlp_ray.serve.errors import unwrap
+
+logger = logging.getLogger(__name__)
+
+_ADMIN_KEY_MESSAGE = "admin routes need 'Authorization: Bearer <admin key>'"
+
+
+async def _call(ref: Any) -> Any:
+    """Await a deployment-handle call, re-raising the original ``QLPError``."""
+    try:
+        return await ref
+    except Exception as exc:
+        original = unwrap(exc)
+        if isinstance(original, QLPError):
+            raise original from None
+        raise
+
+
+def _gateway(request: Request) -> Any:
+    return request.app.state.gateway
+
+
+async def require_admin(request: Request) -> None:
+    """401 without a key, 403 with a valid non-admin key, when ``serve.admin_key`` is set."""
+    from qlp_ray.serve.api import key_matches
+
+    serve_cfg = _gateway(request).cfg.serve
+    if not serve_cfg.admin_key or key_matches(request, serve_cfg.admin_key):
+        return
+    if serve_cfg.api_key and key_matches(request, serve_cfg.api_key):
+        raise PermissionDenied("this API key may not use admin routes; send the admin key")
+    raise AuthenticationError(_ADMIN_KEY_MESSAGE)
+
+
+router = APIRouter(prefix="/v1/admin", dependencies=[Depends(require_admin)])
+
+
+# -- resolution (also used by the gateway for stack requests) --------------------------
+def resolve_stack(model: str, records: dict[str, Any], max_members: int) -> AdapterStack:
+    """Parse ``model`` and pin unversioned members to their current version.
+
+    ``AdapterNotFound`` (404) names the first member that is not registered.
+    """
+    stack = parse_stack(model, max_members=max_members)
+    for m in stack.members:
+        if m.adapter_id not in records:
+            raise AdapterNotFound(
+                f"stack {model!r}: adapter {m.adapter_id!r} does not exist; "
+                "GET /v1/models lists the adapters",
+                param="model",
+            )
+    return stack.with_versions({k: int(r.version) for k, r in records.items()})
+
+
+async def gateway_records(gateway: Any, ids: list[str]) -> dict[str, Any]:
+    """The gateway's adapter table, re-listed when one of ``ids`` is not in it."""
+    known = await gateway._adapters()
+    if any(i not in known for i in ids):
+        known = await gateway._adapters(fresh=True)
+    return known
+
+
+async def resolve_stack_model(gateway: Any, model: str) -> str:
+    """The canonical, versioned id of the stack ``model`` (what the compositor serves)."""
+    ids = [m.adapter_id for m in parse_stack(model, max_members=64).members]
+    records = await gateway_records(gateway, ids)
+    return resolve_stack(model, records, gateway.cfg.serve.max_stack_size).key
+
+
+async def _versioned_id(gateway: Any, model: str) -> str:
+    """``adapter@version`` (current version unless named) or a resolved stack id."""
+    from qlp_ray.serve.compositor import multiplex_id, parse_multiplex_id
+
+    if is_stack(model):
+        return await resolve_stack_model(gateway, model)
+    adapter_id, version = parse_multiplex_id(model)
+    record = (await gateway_records(gateway, [adapter_id])).get(adapter_id)
+    if record is None:
+        raise AdapterNotFound(f"adapter {adapter_id!r} does not exist", param="models")
+    if version is not None:  # 404 naming the versions when it does not exist
+        await asyncio.to_thread(gateway.registry.get, adapter_id, version)
+    return multiplex_id(adapter_id, version if version is not None else int(record.version))
+
+
+# -- wire models --------------------------------------------------------------------
+class PrefetchRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    models: list[str] = Field(min_length=1, max_length=64, description="Adapters or stacks.")
+    priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
+
+
+class SwapRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    old: str = Field(min_length=1, description="'adapter' or 'adapter@version' now serving.")
+    new: str = Field(min_length=1, description="'adapter@version' to serve from now on.")
+    warm: bool = Field(True, description="Pre-load / pre-compose before switching.")
+
+
+# -- routes -------------------------------------------------------------------------
+@router.get("/cache")
+async def cache_stats(request: Request) -> dict[str, Any]:
+    """Composition-cache statistics of one compositor replica."""
+    return await _call(_gateway(request).compositor.cache_stats.remote())
+
+
+@router.post("/prefetch", status_code=202)
+async def prefetch(body: PrefetchRequest, request: Request) -> dict[str, Any]:
+    """Queue adapters/stacks for background loading; answers before they are loaded."""
+    gateway = _gateway(request)
+    ids = [await _versioned_id(gateway, m) for m in body.models]
+    ack = await _call(gateway.compositor.prefetch.remote(ids, body.priority))
+    return {"status": "queued", **ack}
+
+
+def _parse_swap(body: SwapRequest) -> tuple[str, int | None, int]:
+    from qlp_ray.serve.compositor import parse_multiplex_id
+
+    adapter_id, old_version = parse_multiplex_id(body.old)
+    new_id, new_version = parse_multiplex_id(body.new)
+    if is_stack(body.old) or is_stack(body.new):
+        raise InvalidRequest("swap takes adapter versions, not stacks", param="new")
+    if new_id != adapter_id:
+        raise InvalidRequest(
+            f"swap switches versions of one adapter: old is {adapter_id!r}, new is {new_id!r}",
+            param="new",
+        )
+    if new_version is None:
+        raise InvalidRequest("`new` must name a version: 'adapter@version'", param="new")
+    return adapter_id, old_version, new_version
+
+
+@router.post("/swap")
+async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
+    """Switch an adapter to another registered version (see the module docstring)."""
+    gateway = _gateway(request)
+    adapter_id, old_version, new_version = _parse_swap(body)
+    t0 = time.perf_counter()
+    current = await asyncio.to_thread(gateway.registry.get, adapter_id)  # 404 when unknown
+    if old_version is not None and old_version != int(current.version):
+        raise InvalidRequest(
+            f"`old` is {body.old!r} but {adapter_id!r} serves v{current.version}", param="old"
+        )
+    old_version = int(current.version)
+    if new_version == old_version:
+        raise InvalidRequest(f"{adapter_id!r} already serves v{new_version}", param="new")
+    old_id, new_id = f"{adapter_id}@{old_version}", f"{adapter_id}@{new_version}"
+    verify = asyncio.to_thread(
+        gateway.registry.verify, adapter_id, new_version, expected_base_model=gateway.base_model
+    )
+    warmed: list[str] = []
+    if body.warm:  # verify (here) and pre-load/pre-compose (compositor) side by side
+        record, warmed = await asyncio.gather(
+            verify, _call(gateway.compositor.warm.remote(old_id, new_id))
+        )
+    else:
+        record = await verify
+    warm_ms = (time.perf_counter() - t0) * 1000
+    # the switch: durable pointer, then the gateway's table in one assignment
+    await asyncio.to_thread(gateway.registry.set_current, adapter_id, new_version)
+    gateway._records = {**gateway._records, adapter_id: record}
+    gateway._listed_at = time.monotonic()
+    switched_ms = (time.perf_counter() - t0) * 1000
+    invalidated = await _call(gateway.compositor.invalidate.remote(adapter_id, old_version))
+    await _call(gateway.router.refresh.remote())  # routed ('auto') requests follow too
+    logger.info(
+        "swapped %s v%d -> v%d (%s) in %.1f ms",
+        adapter_id, old_version, new_version, "warm" if body.warm else "cold", switched_ms,
+    )  # fmt: skip
+    return {
+        "adapter": adapter_id,
+        "old": old_id,
+        "new": new_id,
+        "warm": body.warm,
+        "warmed": warmed,
+        "invalidated": invalidated,
+        "warm_ms": round(warm_ms, 2),
+        "switched_ms": round(switched_ms, 2),
+    }
+
+
+__all__ = ["require_admin", "resolve_stack", "resolve_stack_model", "router"]

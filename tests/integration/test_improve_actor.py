@@ -1,0 +1,52 @@
+"""The orchestrator actor on a real local Ray: runs cycles, survives being killed.
+
+No training is due here (too few new samples), so the test is cheap; the training
+path with real engines is tests/e2e/test_improve_loop.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from qlp_ray.config import load_config
+from qlp_ray.improve.actor import start_orchestrator
+from qlp_ray.improve.store import FeedbackStore
+
+pytestmark = pytest.mark.integration
+
+
+def _wait_alive(actor, timeout_s: float = 60.0):
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(actor.status.remote(), timeout=10)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_actor_cycles_and_restarts(ray_local, tmp_path):
+    cfg = load_config(overrides={"paths": {"home": str(tmp_path / "home")},
+                                 "improve": {"min_new_samples": 10}}, environ={})  # fmt: skip
+    store = FeedbackStore.from_config(cfg, environ={})
+    for i in range(4):
+        rid = store.record_request(model="base", prompt=f"q{i}", response="a", domain="ml")
+        store.record_feedback(rid, "thumbs", 1)
+    actor = start_orchestrator(cfg, name="qlp-improve-test")
+    [row] = ray_local.get(actor.run_once.remote())
+    assert row["domain"] == "ml" and row["action"] == "skipped"
+    assert ray_local.get(actor.status.remote())["cycles"] == 1
+
+    ray_local.kill(actor, no_restart=False)  # a crash: Ray restarts it (max_restarts=-1)
+    status = _wait_alive(actor)
+    assert status["cycles"] == 0  # a fresh process; all state is in the store
+    [again] = ray_local.get(actor.run_once.remote())
+    assert again == row
+    assert start_orchestrator(cfg, name="qlp-improve-test")._actor_id == actor._actor_id
+    ray_local.kill(actor, no_restart=True)
+    store.close()
