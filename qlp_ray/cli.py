@@ -90,6 +90,9 @@ def _register() -> None:
         ("qlp_ray.cli_data", "data"),
         ("qlp_ray.cli_label", "label"),
         ("qlp_ray.cli_improve", "improve"),
+        ("qlp_ray.cli_eval", "eval"),
+        ("qlp_ray.cli_optimize", "optimize"),
+        ("qlp_ray.cli_tune", "tune"),
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)

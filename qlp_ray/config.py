@@ -395,6 +395,80 @@ class HardwareConfig(_Section):
                         f"use one of {HW_DEVICE_CLASSES}, optionally with '+avx512'"
                     )
         return self
+GRADES = ("A", "B", "C", "D")
+
+
+class EvaluationConfig(_Section):
+    grade_thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"A": 0.85, "B": 0.7, "C": 0.55, "D": 0.4},
+        description="Lowest quality score (0-1, mean of score_metrics) for grades A-D; else F.",
+    )
+    perplexity_grades: dict[str, float] = Field(
+        default_factory=lambda: {"A": 5.0, "B": 10.0, "C": 20.0, "D": 50.0},
+        description="Highest perplexity for grades A-D when no task metric was measured.",
+    )
+    pass_grade: Literal["A", "B", "C", "D"] = Field("C", description="Lowest passing grade.")
+    max_perplexity: float = Field(100.0, gt=1, description="Fail above this perplexity.")
+    max_latency_p95_ms: float = Field(2000.0, gt=0, description="Fail above this p95 latency.")
+    score_metrics: list[str] = Field(
+        default_factory=lambda: ["exact_match", "token_f1", "rougeL", "bleu", "f1_macro"],
+        description="Task metrics averaged into the quality score (BLEU is divided by 100).",
+    )
+    min_train_examples: int = Field(
+        200, ge=1, description="Fewer training examples than this triggers 'more data'."
+    )
+    overfit_gap: float = Field(
+        0.3, ge=0, description="eval_loss - train_loss above this counts as overfitting."
+    )
+    regression_tolerance: float = Field(
+        0.01, ge=0, description="Relative change below this counts as 'same' vs the baseline."
+    )
+    max_new_tokens: int = Field(32, ge=1, description="Tokens generated per evaluation prompt.")
+    leaderboard_path: Path | None = Field(
+        None, description="Leaderboard SQLite file (None = <home>/evaluations/leaderboard.db)."
+    )
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> EvaluationConfig:
+        for name, table, descending in (
+            ("grade_thresholds", self.grade_thresholds, True),
+            ("perplexity_grades", self.perplexity_grades, False),
+        ):
+            if sorted(table) != list(GRADES):
+                raise ValueError(
+                    f"`evaluation.{name}` needs exactly the keys A, B, C, D (got {sorted(table)})."
+                )
+            values = [table[g] for g in GRADES]
+            if values != sorted(values, reverse=descending):
+                order = "decrease" if descending else "increase"
+                raise ValueError(f"`evaluation.{name}` must {order} from A to D (got {table}).")
+        return self
+
+
+class OptimizeConfig(_Section):
+    method: Literal["dynamic-int8", "static-int8", "magnitude", "structured"] = Field(
+        "dynamic-int8", description="Optimisation `qlp optimize` applies by default."
+    )
+    sparsity: float = Field(0.5, ge=0.1, le=0.9, description="Target sparsity of pruning.")
+    calibration_samples: int = Field(
+        32, ge=1, description="Training texts used to calibrate static INT8 activation scales."
+    )
+    eval_samples: int = Field(
+        32, ge=1, description="Held-out texts for the before/after size-speed-quality report."
+    )
+    repeats: int = Field(3, ge=1, description="Timed passes over the eval texts per model.")
+
+
+class TuneConfig(_Section):
+    trials: int = Field(8, ge=1, description="Trials (Ray Train runs) per `qlp tune`.")
+    steps: int = Field(40, ge=1, description="Training steps per trial.")
+    eval_every: int = Field(10, ge=1, description="Steps between held-out evals (ASHA rungs).")
+    grace_period: int = Field(1, ge=1, description="Evaluations before ASHA may stop a trial.")
+    max_concurrent: int = Field(
+        1, ge=1, description="Trials running at the same time (each holds its worker CPUs)."
+    )
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs of each trial's Ray Train worker.")
+    seed: int = Field(0, description="Seed of the Optuna sampler.")
 
 
 class QLPConfig(_Section):
@@ -410,6 +484,9 @@ class QLPConfig(_Section):
     improve: ImproveConfig = Field(default_factory=ImproveConfig)
     active_learning: ActiveLearningConfig = Field(default_factory=ActiveLearningConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @property
     def registry_uri(self) -> str:
@@ -514,6 +591,9 @@ __all__ = [
     "ActiveLearningConfig",
     "HardwareConfig",
     "WORKLOADS",
+    "EvaluationConfig",
+    "OptimizeConfig",
+    "TuneConfig",
     "load_config",
     "read_yaml",
 ]

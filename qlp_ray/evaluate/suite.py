@@ -1,0 +1,104 @@
+"""One evaluation run end to end: load the base model (and a verified adapter),
+score it on a domain's held-out set, compare with the base model, grade, and
+record the result on the leaderboard. Used by ``qlp eval`` and the jobs API.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qlp_ray.config import QLPConfig
+from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
+from qlp_ray.evaluate.report import EvaluationReport, build_report
+from qlp_ray.evaluate.runner import evaluate_model, load_eval_set
+
+logger = logging.getLogger(__name__)
+
+#: Training facts copied from an adapter's ``qlp.json`` metrics into the evaluation
+#: (they drive the recommendations); the value is the key the report expects.
+TRAINING_FACTS = {
+    "train_loss": "train_loss",
+    "eval_loss": "eval_loss",
+    "eval_loss_after": "eval_loss",
+    "n_train_examples": "n_train_examples",
+    "train_examples": "n_train_examples",
+}
+
+
+@dataclass
+class EvaluationRun:
+    target: str  # adapter id, or "base"
+    domain: str
+    dataset: str
+    report: EvaluationReport
+    baseline_metrics: dict[str, float] | None
+    leaderboard_id: int | None
+
+
+def _training_facts(metadata: dict[str, Any]) -> dict[str, float]:
+    metrics = metadata.get("metrics", {}) if isinstance(metadata, dict) else {}
+    out: dict[str, float] = {}
+    for key, name in TRAINING_FACTS.items():
+        value = metrics.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def run_evaluation(
+    cfg: QLPConfig,
+    *,
+    domain: str,
+    adapter_id: str | None = None,
+    version: int | None = None,
+    data: str | Path | None = None,
+    limit: int | None = None,
+    baseline: bool = True,
+    record: bool = True,
+) -> EvaluationRun:
+    """Evaluate the base model or ``adapter_id`` on ``data`` (default: held-out samples)."""
+    from qlp_ray.data.capsules import sample_path
+    from qlp_ray.models.base import base_model_id, load_base
+
+    dataset = Path(data) if data is not None else sample_path(domain, "heldout")
+    records = load_eval_set(dataset)[:limit] if limit else load_eval_set(dataset)
+    model, tokenizer = load_base(cfg)
+    max_new = cfg.evaluation.max_new_tokens
+    max_len = cfg.model.max_seq_len
+    baseline_metrics = None
+    facts: dict[str, float] = {}
+    if adapter_id is None:
+        target = "base"
+        metrics = evaluate_model(
+            model, tokenizer, records, max_new_tokens=max_new, max_length=max_len
+        )
+    else:
+        from peft import PeftModel
+
+        from qlp_ray.registry.store import Registry
+
+        rec = Registry(cfg).verify(adapter_id, version, expected_base_model=base_model_id(cfg))
+        target = adapter_id
+        facts = _training_facts(rec.metadata)
+        peft_model = PeftModel.from_pretrained(model, str(rec.path))
+        metrics = evaluate_model(
+            peft_model, tokenizer, records, max_new_tokens=max_new, max_length=max_len
+        )
+        if baseline:
+            with peft_model.disable_adapter():
+                baseline_metrics = evaluate_model(
+                    peft_model, tokenizer, records, max_new_tokens=max_new, max_length=max_len
+                )
+    report = build_report({**metrics, **facts}, cfg.evaluation, baseline=baseline_metrics)
+    entry = None
+    if record:
+        board = Leaderboard(default_leaderboard_path(cfg))
+        entry = board.record(target, report, domain=domain, dataset=str(dataset))
+    logger.info("evaluation of %s on %s: grade %s", target, dataset.name, report.grade)
+    return EvaluationRun(target, domain, str(dataset), report, baseline_metrics, entry)
+
+
+__all__ = ["EvaluationRun", "run_evaluation"]

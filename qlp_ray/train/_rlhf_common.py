@@ -1,0 +1,81 @@
+"""Shared pieces of the preference/RL/distillation trainers (DPO, GRPO, RLOO, distill)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def device_args() -> dict[str, Any]:
+    """TRL config flags for the current device: fp32 on CPU, bf16 on a capable GPU.
+
+    TRL configs default to bf16 and gradient checkpointing; on CPU both only cost time.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported(), "gradient_checkpointing": False}
+    return {"use_cpu": True, "bf16": False, "fp16": False, "gradient_checkpointing": False}
+
+
+def common_args(
+    *,
+    output_dir: str,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    warmup_ratio: float = 0.0,
+    lr_scheduler_type: str = "linear",
+    grad_accum: int = 1,
+) -> dict[str, Any]:
+    """Keyword arguments every TRL config here shares."""
+    return {
+        "output_dir": output_dir,
+        "max_steps": steps,
+        "per_device_train_batch_size": batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "learning_rate": learning_rate,
+        "lr_scheduler_type": lr_scheduler_type,
+        "warmup_steps": int(warmup_ratio * steps),
+        "logging_steps": max(1, steps // 10),
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": seed,
+        "disable_tqdm": True,
+        **device_args(),
+    }
+
+
+def lora_config(
+    *,
+    rank: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.0,
+    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def sequence_logprob(model: Any, tokenizer: Any, prompt: str, completion: str) -> float:
+    """Sum of log p(completion tokens | prompt) under ``model``."""
+    import torch
+
+    device = next(model.parameters()).device
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + c_ids], device=device)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    logp = torch.log_softmax(logits, -1)
+    targets = ids[0, 1:]
+    token_lp = logp.gather(-1, targets[:, None])[:, 0]
+    return float(token_lp[len(p_ids) - 1 :].sum())

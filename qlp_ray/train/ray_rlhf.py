@@ -1,0 +1,324 @@
+"""DPO, GRPO/RLOO, distillation and the tuning SFT trials on Ray Train (DDP; gloo on CPU).
+
+Each worker runs the plain TRL function from :mod:`qlp_ray.train.dpo`, ``rl`` or
+``distill`` with ``prepare_trainer`` and Ray's ``RayTrainReportCallback``: every
+``checkpoint_every`` steps the HF trainer saves a checkpoint (adapter, optimizer,
+scheduler, RNG, step) and reports it, with the logged metrics, to Ray Train (and
+so to the dashboard and to Tune). ``FailureConfig(max_failures)`` restarts a
+failed worker group; the restarted workers resume from the latest reported
+checkpoint (``ray.train.get_checkpoint()`` -> ``resume_from_checkpoint``).
+Rank 0 reports the final adapter as the last checkpoint.
+
+Schedules: cosine / linear LR with linear warm-up, gradient accumulation, and
+early stopping on eval loss (DPO, logit distillation) when an eval set is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from qlp_ray.errors import InvalidRequest, TrainingError
+
+logger = logging.getLogger(__name__)
+
+RLHFMethod = Literal["dpo", "grpo", "rloo", "distill", "sft"]
+ADAPTER_DIR = "adapter"
+HF_CHECKPOINT = "checkpoint"  # RayTrainReportCallback.CHECKPOINT_NAME
+
+
+@dataclass
+class RLHFOptions:
+    """Schedule and robustness options shared by every method."""
+
+    steps: int = 40
+    batch_size: int = 8
+    learning_rate: float = 5e-3
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    grad_accum: int = 1
+    checkpoint_every: int = 10
+    early_stopping_patience: int | None = None
+    rank: int = 8
+    alpha: int = 16
+    seed: int = 0
+    method_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. beta, num_generations
+
+    def __post_init__(self) -> None:
+        if self.lr_scheduler_type not in ("cosine", "linear", "constant_with_warmup"):
+            raise InvalidRequest(f"unsupported lr_scheduler_type {self.lr_scheduler_type!r}")
+        if self.checkpoint_every < 1 or self.steps < 1 or self.grad_accum < 1:
+            raise InvalidRequest("steps, checkpoint_every and grad_accum must be >= 1")
+
+
+@dataclass
+class RLHFRayResult:
+    adapter_dir: Path
+    metrics: dict[str, Any]
+
+
+def _kill_worker_callback(step: int, rank: int, marker: str, grace_s: float = 6.0) -> Any:
+    """Test hook: a ``TrainerCallback`` that SIGKILLs this worker at ``step`` (once per run,
+    remembered by a marker file), after waiting ``grace_s`` so the Ray Train controller
+    has collected the last reported checkpoint (it polls the workers for reports).
+    """
+    import time
+
+    from transformers import TrainerCallback
+
+    class KillWorker(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == step and _rank() == rank and not Path(marker).exists():
+                Path(marker).write_text(str(os.getpid()))
+                time.sleep(grace_s)
+                logger.warning("test hook: killing worker pid %d at step %d", os.getpid(), step)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return KillWorker()
+
+
+def _rank() -> int:
+    import ray.train
+
+    return ray.train.get_context().get_world_rank()
+
+
+def _extra_args(method: str, opts: RLHFOptions, has_eval: bool) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "save_strategy": "steps",
+        "save_steps": opts.checkpoint_every,
+        "logging_steps": opts.checkpoint_every,
+        "ddp_find_unused_parameters": False,
+    }
+    if has_eval:
+        # RayTrainReportCallback reports on save, so evaluate at the same steps
+        args.update(
+            eval_strategy="steps",
+            eval_steps=opts.checkpoint_every,
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+            load_best_model_at_end=opts.early_stopping_patience is not None,
+        )
+    return args
+
+
+def _resume_dir(tmp: str) -> tuple[str | None, int]:
+    """Copy the latest Ray checkpoint locally; return (HF checkpoint dir, its global step)."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    logger.info("worker start: latest checkpoint %s", ckpt)
+    if ckpt is None:
+        return None, 0
+    dest = Path(tmp) / "resume"
+    with ckpt.as_directory() as d:
+        src = Path(d) / HF_CHECKPOINT
+        if not src.is_dir():
+            return None, 0
+        shutil.copytree(src, dest)
+    state = json.loads((dest / "trainer_state.json").read_text())
+    return str(dest), int(state.get("global_step", 0))
+
+
+def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: run one method with checkpoints, resume, and a final adapter report."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import ray.train
+    import torch
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
+
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    opts: RLHFOptions = config["options"]
+    method = config["method"]
+    tokenizer = AutoTokenizer.from_pretrained(config["base_path"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(config["base_path"], dtype=torch.float32)
+    callbacks: list[Any] = [RayTrainReportCallback()]
+    has_eval = bool(config.get("eval_data"))
+    if opts.early_stopping_patience is not None and has_eval:
+        callbacks.append(
+            EarlyStoppingCallback(early_stopping_patience=opts.early_stopping_patience)
+        )
+    if config.get("kill_at_step"):
+        callbacks.append(_kill_worker_callback(config["kill_at_step"], 0, config["kill_marker"]))
+    common = dict(
+        steps=opts.steps,
+        batch_size=opts.batch_size,
+        learning_rate=opts.learning_rate,
+        lr_scheduler_type=opts.lr_scheduler_type,
+        warmup_ratio=opts.warmup_ratio,
+        grad_accum=opts.grad_accum,
+        rank=opts.rank,
+        alpha=opts.alpha,
+        seed=opts.seed,
+        callbacks=callbacks,
+        prepare=prepare_trainer,
+        extra_args=_extra_args(method, opts, has_eval),
+        **opts.method_kwargs,
+    )
+    with tempfile.TemporaryDirectory(prefix=f"qlp-{method}-") as tmp:
+        resume, resumed_step = _resume_dir(tmp)
+        out_dir = str(Path(tmp) / "out")
+        if method == "dpo":
+            from qlp_ray.train.dpo import train_dpo
+
+            res = train_dpo(
+                model,
+                tokenizer,
+                config["data"],
+                eval_pairs=config.get("eval_data") or (),
+                output_dir=out_dir,
+                resume_from_checkpoint=resume,
+                **common,
+            )
+        elif method in ("grpo", "rloo"):
+            from qlp_ray.train.rl import train_rl
+
+            res = train_rl(
+                model,
+                tokenizer,
+                config["data"],
+                config["reward_funcs"],
+                algorithm=method,
+                output_dir=out_dir,
+                resume_from_checkpoint=resume,
+                **common,
+            )
+        elif method == "sft":  # the tuning trial (qlp_ray.tune)
+            from qlp_ray.tune.sft_trial import train_sft_lora
+
+            res = train_sft_lora(
+                model,
+                tokenizer,
+                config["data"],
+                eval_records=config.get("eval_data") or (),
+                output_dir=out_dir,
+                resume_from_checkpoint=resume,
+                **common,
+            )
+        elif method == "distill":
+            from qlp_ray.train.distill import train_distill
+
+            teacher = AutoModelForCausalLM.from_pretrained(
+                config["teacher_path"], dtype=torch.float32
+            )
+            res = train_distill(
+                model,
+                teacher,
+                tokenizer,
+                config["data"],
+                eval_texts=config.get("eval_data") or (),
+                output_dir=out_dir,
+                resume_from_checkpoint=resume,
+                **common,
+            )
+        else:
+            raise InvalidRequest(f"unknown method {method!r}")
+        metrics = {
+            **{
+                k: float(v)
+                for k, v in res.metrics.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            },
+            "train_loss": res.train_loss,
+            "resumed_from_step": float(resumed_step),
+            "finished": 1.0,  # not "done": Tune reads that key as "stop this trial"
+        }
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            final = Path(tmp) / "final"
+            res.model.save_pretrained(str(final / ADAPTER_DIR), safe_serialization=True)
+            (final / "metrics.json").write_text(json.dumps(metrics))
+            checkpoint = ray.train.Checkpoint.from_directory(str(final))
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_rlhf_on_ray(
+    method: RLHFMethod,
+    *,
+    base_path: str,
+    data: list[Any],
+    options: RLHFOptions,
+    output_dir: str | Path,
+    storage_path: str | Path,
+    run_name: str,
+    eval_data: list[Any] | None = None,
+    reward_funcs: list[Any] | None = None,
+    teacher_path: str | None = None,
+    workers: int = 1,
+    cpus_per_worker: float = 1.0,
+    use_gpu: bool = False,
+    max_failures: int = 1,
+    ray_callbacks: list[Any] | None = None,
+    _kill_at_step: int | None = None,
+) -> RLHFRayResult:
+    """Run ``method`` on ``workers`` Ray Train workers; copy the adapter to ``output_dir``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if method in ("grpo", "rloo") and not reward_funcs:
+        raise InvalidRequest(f"{method} needs reward functions")
+    if method == "distill" and not teacher_path:
+        raise InvalidRequest("distillation needs a teacher model path")
+    if not data:
+        raise InvalidRequest(f"{method} needs training data")
+    config: dict[str, Any] = {
+        "method": method,
+        "base_path": base_path,
+        "data": data,
+        "eval_data": eval_data,
+        "reward_funcs": reward_funcs,
+        "teacher_path": teacher_path,
+        "options": options,
+        "threads": max(1, int(cpus_per_worker)),
+    }
+    if _kill_at_step is not None:
+        Path(storage_path).mkdir(parents=True, exist_ok=True)
+        config.update(
+            kill_at_step=_kill_at_step, kill_marker=str(Path(storage_path) / f"{run_name}.killed")
+        )
+    trainer = TorchTrainer(
+        rlhf_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=ray_callbacks or None,
+        ),
+    )
+    logger.info(
+        "Ray Train %s run %s: %d worker(s), %d steps", method, run_name, workers, options.steps
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise TrainingError(f"{method} run {run_name} failed: {result.error}")
+    if result.checkpoint is None:
+        raise TrainingError(f"{method} run {run_name} reported no final adapter")
+    dest = Path(output_dir)
+    with result.checkpoint.as_directory() as d:
+        src = Path(d) / ADAPTER_DIR
+        if not src.is_dir():
+            raise TrainingError(f"{method} run {run_name}: last checkpoint holds no adapter")
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest)
+        metrics = json.loads((Path(d) / "metrics.json").read_text())
+    return RLHFRayResult(dest, metrics)
+
+
+__all__ = ["RLHFOptions", "RLHFRayResult", "rlhf_loop_per_worker", "train_rlhf_on_ray"]
