@@ -23,7 +23,7 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - report and continue with the fallback
-            sys.stderr.write(f"WARNING: Cython extensions not built ({exc}); using numpy fallback\n")
+            sys.stderr.write(f"WARNING: Cython extensions not built ({exc}); numpy fallback\n")
 
     def build_extension(self, ext: Extension) -> None:
         try:

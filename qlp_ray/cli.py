@@ -52,6 +52,7 @@ def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     state.config_path = config
+    state._config = None
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -80,10 +81,13 @@ def _register() -> None:
     import importlib
 
     for module_name, group in [
-        # ("qlp_ray.cli_adapters", "adapters"),
+        ("qlp_ray.cli_demo", "demo"),
+        ("qlp_ray.cli_keys", "keys"),
+        ("qlp_ray.cli_adapters", "adapters"),
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)
 
 
 _register()
+

@@ -1,1 +1,27 @@
-"""data stage of qlp_ray."""
+"""data stage of qlp_ray: capsule loading, the prompt format, bundled synthetic samples."""
+
+from qlp_ray.data.capsules import (
+    Capsule,
+    bundled_domains,
+    file_sha256,
+    load_capsules,
+    sample_path,
+)
+from qlp_ray.data.format import (
+    chat_to_prompt,
+    format_prompt,
+    routing_text,
+    to_prompt_completion,
+)
+
+__all__ = [
+    "Capsule",
+    "bundled_domains",
+    "chat_to_prompt",
+    "file_sha256",
+    "format_prompt",
+    "load_capsules",
+    "routing_text",
+    "sample_path",
+    "to_prompt_completion",
+]

@@ -1,0 +1,5 @@
+"""``python -m qlp_ray`` is the ``qlp`` command."""
+
+from qlp_ray.cli import run
+
+run()

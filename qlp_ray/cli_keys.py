@@ -1,0 +1,46 @@
+"""``qlp keys``: create and inspect the Ed25519 key that signs adapters."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Ed25519 signing keys for adapter manifests.", no_args_is_help=True)
+
+
+@app.command("init")
+def init(
+    force: bool = typer.Option(False, "--force", help="Replace an existing key pair."),
+) -> None:
+    """Create a new signing key pair under <home>/keys."""
+    from qlp_ray.cli import console, fail, get_config
+    from qlp_ray.errors import QLPError
+    from qlp_ray.registry.signing import init_keys
+
+    try:
+        info = init_keys(get_config().paths.keys, force=force)
+    except QLPError as exc:
+        fail(str(exc))
+        return
+    console.print(f"created signing key [bold]{info.key_id}[/]")
+    console.print(f"  private key: {info.private_key_path} (mode 0600)", soft_wrap=True)
+    console.print(f"  public key:  {info.public_key_path}", soft_wrap=True)
+
+
+@app.command("show")
+def show() -> None:
+    """Print the signing key id, its files and the extra trusted keys."""
+    from qlp_ray.cli import console, fail, get_config
+    from qlp_ray.errors import QLPError
+    from qlp_ray.registry.signing import key_info, trusted_public_keys
+
+    cfg = get_config()
+    try:
+        info = key_info(cfg.paths.keys)
+        trusted = trusted_public_keys(cfg)
+    except QLPError as exc:
+        fail(str(exc))
+        return
+    console.print(f"key id:      [bold]{info.key_id}[/]")
+    console.print(f"private key: {info.private_key_path}", soft_wrap=True)
+    console.print(f"public key:  {info.public_key_path}", soft_wrap=True)
+    console.print(f"trusted key ids: {', '.join(sorted(trusted))}")

@@ -1,0 +1,287 @@
+"""The adapter registry: register, list, pick the current version, verify before load.
+
+The registry talks to storage only through ``AdapterStorage``; signing and hashing
+live in ``signing`` and ``manifest``. Nothing is handed to a loader before
+``verify`` has checked the signature, the key, every file and the labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from qlp_ray.config import QLPConfig
+from qlp_ray.errors import AdapterNotFound, InvalidRequest, SignatureError
+from qlp_ray.registry.local import ADAPTER_ID_PATTERN, open_storage
+from qlp_ray.registry.manifest import (
+    MANIFEST_FILE,
+    METADATA_FILE,
+    REQUIRED_FILES,
+    SIGNATURE_FILE,
+    Manifest,
+    canonical_json,
+    hash_files,
+)
+from qlp_ray.registry.signing import (
+    UnsignedAdapter,
+    load_signing_key,
+    sign_bytes,
+    trusted_public_keys,
+)
+from qlp_ray.registry.storage import AdapterStorage
+from qlp_ray.registry.verify import AdapterRecord, check_signed, check_unsigned, read_metadata
+
+logger = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+RESERVED_METADATA = ("adapter_id", "domain", "version", "base_model", "created_at")
+
+
+def validate_adapter_id(adapter_id: str, what: str = "adapter id") -> str:
+    """``adapter_id`` if it matches ``^[a-z0-9][a-z0-9_.-]{0,63}$``, else ``InvalidRequest``."""
+    if not isinstance(adapter_id, str) or not ADAPTER_ID_PATTERN.match(adapter_id):
+        raise InvalidRequest(
+            f"invalid {what} {adapter_id!r}: use 1-64 characters from a-z 0-9 _ . -, "
+            "starting with a letter or digit ('+' is reserved for adapter stacks)",
+            param="adapter_id",
+        )
+    return adapter_id
+
+
+def _check_source(src: Path) -> list[Path]:
+    """The files to copy from ``src``; refuses pickles, links and missing weights."""
+    if not src.is_dir():
+        raise InvalidRequest(f"adapter source {src} is not a directory")
+    files = []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src).as_posix()
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            raise InvalidRequest(f"refusing {rel!r} in {src}: not a regular file")
+        if path.is_dir():
+            continue
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise InvalidRequest(
+                f"refusing pickle file {rel!r} in {src}: only safetensors weights are accepted"
+            )
+        if rel in (MANIFEST_FILE, SIGNATURE_FILE, METADATA_FILE):
+            continue  # the registry writes these itself
+        files.append(path)
+    missing = [name for name in REQUIRED_FILES if not (src / name).is_file()]
+    if missing:
+        raise InvalidRequest(f"adapter source {src} lacks {', '.join(missing)}")
+    return files
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    clash = [k for k in RESERVED_METADATA if k in metadata]
+    if clash:
+        raise InvalidRequest(f"metadata may not set {', '.join(clash)} (the registry sets them)")
+    centroid = metadata.get("centroid")
+    if centroid is not None and not (
+        isinstance(centroid, list)
+        and centroid
+        and all(isinstance(x, int | float) and math.isfinite(x) for x in centroid)
+    ):
+        raise InvalidRequest("metadata 'centroid' must be a non-empty list of finite numbers")
+    try:
+        canonical_json(metadata)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"metadata is not JSON-serialisable: {exc}") from exc
+
+
+class Registry:
+    """Signed, versioned adapters in the store named by ``cfg.registry_uri``."""
+
+    def __init__(self, cfg: QLPConfig, storage: AdapterStorage | None = None) -> None:
+        self.cfg = cfg
+        self.storage = storage if storage is not None else open_storage(cfg.registry_uri)
+
+    # --- writing ------------------------------------------------------------------------
+    def register(
+        self,
+        src_dir: Path | str,
+        *,
+        adapter_id: str,
+        domain: str,
+        base_model: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> AdapterRecord:
+        """Copy ``src_dir`` in as the next signed version of ``adapter_id``; make it current."""
+        src = Path(src_dir)
+        validate_adapter_id(adapter_id)
+        validate_adapter_id(domain, "domain")
+        if not isinstance(base_model, str) or not base_model.strip():
+            raise InvalidRequest("base_model must be a non-empty string", param="base_model")
+        metadata = dict(metadata or {})
+        _check_metadata(metadata)
+        files = _check_source(src)
+        key = load_signing_key(self.cfg.paths.keys)  # fail before anything is written
+
+        existing = self.storage.versions(adapter_id)
+        version = existing[-1] + 1 if existing else 1
+        created_at = datetime.now(UTC).isoformat(timespec="seconds")
+        with tempfile.TemporaryDirectory(prefix="qlp-register-") as tmp:
+            stage = Path(tmp) / "adapter"
+            stage.mkdir()
+            for path in files:
+                dest = stage / path.relative_to(src)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest)
+            info = {
+                "adapter_id": adapter_id,
+                "domain": domain,
+                "version": version,
+                "base_model": base_model,
+                "created_at": created_at,
+                **metadata,
+            }
+            (stage / METADATA_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+            manifest = Manifest(
+                adapter_id=adapter_id,
+                version=version,
+                base_model=base_model,
+                domain=domain,
+                files=hash_files(stage),
+                created_at=created_at,
+                key_id=key.key_id,
+            )
+            manifest_bytes = manifest.canonical_bytes()
+            (stage / MANIFEST_FILE).write_bytes(manifest_bytes)
+            (stage / SIGNATURE_FILE).write_bytes(sign_bytes(manifest_bytes, key))
+            self.storage.publish(stage, adapter_id, version)
+        self.storage.write_pointer(adapter_id, version)
+        logger.info(
+            "registered adapter %s v%d (domain %s, base %s, %d files, key %s)",
+            adapter_id,
+            version,
+            domain,
+            base_model,
+            len(manifest.files),
+            key.key_id,
+        )
+        return self.verify(adapter_id, version)
+
+    def set_current(self, adapter_id: str, version: int) -> None:
+        """Point ``adapter_id``'s CURRENT at an existing ``version``."""
+        self._require_version(adapter_id, version)
+        self.storage.write_pointer(adapter_id, version)
+        logger.info("adapter %s: current version is now v%d", adapter_id, version)
+
+    # --- reading ------------------------------------------------------------------------
+    def list(self, all_versions: bool = False) -> list[AdapterRecord]:
+        """The current version of each adapter (or every version), with honest ``signed``."""
+        records = []
+        for adapter_id in self.storage.adapter_ids():
+            if all_versions:
+                versions = self.storage.versions(adapter_id)
+            else:
+                versions = [self._current_version(adapter_id)]
+            records.extend(self._inspect(adapter_id, v) for v in versions)
+        return records
+
+    def get(self, adapter_id: str, version: int | None = None) -> AdapterRecord:
+        """One adapter version (default: current); ``AdapterNotFound`` names the known ids."""
+        version = self._resolve(adapter_id, version)
+        return self._inspect(adapter_id, version)
+
+    def verify(
+        self,
+        adapter_id: str,
+        version: int | None = None,
+        *,
+        expected_base_model: str | None = None,
+    ) -> AdapterRecord:
+        """Check signature, key, files and labels; ``SignatureError`` names what is wrong.
+
+        With ``registry.require_signature`` false an unsigned adapter passes with a
+        warning (``signed=False``); a signed but tampered one is always refused.
+        """
+        version = self._resolve(adapter_id, version)
+        path = self.storage.fetch(adapter_id, version)
+        try:
+            record = check_signed(
+                adapter_id, version, path, trusted_public_keys(self.cfg), expected_base_model
+            )
+        except UnsignedAdapter as exc:
+            if self.cfg.registry.require_signature:
+                raise
+            record = check_unsigned(adapter_id, version, path, expected_base_model)
+            logger.warning("loading UNSIGNED adapter %s v%d: %s", adapter_id, version, exc)
+        return record
+
+    def verified_path(
+        self,
+        adapter_id: str,
+        version: int | None = None,
+        *,
+        expected_base_model: str | None = None,
+    ) -> Path:
+        """Verify, then return the directory to load the adapter from."""
+        return self.verify(adapter_id, version, expected_base_model=expected_base_model).path
+
+    # --- internals ----------------------------------------------------------------------
+    def _current_version(self, adapter_id: str) -> int:
+        pointer = self.storage.read_pointer(adapter_id)
+        if pointer is not None:
+            return pointer
+        versions = self.storage.versions(adapter_id)
+        if not versions:
+            raise self._not_found(adapter_id)
+        return versions[-1]
+
+    def _resolve(self, adapter_id: str, version: int | None) -> int:
+        if not isinstance(adapter_id, str) or not ADAPTER_ID_PATTERN.match(adapter_id):
+            raise self._not_found(adapter_id)
+        if not self.storage.versions(adapter_id):
+            raise self._not_found(adapter_id)
+        if version is None:
+            return self._current_version(adapter_id)
+        self._require_version(adapter_id, version)
+        return version
+
+    def _require_version(self, adapter_id: str, version: int) -> None:
+        versions = self.storage.versions(adapter_id)
+        if not versions:
+            raise self._not_found(adapter_id)
+        if version not in versions:
+            raise AdapterNotFound(
+                f"adapter {adapter_id!r} has no version {version} "
+                f"(versions: {', '.join(map(str, versions))})",
+                param="version",
+            )
+
+    def _not_found(self, adapter_id: str) -> AdapterNotFound:
+        known = ", ".join(self.storage.adapter_ids()) or "none registered"
+        return AdapterNotFound(
+            f"unknown adapter {adapter_id!r} (known: {known})", param="adapter_id"
+        )
+
+    def _inspect(self, adapter_id: str, version: int) -> AdapterRecord:
+        """A record whose ``signed`` says whether the signature really verifies."""
+        path = self.storage.fetch(adapter_id, version)
+        try:
+            return check_signed(adapter_id, version, path, trusted_public_keys(self.cfg))
+        except SignatureError as exc:
+            try:
+                info = read_metadata(path)
+            except SignatureError:
+                info = {}  # the problem is reported below; the listing must go on
+            return AdapterRecord(
+                adapter_id=adapter_id,
+                domain=str(info.get("domain", "")),
+                version=version,
+                path=path,
+                signed=False,
+                base_model=str(info.get("base_model", "")),
+                metadata=info,
+                problem=str(exc),
+            )
+
+
+__all__ = ["AdapterRecord", "Registry", "validate_adapter_id"]
