@@ -181,6 +181,17 @@ class RouterConfig(_Section):
         return (self.learned_dir or home / "router" / "learned").expanduser()
 
 
+class ExperimentsConfig(_Section):
+    enabled: bool = Field(True, description="Assign requests to A/B experiments when serving.")
+    files: list[Path] = Field(
+        default_factory=list,
+        description="YAML files whose `definitions:` list experiments to start with Serve.",
+    )
+    seed: int | None = Field(
+        None, description="Seed of weighted/random/bandit draws (None = fresh randomness)."
+    )
+
+
 class ServeConfig(_Section):
     host: str = Field("127.0.0.1", description="HTTP bind address.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
@@ -208,6 +219,7 @@ class QLPConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @property
@@ -306,6 +318,7 @@ __all__ = [
     "RegistryConfig",
     "RouterConfig",
     "ServeConfig",
+    "ExperimentsConfig",
     "DemoConfig",
     "load_config",
     "read_yaml",

@@ -25,10 +25,11 @@ import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from scipy import stats
 
 from qlp_ray.errors import InvalidRequest, NotFound
@@ -366,3 +367,21 @@ class ExperimentBook:
             if exp.matches(domain, metadata) and exp.active(now):
                 return exp.assign(user_id)
         return None
+
+
+def load_experiment_file(path: str | Path) -> list[ExperimentSpec]:
+    """Experiment specs from a YAML file with a top-level ``definitions:`` list."""
+    from qlp_ray.config import read_yaml
+    from qlp_ray.errors import ConfigError
+
+    data = read_yaml(path)
+    items = data.get("definitions")
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: expected a top-level `definitions:` list of experiments")
+    specs = []
+    for i, item in enumerate(items):
+        try:
+            specs.append(ExperimentSpec.model_validate(item))
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: definitions[{i}] is invalid: {exc}") from exc
+    return specs

@@ -188,3 +188,17 @@ def test_thompson_bandit_shifts_traffic_to_better_arm():
             late.append(a.variant)
     assert late.count("better") / len(late) > 0.85
     assert exp.analyze()["variants"][1]["prob_best"] > 0.99
+
+
+def test_shipped_experiment_file_loads_and_bad_file_is_named(tmp_path):
+    from qlp_ray.config import REPO_ROOT
+    from qlp_ray.errors import ConfigError
+    from qlp_ray.improve.experiments import load_experiment_file
+
+    specs = load_experiment_file(REPO_ROOT / "configs" / "experiments" / "example.yaml")
+    assert [s.id for s in specs] == ["dataeng-v2-vs-v1", "ml-stack-bandit"]
+    assert specs[1].bandit and specs[1].variants[1].target == "ml:0.7+dataeng:0.3"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("definitions:\n  - id: x\n    variants: [{name: a, target: t}]\n")
+    with pytest.raises(ConfigError, match=r"definitions\[0\]"):
+        load_experiment_file(bad)
