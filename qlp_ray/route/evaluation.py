@@ -116,6 +116,21 @@ class EmbeddingCache:
         return np.stack([self._vecs[k] for k in keys])
 
 
+def cached_encoder(model: str, cache_dir: Path) -> Callable[[Sequence[str]], np.ndarray]:
+    """``encode(texts)`` with the configured embedding model behind an :class:`EmbeddingCache`.
+
+    The cache key is the model directory plus the names and sizes of its weight files, so a
+    different (e.g. fine-tuned) model never reads another model's vectors.
+    """
+    from qlp_ray.route.embeddings import get_embedder, resolve_model_dir
+
+    model_dir = resolve_model_dir(model)
+    weights = sorted(model_dir.glob("*.safetensors"))
+    key = f"{model_dir}|" + "|".join(f"{w.name}:{w.stat().st_size}" for w in weights)
+    cache = EmbeddingCache(lambda texts: get_embedder(model).encode(list(texts)), key, cache_dir)
+    return cache.encode
+
+
 def group_kfold(
     groups: Sequence[str], k: int, seed: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:

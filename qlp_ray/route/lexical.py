@@ -46,10 +46,8 @@ class HashedNgramFeatures:
         )
 
     def fit_idf(self, texts: Sequence[str]) -> HashedNgramFeatures:
-        df = torch.zeros(self.n_buckets)
-        for t in texts:
-            for b in self._counts(t):
-                df[b] += 1
+        present = [b for t in texts for b in self._counts(t)]  # each bucket once per text
+        df = torch.from_numpy(np.bincount(present, minlength=self.n_buckets).astype(np.float32))
         self.idf = torch.log((1 + len(texts)) / (1 + df)) + 1
         return self
 
@@ -64,7 +62,8 @@ class HashedNgramFeatures:
             if not counts:
                 continue
             buckets = list(counts)
-            w = [(1 + math.log(counts[b])) * float(self.idf[b]) for b in buckets]
+            idf = self.idf[buckets].tolist()
+            w = [(1 + math.log(counts[b])) * f for b, f in zip(buckets, idf, strict=True)]
             norm = math.sqrt(sum(v * v for v in w)) or 1.0
             idx += buckets
             wts += [v / norm for v in w]
