@@ -40,7 +40,8 @@ def _extensions() -> list[Extension]:
         Extension(
             "qlp_ray._vector_ext",
             ["cython_ext/vector_search.pyx"],
-            include_dirs=[np.get_include()],
+            include_dirs=[np.get_include(), "cython_ext"],
+            depends=["cython_ext/vs_kernels.h"],
             extra_compile_args=["-O3", "-march=native", *openmp],
             extra_link_args=openmp,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

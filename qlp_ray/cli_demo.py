@@ -10,10 +10,10 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(help="Run the end-to-end demo on local Ray.", invoke_without_command=True)
+app = typer.Typer()
 
 
-@app.callback(invoke_without_command=True)
+@app.command()
 def demo(
     summary_json: Path | None = typer.Option(None, help="Write the summary JSON here."),
     keep_serving: bool = typer.Option(False, help="Leave the Serve app running afterwards."),

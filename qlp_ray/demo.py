@@ -127,6 +127,7 @@ def send_heldout_prompts(
     """Send every demo domain's held-out prompts through ``model=auto`` over HTTP."""
     from qlp_ray.client import Client
     from qlp_ray.data.capsules import load_capsules, sample_path
+    from qlp_ray.data.format import format_prompt
     from qlp_ray.errors import QLPError
 
     client = Client(base_url, api_key=cfg.serve.api_key)
@@ -136,7 +137,9 @@ def send_heldout_prompts(
             t0 = time.perf_counter()
             try:
                 resp = client.complete(
-                    capsule.instruction, model="auto", max_tokens=cfg.demo.max_tokens
+                    format_prompt(capsule.instruction, capsule.input),
+                    model="auto",
+                    max_tokens=cfg.demo.max_tokens,
                 )
                 info = resp.qlp
                 result = RequestResult(

@@ -110,6 +110,22 @@ class TrainingError(QLPError, RuntimeError):
     code = "training_failed"
 
 
+class NoCapableDevice(QLPError, RuntimeError):
+    """No present device can run a workload (absent device class, or too little memory)."""
+
+    http_status = 503
+    error_type = "server_error"
+    code = "no_capable_device"
+
+
+class WorkloadFailed(QLPError, RuntimeError):
+    """A workload could not be completed: every device it was placed on died."""
+
+    http_status = 503
+    error_type = "server_error"
+    code = "workload_failed"
+
+
 __all__ = [
     "QLPError",
     "ConfigError",
@@ -123,4 +139,6 @@ __all__ = [
     "KeyMissing",
     "Overloaded",
     "TrainingError",
+    "NoCapableDevice",
+    "WorkloadFailed",
 ]

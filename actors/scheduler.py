@@ -1,0 +1,305 @@
+"""SchedulerActor: places workloads on device actors by the capability table.
+
+``submit`` queues a workload (priority, memory need, optional preferred device) and
+returns its result once a device ran it. A dispatcher takes the queue highest priority
+first and asks :func:`qlp_ray.hardware.placement.choose_device` for a device: absent
+classes, dead actors, devices at ``max_inflight_per_device`` or above ``busy_threshold``,
+and devices short of memory are skipped; equals share the load. When a device actor dies
+with work in flight, that work goes back into the queue and is placed again (up to
+``max_attempts``), so no workload is lost. Device actors register themselves (also after
+a restart); a status loop polls their health, utilization, queue and memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+from qlp_ray.config import HardwareConfig
+from qlp_ray.errors import NoCapableDevice, WorkloadFailed
+from qlp_ray.hardware.discovery import Device
+from qlp_ray.hardware.placement import DeviceState, check_workload, choose_device
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER_NAME = "qlp-scheduler"
+STATUS_TIMEOUT_S = 10.0
+DEAD_DROP_S = 60.0
+_DEVICE_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+@dataclass
+class _Entry:
+    device: Device
+    handle: Any
+    state: DeviceState
+    epoch: int = 0
+    registrations: int = 0
+    dead_since: float = 0.0
+    last_status: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Job:
+    job_id: int
+    kind: str
+    payload: dict[str, Any]
+    priority: int
+    memory_bytes: int
+    preferred: str | None
+    future: asyncio.Future
+    attempts: int = 0
+    submitted: float = field(default_factory=time.time)
+
+
+@ray.remote(max_concurrency=1000)
+class SchedulerActor:
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.cfg = HardwareConfig(**(config or {}))
+        self._devices: dict[str, _Entry] = {}
+        self._queue: list[tuple[int, int, _Job]] = []
+        self._seq = itertools.count()
+        self._turn = itertools.count()
+        self._history: list[dict[str, Any]] = []
+        self._wake: asyncio.Event | None = None
+        self._loops: list[asyncio.Task] = []
+
+    # ------------------------------------------------------------ lifecycle
+    def _ensure_loops(self) -> None:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            self._loops = [
+                loop.create_task(self._dispatch_loop()),
+                loop.create_task(self._status_loop()),
+            ]
+            if self.cfg.rediscovery_interval_s > 0:
+                self._loops.append(loop.create_task(self._rediscovery_loop()))
+
+    async def register(self, info: dict[str, Any], handle: Any) -> str:
+        """Called by a device actor on every start (first start and restarts)."""
+        self._ensure_loops()
+        device = Device.from_dict(info["device"])
+        key = f"{info['node_id']}/{device.key}"
+        entry = self._devices.get(key)
+        state = DeviceState(
+            key=key,
+            device_class=device.device_class,
+            node_id=info["node_id"],
+            avx512=device.avx512,
+            total_memory_bytes=device.memory_bytes,
+        )
+        if entry is None:
+            entry = self._devices[key] = _Entry(device, handle, state)
+        else:
+            entry.device, entry.handle, entry.state = device, handle, state
+            entry.epoch += 1
+        entry.registrations += 1
+        logger.info(
+            "registered %s (registration %d, pid %s)", key, entry.registrations, info["pid"]
+        )
+        self._wake.set()
+        return key
+
+    async def unregister(self, key: str) -> bool:
+        """Forget a device (removed by re-discovery); queued work goes elsewhere."""
+        self._ensure_loops()
+        entry = self._devices.pop(key, None)
+        if entry is not None:
+            entry.state.alive = False
+            self._wake.set()
+        return entry is not None
+
+    # ----------------------------------------------------------- workloads
+    async def submit(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        priority: int = 0,
+        memory_mb: float = 0,
+        preferred: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a workload and return its result with where it ran (device, node, attempts)."""
+        self._ensure_loops()
+        check_workload(kind, self.cfg.capabilities)
+        job = _Job(
+            job_id=next(self._seq),
+            kind=kind,
+            payload=payload,
+            priority=int(priority),
+            memory_bytes=int(memory_mb * 2**20),
+            preferred=preferred,
+            future=asyncio.get_running_loop().create_future(),
+        )
+        self._push(job)
+        return await job.future
+
+    def _push(self, job: _Job) -> None:
+        heapq.heappush(self._queue, (-job.priority, job.job_id, job))
+        self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        waiting = []
+        states = [e.state for e in self._devices.values()]
+        while self._queue:
+            _, _, job = heapq.heappop(self._queue)
+            try:
+                state = choose_device(
+                    job.kind,
+                    states,
+                    self.cfg.capabilities,
+                    memory_bytes=job.memory_bytes,
+                    preferred=job.preferred,
+                    busy_threshold=self.cfg.busy_threshold,
+                    max_inflight=self.cfg.max_inflight_per_device,
+                    turn=next(self._turn),
+                )
+            except NoCapableDevice as exc:
+                job.future.set_exception(exc)
+                continue
+            if state is None:
+                waiting.append(job)
+                continue
+            entry = self._devices[state.key]
+            entry.state.inflight += 1
+            asyncio.get_running_loop().create_task(self._run(job, entry, entry.epoch))
+        for job in waiting:
+            heapq.heappush(self._queue, (-job.priority, job.job_id, job))
+
+    async def _run(self, job: _Job, entry: _Entry, epoch: int) -> None:
+        job.attempts += 1
+        record = {
+            "job_id": job.job_id,
+            "kind": job.kind,
+            "priority": job.priority,
+            "device": entry.state.key,
+            "device_class": entry.state.device_class,
+            "node_id": entry.state.node_id,
+            "attempt": job.attempts,
+            "outcome": "running",
+        }
+        self._history.append(record)
+        try:
+            out = await entry.handle.run.remote(job.kind, job.payload)
+        except _DEVICE_GONE as exc:
+            record["outcome"] = "device_died"
+            if entry.epoch == epoch and entry.state.alive:
+                entry.state.alive = False  # until the actor re-registers
+                entry.dead_since = time.time()
+            logger.warning("device %s died running job %d: %s", entry.state.key, job.job_id, exc)
+            if job.attempts >= self.cfg.max_attempts:
+                job.future.set_exception(
+                    WorkloadFailed(f"{job.kind} job {job.job_id} lost {job.attempts} devices")
+                )
+            else:
+                self._push(job)
+        except Exception as exc:  # noqa: BLE001 - the workload's own error goes to the caller
+            record["outcome"] = "error"
+            job.future.set_exception(exc)
+        else:
+            record["outcome"] = "done"
+            out["attempts"] = job.attempts
+            out["job_id"] = job.job_id
+            job.future.set_result(out)
+        finally:
+            if entry.epoch == epoch:
+                entry.state.inflight -= 1
+            self._wake.set()
+
+    # -------------------------------------------------------------- status
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.status_interval_s)
+            try:
+                await self.refresh_status()
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad poll
+                logger.exception("device status poll failed")
+
+    async def refresh_status(self) -> None:
+        """Poll every device actor once. A dead actor is marked unavailable until it
+        re-registers; after ``DEAD_DROP_S`` seconds it is forgotten, so work waiting
+        only for it fails instead of waiting forever. A slow answer changes nothing."""
+        entries = list(self._devices.items())
+        refs = [e.handle.status.remote() for _, e in entries]
+        now = time.time()
+        for (key, entry), ref in zip(entries, refs, strict=True):
+            epoch = entry.epoch
+            try:
+                status = await asyncio.wait_for(ref, timeout=STATUS_TIMEOUT_S)
+            except TimeoutError:
+                continue
+            except RayTaskError as exc:  # status() itself failed: report, keep the device
+                logger.warning("status of %s failed: %s", key, exc)
+                continue
+            except _DEVICE_GONE as exc:
+                if entry.epoch != epoch:
+                    continue
+                if entry.state.alive:
+                    logger.warning("device %s is gone: %s", key, type(exc).__name__)
+                    entry.state.alive = False
+                    entry.dead_since = now
+                elif now - entry.dead_since > DEAD_DROP_S and self._devices.get(key) is entry:
+                    logger.warning("forgetting device %s (dead for %.0f s)", key, DEAD_DROP_S)
+                    del self._devices[key]
+                continue
+            if entry.epoch != epoch:
+                continue
+            entry.last_status = status
+            entry.state.alive = True
+            entry.state.utilization = float(status["utilization"])
+            entry.state.total_memory_bytes = status["total_memory_bytes"]
+            entry.state.free_memory_bytes = status["free_memory_bytes"]
+        self._wake.set()
+
+    async def _rediscovery_loop(self) -> None:
+        from actors.launch import discover_cluster, sync_devices
+
+        me = ray.get_runtime_context().current_actor
+        while True:
+            await asyncio.sleep(self.cfg.rediscovery_interval_s)
+            loop = asyncio.get_running_loop()
+            try:  # blocking Ray calls run in a thread; this loop keeps serving
+                await loop.run_in_executor(
+                    None, lambda: sync_devices(me, discover_cluster(), self.cfg)
+                )
+            except Exception:  # noqa: BLE001 - log and retry at the next interval
+                logger.exception("device re-discovery failed")
+
+    async def devices(self) -> list[dict[str, Any]]:
+        """One row per registered device: what it is, where, and how loaded."""
+        self._ensure_loops()
+        return [
+            {
+                **e.device.to_dict(),
+                "id": key,
+                "node_id": e.state.node_id,
+                "alive": e.state.alive,
+                "inflight": e.state.inflight,
+                "utilization": e.state.utilization,
+                "queue": e.last_status.get("queue", 0),
+                "free_memory_bytes": e.state.free_memory_bytes,
+                "registrations": e.registrations,
+            }
+            for key, e in self._devices.items()
+        ]
+
+    async def history(self) -> list[dict[str, Any]]:
+        """Every placement so far (job, device, node, attempt, outcome)."""
+        return list(self._history)
+
+    async def queued(self) -> int:
+        return len(self._queue)

@@ -1,0 +1,111 @@
+"""Python client of the qlp HTTP API (OpenAI-compatible), with typed errors.
+
+>>> from qlp_ray.client import Client
+>>> c = Client("http://127.0.0.1:8000")
+>>> c.complete("Write a SQL join", max_tokens=16).qlp.adapter
+'dataeng'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from qlp_ray.errors import (
+    AdapterLoadError,
+    AdapterNotFound,
+    AuthenticationError,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    QLPError,
+    SignatureError,
+)
+from qlp_ray.serve.protocol import (
+    AUTO_MODEL,
+    ChatCompletionResponse,
+    CompletionResponse,
+    ModelList,
+)
+
+__all__ = ["Client"]
+
+
+def error_from_response(response: httpx.Response) -> QLPError:
+    """The typed qlp_ray error for an HTTP error response (OpenAI error body)."""
+    status = response.status_code
+    try:
+        err = response.json()["error"]
+        message, code, param = str(err["message"]), err.get("code"), err.get("param")
+    except (ValueError, KeyError, TypeError):
+        message, code, param = f"HTTP {status}: {response.text[:200]}", None, None
+    if status == 400:
+        cls: type[QLPError] = InvalidRequest
+    elif status == 401:
+        cls = AuthenticationError
+    elif status == 403:
+        cls = PermissionDenied
+    elif status == 404:
+        cls = AdapterNotFound if code in (None, AdapterNotFound.code) else NotFound
+    elif status == 424:
+        cls = AdapterLoadError if code == AdapterLoadError.code else SignatureError
+    elif status == 503:
+        cls = Overloaded
+    else:
+        cls = QLPError
+    return cls(message, param=param)
+
+
+class Client:
+    """Talks to a running qlp app; every method raises a typed ``QLPError`` on 4xx/5xx."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, json: Any = None) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, path, json=json)
+        except httpx.TransportError as exc:
+            raise QLPError(f"cannot reach {self._http.base_url}{path}: {exc}") from exc
+        if response.is_error:
+            raise error_from_response(response)
+        return response.json()
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/health")
+
+    def models(self) -> ModelList:
+        return ModelList.model_validate(self._request("GET", "/v1/models"))
+
+    def complete(self, prompt: str, model: str = AUTO_MODEL, **kw: Any) -> CompletionResponse:
+        """``POST /v1/completions``; ``kw``: max_tokens, temperature, top_p, stop, seed, user."""
+        body = {"model": model, "prompt": prompt, **kw}
+        return CompletionResponse.model_validate(self._request("POST", "/v1/completions", body))
+
+    def chat(
+        self, messages: list[dict[str, str]], model: str = AUTO_MODEL, **kw: Any
+    ) -> ChatCompletionResponse:
+        """``POST /v1/chat/completions`` with ``[{"role", "content"}, ...]``."""
+        body = {"model": model, "messages": messages, **kw}
+        data = self._request("POST", "/v1/chat/completions", body)
+        return ChatCompletionResponse.model_validate(data)

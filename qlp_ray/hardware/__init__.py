@@ -1,0 +1,1 @@
+"""Hardware: device discovery, the capability table and workload placement (no Ray here)."""

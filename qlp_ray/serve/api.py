@@ -1,0 +1,249 @@
+"""HTTP ingress: the OpenAI-compatible API in front of the router and the compositor.
+
+``model="auto"`` asks the router for a target (or the base-model fallback), an adapter
+id goes straight to the compositor, the base model id runs without an adapter. Every
+response names the adapter that served it (``qlp`` body field, ``x-qlp-adapter``
+header) and carries ``x-request-id``.
+"""
+
+# No `from __future__ import annotations` here: Serve's ingress re-creates the route
+# methods, and FastAPI must see real types (not strings) to recognise Request/Response.
+import asyncio
+import hmac
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from qlp_ray.config import QLPConfig
+from qlp_ray.errors import AdapterNotFound, AuthenticationError, QLPError
+from qlp_ray.serve.compositor import multiplex_id
+from qlp_ray.serve.errors import install_error_handlers, qlp_error_response, unwrap
+from qlp_ray.serve.protocol import (
+    AUTO_MODEL,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    QLPInfo,
+    check_limits,
+    usage_of,
+)
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_HEADER = "x-qlp-adapter"
+BASE_LABEL = "base"
+_ADAPTER_LIST_TTL_S = 5.0
+
+app = FastAPI(title="qlp_ray", description="OpenAI-compatible API over routed LoRA adapters.")
+
+
+@app.middleware("http")
+async def _api_key_first(request: Request, call_next: Any) -> Any:
+    """401 before body validation; the routes check the key again (fail closed)."""
+    expected = getattr(request.app.state, "api_key", None)
+    path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/"))
+    if expected and path != "/health" and not key_matches(request, expected):
+        return qlp_error_response(AuthenticationError(_KEY_MESSAGE))
+    return await call_next(request)
+
+
+install_error_handlers(app)  # added last = outermost: sets request.state.request_id first
+_KEY_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>'"
+
+
+def key_matches(request: Request, expected: str) -> bool:
+    """Whether the request carries ``Authorization: Bearer <expected>``."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), expected)
+
+
+class _Target:
+    """Where one request goes, and how it was chosen."""
+
+    def __init__(
+        self,
+        adapter: str | None,
+        version: int | None = None,
+        domain: str | None = None,
+        confidence: float | None = None,
+        routed: bool = False,
+    ) -> None:
+        self.adapter, self.version, self.domain = adapter, version, domain
+        self.confidence, self.routed = confidence, routed
+
+
+@serve.ingress(app)
+class Gateway:
+    """FastAPI ingress deployment (see module docstring)."""
+
+    def __init__(
+        self, config: dict[str, Any], router: DeploymentHandle, compositor: DeploymentHandle
+    ) -> None:
+        from qlp_ray.models.base import base_model_id
+        from qlp_ray.registry.store import Registry
+
+        self.cfg = QLPConfig.model_validate(config)
+        self.router = router
+        self.compositor = compositor
+        self.registry = Registry(self.cfg)
+        self.base_model = base_model_id(self.cfg)
+        app.state.api_key = self.cfg.serve.api_key
+        self._records: dict[str, Any] = {}
+        self._listed_at = 0.0
+
+    # -- helpers ----------------------------------------------------------------------
+    def _check_key(self, request: Request) -> None:
+        expected = self.cfg.serve.api_key
+        if expected and not key_matches(request, expected):
+            raise AuthenticationError(_KEY_MESSAGE)
+
+    async def _adapters(self, *, fresh: bool = False) -> dict[str, Any]:
+        """Registered adapters by id (cached for a few seconds; listing hashes files)."""
+        if fresh or time.monotonic() - self._listed_at > _ADAPTER_LIST_TTL_S:
+            records = await asyncio.to_thread(self.registry.list)
+            self._records = {r.adapter_id: r for r in records}
+            self._listed_at = time.monotonic()
+        return self._records
+
+    async def _resolve(self, model: str, routing_text: str) -> _Target:
+        if model == AUTO_MODEL:
+            try:
+                d = await self.router.route.remote(routing_text)
+            except Exception as exc:
+                raise unwrap(exc) from None
+            return _Target(d["target"], d["version"], d["domain"], d["confidence"], True)
+        if model == self.base_model:
+            return _Target(None)
+        known = await self._adapters()
+        if model not in known:  # registered since the last listing?
+            known = await self._adapters(fresh=True)
+        record = known.get(model)
+        if record is None:
+            raise AdapterNotFound(
+                f"model {model!r} does not exist; GET /v1/models lists the models", param="model"
+            )
+        return _Target(record.adapter_id, int(record.version), record.domain)
+
+    async def _generate(self, target: _Target, body: Any, prompt: str) -> dict[str, Any]:
+        payload = {
+            "prompt": prompt,
+            "max_new_tokens": body.max_tokens or self.cfg.serve.default_max_tokens,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "stop": body.stop_tuple,
+            "seed": body.seed,
+        }
+        handle = self.compositor
+        if target.adapter is not None:
+            mid = multiplex_id(target.adapter, target.version)
+            handle = handle.options(multiplexed_model_id=mid)
+        try:
+            return await handle.generate.remote(payload)
+        except Exception as exc:
+            original = unwrap(exc)
+            if isinstance(original, QLPError):
+                raise original from None
+            raise
+
+    def _info(self, target: _Target, t0: float, request: Request) -> QLPInfo:
+        return QLPInfo(
+            adapter=target.adapter,
+            version=target.version,
+            domain=target.domain,
+            confidence=target.confidence,
+            routed=target.routed,
+            fallback=target.routed and target.adapter is None,
+            latency_ms=round((time.perf_counter() - t0) * 1000, 2),
+            request_id=request.state.request_id,
+        )
+
+    def _checked(self, body: Any, text: str, request: Request) -> None:
+        self._check_key(request)
+        s = self.cfg.serve
+        check_limits(
+            text, body.max_tokens, max_prompt_chars=s.max_prompt_chars,
+            max_tokens_limit=s.max_tokens_limit,
+        )  # fmt: skip
+
+    # -- routes -----------------------------------------------------------------------
+    @app.get("/health")
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "base_model": self.base_model}
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> ModelList:
+        self._check_key(request)
+        try:
+            await self.router.refresh.remote()
+        except Exception as exc:
+            raise unwrap(exc) from None
+        cards = [
+            ModelCard(id=AUTO_MODEL, kind="router"),
+            ModelCard(id=self.base_model, kind="base"),
+        ]
+        for rec in sorted((await self._adapters(fresh=True)).values(), key=lambda r: r.adapter_id):
+            cards.append(
+                ModelCard(id=rec.adapter_id, domain=rec.domain, version=int(rec.version),
+                          signed=bool(rec.signed))
+            )  # fmt: skip
+        return ModelList(data=cards)
+
+    @app.post("/v1/completions")
+    async def completions(
+        self, body: CompletionRequest, request: Request, response: Response
+    ) -> CompletionResponse:
+        from qlp_ray.data.format import routing_text
+
+        t0 = time.perf_counter()
+        prompt = str(body.prompt)
+        self._checked(body, prompt, request)
+        target = await self._resolve(body.model, routing_text(prompt))
+        gen = await self._generate(target, body, prompt)
+        response.headers[ADAPTER_HEADER] = target.adapter or BASE_LABEL
+        return CompletionResponse(
+            model=target.adapter or self.base_model,
+            choices=[CompletionChoice(text=gen["text"], finish_reason=gen["finish_reason"])],
+            usage=usage_of(gen),
+            qlp=self._info(target, t0, request),
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(
+        self, body: ChatCompletionRequest, request: Request, response: Response
+    ) -> ChatCompletionResponse:
+        from qlp_ray.data.format import chat_to_prompt, routing_text
+
+        t0 = time.perf_counter()
+        prompt = chat_to_prompt(body.messages)
+        self._checked(body, prompt, request)
+        target = await self._resolve(body.model, routing_text(body.messages))
+        gen = await self._generate(target, body, prompt)
+        response.headers[ADAPTER_HEADER] = target.adapter or BASE_LABEL
+        return ChatCompletionResponse(
+            model=target.adapter or self.base_model,
+            choices=[
+                ChatChoice(
+                    message=ChatMessage(role="assistant", content=gen["text"]),
+                    finish_reason=gen["finish_reason"],
+                )
+            ],
+            usage=usage_of(gen),
+            qlp=self._info(target, t0, request),
+        )
+
+
+def gateway_deployment(cfg: QLPConfig) -> Any:
+    """The Serve deployment object of the HTTP ingress, sized for ``cfg``."""
+    return serve.deployment(
+        name="Gateway", ray_actor_options={"num_cpus": cfg.serve.gateway_num_cpus}
+    )(Gateway)

@@ -1,0 +1,94 @@
+"""Build, deploy and shut down the qlp Serve application (gateway → router → compositor)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+from ray import serve
+
+from qlp_ray.config import QLPConfig
+from qlp_ray.errors import QLPError
+
+logger = logging.getLogger(__name__)
+
+
+def build_app(cfg: QLPConfig) -> serve.Application:
+    """The bound application; the config travels to every deployment as a plain dict."""
+    from qlp_ray.serve.api import gateway_deployment
+    from qlp_ray.serve.compositor import compositor_deployment
+    from qlp_ray.serve.router import router_deployment
+
+    config = cfg.model_dump(mode="json")
+    router = router_deployment(cfg).bind(config)
+    compositor = compositor_deployment(cfg).bind(config)
+    return gateway_deployment(cfg).bind(config, router, compositor)
+
+
+def app_builder(args: dict[str, str]) -> serve.Application:
+    """Ray Serve application builder for ``serve run`` / RayService ``import_path``.
+
+    ``args`` may name a YAML file (``config: path``); otherwise the defaults, ``QLP_*``
+    environment variables and ``QLP_CONFIG`` apply, exactly as for the CLI.
+    """
+    from qlp_ray.config import load_config
+
+    return build_app(load_config(args.get("config") if args else None))
+
+
+def base_url(cfg: QLPConfig) -> str:
+    host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
+    prefix = cfg.serve.route_prefix.rstrip("/")
+    return f"http://{host}:{cfg.serve.port}{prefix}"
+
+
+def wait_healthy(url: str, timeout_s: float) -> None:
+    """Poll ``GET {url}/health`` until it answers 200."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/health", timeout=5.0)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.5)
+    raise QLPError(f"the app at {url} did not become healthy in {timeout_s:.0f} s ({last})")
+
+
+def deploy(cfg: QLPConfig, *, persistent: bool = True) -> str:
+    """Start Serve HTTP on ``serve.host:port``, run the app, wait until healthy; returns its URL."""
+    from qlp_ray.runtime import ensure_ray
+
+    ensure_ray(cfg, persistent=persistent)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    t0 = time.perf_counter()
+    serve.run(build_app(cfg), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+    url = base_url(cfg)
+    try:
+        wait_healthy(url, cfg.serve.health_timeout_s)
+    except QLPError as exc:  # Serve keeps the HTTP options it was first started with
+        raise QLPError(
+            f"{exc.message}; if Serve already runs on this cluster with other HTTP options, "
+            "run `qlp shutdown` first"
+        ) from exc
+    logger.info("app %r serving at %s (%.1f s)", cfg.serve.app_name, url, time.perf_counter() - t0)
+    return url
+
+
+def shutdown(cfg: QLPConfig) -> bool:
+    """Delete the app; stop Serve when no other application is left. False if none ran."""
+    from qlp_ray.runtime import connect_existing
+
+    if not connect_existing():
+        return False
+    apps = serve.status().applications
+    if cfg.serve.app_name not in apps:
+        return False
+    serve.delete(cfg.serve.app_name)
+    if not set(serve.status().applications) - {cfg.serve.app_name}:
+        serve.shutdown()
+    return True

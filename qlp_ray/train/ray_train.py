@@ -1,0 +1,315 @@
+"""Adapter training on Ray Train: a ``TorchTrainer`` whose workers run the TRL SFT loop.
+
+The driver loads and checks the capsules, resolves the base model once (building the
+builtin one if needed), and ships a plain-dict config to the workers. Each worker runs
+:func:`qlp_ray.train.sft.run_sft` under DDP (``prepare_trainer``), reports the trainer's
+log lines with ``ray.train.report`` (visible in the Ray dashboard), and rank 0 reports the
+final adapter as a Ray Train checkpoint, which the driver copies out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from qlp_ray.config import QLPConfig, TrainConfig
+from qlp_ray.errors import ConfigError, InvalidRequest, TrainingError
+from qlp_ray.train.sft import ADAPTER_FILES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Capsules of one domain, split into training and held-out records."""
+
+    train: list[Any]
+    heldout: list[Any]
+    heldout_source: str  # "file" or "split"
+
+
+@dataclass
+class TrainResult:
+    """The adapter directory copied out of the Ray Train checkpoint, and the run's metrics."""
+
+    adapter_dir: Path
+    metrics: dict[str, Any]
+    run_dir: Path | None = None
+    routing_texts: list[str] = field(default_factory=list)
+    reported: dict[str, Any] = field(default_factory=dict)  # last ``ray.train.report`` of rank 0
+
+
+def effective_train_config(
+    cfg: QLPConfig,
+    *,
+    method: str | None = None,
+    workers: int | None = None,
+    steps: int | None = None,
+) -> TrainConfig:
+    """``cfg.train`` with overrides, validated again (``ConfigError`` names the option)."""
+    data = cfg.train.model_dump()
+    for key, value in (("method", method), ("workers", workers), ("steps", steps)):
+        if value is not None:
+            data[key] = value
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        parts = [
+            f"`train.{'.'.join(str(p) for p in e['loc'])}`: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        ]
+        raise ConfigError("invalid training options: " + "; ".join(parts)) from exc
+
+
+def _load(path: Path, domain: str, what: str) -> list[Any]:
+    from qlp_ray.data.capsules import load_capsules
+
+    try:
+        capsules = load_capsules(path)
+    except InvalidRequest as exc:
+        raise TrainingError(f"cannot read {what} data: {exc}") from exc
+    if not capsules:
+        raise TrainingError(f"{what} data {path} holds no records")
+    wrong = sorted({c.domain for c in capsules if c.domain != domain})
+    if wrong:
+        n = sum(c.domain != domain for c in capsules)
+        raise TrainingError(
+            f"{what} data {path}: {n} of {len(capsules)} records belong to domain(s) "
+            f"{', '.join(map(repr, wrong))}, not {domain!r}"
+        )
+    return capsules
+
+
+def load_training_data(
+    domain: str,
+    data_path: str | Path,
+    heldout_path: str | Path | None = None,
+    *,
+    eval_fraction: float = 0.15,
+    seed: int = 0,
+) -> TrainingData:
+    """Load and check a domain's capsules; split ``eval_fraction`` off when no held-out file."""
+    train = _load(Path(data_path), domain, "training")
+    if heldout_path is not None:
+        return TrainingData(train, _load(Path(heldout_path), domain, "held-out"), "file")
+    if len(train) < 2:
+        raise TrainingError(
+            f"training data {data_path} has {len(train)} record(s): need at least 2 to split "
+            "off a held-out part (or pass a held-out file)"
+        )
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(train) - 1, max(1, round(len(train) * eval_fraction)))
+    eval_idx = set(order[:n_eval])
+    return TrainingData(
+        train=[c for i, c in enumerate(train) if i not in eval_idx],
+        heldout=[c for i, c in enumerate(train) if i in eval_idx],
+        heldout_source="split",
+    )
+
+
+def _scalar_metrics(logs: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in logs.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _ray_report_callback():
+    """A ``TrainerCallback`` that sends every trainer log line to ``ray.train.report``.
+
+    Every rank logs at the same steps, so every rank reports equally often (the report
+    is a barrier across workers).
+    """
+    import ray.train
+    from transformers import TrainerCallback
+
+    class RayMetricsCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.reports = 0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            metrics = _scalar_metrics(logs or {})
+            if metrics:
+                ray.train.report({**metrics, "step": state.global_step})
+                self.reports += 1
+            return control
+
+    return RayMetricsCallback()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker: run the SFT loop; rank 0 reports the adapter as a checkpoint."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import ray.train
+    from ray.train.huggingface.transformers import prepare_trainer
+
+    from qlp_ray.train.sft import run_sft
+
+    rank = ray.train.get_context().get_world_rank()
+    train_cfg = TrainConfig.model_validate(config["train"])
+    reporter = _ray_report_callback()
+    with tempfile.TemporaryDirectory(prefix="qlp-train-") as tmp:
+        result = run_sft(
+            config["base_path"],
+            config["train_records"],
+            config["eval_records"],
+            train_cfg,
+            tmp,
+            max_seq_len=config["max_seq_len"],
+            callbacks=[reporter],
+            prepare=prepare_trainer,
+            save_adapter=rank == 0,
+            use_cpu=not config["use_gpu"],
+        )
+        metrics = {**result.metrics(), "log_reports": reporter.reports}
+        final = {**_scalar_metrics(metrics), "done": 1.0}
+        checkpoint = None
+        if rank == 0 and result.adapter_dir is not None:
+            checkpoint = ray.train.Checkpoint.from_directory(str(result.adapter_dir))
+        ray.train.report(final, checkpoint=checkpoint)  # uploads synchronously
+    return metrics
+
+
+def _use_gpu(train_cfg: TrainConfig) -> bool:
+    """``train.use_gpu``, or when unset: whether the Ray cluster (else this host) has a GPU."""
+    if train_cfg.use_gpu is not None:
+        return train_cfg.use_gpu
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) > 0
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def train_adapter(
+    cfg: QLPConfig,
+    *,
+    domain: str,
+    data_path: str | Path,
+    heldout_path: str | Path | None = None,
+    method: str | None = None,
+    workers: int | None = None,
+    steps: int | None = None,
+) -> TrainResult:
+    """Train one adapter for ``domain`` on Ray Train; return its directory and metrics."""
+    from ray.train import RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    from qlp_ray.data.format import routing_text, to_prompt_completion
+    from qlp_ray.models.base import resolve_base_path
+
+    train_cfg = effective_train_config(cfg, method=method, workers=workers, steps=steps)
+    data = load_training_data(
+        domain,
+        data_path,
+        heldout_path,
+        eval_fraction=train_cfg.eval_fraction,
+        seed=train_cfg.seed,
+    )
+    base_path = resolve_base_path(cfg)  # build the builtin model here, not in every worker
+    use_gpu = _use_gpu(train_cfg)
+    run_name = (
+        f"{domain}-{train_cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    )
+    loop_config = {
+        "train": train_cfg.model_dump(mode="json"),
+        "base_path": base_path,
+        "train_records": [to_prompt_completion(c) for c in data.train],
+        "eval_records": [to_prompt_completion(c) for c in data.heldout],
+        "max_seq_len": cfg.model.max_seq_len,
+        "use_gpu": use_gpu,
+    }
+    cfg.paths.runs.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=train_cfg.workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": train_cfg.cpus_per_worker},
+        ),
+        run_config=RunConfig(storage_path=str(cfg.paths.runs), name=run_name),
+    )
+    logger.info(
+        "Ray Train run %s: %s on %d train / %d held-out records (%s), %d worker(s), %d steps",
+        run_name,
+        train_cfg.method,
+        len(data.train),
+        len(data.heldout),
+        data.heldout_source,
+        train_cfg.workers,
+        train_cfg.steps,
+    )
+    t0 = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        raise TrainingError(f"Ray Train run {run_name} failed: {exc}") from exc
+    if result.error is not None:
+        raise TrainingError(f"Ray Train run {run_name} failed: {result.error}")
+    if result.checkpoint is None or not isinstance(result.return_value, dict):
+        raise TrainingError(f"Ray Train run {run_name} finished without an adapter checkpoint")
+
+    run_dir = cfg.paths.runs / run_name
+    adapter_dir = run_dir / "adapter"
+    _copy_adapter(result.checkpoint, adapter_dir)
+    metrics = dict(result.return_value)
+    metrics.update(
+        run_seconds=round(time.perf_counter() - t0, 2),
+        workers=train_cfg.workers,
+        train_records=len(data.train),
+        heldout_records=len(data.heldout),
+        heldout_source=data.heldout_source,
+        run_name=run_name,
+    )
+    logger.info(
+        "Ray Train run %s done in %.1f s: held-out loss %.4f -> %.4f",
+        run_name,
+        metrics["run_seconds"],
+        metrics["eval_loss_before"],
+        metrics["eval_loss_after"],
+    )
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        metrics=metrics,
+        run_dir=run_dir,
+        routing_texts=[routing_text(c) for c in data.train],
+        reported=dict(result.metrics or {}),
+    )
+
+
+def _copy_adapter(checkpoint: Any, dest: Path) -> None:
+    """Copy only the adapter files out of a Ray Train checkpoint into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as ckpt_dir:
+        src = Path(ckpt_dir)
+        missing = [name for name in ADAPTER_FILES if not (src / name).is_file()]
+        if missing:
+            raise TrainingError(f"checkpoint {src} lacks {', '.join(missing)}")
+        for name in ADAPTER_FILES:
+            shutil.copyfile(src / name, dest / name)
+
+
+__all__ = [
+    "TrainResult",
+    "TrainingData",
+    "effective_train_config",
+    "load_training_data",
+    "train_adapter",
+    "train_loop_per_worker",
+]

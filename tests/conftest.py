@@ -1,0 +1,44 @@
+"""Shared fixtures: one QLP_HOME per test session with the tiny base model and signing keys.
+
+Building ``builtin:tiny-llama`` takes about a minute on 2 cores, so it happens once per
+session. Set ``QLP_TEST_HOME=/some/dir`` to keep that home (model, keys) across sessions
+while developing; by default it is a fresh session temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def qlp_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide ``QLP_HOME`` holding the built tiny model and a signing key pair."""
+    from qlp_ray.config import load_config
+    from qlp_ray.models.tiny import build_tiny_model
+    from qlp_ray.registry.signing import PRIVATE_KEY_FILE, init_keys
+
+    pinned = os.environ.get("QLP_TEST_HOME")
+    home = Path(pinned) if pinned else tmp_path_factory.mktemp("qlp_home")
+    home.mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QLP_HOME", str(home))
+        cfg = load_config()
+        build_tiny_model(cfg)
+        if not (cfg.paths.keys / PRIVATE_KEY_FILE).is_file():
+            init_keys(cfg.paths.keys)
+    return home
+
+
+@pytest.fixture
+def tiny_cfg(qlp_home: Path, monkeypatch: pytest.MonkeyPatch):
+    """The default config pointed at the session ``qlp_home`` (tiny model built, keys ready)."""
+    from qlp_ray.config import load_config
+
+    monkeypatch.setenv("QLP_HOME", str(qlp_home))
+    return load_config()

@@ -1,0 +1,152 @@
+"""Wire models and the OpenAI error mapping, without Ray (FastAPI TestClient)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from qlp_ray.errors import AdapterNotFound, InvalidRequest, SignatureError
+from qlp_ray.serve.compositor import multiplex_id, parse_multiplex_id
+from qlp_ray.serve.errors import install_error_handlers
+from qlp_ray.serve.protocol import ChatCompletionRequest, CompletionRequest, check_limits
+
+
+def test_completion_request_defaults_and_single_prompt_list():
+    req = CompletionRequest.model_validate({"model": "auto", "prompt": ["one"], "stop": "\n"})
+    assert req.prompt == "one" and req.stop == ["\n"] and req.stop_tuple == ("\n",)
+    assert req.max_tokens is None and req.temperature == 0.0 and req.n == 1
+    assert (
+        CompletionRequest.model_validate(
+            {"model": "m", "prompt": "p", "temperature": 1}
+        ).temperature
+        == 1.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "text"),
+    [
+        ({"model": "auto", "prompt": ["a", "b"]}, "prompt", "got a list of 2"),
+        ({"model": "auto", "prompt": 42}, "prompt", "got int"),
+        ({"model": "auto", "prompt": "p", "stop": [1]}, "stop", "non-empty strings"),
+        ({"model": "auto", "prompt": "  "}, "prompt", "empty"),
+        ({"model": "auto", "prompt": "p", "n": 3}, "n", "only n=1"),
+        ({"model": "auto", "prompt": "p", "stream": True}, "stream", "streaming"),
+        ({"model": "auto", "prompt": "p", "max_tokens": "5"}, "max_tokens", "integer"),
+        ({"model": "auto", "prompt": "p", "top_p": 0}, "top_p", "greater than 0"),
+        ({"model": "auto", "prompt": "p", "stop": ["a"] * 5}, "stop", "at most 4"),
+        ({"model": "", "prompt": "p"}, "model", "at least 1"),
+    ],
+)
+def test_completion_request_rejections_name_the_field(body, field, text):
+    with pytest.raises(ValidationError) as info:
+        CompletionRequest.model_validate(body)
+    err = info.value.errors()[0]
+    assert err["loc"][0] == field and text in err["msg"]
+
+
+def test_chat_request_needs_a_user_message():
+    ok = ChatCompletionRequest.model_validate(
+        {
+            "model": "auto",
+            "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+        }
+    )
+    assert [m["role"] for m in ok.messages] == ["system", "user"]
+    assert ok.messages[-1]["content"] == "u"
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    assert ChatCompletionRequest.model_validate({"model": "auto", "messages": parts})
+    bad = {
+        "at least 1": [],
+        "last message must have role 'user'": [{"role": "system", "content": "s"}],
+        "role must be one of": [{"role": "robot", "content": "x"}],
+        "only text parts": [{"role": "user", "content": [{"type": "image_url"}]}],
+    }
+    for text, messages in bad.items():
+        with pytest.raises(ValidationError, match=text):
+            ChatCompletionRequest.model_validate({"model": "auto", "messages": messages})
+
+
+def test_limits_name_the_config_option():
+    check_limits("x" * 10, 5, max_prompt_chars=10, max_tokens_limit=5)
+    with pytest.raises(InvalidRequest, match="serve.max_prompt_chars=10") as info:
+        check_limits("x" * 11, None, max_prompt_chars=10, max_tokens_limit=5)
+    assert info.value.param == "prompt"
+    with pytest.raises(InvalidRequest, match="serve.max_tokens_limit=5") as info:
+        check_limits("x", 6, max_prompt_chars=10, max_tokens_limit=5)
+    assert info.value.param == "max_tokens"
+
+
+def test_multiplex_ids_round_trip():
+    assert parse_multiplex_id(multiplex_id("dataeng", 3)) == ("dataeng", 3)
+    assert parse_multiplex_id("a@b@12") == ("a@b", 12)
+    assert parse_multiplex_id("plain") == ("plain", None)
+    with pytest.raises(InvalidRequest):
+        parse_multiplex_id("x@latest")
+
+
+@pytest.fixture()
+def client():
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/echo")
+    async def echo(body: CompletionRequest) -> dict:
+        return {"prompt": body.prompt}
+
+    @app.get("/missing")
+    async def missing() -> dict:
+        raise AdapterNotFound("model 'x' does not exist", param="model")
+
+    @app.get("/tampered")
+    async def tampered() -> dict:
+        raise SignatureError("adapter 'x' failed verification")
+
+    @app.get("/boom")
+    async def boom() -> dict:
+        raise RuntimeError("secret path /srv/keys/private.pem")
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def _error(r, status):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert r.headers["x-request-id"]
+    return body["error"]
+
+
+def test_error_handlers_map_to_openai_shape(client, caplog):
+    assert client.post("/echo", json={"model": "m", "prompt": "p"}).json() == {"prompt": "p"}
+    err = _error(
+        client.post("/echo", content=b"{not json", headers={"content-type": "application/json"}),
+        400,
+    )
+    assert "not valid JSON" in err["message"]
+    err = _error(client.post("/echo", json={"model": "m"}), 400)
+    assert err["message"] == "missing required field `prompt`" and err["param"] == "prompt"
+    err = _error(client.post("/echo", json={"model": "m", "prompt": "p", "max_tokens": -1}), 400)
+    assert err["param"] == "max_tokens" and "(got -1)" in err["message"]
+    err = _error(client.get("/missing"), 404)
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+    err = _error(client.get("/tampered"), 424)
+    assert err["type"] == "adapter_error"
+    _error(client.get("/nowhere"), 404)
+    _error(client.get("/echo"), 405)
+    with caplog.at_level(logging.ERROR, logger="qlp_ray.serve.errors"):
+        err = _error(client.get("/boom"), 500)
+    assert "secret" not in err["message"] and err["code"] == "internal_error"
+    assert any("RuntimeError" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_request_id_is_echoed(client):
+    r = client.post("/echo", json={"model": "m", "prompt": "p"})
+    assert len(r.headers.get_list("x-request-id")) == 1
+    # an id set upstream (the Serve proxy) is echoed by the proxy, not a second time here
+    r = client.post("/echo", json={"model": "m", "prompt": "p"}, headers={"x-request-id": "abc"})
+    assert "x-request-id" not in r.headers
