@@ -1,9 +1,11 @@
 """Domain descriptions used as keyword priors by the learned router.
 
 Short phrases naming the tools and jargon of each skill domain, written by hand from general
-domain knowledge (not mined from any evaluation set). They are embedded and added to the
-training data as extra labelled examples, and their per-domain centroid gives a zero-shot
-router that needs no labelled data at all. Extend them when a domain is added.
+domain knowledge, not fitted to any data set. Caveat for figures on the shared
+``routing/dev.jsonl``: their author had seen that file's repository names (e.g. Argo CD,
+Vite, Next.js appear in both), so cross-validated numbers that use the priors may be slightly
+optimistic; ``benchmarks/router_eval.py --ablations`` reports the learned mode without them.
+They are embedded and added to the training data as extra labelled examples.
 """
 
 from __future__ import annotations

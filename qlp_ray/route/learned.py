@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,3 +376,13 @@ def fit_learned_router(
         "train": asdict(cfg),
     }
     return router
+
+
+def targets_by_domain(entries: Iterable[tuple[str, str, int]]) -> dict[str, str]:
+    """Map each domain to the adapter that serves it: ``(adapter_id, domain, version)`` rows,
+    the highest version winning (ties: the first listed)."""
+    best: dict[str, tuple[int, str]] = {}
+    for adapter_id, domain, version in entries:
+        if domain not in best or version > best[domain][0]:
+            best[domain] = (version, adapter_id)
+    return {d: a for d, (_, a) in best.items()}

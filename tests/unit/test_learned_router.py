@@ -105,3 +105,10 @@ def test_load_errors_name_the_problem(tmp_path):
         LearnedRouter.load(out)
     with pytest.raises(ValueError, match="expected"):
         router.probabilities(np.zeros((2, 10), dtype=np.float32))
+
+
+def test_targets_by_domain_prefers_highest_version():
+    from qlp_ray.route.learned import targets_by_domain
+
+    rows = [("ml-a", "ml", 1), ("ml-b", "ml", 3), ("api", "api", 2), ("ml-c", "ml", 3)]
+    assert targets_by_domain(rows) == {"ml": "ml-b", "api": "api"}
