@@ -30,7 +30,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routin
 
 
 def logistic_baseline(examples, encode, folds: int) -> dict:
-    """Multinomial logistic regression (scikit-learn, C=1) on frozen embeddings."""
+    """Multinomial logistic regression (scikit-learn, C=10) on frozen embeddings."""
     from sklearn.linear_model import LogisticRegression
 
     labels = sorted({e.domain for e in examples})
@@ -38,7 +38,7 @@ def logistic_baseline(examples, encode, folds: int) -> dict:
     x = encode([e.text for e in examples])
 
     def fit(tr, te, _y):
-        probs = LogisticRegression(max_iter=3000).fit(x[tr], y[tr]).predict_proba(x[te])
+        probs = LogisticRegression(C=10.0, max_iter=3000).fit(x[tr], y[tr]).predict_proba(x[te])
         return probs.argmax(axis=1), probs.max(axis=1), 0.0
 
     pred, conf, thr = cross_validate(x, y, [e.group for e in examples], folds, fit)
