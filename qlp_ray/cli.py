@@ -84,6 +84,7 @@ def _register() -> None:
         ("qlp_ray.cli_demo", None),  # top-level `qlp demo`
         ("qlp_ray.cli_keys", "keys"),
         ("qlp_ray.cli_adapters", "adapters"),
+        ("qlp_ray.cli_router", "router"),
         ("qlp_ray.cli_serve", None),  # top-level `qlp serve`, `qlp shutdown`
         ("qlp_ray.cli_devices", None),  # top-level `qlp devices`
         ("qlp_ray.cli_train", None),  # top-level `qlp train`

@@ -163,6 +163,45 @@ class RouterConfig(_Section):
     refresh_interval_s: float = Field(
         30.0, gt=0, description="Rebuild the routing table from the registry this often."
     )
+    learned_dir: Path | None = Field(
+        None,
+        description="Learned router directory (router.json + safetensors); None = "
+        "<home>/router/learned.",
+    )
+    learned_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Learned-mode threshold; None = the calibrated one saved with the router.",
+    )
+    target_accuracy: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Accuracy above threshold the learned-mode calibration aims at.",
+    )
+    use_priors: bool = Field(
+        True, description="Train the learned router with the built-in domain descriptions too."
+    )
+    use_samples: bool = Field(
+        True, description="Train the learned router with the bundled synthetic samples too."
+    )
+    eval_folds: int = Field(5, ge=2, description="Repository-grouped folds of `qlp router eval`.")
+
+    def learned_path(self, home: Path) -> Path:
+        """Where the learned router lives (``learned_dir`` or ``<home>/router/learned``)."""
+        return (self.learned_dir or home / "router" / "learned").expanduser()
+
+
+class ExperimentsConfig(_Section):
+    enabled: bool = Field(True, description="Assign requests to A/B experiments when serving.")
+    files: list[Path] = Field(
+        default_factory=list,
+        description="YAML files whose `definitions:` list experiments to start with Serve.",
+    )
+    seed: int | None = Field(
+        None, description="Seed of weighted/random/bandit draws (None = fresh randomness)."
+    )
 
 
 class ServeConfig(_Section):
@@ -478,6 +517,7 @@ class QLPConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     s3: S3Config = Field(default_factory=S3Config)
@@ -584,6 +624,7 @@ __all__ = [
     "RegistryConfig",
     "RouterConfig",
     "ServeConfig",
+    "ExperimentsConfig",
     "DemoConfig",
     "StoreConfig",
     "S3Config",

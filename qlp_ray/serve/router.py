@@ -1,4 +1,9 @@
-"""Router deployment: embed the request's routing text, pick the nearest adapter centroid.
+"""Router deployment: embed the request's routing text, pick the adapter that serves it.
+
+Modes (``router.mode``): ``centroid`` picks the nearest adapter centroid by cosine;
+``learned`` loads the calibrated gating router from ``router.learned_dir`` (``qlp router
+train``) and sends its predicted domain to the newest adapter of that domain. Texts of
+concurrent requests are embedded together (``@serve.batch``).
 
 The routing table is built from the registry's *verified* adapters (centroid from each
 adapter's ``qlp.json``) and rebuilt by :meth:`RouterDeployment.refresh` — on
@@ -21,6 +26,8 @@ from ray import serve
 from qlp_ray.config import QLPConfig
 from qlp_ray.errors import QLPError
 from qlp_ray.route.centroid import CentroidRouter, RouteEntry
+from qlp_ray.route.learned import targets_by_domain
+from qlp_ray.serve.metrics import record_route
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +85,14 @@ class RouterDeployment:
 
         self.cfg = QLPConfig.model_validate(config)
         self.embedder = get_embedder(self.cfg.router.embedding_model)
+        self.mode = self.cfg.router.mode
+        self._learned = None
+        if self.mode == "learned":
+            from qlp_ray.route.learned import LearnedRouter
+
+            path = self.cfg.router.learned_path(self.cfg.paths.root)
+            self._learned = LearnedRouter.load(path)  # ConfigError names the missing files
+            logger.info("learned router from %s: domains %s", path, self._learned.labels)
         self.registry = Registry(self.cfg)
         self.base_model = base_model_id(self.cfg)
         self._table = RouteTable([], {})
@@ -93,6 +108,9 @@ class RouterDeployment:
         table = build_route_table(self.registry.list(), self._verify, self.embedder.dim)
         self._table = table
         self._router = CentroidRouter(table.entries, self.cfg.router.threshold)
+        self._targets = targets_by_domain(
+            (e.adapter_id, e.domain, table.versions[e.adapter_id]) for e in table.entries
+        )
         self._refreshed_at = time.monotonic()
         logger.info(
             "routing table: %d adapters, %d skipped", len(table.entries), len(table.skipped)
@@ -111,16 +129,36 @@ class RouterDeployment:
                 for e in self._table.entries
             },
             "skipped": dict(self._table.skipped),
-            "threshold": self._router.threshold,
+            "mode": self.mode,
+            "threshold": self._threshold(),
         }
+
+    def _threshold(self) -> float:
+        if self._learned is None:
+            return self._router.threshold
+        override = self.cfg.router.learned_threshold
+        return self._learned.threshold if override is None else override
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _embed(self, texts: list[str]) -> list[np.ndarray]:
+        """Concurrent requests' texts are embedded in one encoder call."""
+        vecs = await asyncio.to_thread(self.embedder.encode, list(texts))
+        return list(vecs)
 
     async def route(self, text: str) -> dict[str, Any]:
         """Route one text: ``{target, version, domain, confidence, fallback, scores, route_ms}``."""
         if time.monotonic() - self._refreshed_at > self.cfg.router.refresh_interval_s:
             await self.refresh()
         t0 = time.perf_counter()
-        vec = await asyncio.to_thread(self.embedder.encode, text)
-        decision = self._router.route(vec).to_dict()
+        vec = await self._embed(text)
+        if self._learned is not None:
+            decision = self._learned.route_batch(
+                vec[None, :], [text], targets=self._targets, threshold=self._threshold()
+            )[0].to_dict()
+        else:
+            decision = self._router.route(vec).to_dict()
+        record_route(self.mode, decision["confidence"], decision["fallback"])
+        decision["mode"] = self.mode
         decision["version"] = self._table.versions.get(decision["target"] or "")
         decision["route_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return decision

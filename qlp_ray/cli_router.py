@@ -1,0 +1,103 @@
+"""``qlp router``: train the learned router and evaluate both routing modes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Skill-aware routing: train and evaluate the router.", no_args_is_help=True)
+
+
+def _cached_encoder(cfg):
+    """Embedding function with an on-disk cache under ``<home>/cache/embeddings``."""
+    from qlp_ray.route.evaluation import cached_encoder
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return cached_encoder(cfg.router.embedding_model, cfg.paths.root / "cache" / "embeddings")
+
+
+def _options(cfg, folds_seed: int = 0):
+    from qlp_ray.route.evaluation import LearnedOptions
+
+    r = cfg.router
+    return LearnedOptions(
+        use_priors=r.use_priors,
+        use_samples=r.use_samples,
+        target_accuracy=r.target_accuracy,
+        seed=folds_seed,
+    )
+
+
+@app.command("train")
+def train(
+    data: Path = typer.Option(..., "--data", help="JSONL of {text, domain[, source]} rows."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output dir (default: router.learned_dir)."
+    ),
+) -> None:
+    """Train the learned router (gating network + lexical model), calibrate, save it."""
+    from qlp_ray.cli import console, fail, get_config
+    from qlp_ray.errors import QLPError
+    from qlp_ray.route.evaluation import load_routing_data, train_learned
+
+    cfg = get_config()
+    try:
+        examples = load_routing_data(data)
+        router = train_learned(
+            examples, _cached_encoder(cfg), _options(cfg), cfg.router.embedding_model
+        )
+        path = router.save(out or cfg.router.learned_path(cfg.paths.root))
+    except QLPError as exc:
+        fail(str(exc))
+        return
+    m = router.meta
+    console.print(
+        f"trained learned router on {len(examples)} rows (+{m.extra['n_extra']} prior/sample "
+        f"rows), domains {', '.join(m.labels)}\n"
+        f"calibrated temperature {m.temperature:.3f}, threshold {m.threshold:.3f} "
+        f"(target accuracy above it: {m.extra['target_accuracy']})\nsaved to {path}"
+    )
+
+
+@app.command("eval")
+def evaluate(
+    data: Path = typer.Option(..., "--data", help="JSONL of {text, domain, source} rows."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per mode."),
+    folds: int | None = typer.Option(None, "--folds", help="Grouped folds (default: config)."),
+) -> None:
+    """Repository-grouped k-fold accuracy, macro-F1 and coverage of both routing modes."""
+    from rich.table import Table
+
+    from qlp_ray.cli import console, fail, get_config
+    from qlp_ray.errors import QLPError
+    from qlp_ray.route.evaluation import evaluate_modes, load_routing_data
+
+    cfg = get_config()
+    try:
+        results = evaluate_modes(
+            load_routing_data(data),
+            _cached_encoder(cfg),
+            folds=folds or cfg.router.eval_folds,
+            centroid_threshold=cfg.router.threshold,
+            opts=_options(cfg),
+        )
+    except QLPError as exc:
+        fail(str(exc))
+        return
+    keys = ("mode", "accuracy", "macro_f1", "coverage", "accuracy_above_threshold")
+    if as_json:
+        for r in results:
+            typer.echo(json.dumps({k: r[k] for k in keys} | {"threshold": r["threshold"]}))
+        return
+    table = Table(
+        title=f"routing on {data.name}: {results[0]['n']} rows, "
+        f"{folds or cfg.router.eval_folds} repository-grouped folds"
+    )
+    for col in (*keys, "threshold"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r["mode"], *(f"{r[k]:.3f}" for k in (*keys[1:], "threshold")))
+    console.print(table)
