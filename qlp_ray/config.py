@@ -434,6 +434,8 @@ class HardwareConfig(_Section):
                         f"use one of {HW_DEVICE_CLASSES}, optionally with '+avx512'"
                     )
         return self
+
+
 GRADES = ("A", "B", "C", "D")
 
 
