@@ -110,3 +110,18 @@ def test_official_openai_client(gw):
     assert chat.model == "frontend" and chat.choices[0].message.role == "assistant"
     rid = chat.model_extra["qlp"]["request_id"]
     assert gw["store"].get_request(rid).adapter_id == "frontend"
+
+
+def test_store_failure_never_fails_the_request(gw):
+    """A duplicate request id makes the store insert fail: both requests still answer 200."""
+    headers = {**AUTH, "x-request-id": "dup-request-id-1"}
+    body = {"model": "dataeng", "prompt": "Write a SQL join", "max_tokens": 4}
+    before = httpx.get(URL + "/v1/admin/analytics", headers=AUTH, timeout=30).json()
+    answers = [httpx.post(URL + "/v1/completions", json=body, headers=headers, timeout=60)
+               for _ in range(2)]  # fmt: skip
+    assert [r.status_code for r in answers] == [200, 200]
+    assert {r.json()["qlp"]["request_id"] for r in answers} == {"dup-request-id-1"}
+    after = httpx.get(URL + "/v1/admin/analytics", headers=AUTH, timeout=30).json()
+    assert after["store_errors"] == before["store_errors"] + 1
+    assert after["cost"]["total"]["requests"] == before["cost"]["total"]["requests"] + 2
+    assert gw["store"].get_request("dup-request-id-1").prompt == "Write a SQL join"
