@@ -40,6 +40,7 @@ from qlp_ray.serve.protocol import (
 )
 from qlp_ray.serve.routes_admin_compositor import resolve_stack_model
 from qlp_ray.serve.routes_admin_compositor import router as admin_compositor_router
+from qlp_ray.serve.routes_improve import router as improve_routes_router
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ _ADAPTER_LIST_TTL_S = 5.0
 
 app = FastAPI(title="qlp_ray", description="OpenAI-compatible API over routed LoRA adapters.")
 app.include_router(admin_compositor_router)
+app.include_router(improve_routes_router)
 
 
 @app.middleware("http")
@@ -108,6 +110,9 @@ class Gateway:
         app.state.gateway = self  # for the included admin routers
         self._records: dict[str, Any] = {}
         self._listed_at = 0.0
+        from qlp_ray.serve.recording import RequestRecorder
+
+        self.recorder = RequestRecorder(self.cfg, self.base_model)
 
     # -- helpers ----------------------------------------------------------------------
     def _check_key(self, request: Request) -> None:
@@ -181,6 +186,14 @@ class Gateway:
             request_id=request.state.request_id,
         )
 
+    async def _record(
+        self, request: Request, target: _Target, body: Any, prompt: str, gen: dict, t0: float
+    ) -> None:
+        await self.recorder.record(
+            request_id=request.state.request_id, target=target, prompt=prompt, gen=gen,
+            latency_s=time.perf_counter() - t0, user=(body.user or None) and body.user[:128],
+        )  # fmt: skip
+
     def _checked(self, body: Any, text: str, request: Request) -> None:
         self._check_key(request)
         s = self.cfg.serve
@@ -223,6 +236,7 @@ class Gateway:
         self._checked(body, prompt, request)
         target = await self._resolve(body.model, routing_text(prompt))
         gen = await self._generate(target, body, prompt)
+        await self._record(request, target, body, prompt, gen, t0)
         response.headers[ADAPTER_HEADER] = target.adapter or BASE_LABEL
         return CompletionResponse(
             model=target.adapter or self.base_model,
@@ -242,6 +256,7 @@ class Gateway:
         self._checked(body, prompt, request)
         target = await self._resolve(body.model, routing_text(body.messages))
         gen = await self._generate(target, body, prompt)
+        await self._record(request, target, body, prompt, gen, t0)
         response.headers[ADAPTER_HEADER] = target.adapter or BASE_LABEL
         return ChatCompletionResponse(
             model=target.adapter or self.base_model,

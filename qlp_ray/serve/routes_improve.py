@@ -1,0 +1,58 @@
+"""Improvement-loop HTTP routes in the gateway: feedback, label queue, analytics.
+
+``POST /v1/feedback`` and ``GET /v1/admin/label-queue`` are the routes of
+:func:`qlp_ray.improve.http_api.improve_router`, bound to the gateway's store when the
+gateway starts (Serve freezes the FastAPI app at import time, so this router dispatches
+to that bound router's endpoints). ``GET /v1/admin/analytics`` reports per-adapter
+statistics and cost since the gateway replica started.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real types.
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from qlp_ray.improve.http_api import FeedbackBody, improve_router
+from qlp_ray.serve.routes_admin_compositor import require_admin
+
+router = APIRouter()
+
+
+def _recorder(request: Request) -> Any:
+    return request.app.state.gateway.recorder
+
+
+def _bound_endpoint(request: Request, path: str) -> Any:
+    """The endpoint of ``improve_router`` (bound once per gateway) serving ``path``."""
+    gateway = request.app.state.gateway
+    bound = getattr(gateway, "_improve_routes", None)
+    if bound is None:
+        rec = gateway.recorder
+        api = improve_router(rec.store, rec.embed, gateway.cfg.active_learning)
+        bound = gateway._improve_routes = {r.path: r.endpoint for r in api.routes}
+    return bound[path]
+
+
+@router.post("/v1/feedback")
+async def post_feedback(body: FeedbackBody, request: Request) -> Any:
+    request.app.state.gateway._check_key(request)
+    result = await asyncio.to_thread(_bound_endpoint(request, "/v1/feedback"), body)
+    if isinstance(result, dict):  # stored: mirror it into the analytics
+        await asyncio.to_thread(
+            _recorder(request).record_feedback, body.request_id, body.kind, body.value
+        )
+    return result
+
+
+@router.get("/v1/admin/label-queue", dependencies=[Depends(require_admin)])
+async def label_queue(
+    request: Request, k: int = Query(10, ge=1, le=1000), method: str | None = None
+) -> Any:
+    endpoint = _bound_endpoint(request, "/v1/admin/label-queue")
+    return await asyncio.to_thread(endpoint, k=k, method=method)
+
+
+@router.get("/v1/admin/analytics", dependencies=[Depends(require_admin)])
+async def analytics(request: Request) -> Any:
+    return _recorder(request).report()
