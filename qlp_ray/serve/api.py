@@ -40,6 +40,7 @@ from qlp_ray.serve.protocol import (
 )
 from qlp_ray.serve.routes_admin_compositor import resolve_stack_model
 from qlp_ray.serve.routes_admin_compositor import router as admin_compositor_router
+from qlp_ray.serve.routes_jobs import router as jobs_router
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ _ADAPTER_LIST_TTL_S = 5.0
 
 app = FastAPI(title="qlp_ray", description="OpenAI-compatible API over routed LoRA adapters.")
 app.include_router(admin_compositor_router)
+app.include_router(jobs_router)
 
 
 @app.middleware("http")
