@@ -95,7 +95,9 @@ def _jobs_client(cfg: QLPConfig) -> Any:
 async def _submit(cfg: QLPConfig, command: list[str], prefix: str) -> str:
     client = await asyncio.to_thread(_jobs_client, cfg)
     job_id = f"{prefix}-{time.time_ns():x}"
-    return await asyncio.to_thread(client.submit_job, command, job_id=job_id)
+    # the job writes to the registry/leaderboard this gateway serves from
+    env = {"QLP_HOME": str(cfg.paths.root)}
+    return await asyncio.to_thread(client.submit_job, command, job_id=job_id, env=env)
 
 
 def _check_domain(domain: str) -> None:

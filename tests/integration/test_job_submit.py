@@ -62,9 +62,12 @@ def dashboard():
     cluster.shutdown()
 
 
-@pytest.fixture()
-def qlp_home(tmp_path):
+@pytest.fixture(scope="module")
+def qlp_home(tmp_path_factory):
+    """One home for the module: the tiny base model is built by the first job only."""
     from qlp_ray.registry.signing import init_keys
+
+    tmp_path = tmp_path_factory.mktemp("qlp_home")
 
     cfg = load_config(environ={"QLP_HOME": str(tmp_path), **TINY_ENV})
     init_keys(cfg.paths.keys)
@@ -117,3 +120,45 @@ def test_client_job_methods(dashboard, qlp_home):
     assert client.cancel_job(job) is False  # already finished
     with pytest.raises(NotFound):
         client.job_status("no-such-job")
+
+
+def test_fine_tuning_job_over_http(dashboard, qlp_home, monkeypatch):
+    """POST /v1/fine-tuning/jobs submits a real Ray job; GET follows it to 'succeeded'."""
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from qlp_ray.registry.store import Registry
+    from qlp_ray.serve.errors import install_error_handlers
+    from qlp_ray.serve.routes_jobs import router
+
+    for key, value in TINY_ENV.items():  # forwarded to the job (QLP_* of the gateway process)
+        monkeypatch.setenv(key, value)
+    cfg = load_config(
+        overrides={"serve": {"admin_key": "adm"}, "jobs": {"dashboard_address": dashboard}},
+        environ={"QLP_HOME": str(qlp_home), **TINY_ENV},
+    )
+    app = FastAPI()
+    app.include_router(router)
+    install_error_handlers(app)
+    app.state.gateway = SimpleNamespace(cfg=cfg)
+    http = TestClient(app, headers={"authorization": "Bearer adm"})
+
+    body = {"model": "api", "training_file": str(API_TRAIN), "hyperparameters": {"n_steps": 3}}
+    r = http.post("/v1/fine-tuning/jobs", json=body)
+    assert r.status_code == 200, r.text
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 150
+    while (job := http.get(f"/v1/fine-tuning/jobs/{job_id}").json())["status"] in (
+        "queued",
+        "running",
+    ) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert job["status"] == "succeeded", job
+    assert job_id in [j["id"] for j in http.get("/v1/fine-tuning/jobs").json()["data"]]
+    r = http.delete(f"/v1/fine-tuning/jobs/{job_id}")
+    assert r.status_code == 200 and r.json()["cancel_requested"] is False
+    assert http.get("/v1/fine-tuning/jobs/nope").status_code == 404
+    record = Registry(cfg).get("api")
+    assert record.signed and record.metadata["metrics"]["steps"] == 3
