@@ -67,7 +67,10 @@ class Client:
         api_key: str | None = None,
         timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
+        ray_address: str | None = None,
     ) -> None:
+        self._ray_address = ray_address  # Ray dashboard (Jobs API); default from RAY_ADDRESS
+        self._jobs: Any = None
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
@@ -109,3 +112,28 @@ class Client:
         body = {"model": model, "messages": messages, **kw}
         data = self._request("POST", "/v1/chat/completions", body)
         return ChatCompletionResponse.model_validate(data)
+
+    # -- long operations as Ray jobs (Ray Jobs API on the dashboard, not this HTTP app) --
+    def _jobs_client(self) -> Any:
+        if self._jobs is None:
+            from qlp_ray.jobs import JobsClient
+
+            self._jobs = JobsClient(self._ray_address)
+        return self._jobs
+
+    def submit_job(
+        self, command: list[str], *, job_id: str | None = None, env: dict[str, str] | None = None
+    ) -> str:
+        """Run ``qlp <command>`` (e.g. ``["train", "--domain", "api", ...]``) as a Ray job."""
+        return self._jobs_client().submit_job(command, job_id=job_id, env=env)
+
+    def job_status(self, job_id: str) -> str:
+        """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED (``NotFound`` for an unknown id)."""
+        return self._jobs_client().job_status(job_id)
+
+    def job_logs(self, job_id: str) -> str:
+        return self._jobs_client().job_logs(job_id)
+
+    def cancel_job(self, job_id: str) -> bool:
+        """Stop the job; False if it had already finished."""
+        return self._jobs_client().cancel_job(job_id)

@@ -512,6 +512,15 @@ class TuneConfig(_Section):
     seed: int = Field(0, description="Seed of the Optuna sampler.")
 
 
+class JobsConfig(_Section):
+    dashboard_address: str = Field(
+        "",
+        description="Ray dashboard URL of the Jobs API the gateway submits to "
+        "(empty: RAY_DASHBOARD_ADDRESS / an http RAY_ADDRESS / http://127.0.0.1:8265).",
+    )
+    max_steps: int = Field(100_000, ge=1, description="Largest n_steps a fine-tuning job takes.")
+
+
 class QLPConfig(_Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -529,6 +538,7 @@ class QLPConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
     @property
     def registry_uri(self) -> str:

@@ -58,6 +58,10 @@ def ensure_ray(cfg: QLPConfig, *, persistent: bool) -> str:
     if ray.is_initialized():
         return "already"
     runtime_env = _runtime_env() or None
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # a Ray job driver: the job's runtime_env already reaches its workers, and Ray
+        # refuses a second one that sets the same env vars (e.g. PYTHONPATH)
+        runtime_env = None
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=runtime_env)

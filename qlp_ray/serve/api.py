@@ -41,16 +41,20 @@ from qlp_ray.serve.protocol import (
 from qlp_ray.serve.routes_admin_compositor import resolve_stack_model
 from qlp_ray.serve.routes_admin_compositor import router as admin_compositor_router
 from qlp_ray.serve.routes_improve import router as improve_routes_router
+from qlp_ray.serve.routes_jobs import router as jobs_router
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_HEADER = "x-qlp-adapter"
+# Routes that take the admin key (their routers also require it when one is configured).
+ADMIN_PREFIXES = ("/v1/admin/", "/v1/fine-tuning/", "/v1/evaluations", "/v1/optimizations")
 BASE_LABEL = "base"
 _ADAPTER_LIST_TTL_S = 5.0
 
 app = FastAPI(title="qlp_ray", description="OpenAI-compatible API over routed LoRA adapters.")
 app.include_router(admin_compositor_router)
 app.include_router(improve_routes_router)
+app.include_router(jobs_router)
 
 
 @app.middleware("http")
@@ -60,7 +64,7 @@ async def _api_key_first(request: Request, call_next: Any) -> Any:
     path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/"))
     if expected and path != "/health" and not key_matches(request, expected):
         admin_key = getattr(request.app.state, "admin_key", None)  # admin routes: admin key
-        if not (path.startswith("/v1/admin/") and admin_key and key_matches(request, admin_key)):
+        if not (path.startswith(ADMIN_PREFIXES) and admin_key and key_matches(request, admin_key)):
             return qlp_error_response(AuthenticationError(_KEY_MESSAGE))
     return await call_next(request)
 
