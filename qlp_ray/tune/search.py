@@ -219,7 +219,10 @@ def run_tune(
     if not scored:
         errors = "; ".join(row["error"] or "no eval_loss" for row in rows)
         raise TrainingError(f"no tuning trial produced an eval_loss: {errors}")
-    best = min(scored, key=lambda row: row[METRIC])
+    # The best trial must have an adapter to register: prefer trials that ran to the end
+    # (ASHA-stopped trials report an eval_loss but never save a final adapter).
+    finished = [row for row in scored if row["checkpoint_path"]]
+    best = min(finished or scored, key=lambda row: row[METRIC])
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
         _save_best(best, out, domain)

@@ -17,17 +17,21 @@ from qlp_ray.improve.store import FeedbackStore
 pytestmark = pytest.mark.integration
 
 
-def _wait_alive(actor, timeout_s: float = 60.0):
+def _wait_restarted(actor, timeout_s: float = 60.0):
+    """Status from the restarted process (ray.kill is asynchronous: the old one may answer first)."""
     import ray
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return ray.get(actor.status.remote(), timeout=10)
+            status = ray.get(actor.status.remote(), timeout=10)
+            if status["cycles"] == 0:
+                return status
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"actor did not restart within {timeout_s} s")
+        time.sleep(0.5)
 
 
 def test_actor_cycles_and_restarts(ray_local, tmp_path):
@@ -43,8 +47,8 @@ def test_actor_cycles_and_restarts(ray_local, tmp_path):
     assert ray_local.get(actor.status.remote())["cycles"] == 1
 
     ray_local.kill(actor, no_restart=False)  # a crash: Ray restarts it (max_restarts=-1)
-    status = _wait_alive(actor)
-    assert status["cycles"] == 0  # a fresh process; all state is in the store
+    status = _wait_restarted(actor)  # a fresh process; all state is in the store
+    assert status["cycles"] == 0
     [again] = ray_local.get(actor.run_once.remote())
     assert again == row
     assert start_orchestrator(cfg, name="qlp-improve-test")._actor_id == actor._actor_id
