@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def _wait_restarted(actor, timeout_s: float = 60.0):
-    """Status from the restarted process (ray.kill is asynchronous: the old one may answer first)."""
+    """Status of the restarted process (ray.kill is asynchronous; the old one may answer)."""
     import ray
 
     deadline = time.monotonic() + timeout_s
