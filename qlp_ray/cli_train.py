@@ -30,8 +30,8 @@ def train(
     from qlp_ray.errors import QLPError
     from qlp_ray.runtime import ensure_ray
 
-    if method is not None and method not in ("lora", "adalora"):
-        fail(f"--method must be 'lora' or 'adalora', got {method!r}")
+    if method is not None and method not in ("lora", "adalora", "qlora"):
+        fail(f"--method must be 'lora', 'adalora' or 'qlora', got {method!r}")
         return
     for label, path in (("--data", data), ("--heldout", heldout)):
         if path is not None and not path.is_file():

@@ -106,7 +106,9 @@ class AdaLoraConfigSection(_Section):
 
 
 class TrainConfig(_Section):
-    method: Literal["lora", "adalora"] = Field("lora", description="PEFT method.")
+    method: Literal["lora", "adalora", "qlora"] = Field(
+        "lora", description="PEFT method (qlora: 4-bit base via bitsandbytes, CUDA only)."
+    )
     rank: int = Field(8, ge=1, description="LoRA rank r.")
     alpha: int = Field(16, ge=1, description="LoRA scaling alpha.")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")

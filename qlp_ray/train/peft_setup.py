@@ -20,6 +20,32 @@ from qlp_ray.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
+def qlora_unavailable_reason() -> str | None:
+    """Why QLoRA (4-bit bitsandbytes base) cannot run here, or ``None`` when it can."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is available (bitsandbytes 4-bit training is GPU-only)"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (pip install 'qlp_ray[gpu]')"
+    return None
+
+
+def qlora_quantization_config():
+    """NF4 4-bit weights with bf16 compute, the QLoRA recipe."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
 def build_peft_config(train_cfg: TrainConfig, total_steps: int) -> PeftConfig:
     """A causal-LM ``LoraConfig`` or ``AdaLoraConfig`` from ``train_cfg``.
 
@@ -37,6 +63,11 @@ def build_peft_config(train_cfg: TrainConfig, total_steps: int) -> PeftConfig:
         "lora_dropout": train_cfg.dropout,
     }
     if train_cfg.method == "lora":
+        return LoraConfig(r=train_cfg.rank, **common)
+    if train_cfg.method == "qlora":
+        reason = qlora_unavailable_reason()
+        if reason is not None:
+            raise ConfigError(f"`train.method` is 'qlora' but {reason}; use 'lora' on CPU")
         return LoraConfig(r=train_cfg.rank, **common)
     if train_cfg.method == "adalora":
         a = train_cfg.adalora
@@ -60,7 +91,9 @@ def build_peft_config(train_cfg: TrainConfig, total_steps: int) -> PeftConfig:
             total_step=total_steps,
             **common,
         )
-    raise ConfigError(f"`train.method` must be 'lora' or 'adalora', got {train_cfg.method!r}")
+    raise ConfigError(
+        f"`train.method` must be 'lora', 'adalora' or 'qlora', got {train_cfg.method!r}"
+    )
 
 
 def unwrap_peft_model(model: Any) -> Any:

@@ -212,8 +212,10 @@ def train_adapter(
 
     from qlp_ray.data.format import routing_text, to_prompt_completion
     from qlp_ray.models.base import resolve_base_path
+    from qlp_ray.train.peft_setup import build_peft_config
 
     train_cfg = effective_train_config(cfg, method=method, workers=workers, steps=steps)
+    build_peft_config(train_cfg, train_cfg.steps)  # fail here, not in every worker
     data = load_training_data(
         domain,
         data_path,

@@ -196,7 +196,17 @@ def run_sft(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(train_cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
+    if train_cfg.method == "qlora":  # build_peft_config checked CUDA + bitsandbytes
+        from peft import prepare_model_for_kbit_training
+
+        from qlp_ray.train.peft_setup import qlora_quantization_config
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(base_path), quantization_config=qlora_quantization_config(), device_map={"": 0}
+        )
+        model = prepare_model_for_kbit_training(model)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
 
     all_callbacks = list(callbacks)
     allocator = None
