@@ -42,3 +42,23 @@ def tiny_cfg(qlp_home: Path, monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setenv("QLP_HOME", str(qlp_home))
     return load_config()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """Integration/e2e: an in-process local Ray with 2 CPUs for one test module.
+
+    Module scope keeps modules independent: some start their own multi-node cluster, and
+    a Serve app of one module must not hold CPUs that the next module's Ray Train needs.
+    Never `ray start` / `ray stop`.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -9,7 +9,6 @@ on the first word when ``label_task`` is set). Latency is per prompt.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -25,17 +24,11 @@ logger = logging.getLogger(__name__)
 def load_eval_set(path: str | Path) -> list[dict[str, str]]:
     """Read a JSONL evaluation set: ``{prompt, reference}`` lines, or capsules
     (``{instruction, input, output}``, turned into the training prompt format)."""
+    from qlp_ray.data.jsonl import iter_jsonl
+
     p = Path(path)
-    if not p.is_file():
-        raise InvalidRequest(f"evaluation set not found: {p}")
     records = []
-    for lineno, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
+    for lineno, rec in iter_jsonl(p, "evaluation set"):
         if isinstance(rec, dict) and "instruction" in rec and "prompt" not in rec:
             from qlp_ray.data.format import to_prompt_completion
 

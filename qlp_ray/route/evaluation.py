@@ -13,7 +13,6 @@ evaluation runs without the embedding model.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,17 +42,11 @@ def load_routing_data(path: str | Path) -> list[RoutingExample]:
     The group is the repository part of ``source`` (``owner/repo`` of ``owner/repo#12``); rows
     without a source are each their own group.
     """
+    from qlp_ray.data.jsonl import iter_jsonl
+
     p = Path(path)
-    if not p.is_file():
-        raise InvalidRequest(f"routing data file not found: {p}")
     rows = []
-    for lineno, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
+    for lineno, obj in iter_jsonl(p, "routing data file"):
         text = obj.get("text") or obj.get("instruction")
         domain = obj.get("domain")
         if not isinstance(text, str) or not text.strip() or not isinstance(domain, str):

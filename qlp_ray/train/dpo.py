@@ -11,7 +11,6 @@ second copy of the weights is held in memory.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,17 +33,11 @@ class PreferencePair:
 
 def load_pairs_jsonl(path: str | Path) -> list[PreferencePair]:
     """Read ``{prompt, chosen, rejected}`` lines; errors name the file and line."""
+    from qlp_ray.data.jsonl import iter_jsonl
+
     p = Path(path)
-    if not p.is_file():
-        raise InvalidRequest(f"preference file not found: {p}")
     pairs = []
-    for lineno, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
+    for lineno, rec in iter_jsonl(p, "preference file"):
         if not isinstance(rec, dict) or not all(
             isinstance(rec.get(k), str) for k in ("prompt", "chosen", "rejected")
         ):

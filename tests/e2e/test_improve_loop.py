@@ -35,21 +35,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~5 min on 2 cores, 3
 DOMAIN = "devops"
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A real local Ray for this module (never `ray start` / `ray stop`)."""
-    import ray
-
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def house_style(text: str) -> bool:
     return text.strip().startswith("Steps")
 

@@ -1,7 +1,6 @@
-"""Integration fixtures: a real local Ray per test module (never `ray start`/`ray stop`).
+"""Integration fixtures: a real Ray head with its dashboard (the Jobs API) on free ports.
 
-Module scope keeps modules independent: some start their own multi-node cluster, and a
-Serve app of one module must not hold CPUs that the next module's Ray Train run needs.
+`ray_local` (a plain local Ray per module) lives in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -9,16 +8,40 @@ from __future__ import annotations
 import pytest
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def ray_local():
-    """An in-process local Ray cluster with 2 CPUs, shut down at the end of the module."""
+def ray_dashboard():
+    """A real local Ray head whose dashboard (the Jobs API) listens on free ports; its URL.
+
+    ``ray.cluster_utils.Cluster`` rather than ``ray.init`` so the dashboard agent gets a
+    free port too (the default 52365 may be taken by another Ray on the machine).
+    """
     import ray
+    from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
-        yield ray
-        return
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+        ray.shutdown()  # another module's Ray has no dashboard
+    port = _free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+            "dashboard_agent_listen_port": _free_port(),
+        },
+    )
+    ray.init(address=cluster.address, log_to_driver=False)
     try:
-        yield ray
+        yield f"http://127.0.0.1:{port}"
     finally:
         ray.shutdown()
+        cluster.shutdown()

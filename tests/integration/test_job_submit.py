@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -31,35 +30,9 @@ TINY_ENV = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def dashboard():
-    """A real local Ray head with its dashboard (the Jobs API) on free ports."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    port = _free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "include_dashboard": True,
-            "dashboard_host": "127.0.0.1",
-            "dashboard_port": port,
-            "dashboard_agent_listen_port": _free_port(),
-        },
-    )
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield f"http://127.0.0.1:{port}"
-    ray.shutdown()
-    cluster.shutdown()
+def dashboard(ray_dashboard):
+    return ray_dashboard
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
@@ -14,36 +13,9 @@ from qlp_ray.jobs import TERMINAL, JobsClient, qlp_entrypoint
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def jobs():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()  # another module's cluster has no dashboard (the Jobs API lives there)
-    port = _free_port()
-    # Cluster (not ray.init) so the dashboard agent gets a free port too: the default 52365
-    # is taken by other Ray clusters on a shared machine
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "include_dashboard": True,
-            "dashboard_host": "127.0.0.1",
-            "dashboard_port": port,
-            "dashboard_agent_listen_port": _free_port(),
-        },
-    )
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield JobsClient(f"http://127.0.0.1:{port}")
-    ray.shutdown()
-    cluster.shutdown()
+def jobs(ray_dashboard):
+    return JobsClient(ray_dashboard)
 
 
 def _wait(client: JobsClient, job_id: str, statuses=TERMINAL, timeout: float = 240) -> str:
