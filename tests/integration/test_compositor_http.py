@@ -281,7 +281,11 @@ def test_hot_swap_under_load_has_zero_failures(app, warm):
     assert body["old"] == f"dataeng@{current}" and body["new"] == f"dataeng@{new}"
     if warm:  # the cached stack holding v1 was pre-composed with v2
         assert f"dataeng@{new}:1+frontend@1:1" in body["warmed"]
-    assert f"dataeng@{current}:1+frontend@1:1" in body["invalidated"]
+    # the stack holding the old version is dropped: invalidated by the swap (or already
+    # evicted by the LRU when the warm composition filled the 3-slot cache)
+    old_stack = f"dataeng@{current}:1+frontend@1:1"
+    cached = [e["key"] for e in cache_stats()["stacks"]["entries"]]
+    assert old_stack in body["invalidated"] or old_stack not in cached, (body, cached)
     # every request sent after the swap answered is served by the new version ...
     after = [x for x in load.results if x[0] > t_done]
     assert after and all(f"dataeng@{new}" in x[3] for x in after), after
