@@ -189,6 +189,36 @@ class RouterConfig(_Section):
         True, description="Train the learned router with the bundled synthetic samples too."
     )
     eval_folds: int = Field(5, ge=2, description="Repository-grouped folds of `qlp router eval`.")
+    embedding_backend: Literal["openvino", "torch"] = Field(
+        "openvino",
+        description="Encoder of the Serve router: an OpenVINO IR of the embedding model "
+        "(exported once, cached under <home>/cache/embeddings) or sentence-transformers on torch.",
+    )
+    embedding_precision: Literal["f32", "bf16"] = Field(
+        "f32",
+        description="OpenVINO inference precision of the router's encoder (f32 = torch parity).",
+    )
+    embedding_threads: int = Field(
+        0, ge=0, description="OpenVINO threads of the router's encoder (0 = every core)."
+    )
+    max_routing_tokens: int | None = Field(
+        None,
+        ge=8,
+        description="OpenVINO encoder: truncate routing texts to this many tokens (None = the "
+        "model's own limit).",
+    )
+    max_batch_size: int = Field(
+        32, ge=1, description="Most routing texts one encoder call embeds (@serve.batch)."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        description="Extra wait of a batch for more texts (@serve.batch); 0 = texts that "
+        "arrived during the previous encoder call form the next batch, a lone text goes at once.",
+    )
+    max_ongoing_requests: int = Field(
+        128, ge=1, description="Concurrent route calls one router replica accepts."
+    )
 
     def learned_path(self, home: Path) -> Path:
         """Where the learned router lives (``learned_dir`` or ``<home>/router/learned``)."""

@@ -81,10 +81,14 @@ class RouterDeployment:
     def __init__(self, config: dict[str, Any]) -> None:
         from qlp_ray.models.base import base_model_id
         from qlp_ray.registry.store import Registry
-        from qlp_ray.route.embeddings import get_embedder
 
         self.cfg = QLPConfig.model_validate(config)
-        self.embedder = get_embedder(self.cfg.router.embedding_model)
+        self.embedder = router_embedder(self.cfg)
+        self._route_batch.set_max_batch_size(self.cfg.router.max_batch_size)
+        self._route_batch.set_batch_wait_timeout_s(self.cfg.router.batch_wait_timeout_s)
+        self._batches = self._batched_texts = 0
+        self._batch_seconds = 0.0
+        self._refresh_task: asyncio.Task | None = None
         self.mode = self.cfg.router.mode
         self._learned = None
         if self.mode == "learned":
@@ -106,11 +110,12 @@ class RouterDeployment:
 
     def _rebuild(self) -> dict[str, Any]:
         table = build_route_table(self.registry.list(), self._verify, self.embedder.dim)
-        self._table = table
-        self._router = CentroidRouter(table.entries, self.cfg.router.threshold)
-        self._targets = targets_by_domain(
+        router = CentroidRouter(table.entries, self.cfg.router.threshold)
+        targets = targets_by_domain(
             (e.adapter_id, e.domain, table.versions[e.adapter_id]) for e in table.entries
         )
+        # built first, swapped together: batches routing meanwhile see the old or the new table
+        self._table, self._router, self._targets = table, router, targets
         self._refreshed_at = time.monotonic()
         logger.info(
             "routing table: %d adapters, %d skipped", len(table.entries), len(table.skipped)
@@ -139,33 +144,82 @@ class RouterDeployment:
         override = self.cfg.router.learned_threshold
         return self._learned.threshold if override is None else override
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _embed(self, texts: list[str]) -> list[np.ndarray]:
-        """Concurrent requests' texts are embedded in one encoder call."""
-        vecs = await asyncio.to_thread(self.embedder.encode, list(texts))
-        return list(vecs)
+    # The size and wait are set per replica from the config in __init__. The handler runs
+    # the encoder on the replica's event loop on purpose: texts arriving meanwhile queue up
+    # and form the next batch as soon as this one is done, so batches grow with the load
+    # while a lone text is embedded at once (a timer-based wait would delay every text).
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _route_batch(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Embed and route the texts of concurrent requests in one encoder call."""
+        t0 = time.perf_counter()
+        vecs = self.embedder.encode(list(texts))
+        if self._learned is not None:
+            found = self._learned.route_batch(
+                vecs, list(texts), targets=self._targets, threshold=self._threshold()
+            )
+        else:
+            found = self._router.route_batch(vecs)
+        self._batches += 1
+        self._batched_texts += len(texts)
+        self._batch_seconds += time.perf_counter() - t0
+        decisions = []
+        for d in found:
+            decision = d.to_dict()
+            record_route(self.mode, decision["confidence"], decision["fallback"])
+            decision["mode"] = self.mode
+            decision["version"] = self._table.versions.get(decision["target"] or "")
+            decisions.append(decision)
+        return decisions
+
+    def batch_stats(self) -> dict[str, float]:
+        """Batches, texts and seconds spent embedding + deciding since start."""
+        return {
+            "batches": self._batches,
+            "texts": self._batched_texts,
+            "seconds": round(self._batch_seconds, 4),
+        }
+
+    def _refresh_in_background(self) -> None:
+        """Start a table rebuild unless one runs; requests keep the current table meanwhile."""
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refreshed_at = time.monotonic()  # one rebuild per interval, even if slow
+            self._refresh_task = asyncio.get_running_loop().create_task(self.refresh())
 
     async def route(self, text: str) -> dict[str, Any]:
         """Route one text: ``{target, version, domain, confidence, fallback, scores, route_ms}``."""
         if time.monotonic() - self._refreshed_at > self.cfg.router.refresh_interval_s:
-            await self.refresh()
+            self._refresh_in_background()
         t0 = time.perf_counter()
-        vec = await self._embed(text)
-        if self._learned is not None:
-            decision = self._learned.route_batch(
-                vec[None, :], [text], targets=self._targets, threshold=self._threshold()
-            )[0].to_dict()
-        else:
-            decision = self._router.route(vec).to_dict()
-        record_route(self.mode, decision["confidence"], decision["fallback"])
-        decision["mode"] = self.mode
-        decision["version"] = self._table.versions.get(decision["target"] or "")
+        decision = dict(await self._route_batch(text))
         decision["route_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return decision
+
+
+def router_embedder(cfg: QLPConfig) -> Any:
+    """The router's encoder: the cached OpenVINO IR (default) or sentence-transformers."""
+    r = cfg.router
+    if r.embedding_backend == "torch":
+        from qlp_ray.route.embeddings import get_embedder
+
+        return get_embedder(r.embedding_model)
+    from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
+
+    return OpenVINOEmbedder(
+        r.embedding_model,
+        cfg.paths.root / "cache" / "embeddings",
+        threads=r.embedding_threads,
+        precision=r.embedding_precision,
+        max_tokens=r.max_routing_tokens,
+    )
 
 
 def router_deployment(cfg: QLPConfig) -> Any:
     """The Serve deployment object of the router, sized for ``cfg``."""
     return serve.deployment(
-        name="Router", ray_actor_options={"num_cpus": cfg.serve.router_num_cpus}
+        name="Router",
+        ray_actor_options={"num_cpus": cfg.serve.router_num_cpus},
+        max_ongoing_requests=cfg.router.max_ongoing_requests,
+        # one access-log line per routing call costs more than the decision; the gateway
+        # logs every request anyway
+        logging_config={"enable_access_log": False},
     )(RouterDeployment)

@@ -99,5 +99,7 @@ def test_learned_mode_routes_concurrent_requests(router_handle):
         assert set(scores) == set(TITLES)
         assert max(scores, key=scores.get) == probes[text], (text, scores)
         assert np.isclose(sum(scores.values()), 1.0, atol=1e-3)
+    stats = router_handle.batch_stats.remote().result(timeout_s=60)
+    assert stats["texts"] >= len(calls) and stats["batches"] < stats["texts"]  # texts shared calls
     table = router_handle.table.remote().result(timeout_s=60)
     assert table["mode"] == "learned" and 0.0 <= table["threshold"] <= 1.0

@@ -1,0 +1,238 @@
+"""Sentence embeddings through an OpenVINO IR of the whole sentence-transformers pipeline.
+
+The router embeds one short text per request, so the encoder's per-call cost is the
+router's added latency. :class:`OpenVINOEmbedder` exports the configured
+sentence-transformers model once (transformer + its own pooling + normalisation modules,
+so any local model directory exports the same way), caches the IR under
+``<cache_dir>/<fingerprint>/`` and afterwards loads only the IR and the fast tokenizer.
+
+The fingerprint hashes every file of the model directory plus the OpenVINO version and
+this module's export format, so a changed model or toolkit never reuses a stale IR. The
+IR keeps fp32 weights and CPU inference is pinned to f32, which keeps the embeddings
+within float rounding of the torch ones (see ``tests/unit/test_openvino_embedder.py``).
+
+Batches are tokenized without padding, sorted by length and run in chunks padded only to
+their own longest text, so one long text does not make a whole batch pay for its length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qlp_ray.errors import ConfigError
+from qlp_ray.route.embeddings import resolve_model_dir
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "qlp-st-ov-1"  # bump when the exported graph changes
+IR_FILE = "embedder.xml"
+META_FILE = "embedder.json"
+PRECISIONS = ("f32", "bf16")
+_GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """SHA-256 over every file (relative path + bytes) of ``model_dir``, the OpenVINO
+    version and :data:`EXPORT_FORMAT`; 16 hex digits."""
+    import openvino as ov
+
+    h = hashlib.sha256(f"{EXPORT_FORMAT}|{ov.__version__}".encode())
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(model_dir).as_posix()
+        if rel.startswith(".") or rel.lower().startswith("readme"):
+            continue
+        h.update(rel.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _max_seq_length(model_dir: Path, tokenizer: Any) -> int:
+    cfg = model_dir / "sentence_bert_config.json"
+    if cfg.is_file():
+        value = json.loads(cfg.read_text()).get("max_seq_length")
+        if value:
+            return int(value)
+    return int(min(tokenizer.model_max_length, 512))
+
+
+def export_ir(model_dir: Path, out_dir: Path) -> Path:
+    """Convert the sentence-transformers model at ``model_dir`` to ``out_dir/embedder.xml``.
+
+    The graph takes the tokenizer's int64 inputs (dynamic batch and length) and returns
+    the model's own ``sentence_embedding`` (pooling and normalisation included).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import openvino as ov
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    t0 = time.perf_counter()
+    st = SentenceTransformer(str(model_dir), device="cpu").eval()
+    example = st.preprocess(["an example text", "a second, longer example text"])
+    names = [k for k, v in example.items() if isinstance(v, torch.Tensor)]
+    extra = {k: v for k, v in example.items() if not isinstance(v, torch.Tensor)}
+
+    unknown = set(names) - set(_GRAPH_INPUTS)
+    if unknown:
+        raise ConfigError(f"cannot export {model_dir}: unexpected tokenizer outputs {unknown}")
+
+    class _Pipeline(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.st = st
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor | None = None,
+        ) -> torch.Tensor:
+            features = {"input_ids": input_ids, "attention_mask": attention_mask, **extra}
+            if token_type_ids is not None:
+                features["token_type_ids"] = token_type_ids
+            return self.st(features)["sentence_embedding"]
+
+    dyn = ov.PartialShape([-1, -1])
+    with torch.no_grad():
+        ov_model = ov.convert_model(
+            _Pipeline(),
+            example_input={n: example[n] for n in names},
+            input=[(n, dyn, ov.Type.i64) for n in names],
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov_model, str(out_dir / IR_FILE), compress_to_fp16=False)
+    meta = {
+        "inputs": names,
+        "dim": int(st.get_embedding_dimension()),
+        "max_seq_length": int(st.max_seq_length),
+        "model_dir": str(model_dir),
+        "export_format": EXPORT_FORMAT,
+    }
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info("exported %s to OpenVINO IR in %.1f s", model_dir.name, time.perf_counter() - t0)
+    return out_dir / IR_FILE
+
+
+def cached_ir(model_dir: Path, cache_dir: Path) -> Path:
+    """The IR directory of ``model_dir`` under ``cache_dir``, exporting it on first use.
+
+    The export goes to a temporary sibling directory renamed into place, so concurrent
+    processes never read a half-written IR.
+    """
+    target = cache_dir / model_fingerprint(model_dir)
+    if (target / META_FILE).is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=cache_dir))
+    try:
+        export_ir(model_dir, tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same export first
+            if not (target / META_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class OpenVINOEmbedder:
+    """Encodes texts into L2-normalised float32 vectors with a cached OpenVINO IR.
+
+    Drop-in for :class:`qlp_ray.route.embeddings.Embedder` (``encode``, ``dim``,
+    ``model_dir``). ``threads=0`` lets OpenVINO use every core; ``chunk`` bounds how many
+    length-sorted texts share one padded inference call.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        cache_dir: Path,
+        *,
+        threads: int = 0,
+        precision: str = "f32",
+        max_tokens: int | None = None,
+        chunk: int = 16,
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import openvino as ov
+        from transformers import AutoTokenizer
+
+        if precision not in PRECISIONS:
+            raise ConfigError(f"embedding precision must be one of {PRECISIONS}, got {precision!r}")
+        t0 = time.perf_counter()
+        self.model_dir = resolve_model_dir(name_or_path)
+        self.ir_dir = cached_ir(self.model_dir, Path(cache_dir))
+        meta = json.loads((self.ir_dir / META_FILE).read_text())
+        self.dim = int(meta["dim"])
+        self._inputs: list[str] = list(meta["inputs"])
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        model_max = int(meta["max_seq_length"]) or _max_seq_length(self.model_dir, self.tokenizer)
+        self.max_tokens = min(max_tokens or model_max, model_max)
+        self.chunk = max(int(chunk), 1)
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        self._compiled = core.compile_model(core.read_model(self.ir_dir / IR_FILE), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request, used by one thread at a time
+        self._pad_id = int(self.tokenizer.pad_token_id or 0)
+        logger.info(
+            "OpenVINO embedder %s (%s, IR %s) ready in %.1f s",
+            self.model_dir.name, precision, self.ir_dir.name, time.perf_counter() - t0,
+        )  # fmt: skip
+
+    def _tokenize(self, texts: list[str]) -> dict[str, list[list[int]]]:
+        # sentence-transformers strips surrounding whitespace before tokenizing
+        enc = self.tokenizer(
+            [t.strip() for t in texts], truncation=True, max_length=self.max_tokens, padding=False
+        )
+        return {name: enc[name] for name in self._inputs}
+
+    def _run(self, enc: dict[str, list[list[int]]], rows: list[int]) -> np.ndarray:
+        width = max(len(enc["input_ids"][i]) for i in rows)
+        feed = {}
+        for name in self._inputs:
+            pad = self._pad_id if name == "input_ids" else 0
+            arr = np.full((len(rows), width), pad, dtype=np.int64)
+            for r, i in enumerate(rows):
+                seq = enc[name][i]
+                arr[r, : len(seq)] = seq
+            feed[name] = arr
+        with self._lock:
+            out = self._request.infer(feed)
+        return np.asarray(out[0], dtype=np.float32)
+
+    def encode(self, texts: list[str] | str, batch_size: int = 64) -> np.ndarray:
+        """Return an ``(n, dim)`` float32 array of unit vectors (``(dim,)`` for one string).
+
+        ``batch_size`` is accepted for signature compatibility; chunking is by ``chunk``.
+        """
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        enc = self._tokenize(batch)
+        order = sorted(range(len(batch)), key=lambda i: len(enc["input_ids"][i]))
+        out = np.empty((len(batch), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.chunk):
+            rows = order[start : start + self.chunk]
+            out[rows] = self._run(enc, rows)
+        return out[0] if single else out
