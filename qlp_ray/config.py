@@ -198,8 +198,11 @@ class RouterConfig(_Section):
         "f32",
         description="OpenVINO inference precision of the router's encoder (f32 = torch parity).",
     )
-    embedding_threads: int = Field(
-        0, ge=0, description="OpenVINO threads of the router's encoder (0 = every core)."
+    embedding_streams: int = Field(
+        0,
+        ge=0,
+        description="Parallel OpenVINO inference streams (1 thread each) of the router's "
+        "encoder; a batch is split over them (0 = one per CPU core).",
     )
     max_routing_tokens: int | None = Field(
         None,

