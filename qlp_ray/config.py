@@ -204,6 +204,12 @@ class ExperimentsConfig(_Section):
     seed: int | None = Field(
         None, description="Seed of weighted/random/bandit draws (None = fresh randomness)."
     )
+    refresh_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often a gateway replica re-reads running experiments and bandit "
+        "counts from the store (other replicas' changes arrive within this).",
+    )
 
 
 class ServeConfig(_Section):

@@ -72,6 +72,14 @@ class NotFound(QLPError, KeyError):
     code = "not_found"
 
 
+class Conflict(QLPError, ValueError):
+    """The resource already exists (e.g. an experiment id that is taken)."""
+
+    http_status = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
 class SignatureError(QLPError, PermissionError):
     """An adapter is unsigned, tampered with, mis-labelled or signed by an untrusted key."""
 
@@ -134,6 +142,7 @@ __all__ = [
     "PermissionDenied",
     "AdapterNotFound",
     "NotFound",
+    "Conflict",
     "SignatureError",
     "AdapterLoadError",
     "KeyMissing",

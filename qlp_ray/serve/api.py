@@ -23,6 +23,7 @@ from qlp_ray.errors import AdapterNotFound, AuthenticationError, QLPError
 from qlp_ray.models.composition import is_stack
 from qlp_ray.serve.compositor import multiplex_id, parse_multiplex_id
 from qlp_ray.serve.errors import install_error_handlers, qlp_error_response, unwrap
+from qlp_ray.serve.experiment_hook import ExperimentOutcomeMiddleware
 from qlp_ray.serve.protocol import (
     AUTO_MODEL,
     ChatChoice,
@@ -40,6 +41,7 @@ from qlp_ray.serve.protocol import (
 )
 from qlp_ray.serve.routes_admin_compositor import resolve_stack_model
 from qlp_ray.serve.routes_admin_compositor import router as admin_compositor_router
+from qlp_ray.serve.routes_experiments import router as experiments_router
 from qlp_ray.serve.routes_improve import router as improve_routes_router
 from qlp_ray.serve.routes_jobs import router as jobs_router
 
@@ -55,6 +57,7 @@ app = FastAPI(title="qlp_ray", description="OpenAI-compatible API over routed Lo
 app.include_router(admin_compositor_router)
 app.include_router(improve_routes_router)
 app.include_router(jobs_router)
+app.include_router(experiments_router)
 
 
 @app.middleware("http")
@@ -70,6 +73,7 @@ async def _api_key_first(request: Request, call_next: Any) -> Any:
 
 
 install_error_handlers(app)  # added last = outermost: sets request.state.request_id first
+app.add_middleware(ExperimentOutcomeMiddleware)  # sees the final status of every request
 _KEY_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>'"
 
 
@@ -81,6 +85,9 @@ def key_matches(request: Request, expected: str) -> bool:
 
 class _Target:
     """Where one request goes, and how it was chosen."""
+
+    experiment: str | None = None  # set when an A/B experiment assigned the request
+    variant: str | None = None
 
     def __init__(
         self,
@@ -117,6 +124,9 @@ class Gateway:
         from qlp_ray.serve.recording import RequestRecorder
 
         self.recorder = RequestRecorder(self.cfg, self.base_model)
+        from qlp_ray.serve.experiment_hook import GatewayExperiments
+
+        self.experiments = GatewayExperiments(self.cfg, self.recorder.store)
 
     # -- helpers ----------------------------------------------------------------------
     def _check_key(self, request: Request) -> None:
@@ -188,6 +198,8 @@ class Gateway:
             fallback=target.routed and target.adapter is None,
             latency_ms=round((time.perf_counter() - t0) * 1000, 2),
             request_id=request.state.request_id,
+            experiment=target.experiment,
+            variant=target.variant,
         )
 
     async def _record(
@@ -239,6 +251,7 @@ class Gateway:
         prompt = str(body.prompt)
         self._checked(body, prompt, request)
         target = await self._resolve(body.model, routing_text(prompt))
+        target = await self.experiments.apply(self, request, body, target)
         gen = await self._generate(target, body, prompt)
         await self._record(request, target, body, prompt, gen, t0)
         response.headers[ADAPTER_HEADER] = target.adapter or BASE_LABEL
@@ -259,6 +272,7 @@ class Gateway:
         prompt = chat_to_prompt(body.messages)
         self._checked(body, prompt, request)
         target = await self._resolve(body.model, routing_text(body.messages))
+        target = await self.experiments.apply(self, request, body, target)
         gen = await self._generate(target, body, prompt)
         await self._record(request, target, body, prompt, gen, t0)
         response.headers[ADAPTER_HEADER] = target.adapter or BASE_LABEL

@@ -31,6 +31,9 @@ class _Request(BaseModel):
     n: int = Field(1, description="Number of choices; only 1 is supported.")
     stream: bool = Field(False, description="Streaming is not supported.")
     user: str | None = Field(None, max_length=256, description="End-user id, for analytics.")
+    metadata: dict[str, str] | None = Field(
+        None, description="Up to 16 string key-value pairs (A/B experiment targeting)."
+    )
     seed: int | None = Field(None, description="Sampling seed.")
 
     @field_validator("n")
@@ -38,6 +41,17 @@ class _Request(BaseModel):
     def _only_one_choice(cls, v: int) -> int:
         if v != 1:
             raise ValueError(f"only n=1 is supported, got {v}")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None:
+            if len(v) > 16:
+                raise ValueError(f"metadata allows at most 16 pairs, got {len(v)}")
+            for key, value in v.items():
+                if len(key) > 64 or len(value) > 512:
+                    raise ValueError(f"metadata key {key[:64]!r}: keys <= 64, values <= 512 chars")
         return v
 
     @field_validator("stream")
@@ -134,6 +148,8 @@ class QLPInfo(BaseModel):
     fallback: bool = Field(description="True when the base model served a routed request.")
     latency_ms: float
     request_id: str
+    experiment: str | None = Field(None, description="A/B experiment that assigned the request.")
+    variant: str | None = Field(None, description="The experiment's variant that served it.")
 
 
 class CompletionChoice(BaseModel):

@@ -71,6 +71,8 @@ class RequestRecorder:
             "completion_tokens": gen.get("completion_tokens"),
             "routing": routing,
             "user_id": user,
+            "experiment": getattr(target, "experiment", None),
+            "variant": getattr(target, "variant", None),
         }
         try:
             await asyncio.to_thread(self.store.record_request, **fields)
