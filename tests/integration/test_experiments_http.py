@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.test_compositor_http import ADMIN, USER, build
+from tests.integration.test_compositor_http import ADMIN, USER, build, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +68,24 @@ def _complete(client: httpx.Client, model: str, user: str | None = None) -> dict
     return r.json()
 
 
+def _assignment_counts(experiment: str) -> dict[str, int]:
+    """``ray_qlp_experiment_assignments_total`` by variant, from Ray's Prometheus endpoint."""
+    import re
+
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("ray_qlp_experiment_assignments_total{") and (
+            f'experiment="{experiment}"' in line
+        ):
+            variant = re.search(r'variant="([^"]+)"', line).group(1)
+            counts[variant] = counts.get(variant, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
 def _error(r: httpx.Response, status: int) -> dict:
     assert r.status_code == status, r.text
     err = r.json()["error"]
@@ -79,13 +97,15 @@ def test_config_experiment_runs_from_start(gw):
     client, _, _ = gw
     listed = client.get("/v1/admin/experiments", headers=ADMIN).json()["data"]
     assert [(e["id"], e["status"]) for e in listed] == [("frontend-stack", "running")]
-    seen = {}
+    seen, counts = {}, {"single": 0, "stacked": 0}
     for i in range(8):
         q = _complete(client, "frontend", f"f{i}")["qlp"]
         assert q["experiment"] == "frontend-stack", q
         seen[q["variant"]] = q["adapter"]
+        counts[q["variant"]] += 1
     for variant, adapter in seen.items():  # each variant served its own target
         assert adapter == {"single": "frontend", "stacked": "frontend@1:0.5+dataeng@1:0.5"}[variant]
+    gw[2]["frontend_counts"] = {k: n for k, n in counts.items() if n}  # see the last test
     q = _complete(client, "dataeng@1")["qlp"]  # a pinned request is not in any experiment
     assert q["experiment"] is None and q["variant"] is None
 
@@ -231,3 +251,10 @@ def test_failed_requests_count_as_errors_of_their_variant(gw):
     assert by_name["ok"]["impressions"] == by_name["ok"]["successes"] == statuses.count(200) > 0
     assert by_name["ok"]["errors"] == 0 and by_name["bad"]["success_rate"] == 0.0
     client.post("/v1/admin/experiments/broken-ab/stop", headers=ADMIN)
+
+
+def test_assignments_reach_prometheus(gw):
+    """``qlp_experiment_assignments_total`` as Ray's metrics endpoint exports it (last: the
+    export lags by its report interval, which the other tests have used up)."""
+    expected = gw[2]["frontend_counts"]
+    assert wait_for(lambda: _assignment_counts("frontend-stack") == expected, 30, "the counter")
