@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -105,6 +106,9 @@ class ExperimentRuntime:
         self._rng = random.Random(seed)
         self._running: tuple[Experiment, ...] = ()  # replaced whole, never mutated
         self._refreshed_at = float("-inf")
+        # one writer of _running at a time, so a refresh that read the store before a
+        # create/stop committed cannot overwrite the view taken after it
+        self._lock = threading.Lock()
 
     # --- definitions -------------------------------------------------------------------
     def start_from(self, specs: Iterable[ExperimentSpec]) -> list[str]:
@@ -125,7 +129,8 @@ class ExperimentRuntime:
     def stop(self, experiment_id: str) -> dict[str, Any]:
         """Stop assigning (this replica at once, the others at their next refresh)."""
         row = self.store.stop(experiment_id)
-        self._running = tuple(e for e in self._running if e.spec.id != experiment_id)
+        with self._lock:
+            self._running = tuple(e for e in self._running if e.spec.id != experiment_id)
         logger.info("experiment %s stopped", experiment_id)
         return describe(row)
 
@@ -152,18 +157,19 @@ class ExperimentRuntime:
 
     def refresh(self) -> None:
         """Re-read running definitions (and bandit counts) from the store."""
-        rows = self.store.list(status=RUNNING)
-        current = {e.spec.id: e for e in self._running}
-        running = []
-        for row in rows:
-            exp = current.get(row.spec.id)
-            if exp is None or exp.spec != row.spec:
-                exp = Experiment(row.spec, random.Random(self._rng.random()))
-            if row.spec.is_bandit:  # the posterior the draws use: counts of all replicas
-                exp.stats = self.store.variant_stats(row.spec)
-            running.append(exp)
-        self._running = tuple(running)
-        self._refreshed_at = self._clock()
+        with self._lock:
+            rows = self.store.list(status=RUNNING)
+            current = {e.spec.id: e for e in self._running}
+            running = []
+            for row in rows:
+                exp = current.get(row.spec.id)
+                if exp is None or exp.spec != row.spec:
+                    exp = Experiment(row.spec, random.Random(self._rng.random()))
+                if row.spec.is_bandit:  # the posterior the draws use: counts of all replicas
+                    exp.stats = self.store.variant_stats(row.spec)
+                running.append(exp)
+            self._running = tuple(running)
+            self._refreshed_at = self._clock()
 
     def assign(self, facts: RequestFacts, now: datetime | None = None) -> Assignment | None:
         """The variant of the first running experiment ``facts`` joins, else None."""

@@ -6,6 +6,7 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastapi import Request  # module level: the test app's annotations are strings
 from pydantic import ValidationError
 
 from qlp_ray.errors import Conflict, NotFound
@@ -255,3 +256,46 @@ def test_bandit_reads_store_counts_and_shifts_traffic(store):
     assert picks.count("v2") / 1000 > 0.95
     shares = {v["name"]: v["bandit_share"] for v in rt.analysis("dataeng-ab")["variants"]}
     assert shares["v2"] > 0.99 and shares["v1"] + shares["v2"] == pytest.approx(1.0)
+
+
+def test_outcome_middleware_records_failures_only(store):
+    """The ASGI middleware sees the final status through the app's other middleware and
+    exception handlers: an assigned request that fails is a durable failure of its variant."""
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from qlp_ray.errors import AdapterLoadError
+    from qlp_ray.serve.errors import install_error_handlers
+    from qlp_ray.serve.experiment_hook import (
+        STATE_KEY,
+        ExperimentOutcomeMiddleware,
+        PendingOutcome,
+    )
+
+    rt = _runtime(store)
+    rt.create(_spec())
+    hook = SimpleNamespace(runtime=rt, store_errors=0)
+    app = FastAPI()
+
+    @app.get("/serve/{variant}/{outcome}")
+    async def serve(variant: str, outcome: str, request: Request) -> dict:
+        assignment = Assignment("dataeng-ab", variant, f"dataeng@{variant[-1]}")
+        pending = PendingOutcome(hook, assignment, request.state.request_id, "u", 0.0)
+        setattr(request.state, STATE_KEY, pending)
+        if outcome == "fail":
+            raise AdapterLoadError("corrupt weights")
+        return {"ok": True}
+
+    install_error_handlers(app)
+    app.add_middleware(ExperimentOutcomeMiddleware)
+    with TestClient(app) as client:
+        assert client.get("/serve/v1/ok", headers={"x-request-id": "r1"}).status_code == 200
+        assert client.get("/serve/v2/fail", headers={"x-request-id": "r2"}).status_code == 424
+        assert client.get("/serve/v2/fail", headers={"x-request-id": "r3"}).status_code == 424
+        assert client.get("/serve/v2/fail", headers={"x-request-id": "r3"}).status_code == 424
+    stats = rt.store.variant_stats(_spec())
+    assert (stats["v1"].impressions, stats["v2"].impressions) == (0, 2)  # r1: the request log's
+    assert stats["v2"].errors == 2 and stats["v2"].failures == 2
+    assert hook.store_errors == 1  # the repeated request id: logged and counted, still 424
