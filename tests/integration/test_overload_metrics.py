@@ -22,6 +22,7 @@ from tests.integration.test_compositor_http import save_random_adapter
 pytestmark = pytest.mark.integration
 
 ADAPTER = "dataeng"
+APP = "qlp_overload"
 BURST = 20
 RETRY_AFTER_S = 2
 BURST_MAX_TOKENS = 96
@@ -73,7 +74,7 @@ def app(tmp_path_factory, ray_metrics):
     home: Path = tmp_path_factory.mktemp("qlp_home")
     serve_cfg = {
         "port": SERVE_PORT,
-        "app_name": "qlp_overload",
+        "app_name": APP,
         "compositor_num_cpus": 0.5,
         "router_num_cpus": 0.25,
         "max_tokens_limit": 128,
@@ -180,6 +181,8 @@ def test_ray_metrics_endpoint_exports_our_metrics(burst, ray_metrics):
     served = statuses.count(200) + 2  # + the warm-up and the request after the burst
     want = {
         ("ray_qlp_model_requests_total", ("model", ADAPTER), ("domain", ADAPTER)): served,
+        # Serve's own labels: which application and deployment recorded it
+        ("ray_qlp_model_requests_total", ("application", APP), ("deployment", "Gateway")): served,
         ("ray_qlp_model_latency_seconds_count", ("model", ADAPTER)): served,
         ("ray_qlp_model_latency_seconds_bucket", ("model", ADAPTER), ("le", "+Inf")): served,
         ("ray_qlp_rejected_requests_total", ("code", "rate_limit_exceeded")): statuses.count(429),
@@ -204,3 +207,41 @@ def test_ray_metrics_endpoint_exports_our_metrics(burst, ray_metrics):
     } | {f"{metrics.EXPORT_PREFIX}{metrics.LATENCY_SECONDS}_bucket"}
     assert emitted_here <= queried
     assert emitted_here <= set(samples)
+
+
+def test_proxy_rejects_with_retry_after_when_gateway_queue_is_full(app):
+    """Serve's own proxy answers a full gateway queue: 503, Retry-After, plain-text body."""
+    import asyncio
+
+    from ray import serve
+
+    from qlp_ray.serve.admission import deployment_limits
+
+    limits = app.serve.model_copy(
+        update={"gateway_max_ongoing_requests": 1, "gateway_max_queued_requests": 1}
+    )
+
+    @serve.deployment(name="SlowIngress", **deployment_limits(limits, "gateway"))
+    class SlowIngress:
+        async def __call__(self, request) -> str:
+            await asyncio.sleep(0.5)  # the work that keeps the single slot busy
+            return "done"
+
+    serve.run(SlowIngress.bind(), name="proxy_probe", route_prefix="/proxy_probe")
+    try:
+        start = threading.Barrier(6)
+
+        def one(_: int) -> httpx.Response:
+            start.wait()
+            return httpx.get(f"{URL}/proxy_probe", timeout=60)
+
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(one, range(6)))
+    finally:
+        serve.delete("proxy_probe")
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == str(RETRY_AFTER_S)
+            assert r.text.startswith("Request dropped due to backpressure"), r.text
