@@ -51,9 +51,15 @@ def ray_metrics():
 
     if ray.is_initialized():
         ray.shutdown()  # another module's Ray has no metrics export port
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=METRICS_PORT
-    )
+    for attempt in (1, 2):  # as `ray_local`: a loaded machine can miss the start-up deadline
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False,
+                     _metrics_export_port=METRICS_PORT)  # fmt: skip
+            break
+        except Exception as exc:  # ray raises a bare Exception for this timeout
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
     try:
         yield f"http://127.0.0.1:{METRICS_PORT}/metrics"
     finally:
