@@ -227,6 +227,40 @@ class ServeConfig(_Section):
     compositor_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per compositor.")
     router_num_cpus: float = Field(0.5, ge=0, description="CPUs reserved by the router.")
     gateway_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved by the HTTP gateway.")
+    gateway_admission_limit: int = Field(
+        64,
+        ge=0,
+        description="Completion/chat requests one gateway replica runs at once; more get a 429 "
+        "with Retry-After (0 = no limit).",
+    )
+    gateway_max_ongoing_requests: int = Field(
+        100, ge=1, description="Serve max_ongoing_requests of each gateway replica."
+    )
+    gateway_max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        description="Serve max_queued_requests in front of the gateway (full: the proxy answers "
+        "503 with Retry-After, plain text); -1 = unbounded.",
+    )
+    router_max_ongoing_requests: int = Field(
+        32, ge=1, description="Serve max_ongoing_requests of each router replica."
+    )
+    router_max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        description="Requests a caller queues for the router (full: 503); -1 = unbounded.",
+    )
+    compositor_max_ongoing_requests: int = Field(
+        16, ge=1, description="Serve max_ongoing_requests of each compositor replica."
+    )
+    compositor_max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        description="Requests a caller queues for the compositor (full: 503); -1 = unbounded.",
+    )
+    retry_after_s: float = Field(
+        1.0, ge=0, description="Retry-After seconds sent with 429/503 overload answers."
+    )
     health_timeout_s: float = Field(
         300.0, gt=0, description="How long `qlp serve` waits for the app to become healthy."
     )
@@ -261,6 +295,16 @@ class ServeConfig(_Section):
     vllm_gpu_memory_utilization: float = Field(
         0.85, gt=0, le=1, description="vLLM: share of GPU memory the engine may use."
     )
+
+    @model_validator(mode="after")
+    def _admission_below_serve_limit(self) -> ServeConfig:
+        if self.gateway_admission_limit > self.gateway_max_ongoing_requests:
+            raise ValueError(
+                f"`serve.gateway_admission_limit` ({self.gateway_admission_limit}) exceeds "
+                f"`serve.gateway_max_ongoing_requests` ({self.gateway_max_ongoing_requests}): "
+                "Serve would queue the extra requests before the gateway could answer 429"
+            )
+        return self
 
 
 class DemoConfig(_Section):

@@ -14,11 +14,16 @@ class QLPError(Exception):
     http_status: int = 500
     error_type: str = "server_error"
     code: str | None = None
+    retry_after_s: float | None = None  # sent as a Retry-After header when set
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.message
@@ -112,6 +117,14 @@ class Overloaded(QLPError, RuntimeError):
     code = "overloaded"
 
 
+class RateLimited(QLPError, RuntimeError):
+    """Too many requests in flight on this replica; the client should retry later."""
+
+    http_status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class TrainingError(QLPError, RuntimeError):
     """A training run failed or produced no usable adapter."""
 
@@ -147,6 +160,7 @@ __all__ = [
     "AdapterLoadError",
     "KeyMissing",
     "Overloaded",
+    "RateLimited",
     "TrainingError",
     "NoCapableDevice",
     "WorkloadFailed",

@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from qlp_ray.config import QLPConfig
 from qlp_ray.errors import AdapterNotFound, AuthenticationError, QLPError
 from qlp_ray.models.composition import is_stack
+from qlp_ray.serve.admission import AdmissionLimiter, AdmissionMiddleware, deployment_limits
 from qlp_ray.serve.compositor import multiplex_id, parse_multiplex_id
 from qlp_ray.serve.errors import install_error_handlers, qlp_error_response, unwrap
 from qlp_ray.serve.experiment_hook import ExperimentOutcomeMiddleware
@@ -58,6 +59,7 @@ app.include_router(admin_compositor_router)
 app.include_router(improve_routes_router)
 app.include_router(jobs_router)
 app.include_router(experiments_router)
+app.add_middleware(AdmissionMiddleware)  # first = innermost: auth answers before admission
 
 
 @app.middleware("http")
@@ -119,6 +121,7 @@ class Gateway:
         app.state.api_key = self.cfg.serve.api_key
         app.state.admin_key = self.cfg.serve.admin_key
         app.state.gateway = self  # for the included admin routers
+        app.state.admission = AdmissionLimiter.from_config(self.cfg.serve)
         self._records: dict[str, Any] = {}
         self._listed_at = 0.0
         from qlp_ray.serve.recording import RequestRecorder
@@ -292,5 +295,7 @@ class Gateway:
 def gateway_deployment(cfg: QLPConfig) -> Any:
     """The Serve deployment object of the HTTP ingress, sized for ``cfg``."""
     return serve.deployment(
-        name="Gateway", ray_actor_options={"num_cpus": cfg.serve.gateway_num_cpus}
+        name="Gateway",
+        ray_actor_options={"num_cpus": cfg.serve.gateway_num_cpus},
+        **deployment_limits(cfg.serve, "gateway"),
     )(Gateway)

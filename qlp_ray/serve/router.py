@@ -27,6 +27,7 @@ from qlp_ray.config import QLPConfig
 from qlp_ray.errors import QLPError
 from qlp_ray.route.centroid import CentroidRouter, RouteEntry
 from qlp_ray.route.learned import targets_by_domain
+from qlp_ray.serve.admission import deployment_limits
 from qlp_ray.serve.metrics import record_route
 
 logger = logging.getLogger(__name__)
@@ -167,5 +168,7 @@ class RouterDeployment:
 def router_deployment(cfg: QLPConfig) -> Any:
     """The Serve deployment object of the router, sized for ``cfg``."""
     return serve.deployment(
-        name="Router", ray_actor_options={"num_cpus": cfg.serve.router_num_cpus}
+        name="Router",
+        ray_actor_options={"num_cpus": cfg.serve.router_num_cpus},
+        **deployment_limits(cfg.serve, "router"),
     )(RouterDeployment)
