@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,23 @@ def test_s3_storage_keeps_generation_and_retired_flag(s3_cfg, tmp_path: Path) ->
     storage.set_retired("sql", False)
     assert not storage.is_retired("sql")
     assert storage.adapter_ids() == []  # the markers are not adapters
+
+
+def test_cli_retire(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.test_registry_cli import invoke
+    from tests.unit.test_registry_cli import register as cli_register
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("QLP_HOME", str(home))
+    from qlp_ray import cli
+
+    monkeypatch.setattr(cli.state, "config_path", None)
+    monkeypatch.setattr(cli.console, "_width", 400)
+    assert invoke("keys", "init")[0].exit_code == 0
+    cli_register(tmp_path, "sql", 0)
+    result, out = invoke("adapters", "retire", "sql", "--reason", "obsolete")
+    assert result.exit_code == 0 and "sql: retired (was serving v1)" in out, out
+    result, out = invoke("adapters", "list", "--json")
+    assert json.loads(result.output) == []
+    result, out = invoke("adapters", "retire", "sql")
+    assert result.exit_code == 1 and "is retired" in out
