@@ -122,7 +122,8 @@ class Gateway:
         app.state.gateway = self  # for the included admin routers
         self._records: dict[str, Any] = {}
         self._listed_at = 0.0
-        self._registry_watch = GenerationWatch(self.registry.generation, 0.2)
+        poll_s = self.cfg.router.generation_poll_s
+        self._registry_watch = GenerationWatch(self.registry.generation, poll_s)
         from qlp_ray.serve.recording import RequestRecorder
 
         self.recorder = RequestRecorder(self.cfg, self.base_model)
