@@ -122,7 +122,8 @@ class RouterDeployment:
         self._targets = targets_by_domain(
             (e.adapter_id, e.domain, table.versions[e.adapter_id]) for e in table.entries
         )
-        self._stack_targets = stack_targets(table, self._targets, by_domain=bool(self._learned))
+        by_domain = self._learned is not None  # learned scores are per domain
+        self._stack_targets = stack_targets(table, self._targets, by_domain=by_domain)
         self._refreshed_at = time.monotonic()
         self._watch.commit(generation)
         logger.info(
