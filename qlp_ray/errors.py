@@ -147,6 +147,22 @@ class WorkloadFailed(QLPError, RuntimeError):
     code = "workload_failed"
 
 
+class ExternalEndpointError(QLPError, ConnectionError):
+    """The external fallback endpoint failed or answered something unusable."""
+
+    http_status = 502
+    error_type = "upstream_error"
+    code = "external_endpoint_error"
+
+
+class ExternalEndpointTimeout(QLPError, TimeoutError):
+    """The external fallback endpoint did not answer within its timeout."""
+
+    http_status = 504
+    error_type = "upstream_error"
+    code = "external_endpoint_timeout"
+
+
 __all__ = [
     "QLPError",
     "ConfigError",
@@ -156,6 +172,8 @@ __all__ = [
     "AdapterNotFound",
     "NotFound",
     "Conflict",
+    "ExternalEndpointError",
+    "ExternalEndpointTimeout",
     "SignatureError",
     "AdapterLoadError",
     "KeyMissing",

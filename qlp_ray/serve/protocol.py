@@ -145,7 +145,13 @@ class QLPInfo(BaseModel):
     domain: str | None = None
     confidence: float | None = Field(None, description="Router cosine score (auto only).")
     routed: bool = Field(description="True when model='auto' chose the target.")
-    fallback: bool = Field(description="True when the base model served a routed request.")
+    fallback: bool = Field(
+        description="True when the fallback (base model or external endpoint) served a routed "
+        "request."
+    )
+    external: str | None = Field(
+        None, description="The external model that served it (router.fallback: external)."
+    )
     latency_ms: float
     request_id: str
     experiment: str | None = Field(None, description="A/B experiment that assigned the request.")
@@ -155,7 +161,7 @@ class QLPInfo(BaseModel):
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "content_filter"]
     logprobs: None = None
 
 
@@ -172,7 +178,7 @@ class CompletionResponse(BaseModel):
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "content_filter"]
 
 
 class ChatCompletionResponse(BaseModel):
