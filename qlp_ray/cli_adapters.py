@@ -1,4 +1,4 @@
-"""``qlp adapters``: list, verify and show registered adapters."""
+"""``qlp adapters``: list, verify, show and retire registered adapters."""
 
 from __future__ import annotations
 
@@ -93,3 +93,22 @@ def show(
     if record.problem:
         info["_problem"] = record.problem
     console.print_json(json.dumps(info))
+
+
+@app.command("retire")
+def retire(
+    adapter_id: str = typer.Argument(..., help="Adapter id."),
+    reason: str = typer.Option("manual retirement", help="Recorded in the audit log."),
+) -> None:
+    """Stop serving and routing an adapter (its versions stay stored; `qlp improve promote`
+    serves it again). A running server follows within `router.generation_poll_s`."""
+    from qlp_ray.cli import console, fail, get_config
+    from qlp_ray.errors import QLPError
+    from qlp_ray.registry.store import Registry
+
+    try:
+        version = Registry(get_config()).retire(adapter_id, reason=reason)
+    except QLPError as exc:
+        fail(str(exc))
+        return
+    console.print(f"{adapter_id}: retired (was serving v{version})")

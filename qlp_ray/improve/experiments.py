@@ -10,10 +10,12 @@ Strategies:
   mapped onto the cumulative weights, so a user always sees the same variant.
 - ``weighted``: an independent weighted draw per request.
 - ``random``: a uniform draw per request (weights ignored).
+- ``thompson`` (or ``bandit: true``): the weights are ignored and every request draws one
+  sample from each variant's Beta(1 + successes, 1 + failures) posterior and takes the
+  largest (Thompson sampling), so traffic shifts towards the variant that succeeds more often.
 
-With ``bandit: true`` the weights are ignored and every request draws one sample from each
-variant's Beta(1 + successes, 1 + failures) posterior and takes the largest (Thompson
-sampling), so traffic shifts towards the variant that succeeds more often.
+Which requests take part (``applies_to``, ``domains``, ``metadata``, the time window) and how
+the serving path persists and counts outcomes: :mod:`qlp_ray.improve.experiment_runtime`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from qlp_ray.errors import InvalidRequest, NotFound
 
 logger = logging.getLogger(__name__)
 
-Strategy = Literal["sticky", "weighted", "random"]
+Strategy = Literal["sticky", "weighted", "random", "thompson"]
+SuccessSignal = Literal["feedback", "served"]
 
 
 class VariantSpec(BaseModel):
@@ -48,7 +51,7 @@ class VariantSpec(BaseModel):
         min_length=1, max_length=64, description="Variant name, unique per experiment."
     )
     target: str = Field(min_length=1, description="Adapter id or stack ('a+b', 'a:0.7+b:0.3').")
-    weight: float = Field(1.0, gt=0, description="Relative traffic weight.")
+    weight: float = Field(1.0, ge=0, description="Relative traffic weight (0 = no traffic).")
 
 
 class ExperimentSpec(BaseModel):
@@ -63,9 +66,15 @@ class ExperimentSpec(BaseModel):
     )
     strategy: Strategy = Field("sticky", description="How a request picks its variant.")
     bandit: bool = Field(False, description="Thompson-sampling bandit instead of fixed weights.")
+    applies_to: list[str] = Field(
+        default_factory=list,
+        description="Requested models that join: 'auto' = routed requests, an adapter id = "
+        "requests naming it or routed to it ([] = routed requests only).",
+    )
     domains: list[str] = Field(default_factory=list, description="Only these domains ([] = all).")
     metadata: dict[str, str] = Field(
-        default_factory=dict, description="Only requests whose metadata has these key=values."
+        default_factory=dict,
+        description="Only requests whose metadata has these key=values ('user' = request user).",
     )
     start: datetime | None = Field(None, description="Active from (UTC); None = now.")
     end: datetime | None = Field(None, description="Active until (UTC); None = open-ended.")
@@ -74,12 +83,26 @@ class ExperimentSpec(BaseModel):
     min_detectable_effect: float = Field(
         0.05, gt=0, lt=1, description="Absolute success-rate lift the test must detect."
     )
+    success: SuccessSignal = Field(
+        "feedback",
+        description="What counts as a success: 'feedback' (thumbs up or a rating >= "
+        "success_rating; errors fail) or 'served' (answered without error).",
+    )
+    success_rating: float = Field(
+        4.0, ge=1, le=5, description="Lowest 1-5 rating that counts as a success."
+    )
+
+    @property
+    def is_bandit(self) -> bool:
+        return self.bandit or self.strategy == "thompson"
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentSpec:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {names}")
+        if sum(v.weight for v in self.variants) <= 0:
+            raise ValueError("variant weights must sum to more than 0")
         for when in (self.start, self.end):
             if when is not None and when.tzinfo is None:
                 raise ValueError(f"start/end must carry a timezone, got {when.isoformat()}")
@@ -95,7 +118,9 @@ class VariantStats:
     impressions: int = 0
     successes: int = 0
     failures: int = 0
+    errors: int = 0
     latency_sum: float = 0.0
+    latency_count: int = 0
     feedback_sum: float = 0.0
     feedback_count: int = 0
 
@@ -211,7 +236,7 @@ class Experiment:
         return True
 
     def _pick(self, user_id: str | None) -> str:
-        if self.spec.bandit:
+        if self.spec.is_bandit:
             best, best_draw = self._names[0], -1.0
             for name in self._names:
                 s = self.stats[name]
@@ -249,6 +274,7 @@ class Experiment:
             s.failures += 1
         if latency_s is not None:
             s.latency_sum += latency_s
+            s.latency_count += 1
         if feedback is not None:
             self.record_feedback(variant, feedback)
 
@@ -280,6 +306,7 @@ class Experiment:
             spec.power,
         )
         p_best = prob_best(ordered)
+        shown = sum(s.impressions for s in ordered)
         variants = []
         for name, s, pb in zip(self._names, ordered, p_best, strict=True):
             lo, hi = wilson_interval(s.successes, s.outcomes, spec.confidence)
@@ -293,15 +320,19 @@ class Experiment:
                     "impressions": s.impressions,
                     "successes": s.successes,
                     "failures": s.failures,
+                    "errors": s.errors,
                     "success_rate": s.success_rate,
                     "ci": [lo, hi],
                     "lift_vs_control": s.success_rate - control.success_rate,
                     "lift_ci": [dlo, dhi],
-                    "mean_latency_s": s.latency_sum / s.outcomes if s.outcomes else None,
+                    "mean_latency_s": s.latency_sum / s.latency_count if s.latency_count else None,
                     "mean_feedback": s.feedback_sum / s.feedback_count
                     if s.feedback_count
                     else None,
                     "prob_best": float(pb),
+                    "traffic_share": s.impressions / shown if shown else None,
+                    # a Thompson bandit sends each variant P(best) of the traffic
+                    "bandit_share": float(pb) if spec.is_bandit else None,
                 }
             )
         significant = p_value < 1 - spec.confidence
@@ -311,7 +342,8 @@ class Experiment:
             winner = max(variants, key=lambda v: v["success_rate"])["name"]
         return {
             "id": spec.id,
-            "strategy": "bandit" if spec.bandit else spec.strategy,
+            "strategy": "thompson" if spec.is_bandit else spec.strategy,
+            "success_signal": spec.success,
             "active": self.active(),
             "confidence": spec.confidence,
             "chi2": chi2,

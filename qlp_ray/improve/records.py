@@ -27,6 +27,7 @@ EventKind = Literal[
     "experiment",
     "decision",
     "key_rotate",
+    "retire",
 ]
 
 

@@ -99,6 +99,30 @@ events = Table(
     UniqueConstraint("idempotency_key", name="uq_events_idempotency_key"),
 )
 
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("spec", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # running | stopped
+    Column("created_at", Float, nullable=False),
+    Column("stopped_at", Float),
+)
+
+experiment_failures = Table(
+    "experiment_failures",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("experiment", String(64), nullable=False),
+    Column("variant", String(64), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("error", String(128)),
+    Column("latency_ms", Float),
+    Column("user_id", String(128)),
+    Index("ix_experiment_failures_variant", "experiment", "variant"),
+)
+
 _INDEXES = (
     Index("ix_requests_ts", requests.c.ts),
     Index("ix_requests_domain_ts", requests.c.domain, requests.c.ts),
@@ -131,9 +155,14 @@ def _v2_indexes(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _v3_experiments(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[experiments, experiment_failures])  # with their index
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables: requests, feedback, rewards, events", _v1_initial),
     Migration(2, "query indexes", _v2_indexes),
+    Migration(3, "A/B experiments: definitions and failed requests", _v3_experiments),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

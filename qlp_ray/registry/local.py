@@ -4,6 +4,8 @@ Layout::
 
     <root>/<adapter_id>/v<N>/...files...
     <root>/<adapter_id>/CURRENT          # text: the current version number
+    <root>/<adapter_id>/RETIRED          # present: the adapter is retired
+    <root>/.generation                   # "<counter> <token>", replaced on every change
     <root>/.staging/                     # copies in flight; never read
 
 ``publish`` copies into ``.staging`` and renames the finished directory into place,
@@ -18,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from qlp_ray.errors import AdapterNotFound, ConfigError, QLPError
@@ -26,6 +29,8 @@ from qlp_ray.registry.storage import AdapterStorage
 logger = logging.getLogger(__name__)
 
 POINTER_FILE = "CURRENT"
+RETIRED_FILE = "RETIRED"
+GENERATION_FILE = ".generation"
 STAGING_DIR = ".staging"
 ADAPTER_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
@@ -123,6 +128,45 @@ class LocalStorage(AdapterStorage):
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(base)
+
+    def read_generation(self) -> str | None:
+        try:
+            return (self.root / GENERATION_FILE).read_text()
+        except FileNotFoundError:
+            return None
+
+    def bump_generation(self) -> None:
+        previous = (self.read_generation() or "0").split(" ", 1)[0]
+        counter = int(previous) + 1 if previous.isdigit() else 1
+        # the token keeps two concurrent bumps from writing the same marker
+        _replace_text(self.root, GENERATION_FILE, f"{counter} {uuid.uuid4().hex}")
+
+    def is_retired(self, adapter_id: str) -> bool:
+        return (self._adapter_dir(adapter_id) / RETIRED_FILE).is_file()
+
+    def set_retired(self, adapter_id: str, retired: bool) -> None:
+        base = self._adapter_dir(adapter_id)
+        if retired:
+            _replace_text(base, RETIRED_FILE, "retired\n")
+        else:
+            (base / RETIRED_FILE).unlink(missing_ok=True)
+            _fsync_dir(base)
+
+
+def _replace_text(directory: Path, name: str, text: str) -> None:
+    """Write ``directory/name`` atomically (temporary file, fsync, ``os.replace``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
 
 
 def _fsync_dir(path: Path) -> None:

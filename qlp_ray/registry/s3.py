@@ -24,6 +24,7 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -254,6 +255,26 @@ class S3Storage(AdapterStorage):
             raise AdapterNotFound(f"adapter {adapter_id!r} has no published version {version}")
         key = self._adapter_key(adapter_id, "current.json")
         self._s3.put_json(key, {"version": version, "updated_at": time.time()})
+
+    def read_generation(self) -> str | None:
+        data = self._s3.get_json(self._s3.key("generation.json"))
+        return None if data is None else f"{data['counter']} {data['token']}"
+
+    def bump_generation(self) -> None:
+        previous = self._s3.get_json(self._s3.key("generation.json")) or {"counter": 0}
+        token = uuid.uuid4().hex  # two concurrent bumps still write different markers
+        data = {"counter": int(previous["counter"]) + 1, "token": token}
+        self._s3.put_json(self._s3.key("generation.json"), data)
+
+    def is_retired(self, adapter_id: str) -> bool:
+        return self._s3.exists(self._adapter_key(adapter_id, "retired.json"))
+
+    def set_retired(self, adapter_id: str, retired: bool) -> None:
+        key = self._adapter_key(adapter_id, "retired.json")
+        if retired:
+            self._s3.put_json(key, {"retired_at": time.time()})
+        else:
+            self._s3.client.delete_object(Bucket=self._s3.bucket, Key=key)
 
 
 def _matches(local: Path, marker: dict) -> bool:

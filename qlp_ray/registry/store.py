@@ -173,6 +173,8 @@ class Registry:
                               files=len(manifest.files), base_model=base_model)  # fmt: skip
         if make_current:
             self._point(adapter_id, version, "promote", reason="registered")
+        else:
+            self.storage.bump_generation()
         logger.info(
             "registered adapter %s v%d (domain %s, base %s, %d files, key %s)",
             adapter_id,
@@ -198,19 +200,41 @@ class Registry:
         current = self.storage.read_pointer(adapter_id)
         self._point(adapter_id, version, "rollback", reason=reason, previous=current)
 
+    def retire(self, adapter_id: str, reason: str = "") -> int:
+        """Stop serving ``adapter_id``: it leaves the listing and the routing table (its
+        versions stay stored; pinned ``adapter@version`` ids still resolve). Promoting or
+        registering a version serves it again. Returns the version that was current."""
+        version = self._resolve(adapter_id, None)  # 404 when unknown or already retired
+        if self.audit is not None:
+            self.audit.record("retire", adapter_id, version, reason=reason)
+        self.storage.set_retired(adapter_id, True)
+        self.storage.bump_generation()
+        logger.info("adapter %s retired (was serving v%d)", adapter_id, version)
+        return version
+
+    def generation(self) -> str | None:
+        """The store's change marker: differs after every register/promote/retire."""
+        return self.storage.read_generation()
+
     def _point(self, adapter_id: str, version: int, kind: str, **payload: Any) -> None:
         if self.audit is not None:  # the event first: a load never meets an unexplained pointer
             self.audit.record(kind, adapter_id, version, **payload)
         self.storage.write_pointer(adapter_id, version)
+        if self.storage.is_retired(adapter_id):  # a promotion serves a retired adapter again
+            self.storage.set_retired(adapter_id, False)
+        self.storage.bump_generation()
         logger.info("adapter %s: current version is now v%d (%s)", adapter_id, version, kind)
 
     # --- reading ------------------------------------------------------------------------
     def list(self, all_versions: bool = False) -> list[AdapterRecord]:
-        """The current version of each adapter (or every version), with honest ``signed``."""
+        """The current version of each adapter not retired (or every version of every
+        adapter), with honest ``signed``."""
         records = []
         for adapter_id in self.storage.adapter_ids():
             if all_versions:
                 versions = self.storage.versions(adapter_id)
+            elif self.storage.is_retired(adapter_id):
+                continue
             else:
                 versions = [self._current_version(adapter_id)]
             records.extend(self._inspect(adapter_id, v) for v in versions)
@@ -281,6 +305,11 @@ class Registry:
         if not self.storage.versions(adapter_id):
             raise self._not_found(adapter_id)
         if version is None:
+            if self.storage.is_retired(adapter_id):
+                raise AdapterNotFound(
+                    f"adapter {adapter_id!r} is retired; promote a version to serve it again",
+                    param="adapter_id",
+                )
             current = self._current_version(adapter_id)
             if self.audit is not None:
                 self.audit.check_current(adapter_id, current)

@@ -1,9 +1,10 @@
 """HTTP ingress: the OpenAI-compatible API in front of the router and the compositor.
 
-``model="auto"`` asks the router for a target (or the base-model fallback), an adapter
-id goes straight to the compositor, the base model id runs without an adapter. Every
-response names the adapter that served it (``qlp`` body field, ``x-qlp-adapter``
-header) and carries ``x-request-id``.
+``model="auto"`` asks the router for a target (an adapter, a stack, or the fallback: the
+base model or, with ``router.fallback: external``, an external OpenAI-compatible endpoint
+— :mod:`qlp_ray.serve.external`), an adapter id goes straight to the compositor, the
+base model id runs without an adapter. Every response names what served it (``qlp``
+body field, ``x-qlp-adapter`` header) and carries ``x-request-id``.
 """
 
 # No `from __future__ import annotations` here: Serve's ingress re-creates the route
@@ -21,8 +22,11 @@ from ray.serve.handle import DeploymentHandle
 from qlp_ray.config import QLPConfig
 from qlp_ray.errors import AdapterNotFound, AuthenticationError, QLPError
 from qlp_ray.models.composition import is_stack
+from qlp_ray.serve.admission import AdmissionLimiter, AdmissionMiddleware, deployment_limits
 from qlp_ray.serve.compositor import multiplex_id, parse_multiplex_id
 from qlp_ray.serve.errors import install_error_handlers, qlp_error_response, unwrap
+from qlp_ray.serve.experiment_hook import ExperimentOutcomeMiddleware
+from qlp_ray.serve.external import external_label
 from qlp_ray.serve.protocol import (
     AUTO_MODEL,
     ChatChoice,
@@ -40,8 +44,10 @@ from qlp_ray.serve.protocol import (
 )
 from qlp_ray.serve.routes_admin_compositor import resolve_stack_model
 from qlp_ray.serve.routes_admin_compositor import router as admin_compositor_router
+from qlp_ray.serve.routes_experiments import router as experiments_router
 from qlp_ray.serve.routes_improve import router as improve_routes_router
 from qlp_ray.serve.routes_jobs import router as jobs_router
+from qlp_ray.serve.routes_routing import router as routing_router
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +61,9 @@ app = FastAPI(title="qlp_ray", description="OpenAI-compatible API over routed Lo
 app.include_router(admin_compositor_router)
 app.include_router(improve_routes_router)
 app.include_router(jobs_router)
+app.include_router(experiments_router)
+app.add_middleware(AdmissionMiddleware)  # first = innermost: auth answers before admission
+app.include_router(routing_router)
 
 
 @app.middleware("http")
@@ -70,6 +79,7 @@ async def _api_key_first(request: Request, call_next: Any) -> Any:
 
 
 install_error_handlers(app)  # added last = outermost: sets request.state.request_id first
+app.add_middleware(ExperimentOutcomeMiddleware)  # sees the final status of every request
 _KEY_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>'"
 
 
@@ -82,6 +92,9 @@ def key_matches(request: Request, expected: str) -> bool:
 class _Target:
     """Where one request goes, and how it was chosen."""
 
+    experiment: str | None = None  # set when an A/B experiment assigned the request
+    variant: str | None = None
+
     def __init__(
         self,
         adapter: str | None,
@@ -92,6 +105,7 @@ class _Target:
     ) -> None:
         self.adapter, self.version, self.domain = adapter, version, domain
         self.confidence, self.routed = confidence, routed
+        self.external: str | None = None  # the external model, when it served the request
 
 
 @serve.ingress(app)
@@ -102,9 +116,12 @@ class Gateway:
         self, config: dict[str, Any], router: DeploymentHandle, compositor: DeploymentHandle
     ) -> None:
         from qlp_ray.models.base import base_model_id
+        from qlp_ray.registry.generation import GenerationWatch
         from qlp_ray.registry.store import Registry
+        from qlp_ray.serve.external import external_fallback
 
         self.cfg = QLPConfig.model_validate(config)
+        self.external = external_fallback(self.cfg)  # None unless router.fallback: external
         self.router = router
         self.compositor = compositor
         self.registry = Registry(self.cfg)
@@ -112,11 +129,17 @@ class Gateway:
         app.state.api_key = self.cfg.serve.api_key
         app.state.admin_key = self.cfg.serve.admin_key
         app.state.gateway = self  # for the included admin routers
+        app.state.admission = AdmissionLimiter.from_config(self.cfg.serve)
         self._records: dict[str, Any] = {}
         self._listed_at = 0.0
+        poll_s = self.cfg.router.generation_poll_s
+        self._registry_watch = GenerationWatch(self.registry.generation, poll_s)
         from qlp_ray.serve.recording import RequestRecorder
 
         self.recorder = RequestRecorder(self.cfg, self.base_model)
+        from qlp_ray.serve.experiment_hook import GatewayExperiments
+
+        self.experiments = GatewayExperiments(self.cfg, self.recorder.store)
 
     # -- helpers ----------------------------------------------------------------------
     def _check_key(self, request: Request) -> None:
@@ -126,7 +149,9 @@ class Gateway:
 
     async def _adapters(self, *, fresh: bool = False) -> dict[str, Any]:
         """Registered adapters by id (cached for a few seconds; listing hashes files)."""
-        if fresh or time.monotonic() - self._listed_at > _ADAPTER_LIST_TTL_S:
+        stale = time.monotonic() - self._listed_at > _ADAPTER_LIST_TTL_S
+        if fresh or stale or self._registry_watch.changed():
+            self._registry_watch.commit(self._registry_watch.snapshot())
             records = await asyncio.to_thread(self.registry.list)
             self._records = {r.adapter_id: r for r in records}
             self._listed_at = time.monotonic()
@@ -158,9 +183,13 @@ class Gateway:
         return _Target(record.adapter_id, int(record.version), record.domain)
 
     async def _generate(self, target: _Target, body: Any, prompt: str) -> dict[str, Any]:
+        max_tokens = body.max_tokens or self.cfg.serve.default_max_tokens
+        if target.routed and target.adapter is None and self.external is not None:
+            target.external = self.external.model
+            return await self.external.generate(body, prompt, max_tokens)
         payload = {
             "prompt": prompt,
-            "max_new_tokens": body.max_tokens or self.cfg.serve.default_max_tokens,
+            "max_new_tokens": max_tokens,
             "temperature": body.temperature,
             "top_p": body.top_p,
             "stop": body.stop_tuple,
@@ -186,8 +215,11 @@ class Gateway:
             confidence=target.confidence,
             routed=target.routed,
             fallback=target.routed and target.adapter is None,
+            external=target.external,
             latency_ms=round((time.perf_counter() - t0) * 1000, 2),
             request_id=request.state.request_id,
+            experiment=target.experiment,
+            variant=target.variant,
         )
 
     async def _record(
@@ -197,6 +229,11 @@ class Gateway:
             request_id=request.state.request_id, target=target, prompt=prompt, gen=gen,
             latency_s=time.perf_counter() - t0, user=(body.user or None) and body.user[:128],
         )  # fmt: skip
+
+    def _label(self, target: _Target) -> str:
+        if target.external is not None:
+            return external_label(target.external)
+        return target.adapter or BASE_LABEL
 
     def _checked(self, body: Any, text: str, request: Request) -> None:
         self._check_key(request)
@@ -239,11 +276,12 @@ class Gateway:
         prompt = str(body.prompt)
         self._checked(body, prompt, request)
         target = await self._resolve(body.model, routing_text(prompt))
+        target = await self.experiments.apply(self, request, body, target)
         gen = await self._generate(target, body, prompt)
         await self._record(request, target, body, prompt, gen, t0)
-        response.headers[ADAPTER_HEADER] = target.adapter or BASE_LABEL
+        response.headers[ADAPTER_HEADER] = self._label(target)
         return CompletionResponse(
-            model=target.adapter or self.base_model,
+            model=target.external or target.adapter or self.base_model,
             choices=[CompletionChoice(text=gen["text"], finish_reason=gen["finish_reason"])],
             usage=usage_of(gen),
             qlp=self._info(target, t0, request),
@@ -259,11 +297,12 @@ class Gateway:
         prompt = chat_to_prompt(body.messages)
         self._checked(body, prompt, request)
         target = await self._resolve(body.model, routing_text(body.messages))
+        target = await self.experiments.apply(self, request, body, target)
         gen = await self._generate(target, body, prompt)
         await self._record(request, target, body, prompt, gen, t0)
-        response.headers[ADAPTER_HEADER] = target.adapter or BASE_LABEL
+        response.headers[ADAPTER_HEADER] = self._label(target)
         return ChatCompletionResponse(
-            model=target.adapter or self.base_model,
+            model=target.external or target.adapter or self.base_model,
             choices=[
                 ChatChoice(
                     message=ChatMessage(role="assistant", content=gen["text"]),
@@ -278,5 +317,7 @@ class Gateway:
 def gateway_deployment(cfg: QLPConfig) -> Any:
     """The Serve deployment object of the HTTP ingress, sized for ``cfg``."""
     return serve.deployment(
-        name="Gateway", ray_actor_options={"num_cpus": cfg.serve.gateway_num_cpus}
+        name="Gateway",
+        ray_actor_options={"num_cpus": cfg.serve.gateway_num_cpus},
+        **deployment_limits(cfg.serve, "gateway"),
     )(Gateway)

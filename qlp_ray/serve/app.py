@@ -18,8 +18,10 @@ def build_app(cfg: QLPConfig) -> serve.Application:
     """The bound application; the config travels to every deployment as a plain dict."""
     from qlp_ray.serve.api import gateway_deployment
     from qlp_ray.serve.compositor import compositor_deployment
+    from qlp_ray.serve.external import check_external_pricing
     from qlp_ray.serve.router import router_deployment
 
+    check_external_pricing(cfg)  # a clear error here rather than a failing replica
     config = cfg.model_dump(mode="json")
     router = router_deployment(cfg).bind(config)
     compositor = compositor_deployment(cfg).bind(config)

@@ -33,6 +33,7 @@ from qlp_ray.errors import ConfigError, InvalidRequest, Overloaded, QLPError
 from qlp_ray.models.backend import GenerationRequest, InferenceBackend
 from qlp_ray.models.composition import AdapterStack, is_stack, parse_stack
 from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
+from qlp_ray.serve.admission import deployment_limits
 
 if TYPE_CHECKING:
     from qlp_ray.serve.composition import StackComposer
@@ -326,5 +327,5 @@ def compositor_deployment(cfg: QLPConfig) -> Any:
         name="Compositor",
         num_replicas=cfg.serve.compositor_replicas,
         ray_actor_options={"num_cpus": cfg.serve.compositor_num_cpus},
-        max_ongoing_requests=16,
+        **deployment_limits(cfg.serve, "compositor"),
     )(Compositor)

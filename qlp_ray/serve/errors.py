@@ -8,19 +8,23 @@ class. Validation problems become 400s naming the field; anything unexpected bec
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qlp_ray.errors import QLPError
+from qlp_ray.errors import Overloaded, QLPError, RateLimited
+from qlp_ray.serve import metrics
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+DEFAULT_RETRY_AFTER_S = 1.0  # when a back-pressure rejection carries no Retry-After
 _STATUS_TYPES = {
     400: ("invalid_request_error", "invalid_request"),
     401: ("authentication_error", "invalid_api_key"),
@@ -37,16 +41,36 @@ def error_body(
 
 
 def unwrap(exc: BaseException) -> BaseException:
-    """The original error behind a Ray task/actor error (Serve handles wrap them)."""
+    """The original error behind a Ray task/actor error (Serve handles wrap them).
+
+    Serve's back-pressure rejection (a deployment's ``max_queued_requests`` reached) becomes
+    :class:`Overloaded` here, where the handle call is awaited: Serve registers its own
+    plain-text handler for ``BackPressureError`` on ingress apps, overriding ours.
+    """
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
         return unwrap(cause)
+    if isinstance(exc, BackPressureError):
+        return overload_error(exc)
     return exc
+
+
+def overload_error(exc: BackPressureError) -> QLPError:
+    """The OpenAI-shaped error for a Serve back-pressure rejection (503, or 429 if so set)."""
+    retry = exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_RETRY_AFTER_S
+    cls = RateLimited if exc.status_code == 429 else Overloaded
+    return cls(f"server overloaded, retry after {retry:g} s: {exc.message}", retry_after_s=retry)
+
+
+def retry_after_header(seconds: float) -> dict[str, str]:
+    """``Retry-After`` in whole seconds, rounded up (RFC 9110 delay-seconds)."""
+    return {"retry-after": str(max(0, math.ceil(seconds)))}
 
 
 def qlp_error_response(exc: QLPError) -> JSONResponse:
     body = error_body(exc.message, exc.error_type, exc.param, exc.code)
-    return JSONResponse(body, status_code=exc.http_status)
+    headers = retry_after_header(exc.retry_after_s) if exc.retry_after_s is not None else None
+    return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
 
 def internal_error_response(request_id: str) -> JSONResponse:
@@ -94,6 +118,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _qlp(request: Request, exc: QLPError) -> JSONResponse:
         original = unwrap(exc)  # a Ray-wrapped QLPError is also an instance of QLPError
         err = original if isinstance(original, QLPError) else exc
+        if err.http_status in (429, 503):
+            metrics.record_rejection(err.code or err.error_type)
         return qlp_error_response(err)
 
     @app.exception_handler(StarletteHTTPException)

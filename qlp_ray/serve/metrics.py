@@ -25,6 +25,7 @@ ROUTER_CONFIDENCE = "qlp_router_confidence"
 ROUTER_FALLBACKS_TOTAL = "qlp_router_fallbacks_total"
 CACHE_HIT_RATIO = "qlp_cache_hit_ratio"
 EXPERIMENT_ASSIGNMENTS_TOTAL = "qlp_experiment_assignments_total"
+REJECTED_TOTAL = "qlp_rejected_requests_total"
 
 METRIC_NAMES = (
     REQUESTS_TOTAL,
@@ -35,6 +36,7 @@ METRIC_NAMES = (
     ROUTER_FALLBACKS_TOTAL,
     CACHE_HIT_RATIO,
     EXPERIMENT_ASSIGNMENTS_TOTAL,
+    REJECTED_TOTAL,
 )
 
 # seconds: 5 ms .. 60 s, roughly x2 per bucket
@@ -88,6 +90,12 @@ def _metrics() -> dict[str, Any]:
             description="A/B assignments by experiment and variant.",
             tag_keys=("experiment", "variant"),
         ),
+        REJECTED_TOTAL: m.Counter(
+            REJECTED_TOTAL,
+            description="Requests answered 429/503, by OpenAI error code: rate_limit_exceeded "
+            "(gateway admission), overloaded (a router/compositor queue was full), ...",
+            tag_keys=("code",),
+        ),
     }
 
 
@@ -124,3 +132,8 @@ def set_cost_savings(total_usd: float) -> None:
 def set_cache_hit_ratio(hits: int, misses: int) -> None:
     total = hits + misses
     _metrics()[CACHE_HIT_RATIO].set(hits / total if total else 0.0)
+
+
+def record_rejection(code: str) -> None:
+    """Count one request answered 429/503 (``code``: its OpenAI error code)."""
+    _metrics()[REJECTED_TOTAL].inc(1, tags={"code": code})

@@ -31,6 +31,9 @@ class _Request(BaseModel):
     n: int = Field(1, description="Number of choices; only 1 is supported.")
     stream: bool = Field(False, description="Streaming is not supported.")
     user: str | None = Field(None, max_length=256, description="End-user id, for analytics.")
+    metadata: dict[str, str] | None = Field(
+        None, description="Up to 16 string key-value pairs (A/B experiment targeting)."
+    )
     seed: int | None = Field(None, description="Sampling seed.")
 
     @field_validator("n")
@@ -38,6 +41,17 @@ class _Request(BaseModel):
     def _only_one_choice(cls, v: int) -> int:
         if v != 1:
             raise ValueError(f"only n=1 is supported, got {v}")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None:
+            if len(v) > 16:
+                raise ValueError(f"metadata allows at most 16 pairs, got {len(v)}")
+            for key, value in v.items():
+                if len(key) > 64 or len(value) > 512:
+                    raise ValueError(f"metadata key {key[:64]!r}: keys <= 64, values <= 512 chars")
         return v
 
     @field_validator("stream")
@@ -131,15 +145,23 @@ class QLPInfo(BaseModel):
     domain: str | None = None
     confidence: float | None = Field(None, description="Router cosine score (auto only).")
     routed: bool = Field(description="True when model='auto' chose the target.")
-    fallback: bool = Field(description="True when the base model served a routed request.")
+    fallback: bool = Field(
+        description="True when the fallback (base model or external endpoint) served a routed "
+        "request."
+    )
+    external: str | None = Field(
+        None, description="The external model that served it (router.fallback: external)."
+    )
     latency_ms: float
     request_id: str
+    experiment: str | None = Field(None, description="A/B experiment that assigned the request.")
+    variant: str | None = Field(None, description="The experiment's variant that served it.")
 
 
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "content_filter"]
     logprobs: None = None
 
 
@@ -156,7 +178,7 @@ class CompletionResponse(BaseModel):
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "content_filter"]
 
 
 class ChatCompletionResponse(BaseModel):

@@ -18,6 +18,7 @@ from qlp_ray.improve.analytics import Analytics
 from qlp_ray.improve.cost import CostLedger, PriceTable
 from qlp_ray.improve.store import FeedbackStore
 from qlp_ray.serve import metrics
+from qlp_ray.serve.external import external_label, price_entry
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,14 @@ class RequestRecorder:
         user: str | None,
     ) -> None:
         """Store, count, price and emit one served request; never raises."""
-        label = target.adapter or self.base_model
+        external = getattr(target, "external", None)
+        label = external_label(external) if external else target.adapter or self.base_model
+        priced_as = price_entry(self.cfg) if external else label  # external: its own price
         routing = None
         if target.routed:
             routing = {"confidence": target.confidence, "fallback": target.adapter is None}
+            if external:
+                routing["external"] = external
         fields = {
             "id": request_id,
             "model": label,
@@ -71,6 +76,8 @@ class RequestRecorder:
             "completion_tokens": gen.get("completion_tokens"),
             "routing": routing,
             "user_id": user,
+            "experiment": getattr(target, "experiment", None),
+            "variant": getattr(target, "variant", None),
         }
         try:
             await asyncio.to_thread(self.store.record_request, **fields)
@@ -81,7 +88,7 @@ class RequestRecorder:
             with self._lock:
                 self.analytics.record_request(label, latency_s, domain=target.domain)
                 self.cost.record(
-                    label,
+                    priced_as,
                     int(gen.get("prompt_tokens") or 0),
                     int(gen.get("completion_tokens") or 0),
                 )

@@ -7,8 +7,12 @@ concurrent requests are embedded together (``@serve.batch``).
 
 The routing table is built from the registry's *verified* adapters (centroid from each
 adapter's ``qlp.json``) and rebuilt by :meth:`RouterDeployment.refresh` — on
-``GET /v1/models`` and at most every ``router.refresh_interval_s`` on the request path —
-so adapters registered later become routable without a restart.
+``GET /v1/models``, ``POST /v1/admin/routes/refresh``, when the registry's generation
+marker moved (checked every ``router.generation_poll_s`` on the request path: register,
+promote and retire take effect at once) and at least every ``router.refresh_interval_s``
+— so adapters registered, promoted or retired while Serve runs are routed accordingly
+without a restart. With ``router.top_k > 1`` a request between domains may be routed to
+a composed stack (:mod:`qlp_ray.route.stacking`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from ray import serve
 
 from qlp_ray.config import QLPConfig
 from qlp_ray.errors import QLPError
+from qlp_ray.registry.generation import GenerationWatch
 from qlp_ray.route.centroid import CentroidRouter, RouteEntry
 from qlp_ray.route.learned import targets_by_domain
+from qlp_ray.route.stacking import RouteTarget, StackPolicy, decide
+from qlp_ray.serve.admission import deployment_limits
 from qlp_ray.serve.metrics import record_route
 
 logger = logging.getLogger(__name__)
@@ -103,20 +110,33 @@ class RouterDeployment:
         self._router = CentroidRouter([], self.cfg.router.threshold)
         self._refreshed_at = 0.0
         self._refresh_lock = asyncio.Lock()
+        r = self.cfg.router
+        self._watch = GenerationWatch(self.registry.generation, r.generation_poll_s)
+        self._policy = StackPolicy(r.top_k, r.stack_min_share, r.stack_weight_decimals,
+                                   additive=self._learned is not None)  # fmt: skip
         self._rebuild()
 
     def _verify(self, adapter_id: str, version: int) -> Any:
         return self.registry.verify(adapter_id, version, expected_base_model=self.base_model)
 
     def _rebuild(self) -> dict[str, Any]:
+        generation = self._watch.snapshot()  # before listing: a later change is seen later
         table = build_route_table(self.registry.list(), self._verify, self.embedder.dim)
         router = CentroidRouter(table.entries, self.cfg.router.threshold)
         targets = targets_by_domain(
             (e.adapter_id, e.domain, table.versions[e.adapter_id]) for e in table.entries
         )
+        by_domain = self._learned is not None  # learned scores are per domain
+        stacks = stack_targets(table, targets, by_domain=by_domain)
         # built first, swapped together: batches routing meanwhile see the old or the new table
-        self._table, self._router, self._targets = table, router, targets
+        self._table, self._router, self._targets, self._stack_targets = (
+            table,
+            router,
+            targets,
+            stacks,
+        )
         self._refreshed_at = time.monotonic()
+        self._watch.commit(generation)
         logger.info(
             "routing table: %d adapters, %d skipped", len(table.entries), len(table.skipped)
         )
@@ -136,6 +156,11 @@ class RouterDeployment:
             "skipped": dict(self._table.skipped),
             "mode": self.mode,
             "threshold": self._threshold(),
+            "top_k": self._policy.top_k,
+            "stack_min_share": self._policy.min_share,
+            "fallback": self.cfg.router.fallback,
+            "generation": self._watch.seen,
+            "refreshed_s_ago": round(time.monotonic() - self._refreshed_at, 3),
         }
 
     def _threshold(self) -> float:
@@ -165,9 +190,15 @@ class RouterDeployment:
         decisions = []
         for d in found:
             decision = d.to_dict()
+            if self._policy.top_k > 1:
+                decision.update(
+                    decide(decision["scores"], self._stack_targets, self._threshold(), self._policy)
+                )
+            else:
+                decision["version"] = self._table.versions.get(decision["target"] or "")
+                decision["stack"] = None
             record_route(self.mode, decision["confidence"], decision["fallback"])
             decision["mode"] = self.mode
-            decision["version"] = self._table.versions.get(decision["target"] or "")
             decisions.append(decision)
         return decisions
 
@@ -187,7 +218,9 @@ class RouterDeployment:
 
     async def route(self, text: str) -> dict[str, Any]:
         """Route one text: ``{target, version, domain, confidence, fallback, scores, route_ms}``."""
-        if time.monotonic() - self._refreshed_at > self.cfg.router.refresh_interval_s:
+        if self._watch.changed():  # registered/promoted/retired: route this request anew
+            await self.refresh()
+        elif time.monotonic() - self._refreshed_at > self.cfg.router.refresh_interval_s:
             self._refresh_in_background()
         t0 = time.perf_counter()
         decision = dict(await self._route_batch(text))
@@ -213,12 +246,22 @@ def router_embedder(cfg: QLPConfig) -> Any:
     )
 
 
+def stack_targets(
+    table: RouteTable, domain_targets: dict[str, str], *, by_domain: bool
+) -> dict[str, RouteTarget]:
+    """What each scored key routes to: adapters (centroid scores) or domains (learned)."""
+    domains = {e.adapter_id: e.domain for e in table.entries}
+    if by_domain:
+        return {d: RouteTarget(a, d, table.versions[a]) for d, a in domain_targets.items()}
+    return {a: RouteTarget(a, d, table.versions[a]) for a, d in domains.items()}
+
+
 def router_deployment(cfg: QLPConfig) -> Any:
     """The Serve deployment object of the router, sized for ``cfg``."""
     return serve.deployment(
         name="Router",
         ray_actor_options={"num_cpus": cfg.serve.router_num_cpus},
-        max_ongoing_requests=cfg.router.max_ongoing_requests,
+        **deployment_limits(cfg.serve, "router"),
         # one access-log line per routing call costs more than the decision; the gateway
         # logs every request anyway
         logging_config={"enable_access_log": False},
