@@ -250,6 +250,11 @@ class RouterConfig(_Section):
         True, description="Train the learned router with the bundled synthetic samples too."
     )
     eval_folds: int = Field(5, ge=2, description="Repository-grouped folds of `qlp router eval`.")
+    placement: Literal["deployment", "gateway"] = Field(
+        "deployment",
+        description="Where `model=auto` requests are routed: the Router Serve deployment, or "
+        "inside each gateway replica (no deployment hop; every gateway loads the encoder).",
+    )
     embedding_backend: Literal["openvino", "torch"] = Field(
         "openvino",
         description="Encoder of the Serve router: an OpenVINO IR of the embedding model "

@@ -113,7 +113,10 @@ class Gateway:
     """FastAPI ingress deployment (see module docstring)."""
 
     def __init__(
-        self, config: dict[str, Any], router: DeploymentHandle, compositor: DeploymentHandle
+        self,
+        config: dict[str, Any],
+        router: DeploymentHandle | None,
+        compositor: DeploymentHandle,
     ) -> None:
         from qlp_ray.models.base import base_model_id
         from qlp_ray.registry.generation import GenerationWatch
@@ -122,6 +125,10 @@ class Gateway:
 
         self.cfg = QLPConfig.model_validate(config)
         self.external = external_fallback(self.cfg)  # None unless router.fallback: external
+        if router is None:  # router.placement: gateway, same call shape as the handle
+            from qlp_ray.serve.local_router import InProcessRouter
+
+            router = InProcessRouter(config)
         self.router = router
         self.compositor = compositor
         self.registry = Registry(self.cfg)

@@ -23,7 +23,8 @@ def build_app(cfg: QLPConfig) -> serve.Application:
 
     check_external_pricing(cfg)  # a clear error here rather than a failing replica
     config = cfg.model_dump(mode="json")
-    router = router_deployment(cfg).bind(config)
+    # placement "gateway": the gateway routes in its own process (serve/local_router.py)
+    router = router_deployment(cfg).bind(config) if cfg.router.placement == "deployment" else None
     compositor = compositor_deployment(cfg).bind(config)
     return gateway_deployment(cfg).bind(config, router, compositor)
 

@@ -85,12 +85,13 @@ def build_route_table(
 class RouterDeployment:
     """Serve deployment wrapping the embedder and a :class:`CentroidRouter`."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], *, encode_in_thread: bool = False) -> None:
         from qlp_ray.models.base import base_model_id
         from qlp_ray.registry.store import Registry
 
         self.cfg = QLPConfig.model_validate(config)
         self.embedder = router_embedder(self.cfg)
+        self._encode_in_thread = encode_in_thread  # in a gateway: keep its event loop free
         self._route_batch.set_max_batch_size(self.cfg.router.max_batch_size)
         self._route_batch.set_batch_wait_timeout_s(self.cfg.router.batch_wait_timeout_s)
         self._batches = self._batched_texts = 0
@@ -169,15 +170,19 @@ class RouterDeployment:
         override = self.cfg.router.learned_threshold
         return self._learned.threshold if override is None else override
 
-    # The size and wait are set per replica from the config in __init__. The handler runs
-    # the encoder on the replica's event loop on purpose: texts arriving meanwhile queue up
-    # and form the next batch as soon as this one is done, so batches grow with the load
-    # while a lone text is embedded at once (a timer-based wait would delay every text).
+    # The size and wait are set per replica from the config in __init__. In the Router
+    # deployment the handler runs the encoder on the replica's event loop on purpose: texts
+    # arriving meanwhile queue up and form the next batch as soon as this one is done, so
+    # batches grow with the load while a lone text is embedded at once (a timer-based wait
+    # would delay every text). Inside a gateway (placement: gateway) it runs in a thread.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _route_batch(self, texts: list[str]) -> list[dict[str, Any]]:
         """Embed and route the texts of concurrent requests in one encoder call."""
         t0 = time.perf_counter()
-        vecs = self.embedder.encode(list(texts))
+        if self._encode_in_thread:
+            vecs = await asyncio.to_thread(self.embedder.encode, list(texts))
+        else:
+            vecs = self.embedder.encode(list(texts))
         if self._learned is not None:
             found = self._learned.route_batch(
                 vecs, list(texts), targets=self._targets, threshold=self._threshold()
