@@ -14,7 +14,7 @@ Besides the HTTP figures it breaks the routed path down, on the router's own han
 ``handle call`` is the whole gateway-side call, so their difference is the hop.
 
     QLP_HOME=/tmp/qlp_routerperf PYTHONPATH=. python benchmarks/router_latency.py \\
-        [--n 150] [--max-tokens 4] [--backend openvino|torch]
+        [--n 150] [--max-tokens 4] [--backend openvino|torch] [--precision f32|bf16]
 
 Target (issue 3): router added latency p50 <= 5 ms.
 """
@@ -83,14 +83,19 @@ def _handle_breakdown(app_name: str, texts: list[str]) -> dict[str, float]:
     return {"handle_p50": percentile(total, 50), "inside_p50": percentile(inside, 50)}
 
 
-def run(n: int, max_tokens: int, backend: str, home: Path) -> dict:
+def run(n: int, max_tokens: int, backend: str, precision: str, home: Path) -> dict:
     import ray
     from ray import serve
 
     from qlp_ray.serve.app import build_app, deploy, wait_healthy
 
-    cfg = router_bench_config(home, {"embedding_backend": backend})
-    cfg_gw = router_bench_config(home, {"embedding_backend": backend, "placement": "gateway"})
+    cfg = router_bench_config(
+        home, {"embedding_backend": backend, "embedding_precision": precision}
+    )
+    cfg_gw = router_bench_config(
+        home,
+        {"embedding_backend": backend, "embedding_precision": precision, "placement": "gateway"},
+    )
     build_registry(cfg)
     titles = dev_titles()
     texts = [titles[(10 + i) % len(titles)] for i in range(n)]
@@ -123,15 +128,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=150, help="request pairs (routed + direct)")
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--backend", choices=("openvino", "torch"), default="openvino")
+    parser.add_argument("--precision", choices=("f32", "bf16"), default="f32")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(os.environ.get("QLP_HOME", "/tmp/qlp_routerperf"))
 
-    s = run(args.n, args.max_tokens, args.backend, home)
+    s = run(args.n, args.max_tokens, args.backend, args.precision, home)
     load = os.getloadavg()
     print(f"router latency: {s['n']} titles x (routed + direct) HTTP requests per placement, "
           f"all interleaved, {s['distinct']} distinct dev.jsonl titles, max_tokens="
-          f"{args.max_tokens}, encoder {args.backend}, load average {load[0]:.2f}")  # fmt: skip
+          f"{args.max_tokens}, encoder {args.backend}/{args.precision}, "
+          f"load average {load[0]:.2f}")  # fmt: skip
     print(f"{'placement':12}{'direct p50':>11}{'routed p50':>11}{'added p50':>10}"
           f"{'direct p95':>11}{'routed p95':>11}{'added p95':>10}{'pair median':>12}")  # fmt: skip
     verdicts = []

@@ -8,7 +8,7 @@ rounds alternate between the two deployments so both see the same machine load. 
 decision is a full route: embedding (OpenVINO IR by default) + centroid decision.
 
     QLP_HOME=/tmp/qlp_routerperf PYTHONPATH=. python benchmarks/router_throughput.py \\
-        [--n 1200] [--concurrency 64] [--rounds 3] [--backend openvino|torch]
+        [--n 1200] [--concurrency 64] [--rounds 3] [--backend openvino|torch] [--precision f32|bf16]
 
 Target (issue 3): >= 500 decisions/s on 2 cores with batching.
 """
@@ -43,15 +43,20 @@ async def _drive(handle, texts: list[str], concurrency: int) -> tuple[float, lis
     return time.perf_counter() - t0, decisions
 
 
-def run(n: int, concurrency: int, rounds: int, backend: str, home: Path) -> dict:
+def run(n: int, concurrency: int, rounds: int, backend: str, precision: str, home: Path) -> dict:
     import ray
     from ray import serve
 
     from qlp_ray.serve.router import router_deployment
 
     cfgs = {
-        "batched": router_bench_config(home, {"embedding_backend": backend}),
-        "unbatched": router_bench_config(home, {"embedding_backend": backend, "max_batch_size": 1}),
+        "batched": router_bench_config(
+            home, {"embedding_backend": backend, "embedding_precision": precision}
+        ),
+        "unbatched": router_bench_config(
+            home,
+            {"embedding_backend": backend, "embedding_precision": precision, "max_batch_size": 1},
+        ),
     }
     build_registry(cfgs["batched"])
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -101,15 +106,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent callers")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per mode")
     parser.add_argument("--backend", choices=("openvino", "torch"), default="openvino")
+    parser.add_argument("--precision", choices=("f32", "bf16"), default="f32")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(os.environ.get("QLP_HOME", "/tmp/qlp_routerperf"))
 
-    s = run(args.n, args.concurrency, args.rounds, args.backend, home)
+    s = run(args.n, args.concurrency, args.rounds, args.backend, args.precision, home)
     load = os.getloadavg()
     print(f"router throughput: {s['done']['batched']} routing calls per mode, "
           f"{args.concurrency} concurrent callers, {s['distinct_texts']} distinct dev.jsonl "
-          f"titles, encoder {args.backend}, 2 CPUs, load average {load[0]:.2f}")  # fmt: skip
+          f"titles, encoder {args.backend}/{args.precision}, 2 CPUs, "
+          f"load average {load[0]:.2f}")  # fmt: skip
     print(f"{'':12}{'decisions/s':>12}{'batches':>9}{'mean batch':>12}{'encoder ms/text':>17}")
     for mode in ("batched", "unbatched"):
         st = s["stats"][mode]
