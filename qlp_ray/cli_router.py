@@ -12,11 +12,12 @@ app = typer.Typer(help="Skill-aware routing: train and evaluate the router.", no
 
 
 def _cached_encoder(cfg):
-    """Embedding function with an on-disk cache under ``<home>/cache/embeddings``."""
+    """Embedding function with an on-disk cache (see ``embedding_cache_dir``)."""
+    from qlp_ray.route.embeddings import embedding_cache_dir
     from qlp_ray.route.evaluation import cached_encoder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return cached_encoder(cfg.router.embedding_model, cfg.paths.root / "cache" / "embeddings")
+    return cached_encoder(cfg.router.embedding_model, embedding_cache_dir(cfg.paths.root))
 
 
 def _options(cfg, folds_seed: int = 0):

@@ -258,7 +258,8 @@ class RouterConfig(_Section):
     embedding_backend: Literal["openvino", "torch"] = Field(
         "openvino",
         description="Encoder of the Serve router: an OpenVINO IR of the embedding model "
-        "(exported once, cached under <home>/cache/embeddings) or sentence-transformers on torch.",
+        "(exported once, cached under <home>/cache/embeddings or $QLP_EMBEDDING_CACHE) or "
+        "sentence-transformers on torch.",
     )
     embedding_precision: Literal["f32", "bf16"] = Field(
         "f32",

@@ -7,13 +7,21 @@ while developing; by default it is a fresh session temp dir.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One encoder export (OpenVINO IR, ~10 s) per session instead of one per test home; the
+# Serve replicas Ray starts inherit it.
+if "QLP_EMBEDDING_CACHE" not in os.environ:
+    os.environ["QLP_EMBEDDING_CACHE"] = tempfile.mkdtemp(prefix="qlp_embeddings_")
+    atexit.register(shutil.rmtree, os.environ["QLP_EMBEDDING_CACHE"], True)
 
 
 @pytest.fixture(scope="session")

