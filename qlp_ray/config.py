@@ -189,6 +189,11 @@ class RouterConfig(_Section):
         True, description="Train the learned router with the bundled synthetic samples too."
     )
     eval_folds: int = Field(5, ge=2, description="Repository-grouped folds of `qlp router eval`.")
+    finetune_embedder: bool = Field(
+        True,
+        description="Learned mode: fine-tune the embedder's top layer on the training rows and "
+        "ship it in the router directory (the Serve router then embeds with it).",
+    )
 
     def learned_path(self, home: Path) -> Path:
         """Where the learned router lives (``learned_dir`` or ``<home>/router/learned``)."""

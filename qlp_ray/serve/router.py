@@ -84,15 +84,20 @@ class RouterDeployment:
         from qlp_ray.route.embeddings import get_embedder
 
         self.cfg = QLPConfig.model_validate(config)
-        self.embedder = get_embedder(self.cfg.router.embedding_model)
         self.mode = self.cfg.router.mode
         self._learned = None
+        embedding_model = self.cfg.router.embedding_model
         if self.mode == "learned":
             from qlp_ray.route.learned import LearnedRouter
 
             path = self.cfg.router.learned_path(self.cfg.paths.root)
             self._learned = LearnedRouter.load(path)  # ConfigError names the missing files
             logger.info("learned router from %s: domains %s", path, self._learned.labels)
+            # hook (routeracc): a router trained on a fine-tuned embedder ships it; use it
+            tuned = LearnedRouter.embedder_dir(path)
+            if tuned is not None:
+                embedding_model = str(tuned)
+        self.embedder = get_embedder(embedding_model)
         self.registry = Registry(self.cfg)
         self.base_model = base_model_id(self.cfg)
         self._table = RouteTable([], {})

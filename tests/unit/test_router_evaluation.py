@@ -116,7 +116,11 @@ def test_evaluate_modes_on_toy_embeddings():
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     opts = LearnedOptions(
-        use_priors=False, use_samples=False, calib_folds=2, lexical_buckets=1 << 12
+        use_priors=False,
+        use_samples=False,
+        calib_folds=2,
+        lexical_buckets=1 << 12,
+        finetune=False,
     )
     results = evaluate_modes(examples, encode, folds=3, centroid_threshold=0.5, opts=opts)
     assert [r["mode"] for r in results] == ["centroid", "learned"]
