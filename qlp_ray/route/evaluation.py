@@ -288,46 +288,6 @@ def make_tuner(embedding_model: str, opts: LearnedOptions):
     return TopLayerTuner(resolve_model_dir(embedding_model), opts.finetune_layers)
 
 
-def _featurize(
-    tuner,
-    texts: Sequence[str],
-    domains: Sequence[str],
-    aux: tuple[list[str], list[str], np.ndarray],
-    opts: LearnedOptions,
-):
-    """``featurize(rows)`` for :func:`fit_learned_router`: fine-tune the embedder's top layers
-    on ``texts[rows]`` plus the priors and ``finetune_samples_per_domain`` bundled samples of
-    each domain, then embed every labelled and auxiliary text with it."""
-    from qlp_ray.route.finetune import TuneConfig
-
-    aux_t, aux_d, aux_w = aux
-    labels = sorted(set(domains) | set(aux_d))
-    y = np.array([labels.index(d) for d in domains])
-    aux_y = np.array([labels.index(d) for d in aux_d], dtype=int)
-    rng = np.random.default_rng(opts.seed)
-    is_prior = np.array([w == opts.priors_weight for w in aux_w], dtype=bool)
-    picked = [np.flatnonzero(is_prior)]
-    for c in range(len(labels)):
-        pool = np.flatnonzero(~is_prior & (aux_y == c))
-        picked.append(rng.permutation(pool)[: opts.finetune_samples_per_domain])
-    ft_aux = np.concatenate(picked).astype(int)
-    cfg = TuneConfig(
-        n_layers=opts.finetune_layers,
-        epochs=opts.finetune_epochs,
-        learning_rate=opts.finetune_lr,
-        seed=opts.seed,
-    )
-
-    def featurize(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        ft_texts = [texts[i] for i in rows] + [aux_t[i] for i in ft_aux]
-        ft_y = np.concatenate([y[rows], aux_y[ft_aux]])
-        ft_w = np.concatenate([np.ones(len(rows)), np.full(len(ft_aux), opts.finetune_aux_weight)])
-        tuner.fit(ft_texts, ft_y, len(labels), ft_w, cfg)
-        return tuner.encode(texts), (tuner.encode(aux_t) if aux_t else None)
-
-    return featurize
-
-
 def _fit(
     x: np.ndarray,
     texts: Sequence[str],
@@ -342,7 +302,25 @@ def _fit(
     from qlp_ray.route.learned import GatingTrainConfig, fit_learned_router
 
     aux_t, aux_d, aux_w = aux
-    featurize = _featurize(tuner, texts, domains, aux, opts) if tuner is not None else None
+    featurize = None
+    if tuner is not None:
+        from qlp_ray.route.finetune import TuneConfig, fold_featurizer
+
+        cfg = TuneConfig(
+            n_layers=opts.finetune_layers,
+            epochs=opts.finetune_epochs,
+            learning_rate=opts.finetune_lr,
+            seed=opts.seed,
+        )
+        from qlp_ray.route.domain_priors import prior_examples
+
+        n_priors = len(prior_examples(sorted(set(aux_d)))[0]) if opts.use_priors else 0
+        aux_is_prior = [i < n_priors for i in range(len(aux_t))]  # priors come first
+        featurize = fold_featurizer(
+            tuner, texts, domains, (aux_t, aux_d, aux_is_prior), cfg,
+            samples_per_domain=opts.finetune_samples_per_domain,
+            aux_weight=opts.finetune_aux_weight,
+        )  # fmt: skip
     if featurize is not None and not opts.finetune_in_calibration:
         x, aux_x = featurize(np.arange(len(texts)))
         featurize = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,3 +169,40 @@ class TopLayerTuner:
         self.st.save(str(d), safe_serialization=True)
         logger.info("saved fine-tuned embedder to %s", d)
         return d
+
+
+def fold_featurizer(
+    tuner: TopLayerTuner,
+    texts: Sequence[str],
+    domains: Sequence[str],
+    aux: tuple[Sequence[str], Sequence[str], Sequence[bool]],
+    cfg: TuneConfig,
+    samples_per_domain: int = 30,
+    aux_weight: float = 0.5,
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """``featurize(rows)`` for :func:`~qlp_ray.route.learned.fit_learned_router`.
+
+    It fine-tunes ``tuner`` on ``texts[rows]`` plus every auxiliary prior and
+    ``samples_per_domain`` (seeded pick) of the other auxiliary texts (bundled samples) of
+    each domain, weighted ``aux_weight``; then it embeds all ``texts`` and auxiliary texts.
+    ``aux`` is ``(texts, domains, is_prior)``.
+    """
+    aux_t, aux_d, is_prior = list(aux[0]), list(aux[1]), np.asarray(aux[2], dtype=bool)
+    labels = sorted(set(domains) | set(aux_d))
+    y = np.array([labels.index(d) for d in domains])
+    aux_y = np.array([labels.index(d) for d in aux_d], dtype=int)
+    rng = np.random.default_rng(cfg.seed)
+    picked = [np.flatnonzero(is_prior)]
+    for c in range(len(labels)):
+        pool = np.flatnonzero(~is_prior & (aux_y == c))
+        picked.append(rng.permutation(pool)[:samples_per_domain])
+    ft_aux = np.concatenate(picked).astype(int)
+
+    def featurize(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        ft_texts = [texts[i] for i in rows] + [aux_t[i] for i in ft_aux]
+        ft_y = np.concatenate([y[rows], aux_y[ft_aux]])
+        ft_w = np.concatenate([np.ones(len(rows)), np.full(len(ft_aux), aux_weight)])
+        tuner.fit(ft_texts, ft_y, len(labels), ft_w, cfg)
+        return tuner.encode(texts), (tuner.encode(aux_t) if aux_t else None)
+
+    return featurize
