@@ -28,6 +28,7 @@ def _options(cfg, folds_seed: int = 0):
         use_priors=r.use_priors,
         use_samples=r.use_samples,
         target_accuracy=r.target_accuracy,
+        finetune=r.finetune_embedder,
         seed=folds_seed,
     )
 
@@ -39,7 +40,7 @@ def train(
         None, "--out", help="Output dir (default: router.learned_dir)."
     ),
 ) -> None:
-    """Train the learned router (gating network + lexical model), calibrate, save it."""
+    """Train the learned router (tuned embedder + gating network + lexical model), save it."""
     from qlp_ray.cli import console, fail, get_config
     from qlp_ray.errors import QLPError
     from qlp_ray.route.evaluation import load_routing_data, train_learned
@@ -55,11 +56,13 @@ def train(
         fail(str(exc))
         return
     m = router.meta
+    embedder = "fine-tuned, saved with the router" if router.tuned_embedder else m.embedding_model
     console.print(
         f"trained learned router on {len(examples)} rows (+{m.extra['n_extra']} prior/sample "
         f"rows), domains {', '.join(m.labels)}\n"
         f"calibrated temperature {m.temperature:.3f}, threshold {m.threshold:.3f} "
-        f"(target accuracy above it: {m.extra['target_accuracy']})\nsaved to {path}"
+        f"(target accuracy above it: {m.extra['target_accuracy']})\n"
+        f"embedder: {embedder}\nsaved to {path}"
     )
 
 
@@ -84,6 +87,7 @@ def evaluate(
             folds=folds or cfg.router.eval_folds,
             centroid_threshold=cfg.router.threshold,
             opts=_options(cfg),
+            embedding_model=cfg.router.embedding_model,
         )
     except QLPError as exc:
         fail(str(exc))

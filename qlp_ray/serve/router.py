@@ -90,21 +90,26 @@ class RouterDeployment:
         from qlp_ray.registry.store import Registry
 
         self.cfg = QLPConfig.model_validate(config)
-        self.embedder = router_embedder(self.cfg)
-        self._encode_in_thread = encode_in_thread  # in a gateway: keep its event loop free
-        self._route_batch.set_max_batch_size(self.cfg.router.max_batch_size)
-        self._route_batch.set_batch_wait_timeout_s(self.cfg.router.batch_wait_timeout_s)
-        self._batches = self._batched_texts = 0
-        self._batch_seconds = 0.0
-        self._refresh_task: asyncio.Task | None = None
         self.mode = self.cfg.router.mode
         self._learned = None
+        embedding_model = self.cfg.router.embedding_model
         if self.mode == "learned":
             from qlp_ray.route.learned import LearnedRouter
 
             path = self.cfg.router.learned_path(self.cfg.paths.root)
             self._learned = LearnedRouter.load(path)  # ConfigError names the missing files
             logger.info("learned router from %s: domains %s", path, self._learned.labels)
+            # hook (routeracc): a router trained on a fine-tuned embedder ships it; use it
+            tuned = LearnedRouter.embedder_dir(path)
+            if tuned is not None:
+                embedding_model = str(tuned)
+        self.embedder = router_embedder(self.cfg, embedding_model)
+        self._encode_in_thread = encode_in_thread  # in a gateway: keep its event loop free
+        self._route_batch.set_max_batch_size(self.cfg.router.max_batch_size)
+        self._route_batch.set_batch_wait_timeout_s(self.cfg.router.batch_wait_timeout_s)
+        self._batches = self._batched_texts = 0
+        self._batch_seconds = 0.0
+        self._refresh_task: asyncio.Task | None = None
         self.registry = Registry(self.cfg)
         self.base_model = base_model_id(self.cfg)
         self._table = RouteTable([], {})
@@ -233,18 +238,20 @@ class RouterDeployment:
         return decision
 
 
-def router_embedder(cfg: QLPConfig) -> Any:
-    """The router's encoder: the cached OpenVINO IR (default) or sentence-transformers."""
+def router_embedder(cfg: QLPConfig, model: str | None = None) -> Any:
+    """The router's encoder of ``model`` (default ``router.embedding_model``): the cached
+    OpenVINO IR (default) or sentence-transformers."""
     r = cfg.router
+    model = model or r.embedding_model
     if r.embedding_backend == "torch":
         from qlp_ray.route.embeddings import get_embedder
 
-        return get_embedder(r.embedding_model)
+        return get_embedder(model)
     from qlp_ray.route.embeddings import embedding_cache_dir
     from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
 
     return OpenVINOEmbedder(
-        r.embedding_model,
+        model,
         embedding_cache_dir(cfg.paths.root),
         streams=r.embedding_streams,
         precision=r.embedding_precision,

@@ -55,7 +55,7 @@ def runner(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_router_train_then_eval_json(runner, data_file, tmp_path):
+def test_router_train_then_eval_json(runner, data_file, tmp_path, monkeypatch):
     from qlp_ray.cli import app
 
     out = tmp_path / "router"
@@ -64,6 +64,14 @@ def test_router_train_then_eval_json(runner, data_file, tmp_path):
     assert (out / "gating.safetensors").is_file() and (out / "router.json").is_file()
     meta = json.loads((out / "router.json").read_text())
     assert meta["labels"] == ["dataeng", "devops", "frontend"] and meta["lexical_buckets"]
+    # the fine-tuned embedder ships with the router, which names it
+    assert meta["embedding_model"] == "embedder" and (out / "embedder" / "config.json").is_file()
+
+    # keys of `eval --json` (the embedder fine-tuning inside every fold is tested elsewhere)
+    monkeypatch.setenv("QLP_ROUTER__FINETUNE_EMBEDDER", "false")
+    from qlp_ray import cli
+
+    cli.state._config = None
 
     res = runner.invoke(app, ["router", "eval", "--data", str(data_file), "--json", "--folds", "3"])
     assert res.exit_code == 0, res.output

@@ -116,9 +116,30 @@ def test_evaluate_modes_on_toy_embeddings():
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     opts = LearnedOptions(
-        use_priors=False, use_samples=False, calib_folds=2, lexical_buckets=1 << 12
+        use_priors=False,
+        use_samples=False,
+        calib_folds=2,
+        lexical_buckets=1 << 12,
+        finetune=False,
     )
     results = evaluate_modes(examples, encode, folds=3, centroid_threshold=0.5, opts=opts)
     assert [r["mode"] for r in results] == ["centroid", "learned"]
     for r in results:
         assert r["n"] == 36 and r["accuracy"] >= 0.9 and 0 <= r["coverage"] <= 1
+
+
+def test_domain_priors_name_concepts_not_products():
+    """The priors are generic domain knowledge: none of the tools/projects that an earlier,
+    data-fitted version named (all of them repositories of the shared routing set)."""
+    from qlp_ray.route.domain_priors import DOMAIN_PRIORS, prior_examples
+
+    fitted = (
+        "argo", "vite", "next.js", "redux", "vue", "helm", "ansible", "terraform", "kubernetes",
+        "spark", "kafka", "airflow", "dbt", "hive", "trino", "fastapi", "flask", "nestjs",
+        "express", "graphql", "pytorch", "deepspeed", "vllm", "sentence transformers",
+        "jenkins", "docker", "grafana", "prometheus", "eks",
+    )  # fmt: skip
+    text = " ".join(p.lower() for phrases in DOMAIN_PRIORS.values() for p in phrases)
+    assert [w for w in fitted if w in text.split() or f"{w} " in text] == []
+    texts, labels = prior_examples(["ml", "api"])
+    assert set(labels) == {"ml", "api"} and len(texts) == len(labels) >= 10
