@@ -48,8 +48,12 @@ def test_tuner_is_exact_then_separates_and_ships_with_the_router(tmp_path, monke
     tuned_dir = LearnedRouter.embedder_dir(tmp_path / "r")
     assert tuned_dir == tmp_path / "r" / "embedder"
     assert not list(tuned_dir.rglob("*.bin")) and list(tuned_dir.rglob("*.safetensors"))
-    served = Embedder(str(tuned_dir)).encode(texts)  # what the Serve router loads
+    served = Embedder(str(tuned_dir)).encode(texts)  # the Serve router's torch encoder
     assert np.abs(served - after).max() < 1e-4
+    from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
+
+    ir = OpenVINOEmbedder(str(tuned_dir), tmp_path / "ir").encode(texts)  # its default encoder
+    assert np.abs(ir - after).max() < 1e-4
 
     tuner.reset()
     assert np.abs(tuner.encode(texts) - before).max() < 1e-6
