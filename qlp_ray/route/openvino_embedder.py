@@ -169,6 +169,7 @@ class OpenVINOEmbedder:
         precision: str = "f32",
         max_tokens: int | None = None,
         chunk: int = 16,
+        device: str = "CPU",
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import openvino as ov
@@ -186,20 +187,24 @@ class OpenVINOEmbedder:
         model_max = int(meta["max_seq_length"]) or _max_seq_length(self.model_dir, self.tokenizer)
         self.max_tokens = min(max_tokens or model_max, model_max)
         self.chunk = max(int(chunk), 1)
-        self.streams = int(streams) or (os.cpu_count() or 1)
-        config = {
-            "INFERENCE_PRECISION_HINT": precision,
-            "NUM_STREAMS": self.streams,
-            "INFERENCE_NUM_THREADS": self.streams,
-        }
+        if device == "CPU":
+            self.streams = int(streams) or (os.cpu_count() or 1)
+            config = {
+                "INFERENCE_PRECISION_HINT": precision,
+                "NUM_STREAMS": self.streams,
+                "INFERENCE_NUM_THREADS": self.streams,
+            }
+        else:  # NPU / GPU plugins pick their own precision and parallelism
+            self.streams, config = 1, {}
+        self.device = device
         core = ov.Core()
-        self._compiled = core.compile_model(core.read_model(self.ir_dir / IR_FILE), "CPU", config)
+        self._compiled = core.compile_model(core.read_model(self.ir_dir / IR_FILE), device, config)
         self._requests = [self._compiled.create_infer_request() for _ in range(self.streams)]
         self._lock = threading.Lock()  # the infer requests serve one encode call at a time
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         logger.info(
-            "OpenVINO embedder %s (%s, %d streams, IR %s) ready in %.1f s",
-            self.model_dir.name, precision, self.streams, self.ir_dir.name,
+            "OpenVINO embedder %s on %s (%s, %d streams, IR %s) ready in %.1f s",
+            self.model_dir.name, device, precision, self.streams, self.ir_dir.name,
             time.perf_counter() - t0,
         )  # fmt: skip
 
