@@ -65,14 +65,9 @@ def ray_local():
     if ray.is_initialized():
         yield ray
         return
-    for attempt in (1, 2):  # a loaded 2-core machine can miss Ray's node start-up deadline
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False)
-            break
-        except Exception as exc:  # ray raises a bare Exception for this timeout
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
+    from tests.ray_start import init_local_ray
+
+    init_local_ray()
     try:
         yield ray
     finally:

@@ -115,19 +115,7 @@ class LocalStorage(AdapterStorage):
         return int(text)
 
     def write_pointer(self, adapter_id: str, version: int) -> None:
-        base = self._adapter_dir(adapter_id)
-        base.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{POINTER_FILE}.", dir=base)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{version}\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, base / POINTER_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(base)
+        _replace_text(self._adapter_dir(adapter_id), POINTER_FILE, f"{version}\n")
 
     def read_generation(self) -> str | None:
         try:

@@ -51,15 +51,9 @@ def ray_metrics():
 
     if ray.is_initialized():
         ray.shutdown()  # another module's Ray has no metrics export port
-    for attempt in (1, 2):  # as `ray_local`: a loaded machine can miss the start-up deadline
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False,
-                     _metrics_export_port=METRICS_PORT)  # fmt: skip
-            break
-        except Exception as exc:  # ray raises a bare Exception for this timeout
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
+    from tests.ray_start import init_local_ray
+
+    init_local_ray(_metrics_export_port=METRICS_PORT)
     try:
         yield f"http://127.0.0.1:{METRICS_PORT}/metrics"
     finally:
