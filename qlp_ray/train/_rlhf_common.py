@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -79,3 +80,55 @@ def sequence_logprob(model: Any, tokenizer: Any, prompt: str, completion: str) -
     targets = ids[0, 1:]
     token_lp = logp.gather(-1, targets[:, None])[:, 0]
     return float(token_lp[len(p_ids) - 1 :].sum())
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What every TRL wrapper here (DPO, GRPO/RLOO, distillation, the SFT tuning trial)
+    takes besides its data and method knobs: LoRA shape, schedule, seed and trainer hooks.
+
+    ``extra_args`` override the TRL config keys; ``prepare`` wraps the trainer (e.g.
+    ``ray.train.huggingface.transformers.prepare_trainer``); ``resume_from_checkpoint``
+    restarts from a saved checkpoint.
+    """
+
+    rank: int = 8
+    alpha: int = 16
+    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    warmup_ratio: float = 0.0
+    lr_scheduler_type: str = "linear"
+    grad_accum: int = 1
+    seed: int = 0
+    callbacks: Sequence[Any] = ()
+    extra_args: dict[str, Any] | None = None
+    prepare: Callable[[Any], Any] | None = None
+    resume_from_checkpoint: str | None = None
+
+    def trl_args(
+        self, *, output_dir: str, steps: int, batch_size: int, learning_rate: float
+    ) -> dict[str, Any]:
+        """:func:`common_args` for this run, then ``extra_args`` on top."""
+        return {
+            **common_args(
+                output_dir=output_dir,
+                steps=steps,
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                seed=self.seed,
+                warmup_ratio=self.warmup_ratio,
+                lr_scheduler_type=self.lr_scheduler_type,
+                grad_accum=self.grad_accum,
+            ),
+            **(self.extra_args or {}),
+        }
+
+    def lora(self, dropout: float = 0.0) -> Any:
+        return lora_config(
+            rank=self.rank, alpha=self.alpha, dropout=dropout, target_modules=self.target_modules
+        )
+
+    def fit(self, trainer: Any) -> Any:
+        """Apply ``prepare``, train (resuming when asked); returns ``(trainer, output)``."""
+        if self.prepare is not None:
+            trainer = self.prepare(trainer)
+        return trainer, trainer.train(resume_from_checkpoint=self.resume_from_checkpoint)

@@ -20,12 +20,12 @@ the student's own samples, the quantity the on-policy method optimises.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from qlp_ray.errors import InvalidRequest
-from qlp_ray.train._rlhf_common import common_args, lora_config
+from qlp_ray.train._rlhf_common import RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -190,17 +190,7 @@ def train_distill(
     temperature: float | None = None,
     beta: float = 0.0,
     use_lora: bool = True,
-    rank: int = 8,
-    alpha: int = 16,
-    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-    warmup_ratio: float = 0.0,
-    lr_scheduler_type: str = "linear",
-    grad_accum: int = 1,
-    seed: int = 0,
-    callbacks: Sequence[Any] = (),
-    extra_args: dict[str, Any] | None = None,
-    prepare: Callable[[Any], Any] | None = None,
-    resume_from_checkpoint: str | None = None,
+    run: RunOptions = RunOptions(),
 ) -> DistillResult:
     """Distil ``teacher`` into ``student`` (a LoRA adapter by default).
 
@@ -222,19 +212,10 @@ def train_distill(
         temperature = 2.0 if method == "logits" else 1.0
     if temperature <= 0:
         raise InvalidRequest(f"temperature must be positive, got {temperature}")
-    common = common_args(
-        output_dir=output_dir,
-        steps=steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        warmup_ratio=warmup_ratio,
-        lr_scheduler_type=lr_scheduler_type,
-        grad_accum=grad_accum,
+    trl_args = run.trl_args(
+        output_dir=output_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate
     )
-    peft_cfg = (
-        lora_config(rank=rank, alpha=alpha, target_modules=target_modules) if use_lora else None
-    )
+    peft_cfg = run.lora() if use_lora else None
     if method == "logits":
         from transformers import TrainingArguments
 
@@ -242,8 +223,8 @@ def train_distill(
             from peft import get_peft_model
 
             student = get_peft_model(student, peft_cfg)
-        common.pop("gradient_checkpointing", None)
-        args = TrainingArguments(remove_unused_columns=False, **{**common, **(extra_args or {})})
+        trl_args.pop("gradient_checkpointing", None)  # not a TrainingArguments concern here
+        args = TrainingArguments(remove_unused_columns=False, **trl_args)
         trainer = _train_logits(
             student,
             teacher,
@@ -251,7 +232,7 @@ def train_distill(
             data,
             args=args,
             temperature=temperature,
-            callbacks=callbacks,
+            callbacks=run.callbacks,
             eval_texts=eval_texts,
         )
     elif method == "on_policy":
@@ -263,7 +244,7 @@ def train_distill(
             max_completion_length=max_completion_length,
             temperature=temperature,
             beta=beta,
-            **{**common, **(extra_args or {})},
+            **trl_args,
         )
         trainer = DistillationTrainer(
             model=student,
@@ -272,13 +253,11 @@ def train_distill(
             train_dataset=Dataset.from_list([{"prompt": p} for p in data]),
             processing_class=tokenizer,
             peft_config=peft_cfg,
-            callbacks=list(callbacks),
+            callbacks=list(run.callbacks),
         )
     else:
         raise InvalidRequest(f"method must be 'logits' or 'on_policy', got {method!r}")
-    if prepare is not None:  # e.g. ray.train.huggingface.transformers.prepare_trainer
-        trainer = prepare(trainer)
-    out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer, out = run.fit(trainer)
     logger.info(
         "distillation (%s): %d items, %d steps, loss %.4f",
         method,

@@ -12,13 +12,13 @@ second copy of the weights is held in memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qlp_ray.errors import InvalidRequest
-from qlp_ray.train._rlhf_common import common_args, lora_config, sequence_logprob
+from qlp_ray.train._rlhf_common import RunOptions, sequence_logprob
 from qlp_ray.train.rewards import FeedbackEvent, feedback_rewards
 
 logger = logging.getLogger(__name__)
@@ -113,17 +113,7 @@ def train_dpo(
     batch_size: int = 8,
     learning_rate: float = 5e-3,
     beta: float = 0.1,
-    rank: int = 8,
-    alpha: int = 16,
-    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-    warmup_ratio: float = 0.0,
-    lr_scheduler_type: str = "linear",
-    grad_accum: int = 1,
-    seed: int = 0,
-    callbacks: Sequence[Any] = (),
-    extra_args: dict[str, Any] | None = None,
-    prepare: Callable[[Any], Any] | None = None,
-    resume_from_checkpoint: str | None = None,
+    run: RunOptions = RunOptions(),
 ) -> DPOResult:
     """Train a LoRA adapter on ``model`` with DPO; returns the adapted model."""
     from datasets import Dataset
@@ -141,19 +131,9 @@ def train_dpo(
     args = DPOConfig(
         beta=beta,
         max_length=256,
-        **{
-            **common_args(
-                output_dir=output_dir,
-                steps=steps,
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                seed=seed,
-                warmup_ratio=warmup_ratio,
-                lr_scheduler_type=lr_scheduler_type,
-                grad_accum=grad_accum,
-            ),
-            **(extra_args or {}),
-        },
+        **run.trl_args(
+            output_dir=output_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate
+        ),
     )
     trainer = DPOTrainer(
         model=model,
@@ -161,12 +141,10 @@ def train_dpo(
         train_dataset=data,
         eval_dataset=as_dataset(eval_pairs) if eval_pairs else None,
         processing_class=tokenizer,
-        peft_config=lora_config(rank=rank, alpha=alpha, target_modules=target_modules),
-        callbacks=list(callbacks),
+        peft_config=run.lora(),
+        callbacks=list(run.callbacks),
     )
-    if prepare is not None:  # e.g. ray.train.huggingface.transformers.prepare_trainer
-        trainer = prepare(trainer)
-    out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer, out = run.fit(trainer)
     logger.info("DPO: %d pairs, %d steps, loss %.4f", len(pairs), steps, out.training_loss)
     return DPOResult(trainer.model, float(out.training_loss), dict(out.metrics))
 

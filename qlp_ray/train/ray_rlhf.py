@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qlp_ray.errors import InvalidRequest, TrainingError
+from qlp_ray.train._rlhf_common import RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class RLHFOptions:
     early_stopping_patience: int | None = None
     rank: int = 8
     alpha: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     seed: int = 0
     method_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. beta, num_generations
 
@@ -151,24 +153,30 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
         )
     if config.get("kill_at_step"):
         callbacks.append(_kill_worker_callback(config["kill_at_step"], 0, config["kill_marker"]))
-    common = dict(
-        steps=opts.steps,
-        batch_size=opts.batch_size,
-        learning_rate=opts.learning_rate,
-        lr_scheduler_type=opts.lr_scheduler_type,
-        warmup_ratio=opts.warmup_ratio,
-        grad_accum=opts.grad_accum,
-        rank=opts.rank,
-        alpha=opts.alpha,
-        seed=opts.seed,
-        callbacks=callbacks,
-        prepare=prepare_trainer,
-        extra_args=_extra_args(method, opts, has_eval),
-        **opts.method_kwargs,
-    )
     with tempfile.TemporaryDirectory(prefix=f"qlp-{method}-") as tmp:
         resume, resumed_step = _resume_dir(tmp)
         out_dir = str(Path(tmp) / "out")
+        run = RunOptions(
+            rank=opts.rank,
+            alpha=opts.alpha,
+            target_modules=tuple(opts.target_modules),
+            warmup_ratio=opts.warmup_ratio,
+            lr_scheduler_type=opts.lr_scheduler_type,
+            grad_accum=opts.grad_accum,
+            seed=opts.seed,
+            callbacks=callbacks,
+            extra_args=_extra_args(method, opts, has_eval),
+            prepare=prepare_trainer,
+            resume_from_checkpoint=resume,
+        )
+        common = dict(
+            steps=opts.steps,
+            batch_size=opts.batch_size,
+            learning_rate=opts.learning_rate,
+            output_dir=out_dir,
+            run=run,
+            **opts.method_kwargs,
+        )
         if method == "dpo":
             from qlp_ray.train.dpo import train_dpo
 
@@ -177,8 +185,6 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 tokenizer,
                 config["data"],
                 eval_pairs=config.get("eval_data") or (),
-                output_dir=out_dir,
-                resume_from_checkpoint=resume,
                 **common,
             )
         elif method in ("grpo", "rloo"):
@@ -190,8 +196,6 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 config["data"],
                 config["reward_funcs"],
                 algorithm=method,
-                output_dir=out_dir,
-                resume_from_checkpoint=resume,
                 **common,
             )
         elif method == "sft":  # the tuning trial (qlp_ray.tune)
@@ -202,8 +206,6 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 tokenizer,
                 config["data"],
                 eval_records=config.get("eval_data") or (),
-                output_dir=out_dir,
-                resume_from_checkpoint=resume,
                 **common,
             )
         elif method == "distill":
@@ -218,8 +220,6 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 tokenizer,
                 config["data"],
                 eval_texts=config.get("eval_data") or (),
-                output_dir=out_dir,
-                resume_from_checkpoint=resume,
                 **common,
             )
         else:

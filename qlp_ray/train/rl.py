@@ -15,12 +15,12 @@ mapping. The policy is trained as a LoRA adapter.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from qlp_ray.errors import InvalidRequest
-from qlp_ray.train._rlhf_common import common_args, lora_config
+from qlp_ray.train._rlhf_common import RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +50,8 @@ def train_rl(
     learning_rate: float = 5e-3,
     beta: float = 0.0,
     temperature: float = 1.0,
-    rank: int = 8,
-    alpha: int = 16,
-    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
     reward_weights: Sequence[float] | None = None,
-    warmup_ratio: float = 0.0,
-    lr_scheduler_type: str = "linear",
-    grad_accum: int = 1,
-    seed: int = 0,
-    callbacks: Sequence[Any] = (),
-    extra_args: dict[str, Any] | None = None,
-    prepare: Callable[[Any], Any] | None = None,
-    resume_from_checkpoint: str | None = None,
+    run: RunOptions = RunOptions(),
 ) -> RLResult:
     """Optimise a LoRA policy on ``prompts`` for the summed ``reward_funcs``.
 
@@ -95,19 +85,9 @@ def train_rl(
         temperature=temperature,
         beta=beta,
         reward_weights=list(reward_weights) if reward_weights is not None else None,
-        **{
-            **common_args(
-                output_dir=output_dir,
-                steps=steps,
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                seed=seed,
-                warmup_ratio=warmup_ratio,
-                lr_scheduler_type=lr_scheduler_type,
-                grad_accum=grad_accum,
-            ),
-            **(extra_args or {}),
-        },
+        **run.trl_args(
+            output_dir=output_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate
+        ),
     )
     # a raw sequence-classification model may be passed too; it scores with this tokenizer
     reward_processing = [tokenizer if hasattr(f, "config") else None for f in reward_funcs]
@@ -118,12 +98,10 @@ def train_rl(
         train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
         processing_class=tokenizer,
         reward_processing_classes=reward_processing,
-        peft_config=lora_config(rank=rank, alpha=alpha, target_modules=target_modules),
-        callbacks=list(callbacks),
+        peft_config=run.lora(),
+        callbacks=list(run.callbacks),
     )
-    if prepare is not None:  # e.g. ray.train.huggingface.transformers.prepare_trainer
-        trainer = prepare(trainer)
-    out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer, out = run.fit(trainer)
     rewards = [float(h["reward"]) for h in trainer.state.log_history if "reward" in h]
     logger.info(
         "%s: %d prompts, %d steps, reward %s -> %s",

@@ -77,10 +77,10 @@ def _trial_options(cfg: QLPConfig, params: dict[str, Any]) -> Any:
         checkpoint_every=t.eval_every,
         rank=int(params.get("rank", cfg.train.rank)),
         alpha=int(params.get("alpha", cfg.train.alpha)),
+        target_modules=tuple(m.strip() for m in str(modules).split(",") if m.strip()),
         seed=cfg.train.seed,
         method_kwargs={
             "dropout": float(params.get("dropout", cfg.train.dropout)),
-            "target_modules": [m.strip() for m in str(modules).split(",") if m.strip()],
             "max_length": cfg.model.max_seq_len,
         },
     )

@@ -9,12 +9,12 @@ can stop weak trials early and Optuna sees a learning curve.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from qlp_ray.errors import InvalidRequest
-from qlp_ray.train._rlhf_common import common_args, lora_config
+from qlp_ray.train._rlhf_common import RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +49,9 @@ def train_sft_lora(
     steps: int = 40,
     batch_size: int = 8,
     learning_rate: float = 2e-3,
-    rank: int = 8,
-    alpha: int = 16,
     dropout: float = 0.05,
-    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
     max_length: int = 256,
-    warmup_ratio: float = 0.0,
-    lr_scheduler_type: str = "linear",
-    grad_accum: int = 1,
-    seed: int = 0,
-    callbacks: Sequence[Any] = (),
-    extra_args: dict[str, Any] | None = None,
-    prepare: Callable[[Any], Any] | None = None,
-    resume_from_checkpoint: str | None = None,
+    run: RunOptions = RunOptions(),
 ) -> SFTTrialResult:
     """Completion-only LoRA SFT; returns the adapted model and the trainer metrics."""
     from trl import SFTConfig, SFTTrainer
@@ -71,19 +61,9 @@ def train_sft_lora(
         completion_only_loss=True,
         packing=False,
         per_device_eval_batch_size=max(batch_size, 16),
-        **{
-            **common_args(
-                output_dir=output_dir,
-                steps=steps,
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                seed=seed,
-                warmup_ratio=warmup_ratio,
-                lr_scheduler_type=lr_scheduler_type,
-                grad_accum=grad_accum,
-            ),
-            **(extra_args or {}),
-        },
+        **run.trl_args(
+            output_dir=output_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate
+        ),
     )
     trainer = SFTTrainer(
         model=model,
@@ -91,14 +71,10 @@ def train_sft_lora(
         train_dataset=_dataset(records, "training"),
         eval_dataset=_dataset(eval_records, "held-out") if eval_records else None,
         processing_class=tokenizer,
-        peft_config=lora_config(
-            rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules
-        ),
-        callbacks=list(callbacks),
+        peft_config=run.lora(dropout),
+        callbacks=list(run.callbacks),
     )
-    if prepare is not None:
-        trainer = prepare(trainer)
-    out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer, out = run.fit(trainer)
     metrics = dict(out.metrics)
     if eval_records:
         metrics.update(trainer.evaluate())
