@@ -14,7 +14,7 @@ Besides the HTTP figures it breaks the routed path down, on the router's own han
 ``handle call`` is the whole gateway-side call, so their difference is the hop.
 
     QLP_HOME=/tmp/qlp_routerperf PYTHONPATH=. python benchmarks/router_latency.py \\
-        [--n 150] [--max-tokens 4] [--backend openvino|torch] [--precision f32|bf16]
+        [--n 150] [--max-tokens 4] [--backend openvino|torch] [--precision auto|f32|bf16]
 
 Target (issue 3): router added latency p50 <= 5 ms.
 """
@@ -128,16 +128,21 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=150, help="request pairs (routed + direct)")
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--backend", choices=("openvino", "torch"), default="openvino")
-    parser.add_argument("--precision", choices=("f32", "bf16"), default="f32")
+    parser.add_argument("--precision", choices=("auto", "f32", "bf16"), default="auto")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(os.environ.get("QLP_HOME", "/tmp/qlp_routerperf"))
 
     s = run(args.n, args.max_tokens, args.backend, args.precision, home)
     load = os.getloadavg()
+    precision = args.precision
+    if args.backend == "openvino":
+        from qlp_ray.route.openvino_embedder import resolve_precision
+
+        precision = resolve_precision(args.precision)
     print(f"router latency: {s['n']} titles x (routed + direct) HTTP requests per placement, "
           f"all interleaved, {s['distinct']} distinct dev.jsonl titles, max_tokens="
-          f"{args.max_tokens}, encoder {args.backend}/{args.precision}, "
+          f"{args.max_tokens}, encoder {args.backend}/{precision}, "
           f"load average {load[0]:.2f}")  # fmt: skip
     print(f"{'placement':12}{'direct p50':>11}{'routed p50':>11}{'added p50':>10}"
           f"{'direct p95':>11}{'routed p95':>11}{'added p95':>10}{'pair median':>12}")  # fmt: skip

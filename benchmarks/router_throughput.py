@@ -8,7 +8,8 @@ rounds alternate between the two deployments so both see the same machine load. 
 decision is a full route: embedding (OpenVINO IR by default) + centroid decision.
 
     QLP_HOME=/tmp/qlp_routerperf PYTHONPATH=. python benchmarks/router_throughput.py \\
-        [--n 1200] [--concurrency 64] [--rounds 3] [--backend openvino|torch] [--precision f32|bf16]
+        [--n 1200] [--concurrency 64] [--rounds 3] [--backend openvino|torch] \\
+        [--precision auto|f32|bf16]
 
 Target (issue 3): >= 500 decisions/s on 2 cores with batching.
 """
@@ -106,16 +107,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent callers")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per mode")
     parser.add_argument("--backend", choices=("openvino", "torch"), default="openvino")
-    parser.add_argument("--precision", choices=("f32", "bf16"), default="f32")
+    parser.add_argument("--precision", choices=("auto", "f32", "bf16"), default="auto")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(os.environ.get("QLP_HOME", "/tmp/qlp_routerperf"))
 
     s = run(args.n, args.concurrency, args.rounds, args.backend, args.precision, home)
     load = os.getloadavg()
+    precision = args.precision
+    if args.backend == "openvino":
+        from qlp_ray.route.openvino_embedder import resolve_precision
+
+        precision = resolve_precision(args.precision)
     print(f"router throughput: {s['done']['batched']} routing calls per mode, "
           f"{args.concurrency} concurrent callers, {s['distinct_texts']} distinct dev.jsonl "
-          f"titles, encoder {args.backend}/{args.precision}, 2 CPUs, "
+          f"titles, encoder {args.backend}/{precision}, 2 CPUs, "
           f"load average {load[0]:.2f}")  # fmt: skip
     print(f"{'':12}{'decisions/s':>12}{'batches':>9}{'mean batch':>12}{'encoder ms/text':>17}")
     for mode in ("batched", "unbatched"):

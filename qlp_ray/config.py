@@ -261,9 +261,11 @@ class RouterConfig(_Section):
         "(exported once, cached under <home>/cache/embeddings or $QLP_EMBEDDING_CACHE) or "
         "sentence-transformers on torch.",
     )
-    embedding_precision: Literal["f32", "bf16"] = Field(
-        "f32",
-        description="OpenVINO inference precision of the router's encoder (f32 = torch parity).",
+    embedding_precision: Literal["auto", "f32", "bf16"] = Field(
+        "auto",
+        description="OpenVINO inference precision of the router's encoder: auto = bf16 where "
+        "the CPU has native bf16 (same dev.jsonl decisions as torch f32, ~0.6x the latency), "
+        "else f32 (torch parity).",
     )
     embedding_streams: int = Field(
         0,

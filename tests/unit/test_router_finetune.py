@@ -52,8 +52,10 @@ def test_tuner_is_exact_then_separates_and_ships_with_the_router(tmp_path, monke
     assert np.abs(served - after).max() < 1e-4
     from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
 
-    ir = OpenVINOEmbedder(str(tuned_dir), tmp_path / "ir").encode(texts)  # its default encoder
+    ir = OpenVINOEmbedder(str(tuned_dir), tmp_path / "ir", precision="f32").encode(texts)
     assert np.abs(ir - after).max() < 1e-4
+    served_ov = OpenVINOEmbedder(str(tuned_dir), tmp_path / "ir").encode(texts)  # the default
+    assert (served_ov * after).sum(axis=1).min() >= 0.9999  # auto: bf16 where the CPU has it
 
     tuner.reset()
     assert np.abs(tuner.encode(texts) - before).max() < 1e-6
