@@ -5,7 +5,8 @@ Runs uvicorn + FastAPI in a thread on 127.0.0.1; answers ``POST /v1/completions`
 (path, headers, JSON body) so tests can assert what was forwarded. ``mode`` switches it
 to failure behaviours: ``"error"`` (HTTP 500 with an OpenAI error body that echoes the
 caller's Authorization header, as a careless vendor might), ``"slow"`` (answers after
-``delay_s``), ``"garbage"`` (200 with a body lacking ``choices``).
+``delay_s``), ``"garbage"`` (200 with a body lacking ``choices``), ``"busy"`` (HTTP 429
+with ``Retry-After: 7``, a rate-limited vendor).
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ class OpenAIDouble:
                     {"error": {"message": f"upstream exploded (you sent {auth})",
                                "type": "server_error", "param": None, "code": None}},
                     status_code=500,
+                )  # fmt: skip
+            if self.mode == "busy":
+                return JSONResponse(
+                    {"error": {"message": "Rate limit reached for requests",
+                               "type": "requests", "param": None, "code": "rate_limit_exceeded"}},
+                    status_code=429, headers={"retry-after": "7"},
                 )  # fmt: skip
             if self.mode == "slow":
                 await asyncio.sleep(self.delay_s)

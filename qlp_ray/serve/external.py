@@ -8,9 +8,11 @@ renders in its own OpenAI shape, naming the external model.
 
 Failures never become a 500: an HTTP error, an unreachable endpoint or an unusable body
 is a 502 (:class:`ExternalEndpointError`) naming the endpoint; no answer within
-``timeout_s`` is a 504 (:class:`ExternalEndpointTimeout`). The key is sent only in the
-``Authorization`` header; it is never logged, and it is scrubbed from any upstream text
-relayed in an error message.
+``timeout_s`` is a 504 (:class:`ExternalEndpointTimeout`). An endpoint that is rate
+limited (429) or overloaded (503) is relayed as our own 429 / 503 with its
+``Retry-After`` (default 1 s), so clients back off instead of treating it as a failure.
+The key is sent only in the ``Authorization`` header; it is never logged, and it is
+scrubbed from any upstream text relayed in an error message.
 """
 
 from __future__ import annotations
@@ -23,13 +25,21 @@ from typing import Any
 import httpx
 
 from qlp_ray.config import ExternalEndpointConfig, QLPConfig
-from qlp_ray.errors import ConfigError, ExternalEndpointError, ExternalEndpointTimeout
+from qlp_ray.errors import (
+    ConfigError,
+    ExternalEndpointError,
+    ExternalEndpointTimeout,
+    Overloaded,
+    RateLimited,
+)
 
 logger = logging.getLogger(__name__)
 
 EXTERNAL_LABEL_PREFIX = "external:"
 _FINISH_REASONS = {"stop", "length", "content_filter"}
 _MAX_RELAYED_CHARS = 300
+_DEFAULT_RETRY_AFTER_S = 1.0
+_MAX_RETRY_AFTER_S = 3600.0
 
 
 def external_label(model: str) -> str:
@@ -148,6 +158,14 @@ class ExternalFallback:
         if r.status_code >= 400:
             detail = self._scrub(_upstream_message(r))
             logger.warning("external fallback %s answered HTTP %d", url, r.status_code)
+            if r.status_code in (429, 503):
+                retry = _retry_after_s(r)
+                cls = RateLimited if r.status_code == 429 else Overloaded
+                raise cls(
+                    f"the external fallback endpoint {url} is busy (HTTP {r.status_code}), "
+                    f"retry after {retry:g} s: {detail}",
+                    retry_after_s=retry,
+                )
             raise ExternalEndpointError(
                 f"the external fallback endpoint {url} answered HTTP {r.status_code}: {detail}"
             )
@@ -189,6 +207,15 @@ class ExternalFallback:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "[key]") if self._key else text
+
+
+def _retry_after_s(r: httpx.Response) -> float:
+    """The upstream ``Retry-After`` in seconds (delta form; dates and junk → the default)."""
+    try:
+        value = float(r.headers.get("retry-after", ""))
+    except ValueError:
+        return _DEFAULT_RETRY_AFTER_S
+    return value if 0 <= value <= _MAX_RETRY_AFTER_S else _DEFAULT_RETRY_AFTER_S
 
 
 def _upstream_message(r: httpx.Response) -> str:

@@ -12,7 +12,12 @@ import socket
 import pytest
 
 from qlp_ray.config import ExternalEndpointConfig, load_config
-from qlp_ray.errors import ConfigError, ExternalEndpointError, ExternalEndpointTimeout
+from qlp_ray.errors import (
+    ConfigError,
+    ExternalEndpointError,
+    ExternalEndpointTimeout,
+    RateLimited,
+)
 from qlp_ray.improve.cost import PriceTable
 from qlp_ray.serve.external import (
     ExternalFallback,
@@ -97,6 +102,15 @@ def test_upstream_error_is_502_naming_the_endpoint_without_the_key(double, caplo
     assert KEY not in err.message and "[key]" in err.message  # the echoed key is scrubbed
     assert KEY not in caplog.text
     assert any("answered HTTP 500" in r.getMessage() for r in caplog.records)
+
+
+def test_busy_upstream_is_relayed_as_429_with_its_retry_after(double):
+    double.mode = "busy"
+    with pytest.raises(RateLimited) as info:
+        _forward(_fallback(double.url), CompletionRequest(model="auto", prompt="x"), "x")
+    err = info.value
+    assert err.http_status == 429 and err.retry_after_s == 7.0
+    assert f"{double.url}/completions" in err.message and "Rate limit reached" in err.message
 
 
 def test_timeout_is_504(double):
