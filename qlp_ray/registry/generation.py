@@ -3,11 +3,14 @@
 The registry rewrites one small marker on every register, promote, rollback and retire
 (``<registry>/.generation`` locally, ``generation.json`` on S3). A server keeps the
 marker it last built from and, on the request path, re-reads it at most every
-``poll_s`` seconds: a different value means its view of the registry is stale.
+``poll_s`` seconds: a different value means its view of the registry is stale. Servers
+use :meth:`GenerationWatch.changed_async`, which reads the marker in a worker thread: on
+S3 the read is a network round trip that must not stall the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -38,15 +41,25 @@ class GenerationWatch:
         """Record that the server's view now matches ``generation``."""
         self.seen = generation
 
-    def changed(self) -> bool:
-        """Whether the marker differs from the committed one (re-read at most every poll_s)."""
+    def _due(self) -> bool:
         now = self._clock()
         if now - self._checked_at < self.poll_s:
             return False
-        self._checked_at = now
-        moved = self._read() != self.seen
+        self._checked_at = now  # before reading: concurrent callers do not read again
+        return True
+
+    def _moved(self, marker: str | None) -> bool:
+        moved = marker != self.seen
         self.changes += moved
         return moved
+
+    def changed(self) -> bool:
+        """Whether the marker differs from the committed one (re-read at most every poll_s)."""
+        return self._due() and self._moved(self._read())
+
+    async def changed_async(self) -> bool:
+        """:meth:`changed` with the read in a worker thread (only when a read is due)."""
+        return self._due() and self._moved(await asyncio.to_thread(self._read))
 
 
 __all__ = ["GenerationWatch"]

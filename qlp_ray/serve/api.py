@@ -157,8 +157,9 @@ class Gateway:
     async def _adapters(self, *, fresh: bool = False) -> dict[str, Any]:
         """Registered adapters by id (cached for a few seconds; listing hashes files)."""
         stale = time.monotonic() - self._listed_at > _ADAPTER_LIST_TTL_S
-        if fresh or stale or self._registry_watch.changed():
-            self._registry_watch.commit(self._registry_watch.snapshot())
+        if fresh or stale or await self._registry_watch.changed_async():
+            watch = self._registry_watch
+            watch.commit(await asyncio.to_thread(watch.snapshot))
             records = await asyncio.to_thread(self.registry.list)
             self._records = {r.adapter_id: r for r in records}
             self._listed_at = time.monotonic()

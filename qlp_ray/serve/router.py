@@ -228,7 +228,7 @@ class RouterDeployment:
 
     async def route(self, text: str) -> dict[str, Any]:
         """Route one text: ``{target, version, domain, confidence, fallback, scores, route_ms}``."""
-        if self._watch.changed():  # registered/promoted/retired: route this request anew
+        if await self._watch.changed_async():  # registered/promoted/retired: route anew
             await self.refresh()
         elif time.monotonic() - self._refreshed_at > self.cfg.router.refresh_interval_s:
             self._refresh_in_background()

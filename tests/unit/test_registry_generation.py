@@ -84,6 +84,31 @@ def test_watch_polls_at_most_every_poll_s_and_sees_changes_made_during_a_rebuild
     assert not watch.changed()
 
 
+def test_async_watch_reads_off_the_event_loop_and_only_when_due() -> None:
+    import asyncio
+    import threading
+
+    now = {"t": 100.0}
+    threads: list[str] = []
+
+    def read() -> str:
+        threads.append(threading.current_thread().name)
+        return "2 b"
+
+    watch = GenerationWatch(read, poll_s=0.5, clock=lambda: now["t"])
+    watch.commit("1 a")
+
+    async def check() -> list[bool]:
+        loop_thread = threading.current_thread().name
+        first = await watch.changed_async()  # due: one read, in a worker thread
+        second = await watch.changed_async()  # within poll_s: no read
+        assert threads and loop_thread not in threads
+        return [first, second]
+
+    assert asyncio.run(check()) == [True, False]
+    assert len(threads) == 1 and watch.changes == 1
+
+
 def test_s3_storage_keeps_generation_and_retired_flag(s3_cfg, tmp_path: Path) -> None:
     from qlp_ray.registry.s3 import S3Storage
 
