@@ -132,7 +132,7 @@ def test_low_confidence_goes_to_the_external_endpoint(served):
     assert ext["cost_usd"] == pytest.approx((22 * 0.15 + 18 * 0.60) / 1e6)
 
 
-def test_external_errors_are_502_and_504_in_openai_shape(served):
+def test_external_errors_are_502_504_and_429_in_openai_shape(served):
     upstream = served["upstream"]
     try:
         upstream.mode = "error"
@@ -144,6 +144,10 @@ def test_external_errors_are_502_and_504_in_openai_shape(served):
         upstream.mode, upstream.delay_s = "slow", 4.0  # over router.external.timeout_s=3
         r = _auto(OFF_DOMAIN)
         assert r.status_code == 504 and r.json()["error"]["code"] == "external_endpoint_timeout"
+        upstream.mode = "busy"  # the vendor rate-limits us: a 429 to back off, not a 502
+        r = _auto(OFF_DOMAIN)
+        assert r.status_code == 429 and r.headers["retry-after"] == "7", r.text
+        assert r.json()["error"]["code"] == "rate_limit_exceeded"
     finally:
         upstream.mode = "ok"
     assert _served_by(DATAENG)["adapter"] == "dataeng"  # adapters unaffected
@@ -156,6 +160,34 @@ def test_top_k_routes_a_request_between_domains_to_a_stack(served):
     assert q["domain"] == "frontend" and q["confidence"] >= THRESHOLD
     single = _served_by(DATAENG)  # a clear single-domain request stays single
     assert single["adapter"] == "dataeng" and single["version"] == 1
+
+
+def test_routed_requests_join_the_experiment_of_their_domain(served):
+    """model=auto: the router picks frontend, then the frontend experiment picks a variant."""
+    stack = "frontend@1:0.5+dataeng@1:0.5"
+    spec = {"id": "routed-ab", "applies_to": ["frontend"], "strategy": "sticky",
+            "variants": [{"name": "single", "target": "frontend"},
+                         {"name": "stacked", "target": stack}]}  # fmt: skip
+    r = httpx.post(f"{URL}/v1/admin/experiments", json=spec, timeout=30)
+    assert r.status_code == 201, r.text
+    prompt = DOMAIN_TEXT["frontend"][0]
+    try:
+        seen = {}
+        for i in range(10):
+            body = {"model": "auto", "prompt": prompt, "max_tokens": 2, "user": f"u{i}"}
+            r = httpx.post(f"{URL}/v1/completions", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            q = r.json()["qlp"]
+            assert q["routed"] is True and q["domain"] == "frontend", q
+            assert q["experiment"] == "routed-ab" and q["variant"] in ("single", "stacked"), q
+            seen[q["variant"]] = (q["adapter"], r.headers["x-qlp-adapter"])
+        assert seen == {"single": ("frontend", "frontend"), "stacked": (stack, stack)}, seen
+        q = _served_by(DATAENG)  # routed elsewhere: not in the frontend experiment
+        assert q["adapter"] == "dataeng" and q["experiment"] is None
+    finally:
+        httpx.post(f"{URL}/v1/admin/experiments/routed-ab/stop", timeout=30)
+    analysis = httpx.get(f"{URL}/v1/admin/experiments/routed-ab", timeout=30).json()
+    assert sum(v["impressions"] for v in analysis["variants"]) == 10
 
 
 def test_routing_table_follows_register_retire_and_promote_without_restart(served):
