@@ -5,6 +5,11 @@ weights are held once). ``generate(..., adapter=None)`` runs the bare base model
 adapters disabled. A lock serialises "select adapter + generate" and load/unload, so a
 request never runs under another request's adapter.
 
+``generate_batch`` runs many requests as one left-padded ``generate`` even when each
+uses a different adapter (or the base model): plain LoRA rows are gathered into per-row
+``bmm`` hooks (``batched_lora``); rows whose adapter is not plain LoRA run as one batch
+per adapter. Every row gets what ``generate`` alone would give it.
+
 Adapter weights are read only from ``adapter_model.safetensors`` (never pickle) and put
 into the model with ``set_peft_model_state_dict``; a key or shape mismatch (an adapter
 trained for another base model) raises ``AdapterLoadError``.
@@ -72,17 +77,6 @@ class _RowStops(StoppingCriteria):
                     self.ended[row] = new
         done = [ended is not None for ended in self.ended]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class _MixedBatch:
-    """``generate`` of a ``PeftModel`` with PEFT's per-row ``adapter_names``."""
-
-    def __init__(self, peft: PeftModel, adapter_names: list[str]) -> None:
-        self._peft = peft
-        self._names = adapter_names
-
-    def generate(self, **kwargs: Any) -> Any:
-        return self._peft.generate(adapter_names=self._names, **kwargs)
 
 
 class _StopOnStrings(StoppingCriteria):
@@ -259,10 +253,7 @@ class TransformersBackend(InferenceBackend):
         """
         if self._active == "":
             return
-        assert self._peft is not None
-        if self._lora_layers is None:
-            self._lora_layers = [m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)]
-        for layer in self._lora_layers:
+        for layer in self._layers_locked():
             layer._active_adapter = []
         self._active = ""  # no adapter name is "" (lease names are never empty)
 
@@ -443,8 +434,10 @@ class TransformersBackend(InferenceBackend):
         results: list[Generation | Exception | None] = [None] * len(items)
         ok: list[int] = []
         token_rows: list[list[int]] = []
-        for i, (request, _) in enumerate(items):
+        for i, (request, adapter) in enumerate(items):
             try:
+                if adapter is not None and adapter not in self._adapters:
+                    raise AdapterNotLoaded(adapter)
                 ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
                 self._check_context(len(ids), request)
             except Exception as exc:
@@ -452,15 +445,14 @@ class TransformersBackend(InferenceBackend):
                 continue
             ok.append(i)
             token_rows.append(ids)
-        if ok:
+        for group in self._row_groups([items[i][1] for i in ok]):
+            rows = [ok[g] for g in group]
             try:
-                for i, gen in zip(
-                    ok, self._run_rows([items[i] for i in ok], token_rows), strict=True
-                ):
-                    results[i] = gen
-            except Exception as exc:  # the batch as a whole failed: every row of it fails
-                for i in ok:
-                    results[i] = exc
+                gens = self._run_rows([items[i] for i in rows], [token_rows[g] for g in group])
+            except Exception as exc:  # the batch as a whole failed: each of its rows fails
+                gens = [exc] * len(rows)
+            for i, gen in zip(rows, gens, strict=True):
+                results[i] = gen
         return [r for r in results if r is not None]
 
     def _run_rows(
@@ -498,15 +490,35 @@ class TransformersBackend(InferenceBackend):
         missing = sorted(a for a in distinct if a is not None and a not in self._adapters)
         if missing:
             raise AdapterNotLoaded(", ".join(missing))
+        if not self._gather_ok_locked(distinct):
+            raise RuntimeError("adapters changed under the batch; retry")
+        self._deactivate_locked()
+        return self._peft, RowLoRA(self._layers_locked(), adapters)
+
+    def _layers_locked(self) -> list[BaseTunerLayer]:
         assert self._peft is not None
         if self._lora_layers is None:
             self._lora_layers = [m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)]
-        names = {a for a in distinct if a is not None}
-        if not self._full_switch and gather_supported(self._lora_layers, names):
-            self._deactivate_locked()
-            return self._peft, RowLoRA(self._lora_layers, adapters)
-        rows = [a if a is not None else "__base__" for a in adapters]  # PEFT's mixed batch
-        return _MixedBatch(self._peft, rows), contextlib.nullcontext()
+        return self._lora_layers
+
+    def _gather_ok_locked(self, adapters: set[str | None]) -> bool:
+        """Whether rows of ``adapters`` can share one forward (gathered plain LoRA)."""
+        if len(adapters) <= 1:
+            return True
+        names = {a for a in adapters if a is not None}
+        return not self._full_switch and gather_supported(self._layers_locked(), names)
+
+    def _row_groups(self, adapters: list[str | None]) -> list[list[int]]:
+        """Rows that run as one batch: all, unless an adapter is not plain LoRA (DoRA,
+        ``modules_to_save``, ...) — then one batch per adapter."""
+        with self._lock:
+            together = self._gather_ok_locked(set(adapters))
+        if together:
+            return [list(range(len(adapters)))] if adapters else []
+        groups: dict[str | None, list[int]] = {}
+        for i, adapter in enumerate(adapters):
+            groups.setdefault(adapter, []).append(i)
+        return list(groups.values())
 
     def _select_locked(self, adapter: str | None) -> tuple[Any, Any]:
         if adapter is None:
