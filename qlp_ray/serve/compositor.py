@@ -11,26 +11,31 @@ A model id with ``+`` or ``:`` is an adapter *stack* (see ``models/composition.p
 it bypasses the multiplex LRU and is composed by ``StackComposer`` into its own LRU +
 TTL composition cache. ``prefetch`` queues loads in the background; ``warm`` and
 ``invalidate`` serve the hot-swap admin route. The backend comes from ``serve.backend``.
+
+Concurrent requests are generated together (``@serve.batch``, up to
+``serve.max_batch_size``) whatever their adapters: each row holds its adapter's lease
+until its batch is done, and a row's error fails only that request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import itertools
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
 from qlp_ray.config import QLPConfig
 from qlp_ray.errors import ConfigError, InvalidRequest, Overloaded, QLPError
-from qlp_ray.models.backend import GenerationRequest, InferenceBackend
+from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBackend
 from qlp_ray.models.composition import AdapterStack, is_stack, parse_stack
 from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
 from qlp_ray.serve.admission import deployment_limits
@@ -133,6 +138,14 @@ class Compositor:
         )(self._make_loader())
         self.stacks = self._make_stack_composer()
         self.prefetcher = PrefetchQueue(self._prefetch_one)
+        s = self.cfg.serve
+        self._batched = None
+        # batches run, rows in them, the largest batch, most distinct adapters in one
+        self.batch_stats = {"batches": 0, "rows": 0, "largest": 0, "most_adapters": 0}
+        if s.max_batch_size > 1 and self.backend.batches_across_adapters:
+            self._batched = serve.batch(
+                max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s
+            )(self._run_batch)
         self.prewarm_errors = self._prewarm()
         logger.info("compositor ready (%s) in %.1f s", self.base_model, time.perf_counter() - t0)
 
@@ -236,6 +249,8 @@ class Compositor:
             "prewarm_errors": dict(self.prewarm_errors),
             "adapters_loaded": self.loads,
             "max_adapters_per_replica": self.cfg.serve.max_adapters_per_replica,
+            "max_batch_size": self.cfg.serve.max_batch_size if self._batched else 1,
+            "batching": dict(self.batch_stats),
         }
 
     def _make_loader(self) -> Any:
@@ -263,21 +278,61 @@ class Compositor:
         gen_request = GenerationRequest(**request)
         model_id = serve.get_multiplexed_model_id()
         if not model_id:
-            gen = await asyncio.to_thread(self.backend.generate, gen_request, None)
-            return dataclasses.asdict(gen)
+            return dataclasses.asdict(await self._run(gen_request, None))
         if is_stack(model_id):
             stack = await asyncio.to_thread(self._stack, model_id)
-            gen = await asyncio.to_thread(self.stacks_required().generate, stack, gen_request)
+            composer = self.stacks_required()
+            gen = await self._run_leased(
+                lambda: asyncio.to_thread(composer.get, stack), gen_request, stack.key
+            )
+            gen.extra["stack"] = stack.key
             return dataclasses.asdict(gen)
+        return dataclasses.asdict(
+            await self._run_leased(lambda: self.get_adapter(model_id), gen_request, model_id)
+        )
+
+    async def _run_leased(
+        self,
+        get_lease: Callable[[], Awaitable[AdapterLease]],
+        request: GenerationRequest,
+        model_id: str,
+    ) -> Generation:
+        """Generate under a lease, held until the row is done (no eviction mid-batch)."""
         for _ in range(_LOAD_ATTEMPTS):
-            lease: AdapterLease = await self.get_adapter(model_id)
+            lease = await get_lease()
             try:
                 with lease.use() as name:
-                    gen = await asyncio.to_thread(self.backend.generate, gen_request, name)
-                    return dataclasses.asdict(gen)
+                    return await self._run(request, name)
             except AdapterNotLoaded:  # evicted between lookup and use: load it again
                 logger.info("adapter %s evicted before use; reloading", model_id)
         raise Overloaded(f"adapter {model_id!r} keeps being evicted; retry later")
+
+    async def _run(self, request: GenerationRequest, adapter: str | None) -> Generation:
+        """One request: alone (``serve.max_batch_size`` 1) or as a row of a batch."""
+        if self._batched is None:
+            return await asyncio.to_thread(self.backend.generate, request, adapter)
+        # Serve splits a batch by multiplexed model id, but mixing adapters in one batch is
+        # the point: the adapter travels as an argument and the row is queued from a
+        # context without the request's model id.
+        task = asyncio.get_running_loop().create_task(
+            self._batched(request, adapter), context=contextvars.Context()
+        )
+        result = await task
+        if isinstance(result, Exception):  # that row failed, the rest of its batch did not
+            raise result
+        return result
+
+    async def _run_batch(
+        self, requests: list[GenerationRequest], adapters: list[str | None]
+    ) -> list[Generation | Exception]:
+        """The ``@serve.batch`` handler: one backend batch over mixed adapters."""
+        items = list(zip(requests, adapters, strict=True))
+        b = self.batch_stats
+        b["batches"] += 1
+        b["rows"] += len(items)
+        b["largest"] = max(b["largest"], len(items))
+        b["most_adapters"] = max(b["most_adapters"], len(set(adapters)))
+        return await asyncio.to_thread(self.backend.generate_batch, items)
 
     def stats(self) -> dict[str, Any]:
         """Loaded adapters (backend names and PEFT configs) and the load count, for tests/ops."""
