@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import os
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -44,6 +46,7 @@ from _compositor_setup import (  # noqa: E402
 )
 
 N_ADAPTERS = 50
+_handles: dict = {}
 
 
 async def _serve_run(handle, jobs: list[tuple[str, int]], clients: int, max_tokens: int):
@@ -57,9 +60,33 @@ async def _serve_run(handle, jobs: list[tuple[str, int]], clients: int, max_toke
             i, (model_id, p) = queue.pop(0)
             t0 = time.perf_counter()
             payload = {"prompt": PROMPTS[p], "max_new_tokens": max_tokens}
-            gen = await handle.options(multiplexed_model_id=model_id).generate.remote(payload)
+            if model_id not in _handles:  # one handle per model id, like a long-lived client
+                _handles[model_id] = handle.options(multiplexed_model_id=model_id)
+            gen = await _handles[model_id].generate.remote(payload)
             latencies.append((time.perf_counter() - t0) * 1000)
             texts[i] = gen["text"]
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return texts, time.perf_counter() - t0, latencies
+
+
+async def _inproc_run(merger, jobs: list[tuple[str, int]], clients: int, max_tokens: int):
+    """The same with the compositor's ``BatchMerger`` over the backend, in this process."""
+    from qlp_ray.models.backend import GenerationRequest
+
+    queue = list(enumerate(jobs))
+    texts: dict[int, str] = {}
+    latencies: list[float] = []
+
+    async def client() -> None:
+        while queue:
+            i, (name, p) = queue.pop(0)
+            t0 = time.perf_counter()
+            request = GenerationRequest(PROMPTS[p], max_new_tokens=max_tokens)
+            [gen] = await merger.submit([(request, name)])
+            latencies.append((time.perf_counter() - t0) * 1000)
+            texts[i] = gen.text
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -73,6 +100,8 @@ def run(args: argparse.Namespace) -> dict:
     from ray import serve
 
     from qlp_ray.models.base import base_model_id, load_base
+    from qlp_ray.models.hf_backend import TransformersBackend
+    from qlp_ray.serve.batching import BatchMerger
     from qlp_ray.serve.compositor import compositor_deployment, multiplex_id
 
     c = args.concurrency
@@ -92,6 +121,12 @@ def run(args: argparse.Namespace) -> dict:
     base_id = base_model_id(cfg)
     paths = {a: registry.get(a).path for a in ids}
     mids = [multiplex_id(a, int(registry.get(a).version)) for a in ids]
+
+    backend = TransformersBackend(copy.deepcopy(base), tokenizer)  # the in-process server
+    for adapter_id in ids:
+        path = registry.verified_path(adapter_id, expected_base_model=base_id)
+        backend.load_adapter(adapter_id, str(path))
+    merger = BatchMerger(backend.generate_batch, c)
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -130,53 +165,68 @@ def run(args: argparse.Namespace) -> dict:
             model.unload()  # restores the base model for the next request
 
         def serve_kind(kind: str, start: int, n: int):
+            inproc = kind.endswith("_inproc")
+            names = ids if inproc else mids
+
             def job(i: int) -> tuple[str, int]:
-                return (mids[i % N_ADAPTERS] if kind != "single" else mids[0], i % len(PROMPTS))
+                one = kind.startswith("single")
+                return (names[0] if one else names[i % N_ADAPTERS], i % len(PROMPTS))
 
             jobs = [job(i) for i in range(start, start + n)]
             clients = 1 if kind == "sequential" else c
-            texts, secs, lat = loop.run_until_complete(
-                _serve_run(handle, jobs, clients, args.max_tokens)
-            )
-            if kind == "multi":  # keep (adapter, prompt) -> text to compare with naive
+            if inproc:
+                coro = _inproc_run(merger, jobs, clients, args.max_tokens)
+            else:
+                coro = _serve_run(handle, jobs, clients, args.max_tokens)
+            texts, secs, lat = loop.run_until_complete(coro)
+            if kind.startswith("multi"):  # keep (adapter, prompt) -> text to compare
                 for k, i in enumerate(range(start, start + n)):
-                    served[(i % N_ADAPTERS, i % len(PROMPTS))] = texts[k]
+                    served[kind, i % N_ADAPTERS, i % len(PROMPTS)] = texts[k]
             return secs, lat
 
-        served: dict[tuple[int, int], str] = {}
+        served: dict[tuple[str, int, int], str] = {}
         for i in range(3):  # warm-up of every code path
             naive(i, verify=False)
-        serve_kind("multi", 0, 2 * c)
-        serve_kind("single", 0, 2 * c)
-        kinds = ["multi", "single", "naive", "naive_verify", "sequential"]
+        kinds = ["multi", "single", "multi_inproc", "single_inproc"]
+        for kind in kinds:
+            serve_kind(kind, 0, 2 * c)
+        kinds += ["naive", "naive_verify", "sequential"]
         spent = dict.fromkeys(kinds, 0.0)
         count = dict.fromkeys(kinds, 0)
         latencies: dict[str, list[float]] = {k: [] for k in kinds}
         start = 0
+        round_rps: list[dict[str, float]] = []
+
+        def n_of(kind: str) -> int:
+            if kind.startswith("naive"):
+                return args.naive_per_round
+            return args.seq_per_round if kind == "sequential" else args.per_round
+
         for _ in range(args.rounds):
+            round_spent = dict.fromkeys(kinds, 0.0)
             for kind in kinds:
-                n = {"naive": args.naive_per_round, "naive_verify": args.naive_per_round}.get(
-                    kind, args.seq_per_round if kind == "sequential" else args.per_round
-                )
+                n = n_of(kind)
                 if kind.startswith("naive"):
                     for i in range(start, start + n):
                         t0 = time.perf_counter()
                         naive(i, verify=kind == "naive_verify")
                         ms = (time.perf_counter() - t0) * 1000
-                        spent[kind] += ms / 1000
+                        round_spent[kind] += ms / 1000
                         latencies[kind].append(ms)
                 else:
                     secs, lat = serve_kind(kind, start, n)
-                    spent[kind] += secs
+                    round_spent[kind] += secs
                     latencies[kind].extend(lat)
                 count[kind] += n
+                spent[kind] += round_spent[kind]
+            round_rps.append({k: (n_of(k) / round_spent[k]) for k in kinds})
             start += args.per_round
         stats = handle.cache_stats.remote().result()
     finally:
         serve.shutdown()
         ray.shutdown()
-    common = sorted(set(served) & set(naive_texts))
-    same = sum(served[k] == naive_texts[k] for k in common)
+    pairs = [(k, (a, p)) for (k, a, p) in served if (a, p) in naive_texts]
+    same = sum(served[(k, *pair)] == naive_texts[pair] for k, pair in pairs)
     return {
         "register_s": register_s,
         "load_all_s": load_all_s,
@@ -184,18 +234,19 @@ def run(args: argparse.Namespace) -> dict:
         "rps": {k: count[k] / spent[k] for k in kinds},
         "p50": {k: percentile(v, 50) for k, v in latencies.items()},
         "naive_load_p50": percentile(load_ms, 50),
-        "same": (same, len(common)),
+        "same": (same, len(pairs)),
         "batching": stats["batching"],
+        "round_rps": round_rps,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (C)")
-    parser.add_argument("--per-round", type=int, default=64, help="requests per round, batched")
-    parser.add_argument("--seq-per-round", type=int, default=8, help="per round, C=1")
-    parser.add_argument("--naive-per-round", type=int, default=6)
+    parser.add_argument("--per-round", type=int, default=32, help="requests per round, batched")
+    parser.add_argument("--seq-per-round", type=int, default=4, help="per round, C=1")
+    parser.add_argument("--naive-per-round", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=8)
     args = parser.parse_args()
     t0 = time.perf_counter()
@@ -212,17 +263,20 @@ def main() -> None:
         f"setup: registered+signed {N_ADAPTERS} in {r['register_s']:.1f} s, "
         f"verified+loaded all {N_ADAPTERS} through the compositor in {r['load_all_s']:.1f} s"
     )
-    print(f"{'workload':<44}{'requests':>9}{'req/s':>9}{'p50 ms':>9}")
+    print(f"{'workload':<50}{'requests':>9}{'req/s':>9}{'p50 ms':>9}")
+    cc = args.concurrency
     rows = [
-        (f"{N_ADAPTERS} adapters, C={args.concurrency} (batched)", "multi"),
-        (f"1 adapter, C={args.concurrency} (batched)", "single"),
+        (f"Serve: {N_ADAPTERS} adapters, C={cc} (batched)", "multi"),
+        (f"Serve: 1 adapter, C={cc} (batched)", "single"),
+        (f"Serve: {N_ADAPTERS} adapters, C=1 (one at a time)", "sequential"),
+        (f"in-process: {N_ADAPTERS} adapters, C={cc} (batched)", "multi_inproc"),
+        (f"in-process: 1 adapter, C={cc} (batched)", "single_inproc"),
         ("naive: from_pretrained per request", "naive"),
         ("naive + signature check per request", "naive_verify"),
-        (f"{N_ADAPTERS} adapters, C=1 (one at a time)", "sequential"),
     ]
     rps = r["rps"]
     for label, key in rows:
-        print(f"{label:<44}{c[key]:>9}{rps[key]:>9.2f}{r['p50'][key]:>9.1f}")
+        print(f"{label:<50}{c[key]:>9}{rps[key]:>9.2f}{r['p50'][key]:>9.1f}")
     b = r["batching"]
     print(
         f"compositor batches: {b['batches']} for {b['rows']} requests "
@@ -231,18 +285,27 @@ def main() -> None:
     )
     same, total = r["same"]
     print(f"greedy outputs equal to the naive PEFT run for the same adapter+prompt: {same}/{total}")
-    vs_single = rps["multi"] / rps["single"]
-    vs_naive = rps["multi"] / rps["naive"]
+    for where, suffix in (("Serve", ""), ("in-process", "_inproc")):
+        vs_single = rps["multi" + suffix] / rps["single" + suffix]
+        vs_naive = rps["multi" + suffix] / rps["naive"]
+        print(
+            f"{where}: 50 adapters / 1 adapter = {vs_single:.2f}x (target >= 0.8x) "
+            f"{'ok' if vs_single >= 0.8 else 'MISSED'}; 50 adapters / naive = "
+            f"{vs_naive:.2f}x (target >= 10x) {'ok' if vs_naive >= 10 else 'MISSED'}; "
+            f"/ naive + verify = {rps['multi' + suffix] / rps['naive_verify']:.2f}x"
+        )
+    rr = r["round_rps"]
+    for where, suffix in (("Serve", ""), ("in-process", "_inproc")):
+        m, one = "multi" + suffix, "single" + suffix
+        print(
+            f"{where}, median over {len(rr)} rounds: 50 adapters / 1 adapter = "
+            f"{median(x[m] / x[one] for x in rr):.2f}x, 50 adapters / naive = "
+            f"{median(x[m] / x['naive'] for x in rr):.2f}x"
+        )
     print(
-        f"50 adapters / 1 adapter      = {vs_single:.2f}x  (target >= 0.8x) "
-        f"{'ok' if vs_single >= 0.8 else 'MISSED'}"
+        "Serve batched / Serve one at a time (50 adapters) = "
+        f"{rps['multi'] / rps['sequential']:.2f}x"
     )
-    print(
-        f"50 adapters / naive          = {vs_naive:.2f}x  (target >= 10x) "
-        f"{'ok' if vs_naive >= 10 else 'MISSED'}"
-    )
-    print(f"50 adapters / naive + verify = {rps['multi'] / rps['naive_verify']:.2f}x")
-    print(f"batched / one at a time (50 adapters) = {rps['multi'] / rps['sequential']:.2f}x")
     print(f"naive per-request PeftModel.from_pretrained p50 = {r['naive_load_p50']:.1f} ms")
     print(
         f"load average (1 min) before/after: {load0[0]:.2f}/{load1[0]:.2f} on {os.cpu_count()} "

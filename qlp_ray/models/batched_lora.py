@@ -2,15 +2,16 @@
 
 PEFT's own mixed batch (``generate(adapter_names=[...])``) loops over the distinct
 adapters of the batch in every LoRA layer at every decoding step — with 16 adapters in a
-batch of 16 that is ~3-5x slower than the same batch on one adapter. ``RowLoRA`` does what
-S-LoRA / Punica do instead: once per batch it gathers each row's ``A`` and ``B`` (zeros for
-base-model rows and for layers a row's adapter does not touch; ranks zero-padded to the
-largest) into ``[rows, in, r]`` / ``[rows, r, out]`` tensors, and each step adds
+batch of 16 it was ~3x slower here than the same batch on one adapter — and refuses DoRA.
+This does what S-LoRA / Punica do instead: :class:`LoRATables` stacks, per LoRA layer,
+the ``A`` and ``B`` of every loaded adapter (ranks zero-padded to the largest, slot 0 all
+zeros for base-model rows and adapters that skip the layer); :meth:`LoRATables.rows`
+picks each row's slot with one ``index_select`` per batch, and each step adds
 ``bmm(bmm(x, A), B) * scale`` to the base layer's output — two ``bmm`` per layer whatever
-the number of adapters. The LoRA layers themselves run with adapters disabled meanwhile.
+the number of adapters. The LoRA layers themselves run with no active adapter meanwhile.
 
-Only plain LoRA on ``nn.Linear`` qualifies (``gather_supported``); DoRA and other
-variants, LoRA biases, embedding LoRA and ``modules_to_save`` go through PEFT's path.
+Only plain LoRA on ``nn.Linear`` is stacked; adapters with a variant (DoRA, ...), a LoRA
+bias or embedding LoRA are listed in ``unsupported`` and run one adapter per batch.
 """
 
 from __future__ import annotations
@@ -21,67 +22,81 @@ from typing import Any
 import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.tuners.lora.layer import LoraLayer
-from torch.nn import functional as F
 
 
-def gather_supported(layers: Iterable[Any], names: set[str]) -> bool:
-    """Whether adapters ``names`` are plain LoRA on linear layers in every layer."""
-    for layer in layers:
-        if not isinstance(layer, LoraLayer):
-            continue
-        if names & set(layer.lora_embedding_A):
-            return False
-        for name in names & set(layer.lora_A):
-            if not isinstance(layer, LoraLinear) or name in layer.lora_variant:
-                return False
-            if layer.lora_B[name].bias is not None:
-                return False
-    return True
+class _Table:
+    """One layer's stacked adapters: ``a [n+1, in, r]``, ``b [n+1, r, out]``, ``scale``."""
+
+    def __init__(self, layer: LoraLinear, names: list[str]) -> None:
+        self.layer = layer
+        self.slots = {name: k for k, name in enumerate(names, start=1)}
+        first = layer.lora_A[names[0]].weight
+        rank = max(layer.lora_A[n].weight.shape[0] for n in names)
+        out_features = layer.lora_B[names[0]].weight.shape[0]
+        self.a = first.new_zeros(len(names) + 1, first.shape[1], rank)
+        self.b = first.new_zeros(len(names) + 1, rank, out_features)
+        self.scale = first.new_zeros(len(names) + 1)
+        with torch.no_grad():
+            for name, k in self.slots.items():
+                a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+                self.a[k, :, : a.shape[0]] = a.T
+                self.b[k, : b.shape[1], :] = b.T
+                self.scale[k] = float(layer.scaling[name])
 
 
-def _row_weights(
-    layer: LoraLinear, adapters: Sequence[str | None]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """``A [rows, in, r]``, ``B [rows, r, out]``, ``scale [rows, 1, 1]``; ``None`` if no row
-    uses this layer."""
-    present = sorted({a for a in adapters if a is not None and a in layer.lora_A})
-    if not present:
-        return None
-    rank = max(layer.lora_A[a].weight.shape[0] for a in present)
-    first_a = layer.lora_A[present[0]].weight
-    out_features = layer.lora_B[present[0]].weight.shape[0]
-    zero = (first_a.new_zeros(rank, first_a.shape[1]), first_a.new_zeros(out_features, rank), 0.0)
-    per_name: dict[str | None, tuple[torch.Tensor, torch.Tensor, float]] = {}
-    for name in present:
-        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
-        pad = rank - a.shape[0]
-        if pad:
-            a, b = F.pad(a, (0, 0, 0, pad)), F.pad(b, (0, pad))
-        per_name[name] = (a, b, float(layer.scaling[name]))
-    rows = [per_name.get(a, zero) for a in adapters]
-    a_rows = torch.stack([r[0] for r in rows]).transpose(1, 2).contiguous()
-    b_rows = torch.stack([r[1] for r in rows]).transpose(1, 2).contiguous()
-    scale = torch.tensor([r[2] for r in rows], dtype=first_a.dtype).view(-1, 1, 1)
-    return a_rows, b_rows, scale
+class LoRATables:
+    """Stacked weights of every loaded plain-LoRA adapter, per layer (rebuild on change)."""
+
+    def __init__(self, layers: Iterable[Any]) -> None:
+        self.tables: list[_Table] = []
+        self.unsupported: set[str] = set()
+        for layer in layers:
+            if not isinstance(layer, LoraLayer):
+                continue
+            self.unsupported |= set(layer.lora_embedding_A)
+            plain = []
+            for name in layer.lora_A:
+                ok = isinstance(layer, LoraLinear) and name not in layer.lora_variant
+                if ok and layer.lora_B[name].bias is None:
+                    plain.append(name)
+                else:
+                    self.unsupported.add(name)
+            if plain and isinstance(layer, LoraLinear):
+                self.tables.append(_Table(layer, plain))
+
+    def supports(self, names: Iterable[str]) -> bool:
+        """Whether rows of adapters ``names`` can share a batch."""
+        return not (set(names) & self.unsupported)
+
+    def rows(self, adapters: Sequence[str | None]) -> RowLoRA:
+        """Hooks running row ``i`` with ``adapters[i]`` (``None`` = base model)."""
+        plan = []
+        for table in self.tables:
+            slots = [table.slots.get(a, 0) if a is not None else 0 for a in adapters]
+            if not any(slots):
+                continue
+            idx = torch.tensor(slots, device=table.a.device)
+            weights = (
+                table.a.index_select(0, idx),
+                table.b.index_select(0, idx),
+                table.scale.index_select(0, idx).view(-1, 1, 1),
+            )
+            plan.append((table.layer, weights))
+        return RowLoRA(plan, len(adapters))
 
 
 class RowLoRA:
     """Context manager: forward hooks adding row ``i``'s adapter delta to row ``i``.
 
-    Use inside ``PeftModel.disable_adapter()`` so the layers compute the base output only.
+    The layers must have no active adapter meanwhile (they compute the base output).
     """
 
-    def __init__(self, layers: Iterable[Any], adapters: Sequence[str | None]) -> None:
-        self.rows = len(adapters)
-        self._plan = []
-        for layer in layers:
-            if isinstance(layer, LoraLinear):
-                weights = _row_weights(layer, adapters)
-                if weights is not None:
-                    self._plan.append((layer, weights))
+    def __init__(self, plan: list[tuple[Any, tuple[torch.Tensor, ...]]], rows: int) -> None:
+        self._plan = plan
+        self.rows = rows
         self._handles: list[Any] = []
 
-    def _hook(self, weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Any:
+    def _hook(self, weights: tuple[torch.Tensor, ...]) -> Any:
         a_rows, b_rows, scale = weights
 
         def add_delta(module: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
@@ -104,4 +119,4 @@ class RowLoRA:
         self._handles.clear()
 
 
-__all__ = ["RowLoRA", "gather_supported"]
+__all__ = ["LoRATables", "RowLoRA"]

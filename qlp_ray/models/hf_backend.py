@@ -35,7 +35,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from qlp_ray.errors import AdapterLoadError, InvalidRequest
 from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBackend
-from qlp_ray.models.batched_lora import RowLoRA, gather_supported
+from qlp_ray.models.batched_lora import LoRATables
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,7 @@ class TransformersBackend(InferenceBackend):
         self._lock = threading.Lock()
         self._active: str | None = None  # adapter the LoRA layers are switched to
         self._lora_layers: list[BaseTunerLayer] | None = None
+        self._tables: LoRATables | None = None  # stacked adapter weights for mixed batches
         self._full_switch = False  # an adapter with modules_to_save needs PEFT's set_adapter
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
 
@@ -221,6 +222,7 @@ class TransformersBackend(InferenceBackend):
         """Adapters were added/removed: PEFT may have changed layers and active adapters."""
         self._active = None
         self._lora_layers = None
+        self._tables = None
 
     def _activate_locked(self, name: str) -> None:
         """Switch every LoRA layer to adapter ``name``.
@@ -493,7 +495,7 @@ class TransformersBackend(InferenceBackend):
         if not self._gather_ok_locked(distinct):
             raise RuntimeError("adapters changed under the batch; retry")
         self._deactivate_locked()
-        return self._peft, RowLoRA(self._layers_locked(), adapters)
+        return self._peft, self._tables_locked().rows(adapters)
 
     def _layers_locked(self) -> list[BaseTunerLayer]:
         assert self._peft is not None
@@ -501,12 +503,17 @@ class TransformersBackend(InferenceBackend):
             self._lora_layers = [m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)]
         return self._lora_layers
 
+    def _tables_locked(self) -> LoRATables:
+        if self._tables is None:
+            self._tables = LoRATables(self._layers_locked())
+        return self._tables
+
     def _gather_ok_locked(self, adapters: set[str | None]) -> bool:
         """Whether rows of ``adapters`` can share one forward (gathered plain LoRA)."""
         if len(adapters) <= 1:
             return True
         names = {a for a in adapters if a is not None}
-        return not self._full_switch and gather_supported(self._layers_locked(), names)
+        return not self._full_switch and self._tables_locked().supports(names)
 
     def _row_groups(self, adapters: list[str | None]) -> list[list[int]]:
         """Rows that run as one batch: all, unless an adapter is not plain LoRA (DoRA,

@@ -39,6 +39,7 @@ from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBacke
 from qlp_ray.models.composition import AdapterStack, is_stack, parse_stack
 from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
 from qlp_ray.serve.admission import deployment_limits
+from qlp_ray.serve.batching import BatchMerger
 
 if TYPE_CHECKING:
     from qlp_ray.serve.composition import StackComposer
@@ -140,11 +141,14 @@ class Compositor:
         self.prefetcher = PrefetchQueue(self._prefetch_one)
         s = self.cfg.serve
         self._batched = None
-        # batches run, rows in them, the largest batch, most distinct adapters in one
-        self.batch_stats = {"batches": 0, "rows": 0, "largest": 0, "most_adapters": 0}
+        self.most_adapters = 0  # most distinct adapters in one backend batch
+        self._merger = BatchMerger(self._generate_rows, s.max_batch_size)
         if s.max_batch_size > 1 and self.backend.batches_across_adapters:
+            # every formed batch may queue its rows in the merger (see serve/batching.py)
             self._batched = serve.batch(
-                max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s
+                max_batch_size=s.max_batch_size,
+                batch_wait_timeout_s=s.batch_wait_timeout_s,
+                max_concurrent_batches=s.max_batch_size,
             )(self._run_batch)
         self.prewarm_errors = self._prewarm()
         logger.info("compositor ready (%s) in %.1f s", self.base_model, time.perf_counter() - t0)
@@ -250,7 +254,7 @@ class Compositor:
             "adapters_loaded": self.loads,
             "max_adapters_per_replica": self.cfg.serve.max_adapters_per_replica,
             "max_batch_size": self.cfg.serve.max_batch_size if self._batched else 1,
-            "batching": dict(self.batch_stats),
+            "batching": {**self._merger.stats, "most_adapters": self.most_adapters},
         }
 
     def _make_loader(self) -> Any:
@@ -325,14 +329,14 @@ class Compositor:
     async def _run_batch(
         self, requests: list[GenerationRequest], adapters: list[str | None]
     ) -> list[Generation | Exception]:
-        """The ``@serve.batch`` handler: one backend batch over mixed adapters."""
-        items = list(zip(requests, adapters, strict=True))
-        b = self.batch_stats
-        b["batches"] += 1
-        b["rows"] += len(items)
-        b["largest"] = max(b["largest"], len(items))
-        b["most_adapters"] = max(b["most_adapters"], len(set(adapters)))
-        return await asyncio.to_thread(self.backend.generate_batch, items)
+        """The ``@serve.batch`` handler: its rows join the next backend batch."""
+        return await self._merger.submit(list(zip(requests, adapters, strict=True)))
+
+    def _generate_rows(
+        self, rows: list[tuple[GenerationRequest, str | None]]
+    ) -> list[Generation | Exception]:
+        self.most_adapters = max(self.most_adapters, len({adapter for _, adapter in rows}))
+        return self.backend.generate_batch(rows)
 
     def stats(self) -> dict[str, Any]:
         """Loaded adapters (backend names and PEFT configs) and the load count, for tests/ops."""

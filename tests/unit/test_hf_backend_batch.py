@@ -12,7 +12,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from qlp_ray.errors import InvalidRequest
 from qlp_ray.models.backend import GenerationRequest
-from qlp_ray.models.batched_lora import RowLoRA, gather_supported
+from qlp_ray.models.batched_lora import LoRATables
 from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
 from tests.unit.test_serve_backend import _tiny_llama, tokenizer  # noqa: F401 - fixture
 
@@ -95,14 +95,14 @@ def test_each_row_gets_its_own_adapter(backend):
 
 def test_gathered_lora_matches_peft_mixed_batch_logits(backend, tokenizer):  # noqa: F811
     peft = backend.peft_model
-    layers = [m for m in peft.modules() if isinstance(m, BaseTunerLayer)]
+    tables = LoRATables(m for m in peft.modules() if isinstance(m, BaseTunerLayer))
     rows = ["wide", "first", None, "second"]
-    assert gather_supported(layers, {"first", "second", "wide"})
+    assert tables.supports({"first", "second", "wide"})
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     with torch.inference_mode():
         want = peft(**enc, adapter_names=[r or "__base__" for r in rows]).logits
         backend._deactivate_locked()
-        with RowLoRA(layers, rows):
+        with tables.rows(rows):
             got = peft(**enc).logits
         plain = peft(**enc).logits  # hooks removed, layers inactive: the base model
     assert torch.allclose(got, want, atol=1e-5)
@@ -131,8 +131,10 @@ def test_dora_adapters_run_as_one_batch_per_adapter(backend, tmp_path):
     base = _tiny_llama()
     backend.load_adapter("dora", str(_adapter(base, tmp_path / "dora", 5, 4, use_dora=True)))
     try:
-        layers = [m for m in backend.peft_model.modules() if isinstance(m, BaseTunerLayer)]
-        assert not gather_supported(layers, {"dora", "first"})
+        tables = LoRATables(
+            m for m in backend.peft_model.modules() if isinstance(m, BaseTunerLayer)
+        )
+        assert not tables.supports({"dora", "first"}) and tables.supports({"first", "wide"})
         items = [
             (GenerationRequest(p, max_new_tokens=6), n)
             for p in PROMPTS[:2]
