@@ -432,32 +432,38 @@ class TransformersBackend(InferenceBackend):
     def _generate_rows(
         self, items: list[tuple[GenerationRequest, str | None]]
     ) -> list[Generation | Exception]:
-        """One ``model.generate`` over rows sharing sampling settings (left-padded)."""
+        """Rows sharing sampling settings: one left-padded ``model.generate`` (or one per
+        adapter when an adapter cannot share a batch). Rows are checked under the lock, so
+        an adapter unloaded meanwhile fails only its own rows."""
         results: list[Generation | Exception | None] = [None] * len(items)
-        ok: list[int] = []
-        token_rows: list[list[int]] = []
-        for i, (request, adapter) in enumerate(items):
+        tokens: dict[int, list[int]] = {}
+        for i, (request, _) in enumerate(items):
             try:
-                if adapter is not None and adapter not in self._adapters:
-                    raise AdapterNotLoaded(adapter)
-                ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
-                self._check_context(len(ids), request)
+                tokens[i] = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+                self._check_context(len(tokens[i]), request)
             except Exception as exc:
                 results[i] = exc
-                continue
-            ok.append(i)
-            token_rows.append(ids)
-        for group in self._row_groups([items[i][1] for i in ok]):
-            rows = [ok[g] for g in group]
-            try:
-                gens = self._run_rows([items[i] for i in rows], [token_rows[g] for g in group])
-            except Exception as exc:  # the batch as a whole failed: each of its rows fails
-                gens = [exc] * len(rows)
-            for i, gen in zip(rows, gens, strict=True):
-                results[i] = gen
+        with self._lock:
+            live = []
+            for i in tokens:
+                adapter = items[i][1]
+                if results[i] is None and adapter is not None and adapter not in self._adapters:
+                    results[i] = AdapterNotLoaded(adapter)
+                elif results[i] is None:
+                    live.append(i)
+            for group in self._row_groups_locked([items[i][1] for i in live]):
+                rows = [live[g] for g in group]
+                try:
+                    gens = self._run_rows_locked(
+                        [items[i] for i in rows], [tokens[i] for i in rows]
+                    )
+                except Exception as exc:  # the batch as a whole failed: each of its rows fails
+                    gens = [exc] * len(rows)
+                for i, gen in zip(rows, gens, strict=True):
+                    results[i] = gen
         return [r for r in results if r is not None]
 
-    def _run_rows(
+    def _run_rows_locked(
         self, items: list[tuple[GenerationRequest, str | None]], token_rows: list[list[int]]
     ) -> list[Generation]:
         width = max(len(ids) for ids in token_rows)
@@ -465,16 +471,14 @@ class TransformersBackend(InferenceBackend):
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in token_rows])
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in token_rows])
         requests = [request for request, _ in items]
-        adapters = [adapter for _, adapter in items]
         stops = _RowStops(self.tokenizer, width, requests)
         kwargs = self._sampling_kwargs(requests[0])
         kwargs["max_new_tokens"] = max(r.max_new_tokens for r in requests)
         kwargs["stopping_criteria"] = StoppingCriteriaList([stops])
         t0 = time.perf_counter()
-        with self._lock:
-            model, ctx = self._select_rows_locked(adapters)
-            with ctx, torch.inference_mode():
-                out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        model, ctx = self._select_rows_locked([adapter for _, adapter in items])
+        with ctx, torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         ms = (time.perf_counter() - t0) * 1000
         gens = []
         for row, (request, adapter) in enumerate(items):
@@ -485,15 +489,10 @@ class TransformersBackend(InferenceBackend):
         return gens
 
     def _select_rows_locked(self, adapters: list[str | None]) -> tuple[Any, Any]:
-        """The model and context that run row ``i`` with ``adapters[i]``."""
-        distinct = set(adapters)
-        if len(distinct) == 1:  # one adapter (or the base model): the plain path
+        """The model and context that run row ``i`` with ``adapters[i]`` (all loaded and
+        able to share a batch: see ``_row_groups_locked``)."""
+        if len(set(adapters)) == 1:  # one adapter (or the base model): the plain path
             return self._select_locked(adapters[0])
-        missing = sorted(a for a in distinct if a is not None and a not in self._adapters)
-        if missing:
-            raise AdapterNotLoaded(", ".join(missing))
-        if not self._gather_ok_locked(distinct):
-            raise RuntimeError("adapters changed under the batch; retry")
         self._deactivate_locked()
         return self._peft, self._tables_locked().rows(adapters)
 
@@ -515,13 +514,13 @@ class TransformersBackend(InferenceBackend):
         names = {a for a in adapters if a is not None}
         return not self._full_switch and self._tables_locked().supports(names)
 
-    def _row_groups(self, adapters: list[str | None]) -> list[list[int]]:
+    def _row_groups_locked(self, adapters: list[str | None]) -> list[list[int]]:
         """Rows that run as one batch: all, unless an adapter is not plain LoRA (DoRA,
         ``modules_to_save``, ...) — then one batch per adapter."""
-        with self._lock:
-            together = self._gather_ok_locked(set(adapters))
-        if together:
-            return [list(range(len(adapters)))] if adapters else []
+        if not adapters:
+            return []
+        if self._gather_ok_locked(set(adapters)):
+            return [list(range(len(adapters)))]
         groups: dict[str | None, list[int]] = {}
         for i, adapter in enumerate(adapters):
             groups.setdefault(adapter, []).append(i)

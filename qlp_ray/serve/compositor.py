@@ -144,7 +144,9 @@ class Compositor:
         self.most_adapters = 0  # most distinct adapters in one backend batch
         self._merger = BatchMerger(self._generate_rows, s.max_batch_size)
         if s.max_batch_size > 1 and self.backend.batches_across_adapters:
-            # every formed batch may queue its rows in the merger (see serve/batching.py)
+            # every formed batch may queue its rows in the merger (see serve/batching.py);
+            # Serve then logs that max_batch_size x max_concurrent_batches exceeds
+            # max_ongoing_requests: harmless here, queued batches merge into one
             self._batched = serve.batch(
                 max_batch_size=s.max_batch_size,
                 batch_wait_timeout_s=s.batch_wait_timeout_s,
