@@ -376,6 +376,15 @@ class ServeConfig(_Section):
         ge=-1,
         description="Requests a caller queues for the compositor (full: 503); -1 = unbounded.",
     )
+    max_batch_size: int = Field(
+        16,
+        ge=1,
+        description="Concurrent compositor requests generated as one batch (Serve @serve.batch), "
+        "across adapters; 1 = one request at a time.",
+    )
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, description="How long a compositor batch waits to fill up (seconds)."
+    )
     retry_after_s: float = Field(
         1.0, ge=0, description="Retry-After seconds sent with 429/503 overload answers."
     )

@@ -8,6 +8,7 @@ number of adapters (by adapter id, ``None`` = the bare base model).
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -34,10 +35,27 @@ class InferenceBackend(abc.ABC):
     """Generates text from one base model with an optional adapter (or stack) applied."""
 
     name: str = "abstract"
+    batches_across_adapters: bool = False  # generate_batch runs mixed adapters as one batch
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest, adapter: str | None = None) -> Generation:
         """Generate one completion; ``adapter`` is a loaded adapter name or ``None``."""
+
+    def generate_batch(
+        self, items: Sequence[tuple[GenerationRequest, str | None]]
+    ) -> list[Generation | Exception]:
+        """Generate for ``(request, adapter)`` rows; a row's error is returned in its place.
+
+        This default runs the rows one by one; backends that batch across adapters override
+        it and set ``batches_across_adapters``.
+        """
+        results: list[Generation | Exception] = []
+        for request, adapter in items:
+            try:
+                results.append(self.generate(request, adapter))
+            except Exception as exc:  # that row's caller raises it
+                results.append(exc)
+        return results
 
     @abc.abstractmethod
     def load_adapter(self, name: str, path: str) -> None:

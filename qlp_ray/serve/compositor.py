@@ -11,29 +11,35 @@ A model id with ``+`` or ``:`` is an adapter *stack* (see ``models/composition.p
 it bypasses the multiplex LRU and is composed by ``StackComposer`` into its own LRU +
 TTL composition cache. ``prefetch`` queues loads in the background; ``warm`` and
 ``invalidate`` serve the hot-swap admin route. The backend comes from ``serve.backend``.
+
+Concurrent requests are generated together (``@serve.batch``, up to
+``serve.max_batch_size``) whatever their adapters: each row holds its adapter's lease
+until its batch is done, and a row's error fails only that request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import itertools
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
 from qlp_ray.config import QLPConfig
 from qlp_ray.errors import ConfigError, InvalidRequest, Overloaded, QLPError
-from qlp_ray.models.backend import GenerationRequest, InferenceBackend
+from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBackend
 from qlp_ray.models.composition import AdapterStack, is_stack, parse_stack
 from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
 from qlp_ray.serve.admission import deployment_limits
+from qlp_ray.serve.batching import BatchMerger
 
 if TYPE_CHECKING:
     from qlp_ray.serve.composition import StackComposer
@@ -133,6 +139,19 @@ class Compositor:
         )(self._make_loader())
         self.stacks = self._make_stack_composer()
         self.prefetcher = PrefetchQueue(self._prefetch_one)
+        s = self.cfg.serve
+        self._batched = None
+        self.most_adapters = 0  # most distinct adapters in one backend batch
+        self._merger = BatchMerger(self._generate_rows, s.max_batch_size)
+        if s.max_batch_size > 1 and self.backend.batches_across_adapters:
+            # every formed batch may queue its rows in the merger (see serve/batching.py);
+            # Serve then logs that max_batch_size x max_concurrent_batches exceeds
+            # max_ongoing_requests: harmless here, queued batches merge into one
+            self._batched = serve.batch(
+                max_batch_size=s.max_batch_size,
+                batch_wait_timeout_s=s.batch_wait_timeout_s,
+                max_concurrent_batches=s.max_batch_size,
+            )(self._run_batch)
         self.prewarm_errors = self._prewarm()
         logger.info("compositor ready (%s) in %.1f s", self.base_model, time.perf_counter() - t0)
 
@@ -236,6 +255,8 @@ class Compositor:
             "prewarm_errors": dict(self.prewarm_errors),
             "adapters_loaded": self.loads,
             "max_adapters_per_replica": self.cfg.serve.max_adapters_per_replica,
+            "max_batch_size": self.cfg.serve.max_batch_size if self._batched else 1,
+            "batching": {**self._merger.stats, "most_adapters": self.most_adapters},
         }
 
     def _make_loader(self) -> Any:
@@ -263,21 +284,61 @@ class Compositor:
         gen_request = GenerationRequest(**request)
         model_id = serve.get_multiplexed_model_id()
         if not model_id:
-            gen = await asyncio.to_thread(self.backend.generate, gen_request, None)
-            return dataclasses.asdict(gen)
+            return dataclasses.asdict(await self._run(gen_request, None))
         if is_stack(model_id):
             stack = await asyncio.to_thread(self._stack, model_id)
-            gen = await asyncio.to_thread(self.stacks_required().generate, stack, gen_request)
+            composer = self.stacks_required()
+            gen = await self._run_leased(
+                lambda: asyncio.to_thread(composer.get, stack), gen_request, stack.key
+            )
+            gen.extra["stack"] = stack.key
             return dataclasses.asdict(gen)
+        return dataclasses.asdict(
+            await self._run_leased(lambda: self.get_adapter(model_id), gen_request, model_id)
+        )
+
+    async def _run_leased(
+        self,
+        get_lease: Callable[[], Awaitable[AdapterLease]],
+        request: GenerationRequest,
+        model_id: str,
+    ) -> Generation:
+        """Generate under a lease, held until the row is done (no eviction mid-batch)."""
         for _ in range(_LOAD_ATTEMPTS):
-            lease: AdapterLease = await self.get_adapter(model_id)
+            lease = await get_lease()
             try:
                 with lease.use() as name:
-                    gen = await asyncio.to_thread(self.backend.generate, gen_request, name)
-                    return dataclasses.asdict(gen)
+                    return await self._run(request, name)
             except AdapterNotLoaded:  # evicted between lookup and use: load it again
                 logger.info("adapter %s evicted before use; reloading", model_id)
         raise Overloaded(f"adapter {model_id!r} keeps being evicted; retry later")
+
+    async def _run(self, request: GenerationRequest, adapter: str | None) -> Generation:
+        """One request: alone (``serve.max_batch_size`` 1) or as a row of a batch."""
+        if self._batched is None:
+            return await asyncio.to_thread(self.backend.generate, request, adapter)
+        # Serve splits a batch by multiplexed model id, but mixing adapters in one batch is
+        # the point: the adapter travels as an argument and the row is queued from a
+        # context without the request's model id.
+        task = asyncio.get_running_loop().create_task(
+            self._batched(request, adapter), context=contextvars.Context()
+        )
+        result = await task
+        if isinstance(result, Exception):  # that row failed, the rest of its batch did not
+            raise result
+        return result
+
+    async def _run_batch(
+        self, requests: list[GenerationRequest], adapters: list[str | None]
+    ) -> list[Generation | Exception]:
+        """The ``@serve.batch`` handler: its rows join the next backend batch."""
+        return await self._merger.submit(list(zip(requests, adapters, strict=True)))
+
+    def _generate_rows(
+        self, rows: list[tuple[GenerationRequest, str | None]]
+    ) -> list[Generation | Exception]:
+        self.most_adapters = max(self.most_adapters, len({adapter for _, adapter in rows}))
+        return self.backend.generate_batch(rows)
 
     def stats(self) -> dict[str, Any]:
         """Loaded adapters (backend names and PEFT configs) and the load count, for tests/ops."""

@@ -66,6 +66,8 @@ def build(home: Path):
                 "composition_fallback": "cat",
                 "composition_cache_size": 3,
                 "prewarm_stacks": [PREWARM],
+                "max_batch_size": 8,
+                "batch_wait_timeout_s": 0.05,
             },
         },
         environ={},
@@ -148,6 +150,41 @@ def test_weights_1_0_stack_generates_like_the_first_adapter(app):
     text = stacked.json()["choices"][0]["text"]
     assert text == alone.json()["choices"][0]["text"]
     assert text != other.json()["choices"][0]["text"]
+
+
+def test_concurrent_requests_are_batched_across_adapters_each_with_its_own(app):
+    from qlp_ray.models.base import base_model_id
+
+    models = ["dataeng@1", "dataeng@2", "frontend", "wide", base_model_id(app["cfg"])]
+    prompts = ["Write a SQL query that joins orders", "center a div"]
+    jobs = [(m, p) for p in prompts for m in models]
+    alone = {job: complete(*job, max_tokens=6) for job in jobs}  # one at a time
+    assert all(r.status_code == 200 for r in alone.values())
+    texts = {job: r.json()["choices"][0]["text"] for job, r in alone.items()}
+    assert len({texts[(m, prompts[0])] for m in models}) == len(models)  # five models
+    too_long = ("frontend", "word " * 250)  # prompt + max_tokens > the 256-token context
+    before = cache_stats()["batching"]
+    results: dict = {}
+    barrier = threading.Barrier(len(jobs) + 1)
+
+    def send(job) -> None:
+        barrier.wait()
+        results[job] = complete(*job, max_tokens=6)
+
+    threads = [threading.Thread(target=send, args=(j,)) for j in [*jobs, too_long]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    bad = results.pop(too_long)
+    assert bad.status_code == 400 and "context length" in bad.json()["error"]["message"]
+    for job, r in results.items():
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == texts[job], job
+    after = cache_stats()["batching"]
+    assert after["rows"] - before["rows"] == len(jobs) + 1
+    assert after["batches"] - before["batches"] < len(jobs) + 1  # some requests shared one
+    assert after["most_adapters"] >= 3  # rows with different adapters in one batch
 
 
 def test_bad_stacks_are_4xx_naming_the_problem(app):

@@ -1,0 +1,37 @@
+"""The compositor's batching switch, outside Ray Serve: max_batch_size 1 = one at a time."""
+
+from __future__ import annotations
+
+import asyncio
+
+from qlp_ray.config import load_config
+from qlp_ray.models.backend import GenerationRequest
+from qlp_ray.serve.compositor import Compositor
+
+
+def _compositor(home, max_batch_size: int) -> Compositor:
+    cfg = load_config(
+        environ={},
+        overrides={
+            "paths": {"home": str(home)},
+            "model": {"tiny": {"pretrain_steps": 10, "hidden_size": 64, "num_layers": 2}},
+            "serve": {"max_batch_size": max_batch_size},
+        },
+    )
+    return Compositor(cfg.model_dump(mode="json"))
+
+
+def test_max_batch_size_1_generates_per_request_and_more_enables_serve_batch(tmp_path):
+    single = _compositor(tmp_path, 1)
+    assert single._batched is None and single.cache_stats()["max_batch_size"] == 1
+    request = {
+        "prompt": "### Instruction:\nDeploy with Helm\n\n### Response:\n",
+        "max_new_tokens": 6,
+    }
+    out = asyncio.run(single.generate(request))
+    want = single.backend.generate(GenerationRequest(**request))
+    assert (out["text"], out["completion_tokens"]) == (want.text, want.completion_tokens)
+    assert out["completion_tokens"] > 0 and single.cache_stats()["batching"]["batches"] == 0
+    batched = _compositor(tmp_path, 4)
+    assert batched._batched is not None and batched.cache_stats()["max_batch_size"] == 4
+    assert batched._batched._get_max_batch_size() == 4
