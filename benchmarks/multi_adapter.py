@@ -3,8 +3,9 @@
 Served by the real compositor: a Ray Serve deployment (``Compositor``, one replica,
 ``serve.max_batch_size`` = C) called through a ``DeploymentHandle`` with the multiplexed
 model id, exactly as the gateway calls it. C clients keep C requests in flight; the
-replica gathers them with ``@serve.batch`` and generates each batch in one forward per
-step, each row with its own adapter (``TransformersBackend.generate_batch``). All 50
+replica batches them (requests arriving during a batch form the next one) and generates
+each batch in one forward per step, each row with its own adapter
+(``TransformersBackend.generate_batch``). All 50
 signed adapters are verified and loaded once before measuring (the Serve LRU,
 ``serve.max_adapters_per_replica``, is set to 64 so none is evicted).
 
@@ -255,7 +256,7 @@ def main() -> None:
     load1 = os.getloadavg()
     c = r["count"]
     print(
-        f"multi-adapter throughput, compositor on Ray Serve (1 replica, @serve.batch "
+        f"multi-adapter throughput, compositor on Ray Serve (1 replica, "
         f"max_batch_size={args.concurrency}), {N_ADAPTERS} signed rank-8 adapters (q/k/v/o), "
         f"max_tokens={args.max_tokens}, greedy, C={args.concurrency} in flight"
     )

@@ -379,11 +379,8 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(
         16,
         ge=1,
-        description="Concurrent compositor requests generated as one batch (Serve @serve.batch), "
-        "across adapters; 1 = one request at a time.",
-    )
-    batch_wait_timeout_s: float = Field(
-        0.01, ge=0, description="How long a compositor batch waits to fill up (seconds)."
+        description="Most compositor requests generated as one batch, across adapters "
+        "(requests arriving during a batch form the next one); 1 = one request at a time.",
     )
     retry_after_s: float = Field(
         1.0, ge=0, description="Retry-After seconds sent with 429/503 overload answers."

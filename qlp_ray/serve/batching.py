@@ -1,12 +1,11 @@
-"""Merging of Serve batches while the backend is busy (one backend batch at a time).
+"""Continuous batching of compositor requests: one backend batch at a time.
 
-``@serve.batch`` forms the next batch while the previous one still runs (its
-``max_concurrent_batches`` semaphore is taken after the batch is formed), from whatever
-arrived within ``batch_wait_timeout_s`` of its first request. At C requests in flight a
-batch of C therefore splits into several small ones as the clients' next requests trickle
-in. :class:`BatchMerger` queues the rows of every formed batch; whenever the backend is
-free, one ``run`` call takes all queued rows (up to ``max_rows``) — the next batch is
-everything that waited, as in vLLM / S-LoRA schedulers.
+Every request queues its row; whenever the backend is free, one ``run`` call takes all
+queued rows (up to ``max_rows``), so the next batch is everything that arrived while the
+previous one generated, as in vLLM / S-LoRA schedulers. A lone request on an idle replica
+runs at once (no timer), and under load batches grow with the arrival rate. (Serve's
+``@serve.batch`` is not used here: it splits batches by multiplexed model id, and mixing
+adapters in one batch is the point.)
 """
 
 from __future__ import annotations

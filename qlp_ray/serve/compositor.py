@@ -12,16 +12,16 @@ it bypasses the multiplex LRU and is composed by ``StackComposer`` into its own 
 TTL composition cache. ``prefetch`` queues loads in the background; ``warm`` and
 ``invalidate`` serve the hot-swap admin route. The backend comes from ``serve.backend``.
 
-Concurrent requests are generated together (``@serve.batch``, up to
-``serve.max_batch_size``) whatever their adapters: each row holds its adapter's lease
-until its batch is done, and a row's error fails only that request.
+Concurrent requests are generated together (up to ``serve.max_batch_size``) whatever their
+adapters: requests that arrive while the backend generates form its next batch
+(:class:`~qlp_ray.serve.batching.BatchMerger`); each row holds its adapter's lease until
+its batch is done, and a row's error fails only that request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import dataclasses
 import itertools
 import logging
@@ -139,19 +139,10 @@ class Compositor:
         )(self._make_loader())
         self.stacks = self._make_stack_composer()
         self.prefetcher = PrefetchQueue(self._prefetch_one)
-        s = self.cfg.serve
-        self._batched = None
+        # concurrent requests join one backend batch whatever their adapters (serve/batching.py)
+        self.batching = self.cfg.serve.max_batch_size > 1 and self.backend.batches_across_adapters
         self.most_adapters = 0  # most distinct adapters in one backend batch
-        self._merger = BatchMerger(self._generate_rows, s.max_batch_size)
-        if s.max_batch_size > 1 and self.backend.batches_across_adapters:
-            # every formed batch may queue its rows in the merger (see serve/batching.py);
-            # Serve then logs that max_batch_size x max_concurrent_batches exceeds
-            # max_ongoing_requests: harmless here, queued batches merge into one
-            self._batched = serve.batch(
-                max_batch_size=s.max_batch_size,
-                batch_wait_timeout_s=s.batch_wait_timeout_s,
-                max_concurrent_batches=s.max_batch_size,
-            )(self._run_batch)
+        self._merger = BatchMerger(self._generate_rows, self.cfg.serve.max_batch_size)
         self.prewarm_errors = self._prewarm()
         logger.info("compositor ready (%s) in %.1f s", self.base_model, time.perf_counter() - t0)
 
@@ -255,7 +246,7 @@ class Compositor:
             "prewarm_errors": dict(self.prewarm_errors),
             "adapters_loaded": self.loads,
             "max_adapters_per_replica": self.cfg.serve.max_adapters_per_replica,
-            "max_batch_size": self.cfg.serve.max_batch_size if self._batched else 1,
+            "max_batch_size": self.cfg.serve.max_batch_size if self.batching else 1,
             "batching": {**self._merger.stats, "most_adapters": self.most_adapters},
         }
 
@@ -315,24 +306,12 @@ class Compositor:
 
     async def _run(self, request: GenerationRequest, adapter: str | None) -> Generation:
         """One request: alone (``serve.max_batch_size`` 1) or as a row of a batch."""
-        if self._batched is None:
+        if not self.batching:
             return await asyncio.to_thread(self.backend.generate, request, adapter)
-        # Serve splits a batch by multiplexed model id, but mixing adapters in one batch is
-        # the point: the adapter travels as an argument and the row is queued from a
-        # context without the request's model id.
-        task = asyncio.get_running_loop().create_task(
-            self._batched(request, adapter), context=contextvars.Context()
-        )
-        result = await task
+        (result,) = await self._merger.submit([(request, adapter)])
         if isinstance(result, Exception):  # that row failed, the rest of its batch did not
             raise result
         return result
-
-    async def _run_batch(
-        self, requests: list[GenerationRequest], adapters: list[str | None]
-    ) -> list[Generation | Exception]:
-        """The ``@serve.batch`` handler: its rows join the next backend batch."""
-        return await self._merger.submit(list(zip(requests, adapters, strict=True)))
 
     def _generate_rows(
         self, rows: list[tuple[GenerationRequest, str | None]]

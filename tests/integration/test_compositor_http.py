@@ -67,7 +67,6 @@ def build(home: Path):
                 "composition_cache_size": 3,
                 "prewarm_stacks": [PREWARM],
                 "max_batch_size": 8,
-                "batch_wait_timeout_s": 0.05,
             },
         },
         environ={},

@@ -21,9 +21,9 @@ def _compositor(home, max_batch_size: int) -> Compositor:
     return Compositor(cfg.model_dump(mode="json"))
 
 
-def test_max_batch_size_1_generates_per_request_and_more_enables_serve_batch(tmp_path):
+def test_max_batch_size_1_generates_per_request_and_more_enables_batching(tmp_path):
     single = _compositor(tmp_path, 1)
-    assert single._batched is None and single.cache_stats()["max_batch_size"] == 1
+    assert not single.batching and single.cache_stats()["max_batch_size"] == 1
     request = {
         "prompt": "### Instruction:\nDeploy with Helm\n\n### Response:\n",
         "max_new_tokens": 6,
@@ -33,5 +33,8 @@ def test_max_batch_size_1_generates_per_request_and_more_enables_serve_batch(tmp
     assert (out["text"], out["completion_tokens"]) == (want.text, want.completion_tokens)
     assert out["completion_tokens"] > 0 and single.cache_stats()["batching"]["batches"] == 0
     batched = _compositor(tmp_path, 4)
-    assert batched._batched is not None and batched.cache_stats()["max_batch_size"] == 4
-    assert batched._batched._get_max_batch_size() == 4
+    assert batched.batching and batched.cache_stats()["max_batch_size"] == 4
+    assert batched._merger.max_rows == 4
+    out = asyncio.run(batched.generate(request))  # the same text through the batcher
+    assert (out["text"], out["completion_tokens"]) == (want.text, want.completion_tokens)
+    assert batched.cache_stats()["batching"]["batches"] == 1
