@@ -96,8 +96,9 @@ def test_lexical_model_learns_tool_names():
     assert probs[0, 0] > 0.6 and probs[1, 1] > 0.6
 
 
-def test_evaluate_modes_on_toy_embeddings():
-    """Both modes run end to end on a separable toy set; no test repository in training."""
+@pytest.mark.parametrize("head", ["knn", "gating"])
+def test_evaluate_modes_on_toy_embeddings(head):
+    """Both modes (either learned head) run end to end on a separable toy set."""
     rng = np.random.default_rng(0)
     words = {"api": "endpoint", "ml": "tensor", "devops": "helm"}
     rows, vecs = [], {}
@@ -121,6 +122,7 @@ def test_evaluate_modes_on_toy_embeddings():
         calib_folds=2,
         lexical_buckets=1 << 12,
         finetune=False,
+        head=head,
     )
     results = evaluate_modes(examples, encode, folds=3, centroid_threshold=0.5, opts=opts)
     assert [r["mode"] for r in results] == ["centroid", "learned"]
@@ -143,3 +145,15 @@ def test_domain_priors_name_concepts_not_products():
     assert [w for w in fitted if w in text.split() or f"{w} " in text] == []
     texts, labels = prior_examples(["ml", "api"])
     assert set(labels) == {"ml", "api"} and len(texts) == len(labels) >= 10
+
+
+def test_title_like_keeps_the_first_sentence_without_lead_in():
+    from qlp_ray.route.augment import title_like
+
+    assert (
+        title_like("How do I make the nightly export incremental? It rebuilds 2 TB.")
+        == "Make the nightly export incremental"
+    )
+    assert title_like("Add retries to the upload step.") == "Add retries to the upload step"
+    assert title_like("please fix the flaky test") == "Fix the flaky test"
+    assert title_like("?") == "?"
