@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,6 +260,9 @@ class LearnedOptions:
     head: str = "gating"
     # bundled samples cut to their first sentence without question lead-in (title register)
     title_samples: bool = False
+    # fine-tune: each labelled row weighs 1/sqrt(rows of its repository), so a repository
+    # with many titles does not dominate what the embedder learns about unseen ones
+    finetune_group_weight: bool = False
 
 
 def auxiliary_examples(
@@ -322,10 +326,12 @@ def _fit(
 
         n_priors = len(prior_examples(sorted(set(aux_d)))[0]) if opts.use_priors else 0
         aux_is_prior = [i < n_priors for i in range(len(aux_t))]  # priors come first
+        sizes = Counter(groups)
+        row_w = [sizes[g] ** -0.5 for g in groups] if opts.finetune_group_weight else None
         featurize = fold_featurizer(
             tuner, texts, domains, (aux_t, aux_d, aux_is_prior), cfg,
             samples_per_domain=opts.finetune_samples_per_domain,
-            aux_weight=opts.finetune_aux_weight,
+            aux_weight=opts.finetune_aux_weight, row_weight=row_w,
         )  # fmt: skip
     if featurize is not None and not opts.finetune_in_calibration:
         x, aux_x = featurize(np.arange(len(texts)))

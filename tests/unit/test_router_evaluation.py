@@ -157,3 +157,27 @@ def test_title_like_keeps_the_first_sentence_without_lead_in():
     assert title_like("Add retries to the upload step.") == "Add retries to the upload step"
     assert title_like("please fix the flaky test") == "Fix the flaky test"
     assert title_like("?") == "?"
+
+
+def test_fold_featurizer_weighs_rows_by_repository():
+    """Fine-tune weights: labelled rows get ``row_weight``, auxiliary texts ``aux_weight``."""
+    from qlp_ray.route.finetune import TuneConfig, fold_featurizer
+
+    class RecordingTuner:
+        def fit(self, texts, y, n_classes, w, cfg):
+            self.texts, self.w = list(texts), np.asarray(w)
+
+        def encode(self, texts):
+            return np.zeros((len(texts), 4), dtype=np.float32)
+
+    tuner = RecordingTuner()
+    texts, domains = ["a", "b", "c"], ["api", "api", "ml"]
+    aux = (["p1", "s1", "s2"], ["api", "ml", "ml"], [True, False, False])
+    featurize = fold_featurizer(
+        tuner, texts, domains, aux, TuneConfig(), samples_per_domain=1, aux_weight=0.25,
+        row_weight=[0.5, 0.7, 1.0],
+    )  # fmt: skip
+    x, ax = featurize(np.array([0, 2]))
+    assert x.shape == (3, 4) and ax.shape == (3, 4)
+    assert tuner.texts[:2] == ["a", "c"] and len(tuner.texts) == 4  # 1 prior + 1 sample of ml
+    np.testing.assert_allclose(tuner.w, [0.5, 1.0, 0.25, 0.25])
