@@ -8,9 +8,10 @@ on the same frozen MiniLM embeddings, on the same folds (the issue quotes ~0.79)
 The learned mode fine-tunes MiniLM's top layer inside every training fold (and inside each
 nested calibration fold, unless ``--fast-calibration``), then fits the gating network and the
 lexical model on top. With 178 titles the figures move by a few points between fold
-assignments: read the mean ± sd over ``--seeds`` fold assignments. ``--ablations`` adds the
-learned mode with a frozen embedder on every seed, and without lexical model / priors /
-samples on seed 0.
+assignments: read the mean ± sd over ``--seeds`` fold assignments. ``--ablations`` adds, on
+every seed, the learned mode with a frozen embedder and the kNN head (nearest training titles
+on the tuned embeddings, title-like samples), and on seed 0 the mode without lexical model /
+priors / samples. ``benchmarks/router_variants.py`` screens heads and fine-tune settings.
 
 Frozen embeddings are cached under $QLP_HOME/cache/embeddings, so re-runs skip that encoder.
 """
@@ -91,17 +92,21 @@ def main() -> None:
             rows.append({**r, "seed": seed})
     if args.ablations:
         for name, kw in (
+            ("learned knn head", {"head": "knn", "title_samples": True}),
             ("learned -finetune", {"finetune": False}),
             ("learned -lexical", {"use_lexical": False}),
             ("learned -priors", {"use_priors": False}),
             ("learned -samples", {"use_samples": False}),
         ):
-            for seed in range(args.seeds if name == "learned -finetune" else 1):
+            every_seed = name in ("learned -finetune", "learned knn head")
+            for seed in range(args.seeds if every_seed else 1):
                 r = evaluate_modes(
                     examples,
                     encode,
                     folds=args.folds,
-                    opts=LearnedOptions(seed=seed, **kw),
+                    opts=LearnedOptions(
+                        seed=seed, finetune_in_calibration=not args.fast_calibration, **kw
+                    ),
                     modes=("learned",),
                 )[0]
                 rows.append({**r, "mode": name, "seed": seed})

@@ -29,6 +29,8 @@ def _options(cfg, folds_seed: int = 0):
         use_samples=r.use_samples,
         target_accuracy=r.target_accuracy,
         finetune=r.finetune_embedder,
+        head=r.learned_head,
+        title_samples=r.title_samples,
         seed=folds_seed,
     )
 

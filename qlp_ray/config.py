@@ -304,6 +304,16 @@ class RouterConfig(_Section):
         description="Learned mode: fine-tune the embedder's top layer on the training rows and "
         "ship it in the router directory (the Serve router then embeds with it).",
     )
+    learned_head: Literal["gating", "knn"] = Field(
+        "gating",
+        description="Learned mode: score a domain by the nearest labelled rows on the (tuned) "
+        "embeddings (knn) or by the gating MLP (gating); the lexical model is added to either.",
+    )
+    title_samples: bool = Field(
+        False,
+        description="Learned mode: cut the bundled instruction samples to title-like first "
+        "sentences before training on them.",
+    )
 
     def learned_path(self, home: Path) -> Path:
         """Where the learned router lives (``learned_dir`` or ``<home>/router/learned``)."""

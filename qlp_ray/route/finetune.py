@@ -179,13 +179,14 @@ def fold_featurizer(
     cfg: TuneConfig,
     samples_per_domain: int = 30,
     aux_weight: float = 0.5,
+    row_weight: Sequence[float] | None = None,
 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
     """``featurize(rows)`` for :func:`~qlp_ray.route.learned.fit_learned_router`.
 
     It fine-tunes ``tuner`` on ``texts[rows]`` plus every auxiliary prior and
     ``samples_per_domain`` (seeded pick) of the other auxiliary texts (bundled samples) of
     each domain, weighted ``aux_weight``; then it embeds all ``texts`` and auxiliary texts.
-    ``aux`` is ``(texts, domains, is_prior)``.
+    ``aux`` is ``(texts, domains, is_prior)``; ``row_weight`` weighs the labelled rows (1).
     """
     aux_t, aux_d, is_prior = list(aux[0]), list(aux[1]), np.asarray(aux[2], dtype=bool)
     labels = sorted(set(domains) | set(aux_d))
@@ -197,11 +198,12 @@ def fold_featurizer(
         pool = np.flatnonzero(~is_prior & (aux_y == c))
         picked.append(rng.permutation(pool)[:samples_per_domain])
     ft_aux = np.concatenate(picked).astype(int)
+    rw = np.ones(len(texts)) if row_weight is None else np.asarray(row_weight, dtype=float)
 
     def featurize(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         ft_texts = [texts[i] for i in rows] + [aux_t[i] for i in ft_aux]
         ft_y = np.concatenate([y[rows], aux_y[ft_aux]])
-        ft_w = np.concatenate([np.ones(len(rows)), np.full(len(ft_aux), aux_weight)])
+        ft_w = np.concatenate([rw[rows], np.full(len(ft_aux), aux_weight)])
         tuner.fit(ft_texts, ft_y, len(labels), ft_w, cfg)
         return tuner.encode(texts), (tuner.encode(aux_t) if aux_t else None)
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from qlp_ray.errors import ConfigError, InvalidRequest
 from qlp_ray.route.centroid import RouteDecision
+from qlp_ray.route.knn import KnnHead
 from qlp_ray.route.lexical import LexicalClassifier, train_lexical
 
 logger = logging.getLogger(__name__)
@@ -183,21 +184,34 @@ class LearnedRouterMeta:
     dropout: float
     embedding_model: str
     lexical_buckets: int | None = None
+    # "gating": the MLP scores embeddings; "knn": the k nearest labelled rows do (no MLP)
+    head: str = "gating"
+    knn_k: int = 10
+    knn_sharpness: float = 8.0
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 class LearnedRouter:
-    """Gating network (+ optional lexical model) + temperature + threshold.
+    """Embedding head (gating network or kNN) + optional lexical model + temperature + threshold.
 
     With a lexical model the score of a domain is the sum of both models' log-probabilities
     (a product of experts), divided by the fitted temperature before the softmax.
     """
 
     def __init__(
-        self, net: GatingNetwork, meta: LearnedRouterMeta, lexical: LexicalClassifier | None = None
+        self,
+        net: GatingNetwork | None,
+        meta: LearnedRouterMeta,
+        lexical: LexicalClassifier | None = None,
+        knn: KnnHead | None = None,
     ) -> None:
-        self.net = net.eval()
+        if (net is None) == (knn is None):
+            raise ValueError(
+                "a learned router needs exactly one of a gating network and a kNN head"
+            )
+        self.net = net.eval() if net is not None else None
+        self.knn = knn
         self.lexical = lexical.eval() if lexical is not None else None
         self.meta = meta
         self.labels = list(meta.labels)
@@ -213,7 +227,7 @@ class LearnedRouter:
         x = np.asarray(embeddings, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.meta.dim:
             raise ValueError(f"expected (n, {self.meta.dim}) embeddings, got shape {x.shape}")
-        z = log_softmax(logits_of(self.net, x))
+        z = self.knn.log_probs(x) if self.knn is not None else log_softmax(logits_of(self.net, x))
         if self.lexical is not None:
             if texts is None or len(texts) != len(x):
                 raise InvalidRequest("this router has a lexical model: pass the texts too")
@@ -253,7 +267,11 @@ class LearnedRouter:
         """Write ``gating.safetensors``, ``router.json`` and any tuned embedder into ``d``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        state = {}
+        if self.net is not None:
+            state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        if self.knn is not None:
+            state.update(self.knn.state_tensors())
         if self.lexical is not None:
             state.update(self.lexical.state_tensors())
         save_file(state, str(d / WEIGHTS_FILE), metadata={"format": "qlp-gating"})
@@ -294,19 +312,24 @@ class LearnedRouter:
             raise ConfigError(
                 f"{sidecar} has format {meta.format_version}, this version reads {FORMAT_VERSION}"
             )
-        net = GatingNetwork(meta.dim, len(meta.labels), meta.hidden, meta.dropout)
         tensors = load_file(str(weights))
-        lexical = None
+        lexical = net = knn = None
         try:
             if meta.lexical_buckets:
                 lexical = LexicalClassifier(len(meta.labels), meta.lexical_buckets)
                 lexical.load_tensors(
                     {k: tensors.pop(k) for k in list(tensors) if k.startswith("lexical.")}
                 )
-            net.load_state_dict(tensors)
-        except (RuntimeError, KeyError) as exc:
+            if meta.head == "knn":
+                knn = KnnHead.from_tensors(
+                    tensors, len(meta.labels), meta.knn_k, meta.knn_sharpness
+                )
+            else:
+                net = GatingNetwork(meta.dim, len(meta.labels), meta.hidden, meta.dropout)
+                net.load_state_dict(tensors)
+        except (RuntimeError, KeyError, ValueError) as exc:
             raise ConfigError(f"{weights} does not match {sidecar}: {exc}") from exc
-        return cls(net, meta, lexical)
+        return cls(net, meta, lexical, knn)
 
 
 def fit_learned_router(
@@ -325,6 +348,7 @@ def fit_learned_router(
     calib_folds: int = 3,
     embedding_model: str = "",
     featurize: Featurize | None = None,
+    head: str = "gating",
 ) -> LearnedRouter:
     """Train a calibrated :class:`LearnedRouter`.
 
@@ -338,6 +362,9 @@ def fit_learned_router(
     ``(x, extra_x)`` for all rows; it is called once per calibration fold (so held-out scores
     come from an embedder that never saw the held-out rows) and last for the final fit, which
     leaves the embedder in its final state.
+
+    ``head="knn"`` scores embeddings by their nearest labelled rows (auxiliary examples then
+    reach the router only through the embedder and the lexical model) instead of the MLP.
     """
     from qlp_ray.route.evaluation import group_kfold
 
@@ -363,7 +390,11 @@ def fit_learned_router(
     def fit(rows: np.ndarray, fx: np.ndarray, fex: np.ndarray) -> LearnedRouter:
         yt = np.concatenate([y[rows], ey])
         w = np.concatenate([np.ones(len(rows)), extra_w])
-        net = train_gating(np.concatenate([fx[rows], fex]), yt, len(labels), w, cfg)
+        net = knn = None
+        if head == "knn":
+            knn = KnnHead(fx[rows], y[rows], len(labels))
+        else:
+            net = train_gating(np.concatenate([fx[rows], fex]), yt, len(labels), w, cfg)
         lexical = None
         if use_lexical:
             lex_texts = [texts[i] for i in rows] + list(extra_texts)
@@ -377,9 +408,12 @@ def fit_learned_router(
             dropout=cfg.dropout,
             embedding_model=embedding_model,
             lexical_buckets=lexical_buckets if use_lexical else None,
+            head=head,
         )
-        return LearnedRouter(net, meta, lexical)
+        return LearnedRouter(net, meta, lexical, knn)
 
+    if head not in ("gating", "knn"):
+        raise ValueError(f"head must be 'gating' or 'knn', got {head!r}")
     temperature, threshold = 1.0, 0.0
     n_groups = len(set(groups))
     if n_groups >= 2 and calib_folds >= 2:

@@ -112,3 +112,29 @@ def test_targets_by_domain_prefers_highest_version():
 
     rows = [("ml-a", "ml", 1), ("ml-b", "ml", 3), ("api", "api", 2), ("ml-c", "ml", 3)]
     assert targets_by_domain(rows) == {"ml": "ml-b", "api": "api"}
+
+
+def test_knn_head_scores_by_hand():
+    from qlp_ray.route.knn import FLOOR, KnnHead
+
+    keys = np.array([[1, 0], [0.8, 0.6], [0, 1]], dtype=np.float32)
+    head = KnnHead(keys, np.array([0, 0, 1]), n_classes=3, k=2, sharpness=2.0)
+    lp = head.log_probs(np.array([[1.0, 0.0]]))
+    # nearest two: cosine 1.0 and 0.8, both class 0; class 1 and 2 only get the floor
+    raw = np.array([np.exp(2.0) + np.exp(1.6) + FLOOR, FLOOR, FLOOR])
+    np.testing.assert_allclose(np.exp(lp[0]), raw / raw.sum(), rtol=1e-6)
+
+
+def test_knn_router_trains_calibrates_and_round_trips(tmp_path):
+    x, domains, groups = _clusters(40, noise=0.9)
+    router = fit_learned_router(x, domains, groups, head="knn", calib_folds=3)
+    assert router.net is None and router.knn is not None and router.meta.head == "knn"
+    xt, dt, _ = _clusters(30, noise=0.9, seed=0)
+    pred = [router.labels[i] for i in router.probabilities(xt).argmax(axis=1)]
+    assert np.mean([p == t for p, t in zip(pred, dt, strict=True)]) >= 0.9
+    out = router.save(tmp_path / "r")
+    loaded = LearnedRouter.load(out)
+    assert loaded.net is None and loaded.meta.head == "knn"
+    np.testing.assert_allclose(loaded.probabilities(xt), router.probabilities(xt), atol=1e-6)
+    with pytest.raises(ValueError, match="head"):
+        fit_learned_router(x, domains, groups, head="svm", calib_folds=0)

@@ -96,8 +96,9 @@ def test_lexical_model_learns_tool_names():
     assert probs[0, 0] > 0.6 and probs[1, 1] > 0.6
 
 
-def test_evaluate_modes_on_toy_embeddings():
-    """Both modes run end to end on a separable toy set; no test repository in training."""
+@pytest.mark.parametrize("head", ["knn", "gating"])
+def test_evaluate_modes_on_toy_embeddings(head):
+    """Both modes (either learned head) run end to end on a separable toy set."""
     rng = np.random.default_rng(0)
     words = {"api": "endpoint", "ml": "tensor", "devops": "helm"}
     rows, vecs = [], {}
@@ -121,6 +122,7 @@ def test_evaluate_modes_on_toy_embeddings():
         calib_folds=2,
         lexical_buckets=1 << 12,
         finetune=False,
+        head=head,
     )
     results = evaluate_modes(examples, encode, folds=3, centroid_threshold=0.5, opts=opts)
     assert [r["mode"] for r in results] == ["centroid", "learned"]
@@ -143,3 +145,39 @@ def test_domain_priors_name_concepts_not_products():
     assert [w for w in fitted if w in text.split() or f"{w} " in text] == []
     texts, labels = prior_examples(["ml", "api"])
     assert set(labels) == {"ml", "api"} and len(texts) == len(labels) >= 10
+
+
+def test_title_like_keeps_the_first_sentence_without_lead_in():
+    from qlp_ray.route.augment import title_like
+
+    assert (
+        title_like("How do I make the nightly export incremental? It rebuilds 2 TB.")
+        == "Make the nightly export incremental"
+    )
+    assert title_like("Add retries to the upload step.") == "Add retries to the upload step"
+    assert title_like("please fix the flaky test") == "Fix the flaky test"
+    assert title_like("?") == "?"
+
+
+def test_fold_featurizer_weighs_rows_by_repository():
+    """Fine-tune weights: labelled rows get ``row_weight``, auxiliary texts ``aux_weight``."""
+    from qlp_ray.route.finetune import TuneConfig, fold_featurizer
+
+    class RecordingTuner:
+        def fit(self, texts, y, n_classes, w, cfg):
+            self.texts, self.w = list(texts), np.asarray(w)
+
+        def encode(self, texts):
+            return np.zeros((len(texts), 4), dtype=np.float32)
+
+    tuner = RecordingTuner()
+    texts, domains = ["a", "b", "c"], ["api", "api", "ml"]
+    aux = (["p1", "s1", "s2"], ["api", "ml", "ml"], [True, False, False])
+    featurize = fold_featurizer(
+        tuner, texts, domains, aux, TuneConfig(), samples_per_domain=1, aux_weight=0.25,
+        row_weight=[0.5, 0.7, 1.0],
+    )  # fmt: skip
+    x, ax = featurize(np.array([0, 2]))
+    assert x.shape == (3, 4) and ax.shape == (3, 4)
+    assert tuner.texts[:2] == ["a", "c"] and len(tuner.texts) == 4  # 1 prior + 1 sample of ml
+    np.testing.assert_allclose(tuner.w, [0.5, 1.0, 0.25, 0.25])
