@@ -114,6 +114,9 @@ def run(args: argparse.Namespace) -> dict:
             "compositor_num_cpus": 1,
         }
     )
+    # the in-process server and the naive baseline run in this process with the torch
+    # threads Ray gives the compositor replica (OMP_NUM_THREADS = its num_cpus = 1)
+    torch.set_num_threads(int(cfg.serve.compositor_num_cpus))
     base, tokenizer = load_base(cfg)
     ids = [f"bench{i:02d}" for i in range(N_ADAPTERS)]
     t0 = time.perf_counter()
