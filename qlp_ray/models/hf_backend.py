@@ -49,7 +49,8 @@ class AdapterNotLoaded(KeyError):
 
 
 class _RowStops(StoppingCriteria):
-    """Per-row end of a batch: the row's ``max_new_tokens`` or a stop string in its text.
+    """Per-row end of a batch (or of one request): the row's ``max_new_tokens`` or a stop
+    string in its text.
 
     ``ended[i]`` is the number of new tokens row ``i`` had when it ended (the unbatched
     run would have stopped there too); rows ending on EOS are cut by ``_finish``.
@@ -77,19 +78,6 @@ class _RowStops(StoppingCriteria):
                     self.ended[row] = new
         done = [ended is not None for ended in self.ended]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class _StopOnStrings(StoppingCriteria):
-    """Stops generation once the decoded new text contains any stop string."""
-
-    def __init__(self, tokenizer: Any, prompt_len: int, stops: tuple[str, ...]) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
-        self.stops = stops
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> bool:
-        text = self.tokenizer.decode(input_ids[0, self.prompt_len :], skip_special_tokens=True)
-        return any(s in text for s in self.stops)
 
 
 def check_adapter_dir(path: str | Path) -> Path:
@@ -239,9 +227,7 @@ class TransformersBackend(InferenceBackend):
             self._peft.set_adapter(name)
             self._active = name
             return
-        if self._lora_layers is None:
-            self._lora_layers = [m for m in self._peft.modules() if isinstance(m, BaseTunerLayer)]
-        for layer in self._lora_layers:
+        for layer in self._layers_locked():
             layer._active_adapter = [name]  # what BaseTunerLayer.set_adapter sets
         self._peft.active_adapter = name  # what PeftModel.set_adapter sets ...
         self._peft.base_model.active_adapter = name  # ... and LoraModel.set_adapter
@@ -382,7 +368,7 @@ class TransformersBackend(InferenceBackend):
         kwargs["max_new_tokens"] = request.max_new_tokens
         if request.stop:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
-                [_StopOnStrings(self.tokenizer, prompt_len, request.stop)]
+                [_RowStops(self.tokenizer, prompt_len, [request])]
             )
         t0 = time.perf_counter()
         with self._lock:

@@ -220,13 +220,14 @@ class OpenVINOEmbedder:
             self.streams, config = 1, {}
         self.device = device
         core = ov.Core()
-        self._compiled = core.compile_model(core.read_model(self.ir_dir / IR_FILE), device, config)
+        model = core.read_model(self.ir_dir / IR_FILE)
+        self._compiled = core.compile_model(model, device, config)
         self._requests = [self._compiled.create_infer_request() for _ in range(self.streams)]
         self._latency_request = None  # one stream over every thread, for small batches
         if device == "CPU" and self.streams > 1:
             latency = {**config, "NUM_STREAMS": 1}
             self._latency_request = core.compile_model(
-                core.read_model(self.ir_dir / IR_FILE), device, latency
+                model, device, latency
             ).create_infer_request()
         self._lock = threading.Lock()  # the infer requests serve one encode call at a time
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
