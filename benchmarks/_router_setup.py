@@ -23,6 +23,21 @@ DOMAINS = ("api", "dataeng", "devops", "frontend", "ml")
 PORT = 8200
 
 
+def add_encoder_args(parser: Any) -> None:
+    """``--backend`` and ``--precision`` of the router's encoder (both router benchmarks)."""
+    parser.add_argument("--backend", choices=("openvino", "torch"), default="openvino")
+    parser.add_argument("--precision", choices=("auto", "f32", "bf16"), default="auto")
+
+
+def encoder_label(backend: str, precision: str) -> str:
+    """``openvino/bf16``: the backend and the precision ``auto`` resolved to."""
+    if backend == "openvino":
+        from qlp_ray.route.openvino_embedder import resolve_precision
+
+        precision = resolve_precision(precision)
+    return f"{backend}/{precision}"
+
+
 def dev_titles(path: Path | None = None) -> list[str]:
     """The distinct issue titles of the routing dev set, in file order."""
     src = path or Path(os.environ.get("QLP_ROUTING_DEV", "/work/shared/data/routing/dev.jsonl"))

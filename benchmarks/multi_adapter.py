@@ -50,48 +50,46 @@ N_ADAPTERS = 50
 _handles: dict = {}
 
 
-async def _serve_run(handle, jobs: list[tuple[str, int]], clients: int, max_tokens: int):
-    """Send ``jobs`` ((model id, prompt index)) with ``clients`` in flight; texts, seconds."""
+async def _closed_loop(send, jobs: list[tuple[str, int]], clients: int):
+    """Run ``jobs`` ((model, prompt index)) with ``clients`` in flight through ``send``
+    (an async ``(model, prompt) -> text``); texts by job index, seconds, latencies (ms)."""
     queue = list(enumerate(jobs))
     texts: dict[int, str] = {}
     latencies: list[float] = []
 
     async def client() -> None:
         while queue:
-            i, (model_id, p) = queue.pop(0)
+            i, (model, p) = queue.pop(0)
             t0 = time.perf_counter()
-            payload = {"prompt": PROMPTS[p], "max_new_tokens": max_tokens}
-            if model_id not in _handles:  # one handle per model id, like a long-lived client
-                _handles[model_id] = handle.options(multiplexed_model_id=model_id)
-            gen = await _handles[model_id].generate.remote(payload)
+            texts[i] = await send(model, PROMPTS[p])
             latencies.append((time.perf_counter() - t0) * 1000)
-            texts[i] = gen["text"]
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     return texts, time.perf_counter() - t0, latencies
 
 
-async def _inproc_run(merger, jobs: list[tuple[str, int]], clients: int, max_tokens: int):
+def _serve_run(handle, jobs: list[tuple[str, int]], clients: int, max_tokens: int):
+    """Through the Serve deployment handle, with the multiplexed model id."""
+
+    async def send(model_id: str, prompt: str) -> str:
+        if model_id not in _handles:  # one handle per model id, like a long-lived client
+            _handles[model_id] = handle.options(multiplexed_model_id=model_id)
+        payload = {"prompt": prompt, "max_new_tokens": max_tokens}
+        return (await _handles[model_id].generate.remote(payload))["text"]
+
+    return _closed_loop(send, jobs, clients)
+
+
+def _inproc_run(merger, jobs: list[tuple[str, int]], clients: int, max_tokens: int):
     """The same with the compositor's ``BatchMerger`` over the backend, in this process."""
     from qlp_ray.models.backend import GenerationRequest
 
-    queue = list(enumerate(jobs))
-    texts: dict[int, str] = {}
-    latencies: list[float] = []
+    async def send(name: str, prompt: str) -> str:
+        [gen] = await merger.submit([(GenerationRequest(prompt, max_new_tokens=max_tokens), name)])
+        return gen.text
 
-    async def client() -> None:
-        while queue:
-            i, (name, p) = queue.pop(0)
-            t0 = time.perf_counter()
-            request = GenerationRequest(PROMPTS[p], max_new_tokens=max_tokens)
-            [gen] = await merger.submit([(request, name)])
-            latencies.append((time.perf_counter() - t0) * 1000)
-            texts[i] = gen.text
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return texts, time.perf_counter() - t0, latencies
+    return _closed_loop(send, jobs, clients)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -33,7 +33,13 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _compositor_setup import percentile  # noqa: E402
-from _router_setup import build_registry, dev_titles, router_bench_config  # noqa: E402
+from _router_setup import (  # noqa: E402
+    add_encoder_args,
+    build_registry,
+    dev_titles,
+    encoder_label,
+    router_bench_config,
+)
 
 TARGET_MS = 5.0
 
@@ -127,22 +133,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=150, help="request pairs (routed + direct)")
     parser.add_argument("--max-tokens", type=int, default=4)
-    parser.add_argument("--backend", choices=("openvino", "torch"), default="openvino")
-    parser.add_argument("--precision", choices=("auto", "f32", "bf16"), default="auto")
+    add_encoder_args(parser)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(os.environ.get("QLP_HOME", "/tmp/qlp_routerperf"))
 
     s = run(args.n, args.max_tokens, args.backend, args.precision, home)
     load = os.getloadavg()
-    precision = args.precision
-    if args.backend == "openvino":
-        from qlp_ray.route.openvino_embedder import resolve_precision
-
-        precision = resolve_precision(args.precision)
     print(f"router latency: {s['n']} titles x (routed + direct) HTTP requests per placement, "
           f"all interleaved, {s['distinct']} distinct dev.jsonl titles, max_tokens="
-          f"{args.max_tokens}, encoder {args.backend}/{precision}, "
+          f"{args.max_tokens}, encoder {encoder_label(args.backend, args.precision)}, "
           f"load average {load[0]:.2f}")  # fmt: skip
     print(f"{'placement':12}{'direct p50':>11}{'routed p50':>11}{'added p50':>10}"
           f"{'direct p95':>11}{'routed p95':>11}{'added p95':>10}{'pair median':>12}")  # fmt: skip

@@ -25,7 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _router_setup import build_registry, dev_titles, router_bench_config  # noqa: E402
+from _router_setup import (  # noqa: E402
+    add_encoder_args,
+    build_registry,
+    dev_titles,
+    encoder_label,
+    router_bench_config,
+)
 
 TARGET_PER_S = 500.0
 
@@ -106,22 +112,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1200, help="routing calls per mode")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent callers")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per mode")
-    parser.add_argument("--backend", choices=("openvino", "torch"), default="openvino")
-    parser.add_argument("--precision", choices=("auto", "f32", "bf16"), default="auto")
+    add_encoder_args(parser)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(os.environ.get("QLP_HOME", "/tmp/qlp_routerperf"))
 
     s = run(args.n, args.concurrency, args.rounds, args.backend, args.precision, home)
     load = os.getloadavg()
-    precision = args.precision
-    if args.backend == "openvino":
-        from qlp_ray.route.openvino_embedder import resolve_precision
-
-        precision = resolve_precision(args.precision)
     print(f"router throughput: {s['done']['batched']} routing calls per mode, "
           f"{args.concurrency} concurrent callers, {s['distinct_texts']} distinct dev.jsonl "
-          f"titles, encoder {args.backend}/{precision}, 2 CPUs, "
+          f"titles, encoder {encoder_label(args.backend, args.precision)}, 2 CPUs, "
           f"load average {load[0]:.2f}")  # fmt: skip
     print(f"{'':12}{'decisions/s':>12}{'batches':>9}{'mean batch':>12}{'encoder ms/text':>17}")
     for mode in ("batched", "unbatched"):

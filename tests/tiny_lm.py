@@ -106,3 +106,34 @@ def pretrain(
         opt.step()
         opt.zero_grad()
     return model.eval()
+
+
+def save_random_lora(
+    base: Any,
+    out: Any,
+    seed: int,
+    *,
+    r: int = 4,
+    alpha: int | None = None,
+    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    b_std: float = 1.0,
+    **lora_kwargs: Any,
+) -> Any:
+    """A real PEFT LoRA adapter on a copy of ``base`` with random (non-zero) A and B of
+    scale ``b_std`` (so it visibly changes the output), saved as safetensors to ``out``."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=r, lora_alpha=2 * r if alpha is None else alpha,
+                     target_modules=list(targets), init_lora_weights=False,
+                     **lora_kwargs)  # fmt: skip
+    model = get_peft_model(copy.deepcopy(base), cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, b_std)
+    model.save_pretrained(str(out))
+    return out

@@ -6,7 +6,6 @@ A tiny base model, real PEFT LoRA adapters (random non-zero init, saved with
 
 from __future__ import annotations
 
-import copy
 import os
 import threading
 import time
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
+
+from tests.tiny_lm import save_random_lora
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,7 @@ PREWARM = "dataeng+frontend"
 
 def save_random_adapter(base, out: Path, seed: int, r: int = 4) -> Path:
     """A real PEFT LoRA adapter with random (non-zero) A and B, saved as safetensors."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    lora = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"],
-                      init_lora_weights=False)  # fmt: skip
-    model = get_peft_model(copy.deepcopy(base), lora)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    model.save_pretrained(str(out))
-    return out
+    return save_random_lora(base, out, seed, r=r, b_std=0.5)
 
 
 def build(home: Path):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from qlp_ray.errors import AdapterNotFound, InvalidRequest
@@ -22,6 +21,7 @@ from qlp_ray.models.composition import (
 from qlp_ray.models.composition_cache import CompositionCache
 from qlp_ray.models.hf_backend import TransformersBackend
 from qlp_ray.serve.composition import StackComposer
+from tests.tiny_lm import save_random_lora
 
 # -- parsing ----------------------------------------------------------------------------
 
@@ -160,16 +160,7 @@ def _tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _save_adapter(base, out: Path, seed: int, r: int = 4) -> Path:
-    torch.manual_seed(seed)
-    cfg = LoraConfig(r=r, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                     init_lora_weights=False)  # fmt: skip
-    model = get_peft_model(copy.deepcopy(base), cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 1.0)
-    model.save_pretrained(str(out))
-    return out
+    return save_random_lora(base, out, seed, r=r, alpha=8)
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from qlp_ray.errors import InvalidRequest
 from qlp_ray.models.backend import GenerationRequest
 from qlp_ray.models.batched_lora import LoRATables
 from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
+from tests.tiny_lm import save_random_lora
 from tests.unit.test_serve_backend import _tiny_llama, tokenizer  # noqa: F401 - fixture
 
 PROMPTS = [
@@ -25,21 +24,9 @@ PROMPTS = [
 
 
 def _adapter(base, out: Path, seed: int, r: int, **extra) -> Path:
-    torch.manual_seed(seed)
-    cfg = LoraConfig(
-        r=r,
-        lora_alpha=2 * r,
-        target_modules=["q_proj", "v_proj", "o_proj"],
-        init_lora_weights=False,
-        **extra,
-    )
-    model = get_peft_model(copy.deepcopy(base), cfg)
-    with torch.no_grad():  # large random B so each adapter visibly changes greedy output
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 2.0)
-    model.save_pretrained(str(out))
-    return out
+    # large random B so each adapter visibly changes greedy output
+    targets = ("q_proj", "v_proj", "o_proj")
+    return save_random_lora(base, out, seed, r=r, targets=targets, b_std=2.0, **extra)
 
 
 @pytest.fixture(scope="module")

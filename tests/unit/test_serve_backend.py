@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from qlp_ray.errors import AdapterLoadError, InvalidRequest
 from qlp_ray.models.backend import GenerationRequest
 from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
 from qlp_ray.route.embeddings import packaged_model_dir
+from tests.tiny_lm import save_random_lora
 
 
 def _tiny_llama(hidden: int = 32, vocab: int = 30522, seed: int = 0) -> LlamaForCausalLM:
@@ -39,16 +39,8 @@ def tokenizer():
 
 
 def _save_adapter(base: LlamaForCausalLM, out: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    cfg = LoraConfig(
-        r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-    )
-    peft_model = get_peft_model(copy.deepcopy(base), cfg)
-    with torch.no_grad():  # large random B so the adapter visibly changes greedy output
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 2.0)
-    peft_model.save_pretrained(str(out))
+    # large random B so the adapter visibly changes greedy output
+    save_random_lora(base, out, seed, r=4, alpha=16, b_std=2.0)
     assert (out / "adapter_model.safetensors").is_file()
     return out
 
