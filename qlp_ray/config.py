@@ -392,6 +392,11 @@ class ServeConfig(_Section):
         description="Most compositor requests generated as one batch, across adapters "
         "(requests arriving during a batch form the next one); 1 = one request at a time.",
     )
+    continuous_batching: bool = Field(
+        True,
+        description="Greedy rows join the running compositor batch at the next decoding step "
+        "and leave it when done (transformers backend); false = request-level batches.",
+    )
     retry_after_s: float = Field(
         1.0, ge=0, description="Retry-After seconds sent with 429/503 overload answers."
     )

@@ -474,6 +474,60 @@ class TransformersBackend(InferenceBackend):
             gens.append(gen)
         return gens
 
+    # -- step-level access for continuous batching (models/continuous.py) -------------
+    def continuous_ok(self, request: GenerationRequest, adapter: str | None) -> bool:
+        """Whether the row can join a :class:`~qlp_ray.models.continuous.ContinuousDecoder`:
+        greedy, with the base model or a loaded plain-LoRA adapter."""
+        if request.temperature > 0:
+            return False
+        with self._lock:
+            if adapter is None:
+                return True
+            if adapter not in self._adapters or self._full_switch:
+                return False
+            return self._tables_locked().supports([adapter])
+
+    def forward_rows(
+        self,
+        adapters: Sequence[str | None],
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
+        """One forward of rows with their own adapters over ``cache`` (updated in place);
+        the last position's logits, ``[rows, vocab]``."""
+        with self._lock:
+            missing = [a for a in adapters if a is not None and a not in self._adapters]
+            if missing:
+                raise AdapterNotLoaded(missing[0])
+            ctx: Any = contextlib.nullcontext()
+            if self._peft is not None:
+                if self._full_switch:
+                    stack = contextlib.ExitStack()
+                    stack.enter_context(self._peft.disable_adapter())
+                    stack.enter_context(self._tables_locked().rows(list(adapters)))
+                    ctx = stack
+                else:
+                    self._deactivate_locked()
+                    ctx = self._tables_locked().rows(list(adapters))
+            with ctx, torch.inference_mode():
+                out = self._base(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+        return out.logits[:, -1, :]
+
+    def continuous_decoder(self) -> Any:
+        """A new :class:`~qlp_ray.models.continuous.ContinuousDecoder` on this backend."""
+        from qlp_ray.models.continuous import ContinuousDecoder
+
+        return ContinuousDecoder(self)
+
     def _select_rows_locked(self, adapters: list[str | None]) -> tuple[Any, Any]:
         """The model and context that run row ``i`` with ``adapters[i]`` (all loaded and
         able to share a batch: see ``_row_groups_locked``)."""

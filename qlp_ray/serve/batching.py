@@ -1,11 +1,16 @@
-"""Continuous batching of compositor requests: one backend batch at a time.
+"""Batching of compositor requests across adapters, at two granularities.
 
-Every request queues its row; whenever the backend is free, one ``run`` call takes all
-queued rows (up to ``max_rows``), so the next batch is everything that arrived while the
-previous one generated, as in vLLM / S-LoRA schedulers. A lone request on an idle replica
-runs at once (no timer), and under load batches grow with the arrival rate. (Serve's
-``@serve.batch`` is not used here: it splits batches by multiplexed model id, and mixing
-adapters in one batch is the point.)
+* :class:`StepMerger` (default for the transformers backend): iteration-level batching.
+  Queued rows join the running batch at the next decoding step and leave it when done
+  (``models/continuous.py``), as in Orca / vLLM schedulers, so rows arriving while others
+  generate do not wait for them to finish.
+* :class:`BatchMerger`: request-level batching. Whenever the backend is free, one ``run``
+  call takes all queued rows (up to ``max_rows``): the next batch is everything that
+  arrived while the previous one generated.
+
+Either way a lone request on an idle replica runs at once (no timer) and batches grow
+with the load. (Serve's ``@serve.batch`` is not used: it splits batches by multiplexed
+model id, and mixing adapters in one batch is the point.)
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,4 +74,77 @@ class BatchMerger(Generic[T, R]):
                 start += len(group)
 
 
-__all__ = ["BatchMerger"]
+class StepMerger:
+    """Runs queued ``(request, adapter)`` rows through a backend's continuous decoder.
+
+    One worker task alternates, in a thread, "admit what is queued (up to ``max_rows``
+    running) + one decoding step". Rows the decoder cannot take (sampled rows, adapters
+    that are not plain LoRA) run through ``backend.generate_batch`` at that point instead.
+    """
+
+    def __init__(self, backend: Any, max_rows: int) -> None:
+        self.backend = backend
+        self.max_rows = max_rows
+        self._decoder = backend.continuous_decoder()
+        self._pending: deque[tuple[Any, asyncio.Future[Any]]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        # decoding steps ("batches"), prefills of joining rows, rows admitted, running rows
+        # summed over the steps, most rows running at once
+        self.stats = {"batches": 0, "prefills": 0, "rows": 0, "row_steps": 0, "largest": 0}
+        self.most_adapters = 0  # most distinct adapters running at once
+
+    async def submit(self, rows: Sequence[tuple[Any, str | None]]) -> list[Any]:
+        """Results (a ``Generation`` or the row's exception) for ``rows``, in order."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in rows]
+        self._pending.extend(zip(rows, futures, strict=True))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drive())
+        return list(await asyncio.gather(*futures))
+
+    async def _drive(self) -> None:
+        while self._pending or len(self._decoder):
+            joining = []
+            while self._pending and len(self._decoder) + len(joining) < self.max_rows:
+                row, future = self._pending.popleft()
+                if not future.cancelled():
+                    joining.append((row, future))
+            try:
+                done = await asyncio.to_thread(self._tick, joining)
+            except Exception as exc:  # a bug, not a row's error: fail what is in flight
+                done = [(f, exc) for _, f in joining]
+                done += [(row.key, exc) for row in self._decoder.rows]
+                self._decoder = self.backend.continuous_decoder()
+            for future, result in done:
+                if not future.done():
+                    future.set_result(result)
+
+    def _tick(self, joining: list[tuple[Any, asyncio.Future[Any]]]) -> list[tuple[Any, Any]]:
+        """Admit ``joining`` (or run the rows it cannot take), then one decoding step."""
+        steady, other = [], []
+        for (request, adapter), future in joining:
+            if self.backend.continuous_ok(request, adapter):
+                steady.append((request, adapter, future))
+            else:
+                other.append(((request, adapter), future))
+        done: list[tuple[Any, Any]] = []
+        if other:
+            results = self.backend.generate_batch([row for row, _ in other])
+            done += [(f, r) for (_, f), r in zip(other, results, strict=True)]
+        self.stats["rows"] += len(joining)
+        if steady:
+            self.stats["prefills"] += 1
+        done += self._decoder.admit(steady)
+        running = len(self._decoder)
+        if running:
+            self.stats["batches"] += 1
+            self.stats["row_steps"] += running
+            self.stats["largest"] = max(self.stats["largest"], running)
+            self.most_adapters = max(
+                self.most_adapters, len({row.adapter for row in self._decoder.rows})
+            )
+            done += self._decoder.step()
+        return done
+
+
+__all__ = ["BatchMerger", "StepMerger"]

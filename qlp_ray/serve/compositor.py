@@ -13,9 +13,12 @@ TTL composition cache. ``prefetch`` queues loads in the background; ``warm`` and
 ``invalidate`` serve the hot-swap admin route. The backend comes from ``serve.backend``.
 
 Concurrent requests are generated together (up to ``serve.max_batch_size``) whatever their
-adapters: requests that arrive while the backend generates form its next batch
-(:class:`~qlp_ray.serve.batching.BatchMerger`); each row holds its adapter's lease until
-its batch is done, and a row's error fails only that request.
+adapters. With ``serve.continuous_batching`` (default) a greedy request joins the running
+batch at the next decoding step and leaves it when done
+(:class:`~qlp_ray.serve.batching.StepMerger`); otherwise requests that arrive while the
+backend generates form its next batch (:class:`~qlp_ray.serve.batching.BatchMerger`).
+Each row holds its adapter's lease until it is done, and a row's error fails only that
+request.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBacke
 from qlp_ray.models.composition import AdapterStack, is_stack, parse_stack
 from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
 from qlp_ray.serve.admission import deployment_limits
-from qlp_ray.serve.batching import BatchMerger
+from qlp_ray.serve.batching import BatchMerger, StepMerger
 
 if TYPE_CHECKING:
     from qlp_ray.serve.composition import StackComposer
@@ -142,7 +145,11 @@ class Compositor:
         # concurrent requests join one backend batch whatever their adapters (serve/batching.py)
         self.batching = self.cfg.serve.max_batch_size > 1 and self.backend.batches_across_adapters
         self.most_adapters = 0  # most distinct adapters in one backend batch
-        self._merger = BatchMerger(self._generate_rows, self.cfg.serve.max_batch_size)
+        self._merger: BatchMerger | StepMerger
+        if self.cfg.serve.continuous_batching and hasattr(self.backend, "continuous_decoder"):
+            self._merger = StepMerger(self.backend, self.cfg.serve.max_batch_size)
+        else:
+            self._merger = BatchMerger(self._generate_rows, self.cfg.serve.max_batch_size)
         self.prewarm_errors = self._prewarm()
         logger.info("compositor ready (%s) in %.1f s", self.base_model, time.perf_counter() - t0)
 
@@ -247,7 +254,11 @@ class Compositor:
             "adapters_loaded": self.loads,
             "max_adapters_per_replica": self.cfg.serve.max_adapters_per_replica,
             "max_batch_size": self.cfg.serve.max_batch_size if self.batching else 1,
-            "batching": {**self._merger.stats, "most_adapters": self.most_adapters},
+            "batching": {
+                **self._merger.stats,
+                "continuous": isinstance(self._merger, StepMerger),
+                "most_adapters": max(self.most_adapters, getattr(self._merger, "most_adapters", 0)),
+            },
         }
 
     def _make_loader(self) -> Any:

@@ -1,0 +1,198 @@
+"""Iteration-level ("continuous") batching of greedy rows with mixed adapters.
+
+Request-level batching runs a batch to its end before the next one starts, so under a
+closed loop the load splits into cohorts that never merge: rows arriving while a batch
+generates wait for all of it, and the next batch is small. Here rows join the running
+batch at the next decoding step and leave it as soon as they are done (as in Orca and
+vLLM's schedulers):
+
+* :meth:`ContinuousDecoder.admit` prefills the new rows (left-padded, each with its own
+  adapter through :class:`~qlp_ray.models.batched_lora.RowLoRA`) and merges their KV cache
+  into the running one (both left-padded to the longer length);
+* :meth:`ContinuousDecoder.step` decodes one token for every running row and returns the
+  rows that ended (EOS, their ``max_new_tokens``, or a stop string).
+
+Each row gets the tokens, counts and finish reason that ``TransformersBackend.generate``
+gives it alone: positions come from the row's own tokens, padding is masked out. Only
+greedy rows of plain-LoRA adapters (or the base model) run here; the backend decides
+which (``TransformersBackend.continuous_ok``). Not thread-safe: one caller drives it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import DynamicCache
+
+from qlp_ray.models.backend import Generation, GenerationRequest
+from qlp_ray.models.hf_backend import AdapterNotLoaded
+
+if TYPE_CHECKING:
+    from qlp_ray.models.hf_backend import TransformersBackend
+
+
+@dataclass
+class _Row:
+    request: GenerationRequest
+    adapter: str | None
+    prompt_len: int
+    key: Any  # the caller's handle for this row
+    new_ids: list[int] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class ContinuousDecoder:
+    """Running greedy rows of one backend; rows join (:meth:`admit`) and leave at steps."""
+
+    def __init__(self, backend: TransformersBackend) -> None:
+        self.backend = backend
+        self.rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask = torch.zeros((0, 0), dtype=torch.long)  # [rows, cached length]
+        self._next = torch.zeros((0,), dtype=torch.long)  # each row's next input token
+        self._pos = torch.zeros((0,), dtype=torch.long)  # ... and its position
+        self.steps = 0  # forwards run (prefills + decoding steps)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # -- joining --------------------------------------------------------------------
+    @torch.inference_mode()
+    def admit(
+        self, items: list[tuple[GenerationRequest, str | None, Any]]
+    ) -> list[tuple[Any, Generation | Exception]]:
+        """Prefill ``(request, adapter, key)`` rows and add them to the running batch.
+
+        Returns ``(key, result)`` for rows already finished (an error, or done after their
+        first token); the others are returned by later :meth:`step` calls.
+        """
+        b = self.backend
+        done: list[tuple[Any, Generation | Exception]] = []
+        joining: list[_Row] = []
+        tokens: list[list[int]] = []
+        for request, adapter, key in items:
+            try:
+                if adapter is not None and adapter not in b.loaded_adapters:
+                    raise AdapterNotLoaded(adapter)
+                ids = b.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+                b._check_context(len(ids), request)
+            except Exception as exc:  # returned to that row's caller
+                done.append((key, exc))
+                continue
+            joining.append(_Row(request, adapter, len(ids), key))
+            tokens.append(ids)
+        if not joining:
+            return done
+        width = max(len(ids) for ids in tokens)
+        pad = b.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in tokens])
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in tokens])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        try:
+            logits = b.forward_rows([r.adapter for r in joining], input_ids, mask, positions, cache)
+        except Exception as exc:  # e.g. an adapter unloaded meanwhile: these rows fail
+            return done + [(r.key, exc) for r in joining]
+        first_new = len(self.rows)
+        self._merge(cache, mask)
+        self.rows += joining
+        self._next = torch.cat([self._next, logits.argmax(-1)])
+        self._pos = torch.cat([self._pos, torch.tensor([r.prompt_len for r in joining])])
+        return done + self._collect(first_new)
+
+    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append the prefilled rows' cache and mask to the running ones (left-padded)."""
+        if self._cache is None or not self.rows:
+            self._cache, self._mask = cache, mask
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
+            old.values = torch.cat(
+                [_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)]
+            )
+        self._mask = torch.cat([_left_pad(self._mask, width, 1), _left_pad(mask, width, 1)])
+
+    # -- decoding -------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Any, Generation | Exception]]:
+        """Decode one token for every running row; ``(key, result)`` of rows that ended."""
+        if not self.rows:
+            return []
+        mask = torch.cat([self._mask, torch.ones((len(self.rows), 1), dtype=torch.long)], 1)
+        try:
+            logits = self.backend.forward_rows(
+                [r.adapter for r in self.rows],
+                self._next.view(-1, 1),
+                mask,
+                self._pos.view(-1, 1),
+                self._cache,
+            )
+        except Exception as exc:  # the step as a whole failed: every running row fails
+            failed = [(r.key, exc) for r in self.rows]
+            self._keep([])
+            return failed
+        self._mask = mask
+        self._pos = self._pos + 1
+        self._next = logits.argmax(-1)
+        return self._collect()
+
+    def _collect(self, first: int = 0) -> list[tuple[Any, Generation | Exception]]:
+        """Record the newest token (``_next``) of rows ``first:``; remove and return the
+        rows that ended."""
+        b = self.backend
+        eos = b.tokenizer.eos_token_id
+        finished: list[tuple[Any, Generation | Exception]] = []
+        keep = list(range(first))
+        tokens = self._next[first:].tolist()
+        for i, (row, token) in enumerate(zip(self.rows[first:], tokens, strict=True), first):
+            row.new_ids.append(token)
+            ended = token == eos or len(row.new_ids) >= row.request.max_new_tokens
+            if not ended and row.request.stop:
+                text = b.tokenizer.decode(row.new_ids, skip_special_tokens=True)
+                ended = any(s in text for s in row.request.stop)
+            if not ended:
+                keep.append(i)
+                continue
+            ms = (time.perf_counter() - row.started) * 1000
+            gen = b._finish(row.new_ids, row.request, row.adapter, ms, row.prompt_len)
+            gen.extra["batch_size"] = len(self.rows)
+            finished.append((row.key, gen))
+        if len(keep) < len(self.rows):
+            self._keep(keep)
+        return finished
+
+    def _keep(self, keep: list[int]) -> None:
+        """Drop every row not in ``keep`` and the cache columns no remaining row uses."""
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self._cache = None
+            self._mask = torch.zeros((0, 0), dtype=torch.long)
+            self._next = self._next[:0]
+            self._pos = self._pos[:0]
+            return
+        idx = torch.tensor(keep)
+        mask = self._mask.index_select(0, idx)
+        first = int((mask.sum(0) > 0).nonzero()[0])  # leading columns that are padding for all
+        self._mask = mask[:, first:]
+        assert self._cache is not None
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, idx)[:, :, first:]
+            layer.values = layer.values.index_select(0, idx)[:, :, first:]
+        self._next = self._next.index_select(0, idx)
+        self._pos = self._pos.index_select(0, idx)
+
+
+__all__ = ["ContinuousDecoder"]
