@@ -76,6 +76,8 @@ def run(n: int, concurrency: int, rounds: int, backend: str, precision: str, hom
         titles = dev_titles()
         texts = [titles[i % len(titles)] for i in range(n)]
         per_round = max(n // rounds, 1)
+        # one loop for every handle call, left open: with Serve's same-loop handle router
+        # (RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0) the handles are bound to it until shutdown
         loop = asyncio.new_event_loop()
         for handle in handles.values():  # warm-up: code paths, OpenVINO first inference
             loop.run_until_complete(_drive(handle, titles[:concurrency], concurrency))
@@ -91,9 +93,6 @@ def run(n: int, concurrency: int, rounds: int, backend: str, precision: str, hom
                 done[mode] += len(chunk)
                 targets[mode] += [d["target"] for d in decisions]
         stats = {m: loop.run_until_complete(h.batch_stats.remote()) for m, h in handles.items()}
-        loop.close()
-        for mode in handles:
-            serve.delete(f"router_{mode}")
     finally:
         serve.shutdown()
         ray.shutdown()
