@@ -7,7 +7,9 @@ backend lock — loaded under a temporary name, combined with PEFT
 ``add_weighted_adapter`` and unloaded again; the composed
 adapter is held in an LRU + TTL :class:`CompositionCache` as an :class:`AdapterLease`
 (freed once the requests still using it finish). Concurrent requests for the same
-uncached stack compose it once.
+uncached stack compose it once. A version dropped by a hot-swap is *retired*: a request
+that resolved its stack before the swap and composes it afterwards is still served, but
+the stack is not cached again (its lease is freed when that request lets go of it).
 
 :class:`PrefetchQueue` runs prefetches (adapters or stacks) one at a time in priority
 order on the replica's event loop; ``submit`` returns at once.
@@ -68,6 +70,7 @@ class StackComposer:
         self.compositions = 0
         self.compose_ms_total = 0.0
         self.notes: dict[str, str] = {}  # stack key -> why the combination type changed
+        self._retired: set[tuple[str, int]] = set()  # swapped-out versions, not cached again
 
     @staticmethod
     def _release(key: str, lease: AdapterLease, reason: str) -> None:
@@ -90,7 +93,12 @@ class StackComposer:
                 if lease is not None:
                     return lease
             lease = self.compose(stack)
-            self.cache.put(stack.key, lease)
+            with self._guard:  # against a swap retiring a member meanwhile (``invalidate``)
+                retired = any((m.adapter_id, m.version) in self._retired for m in stack.members)
+                if not retired:
+                    self.cache.put(stack.key, lease)
+            if retired:  # served to the request that asked, freed when it lets go (__del__)
+                logger.info("stack %s holds a swapped-out version: not cached", stack.key)
         with self._guard:
             self._key_locks.pop(stack.key, None)
         return lease
@@ -132,8 +140,18 @@ class StackComposer:
             return gen
         raise Overloaded(f"stack {stack.key!r} keeps being evicted; retry later")
 
-    def invalidate(self, adapter_id: str, version: int | None = None) -> list[str]:
-        """Drop cached stacks that contain ``adapter_id`` (at ``version``, when given)."""
+    def invalidate(
+        self, adapter_id: str, version: int | None = None, current: int | None = None
+    ) -> list[str]:
+        """Drop cached stacks that contain ``adapter_id`` (at ``version``, when given).
+
+        With both ``version`` and ``current`` (a hot-swap from ``version`` to ``current``)
+        ``version`` is retired: stacks holding it, composed for requests still in flight,
+        are not cached again until a later swap makes it current once more."""
+        if version is not None and current is not None:
+            with self._guard:
+                self._retired.discard((adapter_id, current))
+                self._retired.add((adapter_id, version))
         return self.cache.invalidate(lambda key: parse_stack(key).contains(adapter_id, version))
 
     def cached_stacks(self) -> list[AdapterStack]:

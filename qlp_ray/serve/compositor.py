@@ -240,9 +240,14 @@ class Compositor:
                 warmed.append(fresh.key)
         return warmed
 
-    def invalidate(self, adapter_id: str, version: int | None = None) -> list[str]:
-        """Drop cached stacks holding ``adapter_id`` (at ``version``); returns their keys."""
-        return self.stacks.invalidate(adapter_id, version) if self.stacks is not None else []
+    def invalidate(
+        self, adapter_id: str, version: int | None = None, current: int | None = None
+    ) -> list[str]:
+        """Drop cached stacks holding ``adapter_id`` (at ``version``; a swap to ``current``
+        also keeps them from being cached again); returns their keys."""
+        if self.stacks is None:
+            return []
+        return self.stacks.invalidate(adapter_id, version, current)
 
     def cache_stats(self) -> dict[str, Any]:
         """Composition-cache counters, prefetch queue and loaded adapters."""

@@ -16,7 +16,8 @@ and pre-composes every cached stack that held the old version, then switches: th
 registry's current pointer and the gateway's adapter table change together, so each
 request resolves wholly to the old or to the new version. Requests already on the old
 version finish on it (its lease is freed when they are done); cached stacks holding the
-old version are invalidated. With ``warm=false`` the new version is loaded by the first
+old version are invalidated, and not cached again when a request resolved before the
+switch composes one afterwards. With ``warm=false`` the new version is loaded by the first
 request that needs it.
 """
 
@@ -201,7 +202,9 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
     gateway._records = {**gateway._records, adapter_id: record}
     gateway._listed_at = time.monotonic()
     switched_ms = (time.perf_counter() - t0) * 1000
-    invalidated = await _call(gateway.compositor.invalidate.remote(adapter_id, old_version))
+    invalidated = await _call(
+        gateway.compositor.invalidate.remote(adapter_id, old_version, new_version)
+    )
     await _call(gateway.router.refresh.remote())  # routed ('auto') requests follow too
     logger.info(
         "swapped %s v%d -> v%d (%s) in %.1f ms",

@@ -258,6 +258,32 @@ def test_unknown_member_is_not_found_and_loads_nothing(composer_setup):
     assert set(backend.loaded_adapters) == before
 
 
+def test_a_swapped_out_version_is_served_but_not_cached_again(composer_setup):
+    """A request resolved before a hot-swap composes its old stack after the swap dropped
+    it: it is served, not cached, and freed when the request lets go of it."""
+    import gc
+
+    backend, resolve, _ = composer_setup
+    composer = StackComposer(backend, resolve, combination="cat", fallback=None)
+    old = parse_stack("a@1+b@1")
+    first = composer.get(old)
+    assert composer.invalidate("a", 1, current=2) == [old.key]  # the swap a@1 -> a@2
+    assert first.name not in backend.loaded_adapters
+    late = composer.get(old)  # the in-flight request composes it again
+    with late.use() as name:
+        assert backend.generate(GenerationRequest("w1 w2", 2), name).completion_tokens >= 1
+    assert old.key not in composer.cache.keys() and name in backend.loaded_adapters
+    del late
+    gc.collect()
+    assert name not in backend.loaded_adapters  # freed once nothing holds it
+    assert composer.get(parse_stack("b@1")).name in backend.loaded_adapters  # others cache
+    # swapping back (a@2 -> a@1) makes v1 cacheable again
+    composer.invalidate("a", 2, current=1)
+    again = composer.get(old)
+    assert composer.cache.keys() == ["b@1:1", old.key] and composer.get(old) is again
+    composer.cache.clear()
+
+
 def test_fast_adapter_switch_generates_like_a_dedicated_peft_model(composer_setup):
     """The backend's O(layers) adapter switch = PEFT's own set_adapter, in any order."""
     from peft import PeftModel
