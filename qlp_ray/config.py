@@ -288,6 +288,11 @@ class RouterConfig(_Section):
         description="Extra wait of a batch for more texts (@serve.batch); 0 = texts that "
         "arrived during the previous encoder call form the next batch, a lone text goes at once.",
     )
+    coalesce_calls: bool = Field(
+        True,
+        description="placement 'deployment': a gateway sends its concurrent routing calls as "
+        "one call (up to max_batch_size texts; a lone request goes at once).",
+    )
 
     @model_validator(mode="after")
     def _external_is_configured(self) -> RouterConfig:

@@ -129,6 +129,10 @@ class Gateway:
             from qlp_ray.serve.local_router import InProcessRouter
 
             router = InProcessRouter(config)
+        elif self.cfg.router.coalesce_calls:  # concurrent routing calls travel together
+            from qlp_ray.serve.route_client import CoalescingRouter
+
+            router = CoalescingRouter(router, self.cfg.router.max_batch_size)
         self.router = router
         self.compositor = compositor
         self.registry = Registry(self.cfg)

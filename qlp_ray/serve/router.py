@@ -237,6 +237,11 @@ class RouterDeployment:
         decision["route_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return decision
 
+    async def route_many(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Route the texts of one caller's concurrent requests (``serve/route_client.py``);
+        they join the encoder batches like separate ``route`` calls."""
+        return list(await asyncio.gather(*(self.route(text) for text in texts)))
+
 
 def router_embedder(cfg: QLPConfig, model: str | None = None) -> Any:
     """The router's encoder of ``model`` (default ``router.embedding_model``): the cached
