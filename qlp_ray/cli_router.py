@@ -31,6 +31,8 @@ def _options(cfg, folds_seed: int = 0):
         finetune=r.finetune_embedder,
         head=r.learned_head,
         title_samples=r.title_samples,
+        finetune_objective=r.finetune_objective,
+        finetune_group_weight=r.finetune_group_weight,
         seed=folds_seed,
     )
 

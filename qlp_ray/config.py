@@ -319,6 +319,17 @@ class RouterConfig(_Section):
         description="Learned mode: cut the bundled instruction samples to title-like first "
         "sentences before training on them.",
     )
+    finetune_objective: Literal["prototype", "supcon"] = Field(
+        "prototype",
+        description="Learned mode: fine-tune MiniLM's top layer as a cosine-prototype "
+        "classifier (prototype), or all its transformer layers with a supervised contrastive "
+        "loss on class-balanced batches of the labelled rows and bundled samples (supcon).",
+    )
+    finetune_group_weight: bool = Field(
+        False,
+        description="Learned mode: in the embedder's fine-tune, weigh each labelled row "
+        "1/sqrt(rows of its repository) (rows from the same `source` repository).",
+    )
 
     def learned_path(self, home: Path) -> Path:
         """Where the learned router lives (``learned_dir`` or ``<home>/router/learned``)."""

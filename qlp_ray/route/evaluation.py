@@ -263,6 +263,15 @@ class LearnedOptions:
     # fine-tune: each labelled row weighs 1/sqrt(rows of its repository), so a repository
     # with many titles does not dominate what the embedder learns about unseen ones
     finetune_group_weight: bool = False
+    # "prototype": cosine-prototype classifier on the top ``finetune_layers`` (above);
+    # "supcon": supervised contrastive fine-tune of the top ``supcon_layers`` (6 = all of
+    # MiniLM's transformer layers) on class-balanced batches of labelled rows and every
+    # auxiliary text (benchmarks/router_contrastive.py)
+    finetune_objective: str = "prototype"
+    supcon_layers: int = 6
+    supcon_lr: float = 2e-5
+    supcon_steps: int = 120
+    supcon_temperature: float = 0.1
 
 
 def auxiliary_examples(
@@ -295,7 +304,32 @@ def make_tuner(embedding_model: str, opts: LearnedOptions):
     from qlp_ray.route.embeddings import resolve_model_dir
     from qlp_ray.route.finetune import TopLayerTuner
 
-    return TopLayerTuner(resolve_model_dir(embedding_model), opts.finetune_layers)
+    return TopLayerTuner(resolve_model_dir(embedding_model), _tune_config(opts).n_layers)
+
+
+def _tune_config(opts: LearnedOptions):
+    """The :class:`~qlp_ray.route.finetune.TuneConfig` of ``opts``' fine-tune objective."""
+    from qlp_ray.route.finetune import TuneConfig
+
+    if opts.finetune_objective == "supcon":
+        return TuneConfig(
+            n_layers=opts.supcon_layers,
+            learning_rate=opts.supcon_lr,
+            objective="supcon",
+            steps=opts.supcon_steps,
+            temperature=opts.supcon_temperature,
+            seed=opts.seed,
+        )
+    if opts.finetune_objective != "prototype":
+        raise ValueError(
+            f"finetune_objective must be 'prototype' or 'supcon', got {opts.finetune_objective!r}"
+        )
+    return TuneConfig(
+        n_layers=opts.finetune_layers,
+        epochs=opts.finetune_epochs,
+        learning_rate=opts.finetune_lr,
+        seed=opts.seed,
+    )
 
 
 def _fit(
@@ -314,14 +348,9 @@ def _fit(
     aux_t, aux_d, aux_w = aux
     featurize = None
     if tuner is not None:
-        from qlp_ray.route.finetune import TuneConfig, fold_featurizer
+        from qlp_ray.route.finetune import fold_featurizer
 
-        cfg = TuneConfig(
-            n_layers=opts.finetune_layers,
-            epochs=opts.finetune_epochs,
-            learning_rate=opts.finetune_lr,
-            seed=opts.seed,
-        )
+        cfg = _tune_config(opts)
         from qlp_ray.route.domain_priors import prior_examples
 
         n_priors = len(prior_examples(sorted(set(aux_d)))[0]) if opts.use_priors else 0

@@ -38,6 +38,16 @@ class TuneConfig:
     weight_decay: float = 0.01
     scale: float = 16.0
     seed: int = 0
+    # "prototype": cosine classifier with learnable class prototypes (epochs, batch_size, scale);
+    # "supcon": supervised contrastive loss (SetFit-like: same-domain texts of a batch are
+    # positives, the other domains' negatives) on ``steps`` class-balanced batches of
+    # ``per_class_rows`` labelled rows (drawn with probability ~ their weight) and
+    # ``per_class_aux`` auxiliary texts per domain; linear warm-up (10 %) and decay.
+    objective: str = "prototype"
+    steps: int = 120
+    per_class_rows: int = 4
+    per_class_aux: int = 4
+    temperature: float = 0.1
 
 
 class TopLayerTuner:
@@ -57,8 +67,8 @@ class TopLayerTuner:
         ):
             raise ValueError(f"{self.model_dir}: only mean pooling is supported")
         layers = self.bert.encoder.layer
-        if not 1 <= n_layers < len(layers):
-            raise ValueError(f"n_layers must be in [1, {len(layers) - 1}], got {n_layers}")
+        if not 1 <= n_layers <= len(layers):  # all layers: the token embeddings stay frozen
+            raise ValueError(f"n_layers must be in [1, {len(layers)}], got {n_layers}")
         self.n_layers = n_layers
         self.top = layers[len(layers) - n_layers :]
         self._initial = copy.deepcopy(self.top.state_dict())
@@ -110,13 +120,21 @@ class TopLayerTuner:
         n_classes: int,
         sample_weight: np.ndarray | None = None,
         cfg: TuneConfig | None = None,
+        is_aux: np.ndarray | None = None,
     ) -> TopLayerTuner:
-        """Reset, then fine-tune the top layers on ``texts``/``y`` (class-balanced weights)."""
+        """Reset, then fine-tune the top layers on ``texts``/``y`` (class-balanced weights).
+
+        ``is_aux`` marks auxiliary texts (priors, samples): the ``supcon`` objective draws
+        them uniformly into their own share of each batch, and ignores their weights."""
         cfg = cfg or TuneConfig()
         if cfg.n_layers != self.n_layers:
             raise ValueError(f"this tuner tunes {self.n_layers} layer(s), cfg asks {cfg.n_layers}")
+        if cfg.objective not in ("prototype", "supcon"):
+            raise ValueError(f"objective must be 'prototype' or 'supcon', got {cfg.objective!r}")
         self.reset()
         self._lower_states(texts)
+        if cfg.objective == "supcon":
+            return self._fit_supcon(texts, np.asarray(y), n_classes, sample_weight, cfg, is_aux)
         w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         per_class = np.bincount(y, weights=w, minlength=n_classes)
         w = w / per_class[y] * (len(y) / n_classes)
@@ -152,6 +170,48 @@ class TopLayerTuner:
         self.top.eval()
         return self
 
+    def _fit_supcon(
+        self,
+        texts: Sequence[str],
+        y: np.ndarray,
+        n_classes: int,
+        sample_weight: np.ndarray | None,
+        cfg: TuneConfig,
+        is_aux: np.ndarray | None,
+    ) -> TopLayerTuner:
+        aux = np.zeros(len(y), bool) if is_aux is None else np.asarray(is_aux, dtype=bool)
+        w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        params = list(self.top.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        warm = max(1.0, 0.1 * cfg.steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1 - s / cfg.steps)
+        )
+        pools = []
+        for c in range(n_classes):
+            rows = np.flatnonzero((y == c) & ~aux)
+            pools.append((rows, cfg.per_class_rows, w[rows] / w[rows].sum() if len(rows) else None))
+            pools.append((np.flatnonzero((y == c) & aux), cfg.per_class_aux, None))
+        self.top.train()
+        for _ in range(cfg.steps):
+            idx = []
+            for pool, k, p in pools:
+                if k and len(pool):
+                    idx += rng.choice(pool, size=min(k, len(pool)), replace=False, p=p).tolist()
+            loss = supcon_loss(
+                self._embed([texts[i] for i in idx]), torch.as_tensor(y[idx]), cfg.temperature
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        self.top.eval()
+        return self
+
     def encode(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         """``(n, dim)`` float32 unit embeddings with the current top layers."""
         texts = list(texts)
@@ -171,6 +231,19 @@ class TopLayerTuner:
         return d
 
 
+def supcon_loss(z: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, L_out) of unit rows ``z``: each row
+    pulls the batch's other rows of its class (mean log-likelihood among all other rows);
+    rows without a positive in the batch are skipped."""
+    eye = torch.eye(len(y), dtype=torch.bool)
+    sim = (z @ z.T / temperature).masked_fill(eye, -1e9)
+    logp = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (y[:, None] == y[None, :]) & ~eye
+    n_pos = pos.sum(1)
+    keep = n_pos > 0
+    return (-(logp * pos).sum(1)[keep] / n_pos[keep]).mean()
+
+
 def fold_featurizer(
     tuner: TopLayerTuner,
     texts: Sequence[str],
@@ -187,6 +260,8 @@ def fold_featurizer(
     ``samples_per_domain`` (seeded pick) of the other auxiliary texts (bundled samples) of
     each domain, weighted ``aux_weight``; then it embeds all ``texts`` and auxiliary texts.
     ``aux`` is ``(texts, domains, is_prior)``; ``row_weight`` weighs the labelled rows (1).
+    With ``cfg.objective == "supcon"`` every auxiliary text joins the pool the contrastive
+    batches draw from (``samples_per_domain`` and ``aux_weight`` do not apply).
     """
     aux_t, aux_d, is_prior = list(aux[0]), list(aux[1]), np.asarray(aux[2], dtype=bool)
     labels = sorted(set(domains) | set(aux_d))
@@ -198,13 +273,20 @@ def fold_featurizer(
         pool = np.flatnonzero(~is_prior & (aux_y == c))
         picked.append(rng.permutation(pool)[:samples_per_domain])
     ft_aux = np.concatenate(picked).astype(int)
+    supcon = cfg.objective == "supcon"
+    if supcon:
+        ft_aux = np.arange(len(aux_t))
     rw = np.ones(len(texts)) if row_weight is None else np.asarray(row_weight, dtype=float)
 
     def featurize(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         ft_texts = [texts[i] for i in rows] + [aux_t[i] for i in ft_aux]
         ft_y = np.concatenate([y[rows], aux_y[ft_aux]])
         ft_w = np.concatenate([rw[rows], np.full(len(ft_aux), aux_weight)])
-        tuner.fit(ft_texts, ft_y, len(labels), ft_w, cfg)
+        if supcon:
+            is_aux = np.arange(len(ft_y)) >= len(rows)
+            tuner.fit(ft_texts, ft_y, len(labels), ft_w, cfg, is_aux=is_aux)
+        else:
+            tuner.fit(ft_texts, ft_y, len(labels), ft_w, cfg)
         return tuner.encode(texts), (tuner.encode(aux_t) if aux_t else None)
 
     return featurize
