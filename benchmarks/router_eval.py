@@ -6,16 +6,15 @@ on the same frozen MiniLM embeddings, on the same folds (the issue quotes ~0.79)
         [--folds 5] [--seeds 3] [--ablations]
 
 The learned mode is the one ``qlp router train`` fits (``router.*`` of configs/default.yaml
-and ``QLP_ROUTER__*`` overrides, e.g. ``QLP_ROUTER__FINETUNE_OBJECTIVE=supcon``): it fine-tunes
+and ``QLP_ROUTER__*`` overrides, e.g. ``QLP_ROUTER__FINETUNE_OBJECTIVE=prototype``): it fine-tunes
 the embedder inside every training fold (and inside each nested calibration fold, unless
 ``--fast-calibration``), then fits its head and the lexical model on top. With 178 titles the
 figures move by a few points between fold assignments: read the mean ± sd over ``--seeds``
 fold assignments. ``--ablations`` adds, on every seed, the learned mode with a frozen
-embedder, with the kNN head (nearest training titles on the tuned embeddings, title-like
-samples) and with the kNN head on the contrastive fine-tune of all MiniLM layers
-(``supcon``, repository-weighted rows), and on seed 0 the mode without lexical model /
-priors / samples. ``benchmarks/router_variants.py`` and ``benchmarks/router_contrastive.py``
-screen heads and fine-tune settings.
+embedder and the former default (top-layer ``prototype`` fine-tune, gating MLP, no title
+samples or row weights), and on seed 0 the mode without lexical model / priors / samples.
+``benchmarks/router_variants.py`` and ``benchmarks/router_contrastive.py`` screen heads and
+fine-tune settings.
 
 Frozen embeddings are cached under $QLP_HOME/cache/embeddings, so re-runs skip that encoder.
 """
@@ -101,14 +100,13 @@ def main() -> None:
             rows.append({**r, "seed": seed})
     if args.ablations:
         for name, kw in (
-            ("learned knn head", {"head": "knn", "title_samples": True}),
             (
-                "learned supcon knn",
+                "learned prototype gating",  # the default before the contrastive fine-tune
                 {
-                    "head": "knn",
-                    "title_samples": True,
-                    "finetune_objective": "supcon",
-                    "finetune_group_weight": True,
+                    "head": "gating",
+                    "title_samples": False,
+                    "finetune_objective": "prototype",
+                    "finetune_group_weight": False,
                 },
             ),
             ("learned -finetune", {"finetune": False}),
@@ -116,7 +114,7 @@ def main() -> None:
             ("learned -priors", {"use_priors": False}),
             ("learned -samples", {"use_samples": False}),
         ):
-            every_seed = name in ("learned -finetune", "learned knn head", "learned supcon knn")
+            every_seed = name in ("learned -finetune", "learned prototype gating")
             for seed in range(args.seeds if every_seed else 1):
                 r = evaluate_modes(
                     examples,

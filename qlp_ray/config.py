@@ -306,27 +306,28 @@ class RouterConfig(_Section):
 
     finetune_embedder: bool = Field(
         True,
-        description="Learned mode: fine-tune the embedder's top layer on the training rows and "
-        "ship it in the router directory (the Serve router then embeds with it).",
+        description="Learned mode: fine-tune the embedder on the training rows "
+        "(`finetune_objective`) and ship it in the router directory (the Serve router then "
+        "embeds with it).",
     )
     learned_head: Literal["gating", "knn"] = Field(
-        "gating",
+        "knn",
         description="Learned mode: score a domain by the nearest labelled rows on the (tuned) "
         "embeddings (knn) or by the gating MLP (gating); the lexical model is added to either.",
     )
     title_samples: bool = Field(
-        False,
+        True,
         description="Learned mode: cut the bundled instruction samples to title-like first "
         "sentences before training on them.",
     )
     finetune_objective: Literal["prototype", "supcon"] = Field(
-        "prototype",
+        "supcon",
         description="Learned mode: fine-tune MiniLM's top layer as a cosine-prototype "
         "classifier (prototype), or all its transformer layers with a supervised contrastive "
         "loss on class-balanced batches of the labelled rows and bundled samples (supcon).",
     )
     finetune_group_weight: bool = Field(
-        False,
+        True,
         description="Learned mode: in the embedder's fine-tune, weigh each labelled row "
         "1/sqrt(rows of its repository) (rows from the same `source` repository).",
     )

@@ -64,7 +64,7 @@ def test_router_train_then_eval_json(runner, data_file, tmp_path, monkeypatch):
     assert (out / "gating.safetensors").is_file() and (out / "router.json").is_file()
     meta = json.loads((out / "router.json").read_text())
     assert meta["labels"] == ["dataeng", "devops", "frontend"] and meta["lexical_buckets"]
-    assert meta["head"] == "gating"  # router.learned_head's default reaches the trained router
+    assert meta["head"] == "knn"  # router.learned_head's default reaches the trained router
     # the fine-tuned embedder ships with the router, which names it
     assert meta["embedding_model"] == "embedder" and (out / "embedder" / "config.json").is_file()
 
