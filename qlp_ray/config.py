@@ -480,6 +480,11 @@ class StoreConfig(_Section):
         "FULL", description="SQLite synchronous pragma (FULL: committed rows survive power loss)."
     )
     busy_timeout_ms: int = Field(10000, ge=0, description="SQLite wait for a locked database.")
+    request_log_commit: Literal["background", "inline"] = Field(
+        "background",
+        description="background: the gateway replies, then commits request rows in batches "
+        "(concurrent requests share a commit); inline: each reply waits for its row's commit.",
+    )
     audit: bool = Field(
         True,
         description="Record sign/verify/promote/rollback events and refuse rolled-back pointers.",

@@ -152,6 +152,12 @@ class Gateway:
 
         self.experiments = GatewayExperiments(self.cfg, self.recorder.store)
 
+    def __del__(self) -> None:
+        """Serve calls this when the replica stops: write the queued request rows."""
+        recorder = self.__dict__.get("recorder")
+        if recorder is not None:
+            recorder.close()
+
     # -- helpers ----------------------------------------------------------------------
     def _check_key(self, request: Request) -> None:
         expected = self.cfg.serve.api_key

@@ -1,9 +1,13 @@
 """The gateway's per-request recording hook: feedback store, analytics, cost, metrics.
 
-Every served completion/chat request is written to the feedback/trajectory store (off
-the event loop) so feedback can refer to it by ``qlp.request_id``; in-memory analytics
-and the cost ledger are updated and the Serve metrics emitted. A failing store never
-fails the request: the error is logged and counted.
+Every served completion/chat request is written to the feedback/trajectory store so
+feedback can refer to it by ``qlp.request_id``; in-memory analytics and the cost ledger
+are updated and the Serve metrics emitted. With ``store.request_log_commit: background``
+(the default) the row goes to a :class:`~qlp_ray.serve.request_log.RequestLogWriter`,
+which commits the rows of concurrent requests together after the reply; readers that need
+a row (feedback on a request id, the admin reports) wait for it with :meth:`committed` /
+:meth:`flush`. ``inline`` commits each row before the reply. A failing store never fails
+the request: the error is logged and counted (``store_errors``).
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from typing import Any
 from qlp_ray.config import QLPConfig
 from qlp_ray.improve.analytics import Analytics
 from qlp_ray.improve.cost import CostLedger, PriceTable
+from qlp_ray.improve.records import RequestRecord, build
 from qlp_ray.improve.store import FeedbackStore
 from qlp_ray.serve import metrics
 from qlp_ray.serve.external import external_label, price_entry
+from qlp_ray.serve.request_log import RequestLogWriter
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +38,35 @@ class RequestRecorder:
         self.store = FeedbackStore.from_config(cfg)
         self.analytics = Analytics()
         self.cost = CostLedger(PriceTable.load())
-        self.store_errors = 0
+        self._store_errors = 0
         self._lock = threading.Lock()  # analytics/ledger are touched from worker threads
         self._embedder: Any = None
+        self.writer: RequestLogWriter | None = None
+        if cfg.store.request_log_commit == "background":
+            self.writer = RequestLogWriter(self.store.record_requests)
+
+    @property
+    def store_errors(self) -> int:
+        """Request rows the store refused (inline and background writes)."""
+        return self._store_errors + (self.writer.failed if self.writer else 0)
+
+    async def committed(self, request_id: str, timeout: float = 5.0) -> bool:
+        """Wait until this replica's row of ``request_id`` (if any) is in the store."""
+        if self.writer is None:
+            return True
+        return await asyncio.to_thread(self.writer.wait_committed, request_id, timeout)
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row recorded so far by this replica is in the store."""
+        if self.writer is None:
+            return True
+        return await asyncio.to_thread(self.writer.flush, timeout)
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer and release the store."""
+        if self.writer is not None:
+            self.writer.close()
+        self.store.close()
 
     def embed(self, texts: list[str]) -> Any:
         """Prompt embeddings for the label queue (the router's encoder, loaded lazily)."""
@@ -80,9 +112,9 @@ class RequestRecorder:
             "variant": getattr(target, "variant", None),
         }
         try:
-            await asyncio.to_thread(self.store.record_request, **fields)
+            await self._log(build(RequestRecord, **fields))
         except Exception:  # the request was served; losing its log must not fail it
-            self.store_errors += 1
+            self._store_errors += 1
             logger.exception("could not record request %s in the feedback store", request_id)
         try:
             with self._lock:
@@ -97,6 +129,14 @@ class RequestRecorder:
             metrics.set_cost_savings(float(savings))
         except Exception:
             logger.exception("could not update analytics/metrics for request %s", request_id)
+
+    async def _log(self, record: RequestRecord) -> None:
+        if self.writer is None:
+            await asyncio.to_thread(self.store.record_request, record)
+        elif self.writer.full():  # the store lags behind: wait for room off the event loop
+            await asyncio.to_thread(self.writer.submit, record)
+        else:
+            self.writer.submit(record)
 
     def record_feedback(self, request_id: str, kind: str, value: float | None) -> None:
         """Mirror stored feedback into the per-adapter analytics."""
@@ -119,4 +159,5 @@ class RequestRecorder:
                 "adapters": self.analytics.snapshot(),
                 "cost": self.cost.report(),
                 "store_errors": self.store_errors,
+                "request_log": self.writer.stats() if self.writer else {"mode": "inline"},
             }

@@ -55,6 +55,7 @@ async def list_experiments(request: Request) -> dict[str, Any]:
 
 @router.get("/{experiment_id}")
 async def experiment_analysis(experiment_id: str, request: Request) -> dict[str, Any]:
+    await request.app.state.gateway.recorder.flush()  # outcomes of answered requests first
     return await asyncio.to_thread(_runtime(request).analysis, experiment_id)
 
 

@@ -37,6 +37,7 @@ def _bound_endpoint(request: Request, path: str) -> Any:
 @router.post("/v1/feedback")
 async def post_feedback(body: FeedbackBody, request: Request) -> Any:
     request.app.state.gateway._check_key(request)
+    await _recorder(request).committed(body.request_id)  # its row may be queued still
     result = await asyncio.to_thread(_bound_endpoint(request, "/v1/feedback"), body)
     if isinstance(result, dict):  # stored: mirror it into the analytics
         await asyncio.to_thread(
@@ -50,9 +51,11 @@ async def label_queue(
     request: Request, k: int = Query(10, ge=1, le=1000), method: str | None = None
 ) -> Any:
     endpoint = _bound_endpoint(request, "/v1/admin/label-queue")
+    await _recorder(request).flush()  # rank the requests answered so far
     return await asyncio.to_thread(endpoint, k=k, method=method)
 
 
 @router.get("/v1/admin/analytics", dependencies=[Depends(require_admin)])
 async def analytics(request: Request) -> Any:
+    await _recorder(request).flush()  # store_errors counts the rows written so far
     return _recorder(request).report()

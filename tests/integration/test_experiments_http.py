@@ -10,6 +10,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.integration.request_log import committed_request
 from tests.integration.test_compositor_http import ADMIN, USER, build, wait_for
 
 pytestmark = pytest.mark.integration
@@ -129,7 +130,7 @@ def test_ab_flow_sticky_feedback_analysis_and_stop(gw):
         q = _complete(client, "dataeng", f"user-{i}")["qlp"]
         assert q["variant"] == served[f"user-{i}"][0]
         counts[q["variant"]] += 1
-    row = store.get_request(served["user-0"][1])  # the request log names the variant too
+    row = committed_request(store, served["user-0"][1])  # the request log names the variant too
     assert (row.experiment, row.variant) == ("dataeng-ab", served["user-0"][0])
 
     before = client.get("/v1/admin/experiments/dataeng-ab", headers=ADMIN).json()

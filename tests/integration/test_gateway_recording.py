@@ -9,6 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.integration.request_log import committed_request
 from tests.integration.test_serve_http import build_stack
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,7 @@ def test_requests_recorded_feedback_analytics_label_queue(gw):
     ids = [r.json()["qlp"]["request_id"] for r in sent]
     assert len(set(ids)) == 3
 
-    rows = {rid: store.get_request(rid) for rid in ids}  # opened directly: committed rows
+    rows = {rid: committed_request(store, rid) for rid in ids}  # opened directly: committed
     first = rows[ids[0]]
     assert first.adapter_id == "dataeng" and first.prompt == "Write a SQL join"
     assert first.user_id == "alice" and first.latency_ms > 0
@@ -109,7 +110,7 @@ def test_official_openai_client(gw):
     )
     assert chat.model == "frontend" and chat.choices[0].message.role == "assistant"
     rid = chat.model_extra["qlp"]["request_id"]
-    assert gw["store"].get_request(rid).adapter_id == "frontend"
+    assert committed_request(gw["store"], rid).adapter_id == "frontend"
 
 
 def test_store_failure_never_fails_the_request(gw):
@@ -124,4 +125,20 @@ def test_store_failure_never_fails_the_request(gw):
     after = httpx.get(URL + "/v1/admin/analytics", headers=AUTH, timeout=30).json()
     assert after["store_errors"] == before["store_errors"] + 1
     assert after["cost"]["total"]["requests"] == before["cost"]["total"]["requests"] + 2
-    assert gw["store"].get_request("dup-request-id-1").prompt == "Write a SQL join"
+    assert committed_request(gw["store"], "dup-request-id-1").prompt == "Write a SQL join"
+
+
+def test_feedback_right_after_the_reply_finds_its_request(gw):
+    """The reply does not wait for the request-log commit; feedback sent at once must still
+    find the request (the feedback route waits for a row still queued in its replica; the
+    wait itself is tested with a held-up writer in tests/unit/test_request_log.py)."""
+    for i in range(10):
+        r = _post("/v1/completions", {"model": "frontend", "prompt": f"Center div {i}",
+                                      "max_tokens": 2})  # fmt: skip
+        assert r.status_code == 200, r.text
+        rid = r.json()["qlp"]["request_id"]
+        fb = _post("/v1/feedback", {"request_id": rid, "kind": "thumbs", "value": 1})
+        assert fb.status_code == 200, fb.text
+        assert [f.kind for f in gw["store"].query_feedback(request_id=rid)] == ["thumbs"]
+    log = httpx.get(URL + "/v1/admin/analytics", headers=AUTH, timeout=30).json()["request_log"]
+    assert log["pending"] == 0 and log["written"] >= 10 and log["batches"] >= 1

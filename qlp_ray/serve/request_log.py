@@ -1,0 +1,158 @@
+"""The gateway's request log writer: group commits from a background thread.
+
+With SQLite's ``synchronous=FULL`` every commit waits for the disk, about as long as a
+short generation's routing on a small machine. :class:`RequestLogWriter` takes the rows
+off the response path: :meth:`submit` queues a row and returns; one writer thread commits
+whatever is queued in one transaction (``write_many``), so concurrent requests share one
+commit and a lone request's row reaches the disk one commit later (milliseconds).
+
+Nothing is dropped silently: a failing batch is retried row by row, so one bad row (a
+duplicate request id) fails alone; rows that still fail are counted in ``failed`` and
+logged. :meth:`wait_committed` lets a reader that needs a row (feedback naming a request
+id, an admin report) wait for it; :meth:`flush` waits for everything queued; :meth:`close`
+flushes and stops the thread. When ``max_pending`` rows wait, :meth:`submit` blocks until
+the writer catches up, so memory stays bounded if the store slows down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class RequestLogWriter:
+    """Queue rows (objects with an ``id``), commit them in batches on one thread."""
+
+    def __init__(
+        self,
+        write_many: Callable[[Sequence[Any]], int],
+        *,
+        max_batch: int = 256,
+        max_pending: int = 10_000,
+        name: str = "qlp-request-log",
+    ) -> None:
+        self._write_many = write_many
+        self.max_batch = max(int(max_batch), 1)
+        self.max_pending = max(int(max_pending), 1)
+        self._queue: deque[Any] = deque()
+        self._pending: dict[str, int] = {}  # id -> rows of that id queued or being written
+        self._cond = threading.Condition()
+        self._closed = False
+        self.written = self.failed = self.batches = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- producer side --------------------------------------------------------------------
+    def submit(self, row: Any) -> None:
+        """Queue ``row``; blocks only while ``max_pending`` rows wait for the writer."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the request log writer is closed")
+            while len(self._queue) >= self.max_pending and not self._closed:
+                self._cond.wait(0.1)
+            self._queue.append(row)
+            self._pending[row.id] = self._pending.get(row.id, 0) + 1
+            self._cond.notify_all()
+
+    def full(self) -> bool:
+        """Whether :meth:`submit` would block now."""
+        return len(self._queue) >= self.max_pending
+
+    @property
+    def pending(self) -> int:
+        """Rows queued or being written."""
+        with self._cond:
+            return sum(self._pending.values())
+
+    def wait_committed(self, row_id: str, timeout: float = 5.0) -> bool:
+        """Wait until no row with ``row_id`` is queued or being written; ``False`` on
+        timeout. An id this writer never saw returns ``True`` at once."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while row_id in self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row submitted so far is committed (or failed)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush, then stop the writer thread; ``False`` if rows were still pending."""
+        flushed = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=max(timeout, 0.1))
+        if not flushed:
+            logger.error("request log closed with %d rows not written", self.pending)
+        return flushed
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "written": self.written,
+            "failed": self.failed,
+            "batches": self.batches,
+            "pending": self.pending,
+        }
+
+    # -- writer thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:  # closed and drained
+                    return
+                size = min(self.max_batch, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(size)]
+                self._cond.notify_all()  # room for blocked producers
+            written, failed = self._commit(batch)
+            with self._cond:
+                self.written += written
+                self.failed += failed
+                self.batches += 1
+                for row in batch:
+                    left = self._pending.get(row.id, 1) - 1
+                    if left > 0:
+                        self._pending[row.id] = left
+                    else:
+                        self._pending.pop(row.id, None)
+                self._cond.notify_all()
+
+    def _commit(self, batch: list[Any]) -> tuple[int, int]:
+        """Write ``batch`` in one transaction; on failure row by row. ``(written, failed)``."""
+        try:
+            return int(self._write_many(batch)), 0
+        except Exception as exc:
+            if len(batch) == 1:
+                logger.error("could not write request %s to the request log: %s", batch[0].id, exc)
+                return 0, 1
+            logger.warning("request log batch of %d failed (%s); row by row now", len(batch), exc)
+        written = failed = 0
+        for row in batch:
+            try:
+                written += int(self._write_many([row]))
+            except Exception as exc:  # this row alone: keep the others
+                failed += 1
+                logger.error("could not write request %s to the request log: %s", row.id, exc)
+        return written, failed
+
+
+__all__ = ["RequestLogWriter"]
