@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -37,6 +38,31 @@ def _options(cfg, folds_seed: int = 0):
     )
 
 
+@contextmanager
+def _fit_progress(console):
+    """A progress bar over the embedder fine-tunes of ``train_learned``; yields its callback."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("fine-tuning the embedder", total=None)
+
+        def update(fit: int, fits: int, step: int, steps: int) -> None:
+            label = "final fit" if fit == fits else f"calibration fold {fit}/{fits - 1}"
+            bar.update(task, description=f"fine-tune {fit}/{fits} ({label})",
+                       total=fits * steps, completed=(fit - 1) * steps + step)  # fmt: skip
+
+        yield update
+
+
 @app.command("train")
 def train(
     data: Path = typer.Option(..., "--data", help="JSONL of {text, domain[, source]} rows."),
@@ -52,9 +78,11 @@ def train(
     cfg = get_config()
     try:
         examples = load_routing_data(data)
-        router = train_learned(
-            examples, _cached_encoder(cfg), _options(cfg), cfg.router.embedding_model
-        )
+        with _fit_progress(console) as progress:
+            router = train_learned(
+                examples, _cached_encoder(cfg), _options(cfg), cfg.router.embedding_model,
+                progress=progress,
+            )  # fmt: skip
         path = router.save(out or cfg.router.learned_path(cfg.paths.root))
     except QLPError as exc:
         fail(str(exc))

@@ -389,17 +389,25 @@ def train_learned(
     encode: Callable[[Sequence[str]], np.ndarray],
     opts: LearnedOptions,
     embedding_model: str = "",
+    progress: Callable[[int, int, int, int], None] | None = None,
 ):
     """Fit a calibrated learned router on all ``examples`` plus the auxiliary data.
 
     With ``opts.finetune`` the embedder's top layers are fine-tuned too; the router then
     carries the tuned embedder (``router.tuned_embedder``) and saves it next to its weights.
+    ``progress(fit, fits, step, steps)`` follows the fine-tunes (one per calibration fold
+    with ``finetune_in_calibration``, plus the final one): the longest part of training.
     """
     domains = sorted({e.domain for e in examples})
     texts = [e.text for e in examples]
     aux = auxiliary_examples(domains, opts)
     aux_x = encode(aux[0]) if aux[0] else None
     tuner = make_tuner(embedding_model, opts)
+    if tuner is not None and progress is not None:
+        n_groups = len({e.group for e in examples})
+        calib = min(opts.calib_folds, n_groups) if n_groups >= 2 and opts.calib_folds >= 2 else 0
+        fits = 1 + (calib if opts.finetune_in_calibration else 0)
+        tuner.on_step = lambda step, steps: progress(tuner.fits, fits, step, steps)
     router = _fit(
         encode(texts),
         texts,

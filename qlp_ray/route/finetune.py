@@ -55,6 +55,9 @@ class TopLayerTuner:
 
     def __init__(self, model_dir: str | Path, n_layers: int = 1) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # progress of long fits: on_step(step, steps) after every optimiser step of a fit
+        self.on_step: Callable[[int, int], None] | None = None
+        self.fits = 0  # fits started (calibration folds re-tune, so one router takes several)
         from sentence_transformers import SentenceTransformer
 
         self.model_dir = Path(model_dir)
@@ -132,6 +135,7 @@ class TopLayerTuner:
         if cfg.objective not in ("prototype", "supcon"):
             raise ValueError(f"objective must be 'prototype' or 'supcon', got {cfg.objective!r}")
         self.reset()
+        self.fits += 1
         self._lower_states(texts)
         if cfg.objective == "supcon":
             return self._fit_supcon(texts, np.asarray(y), n_classes, sample_weight, cfg, is_aux)
@@ -156,6 +160,7 @@ class TopLayerTuner:
         yt = torch.as_tensor(y, dtype=torch.long)
         wt = torch.as_tensor(w, dtype=torch.float32)
         self.top.train()
+        steps, step = cfg.epochs * -(-len(y) // cfg.batch_size), 0
         for _ in range(cfg.epochs):
             order = rng.permutation(len(y))
             for start in range(0, len(order), cfg.batch_size):
@@ -167,6 +172,8 @@ class TopLayerTuner:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                step += 1
+                self._report(step, steps)
         self.top.eval()
         return self
 
@@ -197,7 +204,7 @@ class TopLayerTuner:
             pools.append((rows, cfg.per_class_rows, w[rows] / w[rows].sum() if len(rows) else None))
             pools.append((np.flatnonzero((y == c) & aux), cfg.per_class_aux, None))
         self.top.train()
-        for _ in range(cfg.steps):
+        for step in range(cfg.steps):
             idx = []
             for pool, k, p in pools:
                 if k and len(pool):
@@ -209,8 +216,13 @@ class TopLayerTuner:
             loss.backward()
             opt.step()
             sched.step()
+            self._report(step + 1, cfg.steps)
         self.top.eval()
         return self
+
+    def _report(self, step: int, steps: int) -> None:
+        if self.on_step is not None:
+            self.on_step(step, steps)
 
     def encode(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         """``(n, dim)`` float32 unit embeddings with the current top layers."""

@@ -61,6 +61,7 @@ def test_router_train_then_eval_json(runner, data_file, tmp_path, monkeypatch):
     out = tmp_path / "router"
     res = runner.invoke(app, ["router", "train", "--data", str(data_file), "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert "fine-tune 4/4 (final fit)" in res.output  # the progress bar reached the last fit
     assert (out / "gating.safetensors").is_file() and (out / "router.json").is_file()
     meta = json.loads((out / "router.json").read_text())
     assert meta["labels"] == ["dataeng", "devops", "frontend"] and meta["lexical_buckets"]

