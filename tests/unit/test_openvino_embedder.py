@@ -68,11 +68,26 @@ def test_identical_routing_decisions_on_dev_set(ov_embedder, torch_embedder, dev
     router = CentroidRouter.from_centroids(centroids, threshold=0.18)
     ref = router.route_batch(ref_vecs)
     got = router.route_batch(ov_embedder.encode(titles))
-    assert [(d.target, d.fallback) for d in got] == [(d.target, d.fallback) for d in ref]
-    assert len({d.target for d in ref}) >= 4  # the check covers several domains + fallback
     atol = 1e-3 if ov_embedder.precision == "f32" else 3e-3  # bf16 rounds cosines a little
     gap = np.abs(np.subtract([d.confidence for d in got], [d.confidence for d in ref])).max()
     assert gap <= atol, gap
+
+    # f32: every decision identical. bf16: identical except a title whose torch decision is
+    # a tie within that rounding (confidence within atol of the threshold, or the best two
+    # domains within 2 * atol); AMX and AVX512-BF16 round differently, so such titles differ
+    # by machine; at most 2 of the 178 titles may change.
+    def tie(d) -> bool:
+        if abs(d.confidence - router.threshold) <= atol:
+            return True
+        best, second = sorted(d.scores.values(), reverse=True)[:2]
+        return not d.fallback and best - second <= 2 * atol  # a fallback has no runner-up
+
+    exempt = {i for i, d in enumerate(ref) if ov_embedder.precision != "f32" and tie(d)}
+    differ = [i for i, (a, b) in enumerate(zip(got, ref, strict=True))
+              if (a.target, a.fallback) != (b.target, b.fallback)]  # fmt: skip
+    assert set(differ) <= exempt, [(titles[i], ref[i].target, got[i].target) for i in differ]
+    assert len(differ) <= 2, len(differ)
+    assert len({d.target for d in ref}) >= 4  # the check covers several domains + fallback
 
 
 def test_identical_learned_decisions_on_dev_set(ov_embedder, dev_reference):
