@@ -73,20 +73,16 @@ class RequestLogWriter:
     def wait_committed(self, row_id: str, timeout: float = 5.0) -> bool:
         """Wait until no row with ``row_id`` is queued or being written; ``False`` on
         timeout. An id this writer never saw returns ``True`` at once."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while row_id in self._pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+        return self._wait_until(lambda: row_id not in self._pending, timeout)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every row submitted so far is committed (or failed)."""
+        return self._wait_until(lambda: not self._pending, timeout)
+
+    def _wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._pending:
+            while not done():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
