@@ -404,8 +404,9 @@ def train_learned(
     aux_x = encode(aux[0]) if aux[0] else None
     tuner = make_tuner(embedding_model, opts)
     if tuner is not None and progress is not None:
-        n_groups = len({e.group for e in examples})
-        calib = min(opts.calib_folds, n_groups) if n_groups >= 2 and opts.calib_folds >= 2 else 0
+        from qlp_ray.route.learned import calibration_folds
+
+        calib = calibration_folds([e.group for e in examples], opts.calib_folds)
         fits = 1 + (calib if opts.finetune_in_calibration else 0)
         tuner.on_step = lambda step, steps: progress(tuner.fits, fits, step, steps)
     router = _fit(

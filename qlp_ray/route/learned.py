@@ -332,6 +332,12 @@ class LearnedRouter:
         return cls(net, meta, lexical, knn)
 
 
+def calibration_folds(groups: Sequence[str], calib_folds: int) -> int:
+    """Grouped calibration folds :func:`fit_learned_router` runs (0: none, too few groups)."""
+    n_groups = len(set(groups))
+    return min(calib_folds, n_groups) if n_groups >= 2 and calib_folds >= 2 else 0
+
+
 def fit_learned_router(
     x: np.ndarray,
     domains: Sequence[str],
@@ -415,10 +421,10 @@ def fit_learned_router(
     if head not in ("gating", "knn"):
         raise ValueError(f"head must be 'gating' or 'knn', got {head!r}")
     temperature, threshold = 1.0, 0.0
-    n_groups = len(set(groups))
-    if n_groups >= 2 and calib_folds >= 2:
+    n_calib = calibration_folds(groups, calib_folds)
+    if n_calib:
         held = np.zeros((len(y), len(labels)))
-        for train_idx, test_idx in group_kfold(groups, min(calib_folds, n_groups), cfg.seed):
+        for train_idx, test_idx in group_kfold(groups, n_calib, cfg.seed):
             sub_texts = [texts[i] for i in test_idx] if use_lexical else None
             fx, fex = features(train_idx)
             held[test_idx] = fit(train_idx, fx, fex).raw_scores(fx[test_idx], sub_texts)
