@@ -159,5 +159,6 @@ class RequestRecorder:
                 "adapters": self.analytics.snapshot(),
                 "cost": self.cost.report(),
                 "store_errors": self.store_errors,
-                "request_log": self.writer.stats() if self.writer else {"mode": "inline"},
+                "request_log": {"mode": self.cfg.store.request_log_commit}
+                | (self.writer.stats() if self.writer else {}),
             }

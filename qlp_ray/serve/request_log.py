@@ -55,7 +55,7 @@ class RequestLogWriter:
             if self._closed:
                 raise RuntimeError("the request log writer is closed")
             while len(self._queue) >= self.max_pending and not self._closed:
-                self._cond.wait(0.1)
+                self._cond.wait()  # the writer notifies when it takes a batch
             self._queue.append(row)
             self._pending[row.id] = self._pending.get(row.id, 0) + 1
             self._cond.notify_all()
