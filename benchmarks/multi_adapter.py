@@ -249,8 +249,10 @@ def run(args: argparse.Namespace) -> dict:
             texts, secs, lat = loop.run_until_complete(coro)
             after = batch_counts(where)
             rows_key = "row_steps" if "row_steps" in after else "rows"
-            batched[kind]["batches"] += after["batches"] - before["batches"]
+            for key in ("batches", "prefills", "prefill_s", "step_s"):
+                batched[kind][key] += after.get(key, 0) - before.get(key, 0)
             batched[kind]["rows"] += after[rows_key] - before[rows_key]
+            batched[kind]["secs"] += secs
             if kind.startswith("multi"):  # keep (adapter, prompt) -> text to compare
                 for k, i in enumerate(range(start, start + n)):
                     served[kind, i % N_ADAPTERS, i % len(PROMPTS)] = texts[k]
@@ -261,7 +263,8 @@ def run(args: argparse.Namespace) -> dict:
                 return dict(merger.stats)
             return loop.run_until_complete(handles[where].cache_stats.remote())["batching"]
 
-        batched = {k: {"batches": 0, "rows": 0} for k in
+        zero = dict.fromkeys(("batches", "rows", "prefills", "prefill_s", "step_s", "secs"), 0.0)
+        batched = {k: dict(zero) for k in
                    ("multi", "multi_rl", "single", "multi_inproc", "single_inproc",
                     "sequential")}  # fmt: skip
         served: dict[tuple[str, int, int], str] = {}
@@ -317,6 +320,7 @@ def run(args: argparse.Namespace) -> dict:
         "same": (same, len(pairs)),
         "batching": stats["batching"],
         "mean_batch": {k: v["rows"] / max(v["batches"], 1) for k, v in batched.items()},
+        "decoder": batched,
         "round_rps": round_rps,
     }
 
@@ -377,6 +381,17 @@ def main() -> None:
             f"(mean {b['rows'] / max(b['batches'], 1):.1f}, largest {b['largest']}, "
             f"up to {b['most_adapters']} distinct adapters in one)"
         )
+    # where the compositor's time goes: the same decoding work, in the replica vs here
+    for label, key in (("Serve replica", "multi"), ("in-process", "multi_inproc")):
+        d = r["decoder"][key]
+        if d["batches"] and d["prefills"] and d["secs"]:
+            print(
+                f"{label} (50 adapters, continuous): "
+                f"{d['step_s'] / d['batches'] * 1000:.2f} ms per decoding step, "
+                f"{d['prefill_s'] / d['prefills'] * 1000:.2f} ms per prefill; decoder busy "
+                f"{(d['step_s'] + d['prefill_s']) / d['secs']:.0%} of the run "
+                f"({d['prefill_s'] / (d['step_s'] + d['prefill_s']):.0%} of it prefills)"
+            )
     same, total = r["same"]
     print(f"greedy outputs equal to the naive PEFT run for the same adapter+prompt: {same}/{total}")
     for where, suffix in (("Serve", ""), ("in-process", "_inproc")):

@@ -16,6 +16,7 @@ model id, and mixing adapters in one batch is the point.)
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -89,8 +90,12 @@ class StepMerger:
         self._pending: deque[tuple[Any, asyncio.Future[Any]]] = deque()
         self._worker: asyncio.Task[None] | None = None
         # decoding steps ("batches"), prefills of joining rows, rows admitted, running rows
-        # summed over the steps, most rows running at once
-        self.stats = {"batches": 0, "prefills": 0, "rows": 0, "row_steps": 0, "largest": 0}
+        # summed over the steps, most rows running at once; wall seconds spent in prefills
+        # and in decoding steps (their sum over the uptime is how busy the decoder is)
+        self.stats: dict[str, float] = {
+            "batches": 0, "prefills": 0, "rows": 0, "row_steps": 0, "largest": 0,
+            "prefill_s": 0.0, "step_s": 0.0,
+        }  # fmt: skip
         self.most_adapters = 0  # most distinct adapters running at once
 
     async def submit(self, rows: Sequence[tuple[Any, str | None]]) -> list[Any]:
@@ -134,7 +139,9 @@ class StepMerger:
         self.stats["rows"] += len(joining)
         if steady:
             self.stats["prefills"] += 1
-        done += self._decoder.admit(steady)
+            t0 = time.perf_counter()
+            done += self._decoder.admit(steady)
+            self.stats["prefill_s"] += time.perf_counter() - t0
         running = len(self._decoder)
         if running:
             self.stats["batches"] += 1
@@ -143,7 +150,9 @@ class StepMerger:
             self.most_adapters = max(
                 self.most_adapters, len({row.adapter for row in self._decoder.rows})
             )
+            t0 = time.perf_counter()
             done += self._decoder.step()
+            self.stats["step_s"] += time.perf_counter() - t0
         return done
 
 

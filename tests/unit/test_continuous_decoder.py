@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -92,13 +93,19 @@ def test_step_merger_a_short_request_does_not_wait_for_a_long_one(backend):  # n
         rest.append(asyncio.create_task(run("sampled", sampled)))
         return await first, [await t for t in rest]
 
+    t0 = time.perf_counter()
     got_long, got_rest = asyncio.run(main())
+    wall = time.perf_counter() - t0
     assert finished[-1] == "long"  # every later, shorter request finished before it
     _same(got_long, backend.generate(*long))
     for got, row in zip(got_rest, [*short, sampled], strict=True):
         _same(got, backend.generate(*row))
     assert merger.stats["largest"] == 3  # max_rows: the long row + 2 short ones at most
     assert merger.stats["rows"] == 5 and merger.most_adapters == 2
+    # the decoder's busy time: prefills and decoding steps, both measured, within the run
+    st = merger.stats
+    assert st["prefills"] >= 2 and st["prefill_s"] > 0 and st["step_s"] > 0
+    assert st["prefill_s"] + st["step_s"] < wall
 
 
 if __name__ == "__main__":
