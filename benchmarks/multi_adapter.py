@@ -23,6 +23,10 @@ signed adapters are verified and loaded once before measuring (the Serve LRU,
   compares adapter handling only. The in-process naive has no serving cost at all.
 * **50 adapters, C=1**: the compositor with one request in flight (no batching).
 
+For the continuous runs it also prints where the decoder's time goes (ms per decoding
+step and per prefill, and how busy the decoder was), in the Serve replica and in-process,
+from the compositor's ``batching`` stats (``prefill_s``, ``step_s``).
+
 Same prompts, same greedy settings (``max_tokens`` new tokens); the kinds are interleaved
 in rounds so they see the same machine load; greedy outputs of the 50-adapter run are
 checked against the naive run's for the same (adapter, prompt). Targets: 50 adapters
