@@ -25,7 +25,8 @@ signed adapters are verified and loaded once before measuring (the Serve LRU,
 
 For the continuous runs it also prints where the decoder's time goes (ms per decoding
 step and per prefill, and how busy the decoder was), in the Serve replica and in-process,
-from the compositor's ``batching`` stats (``prefill_s``, ``step_s``).
+from the compositor's ``batching`` stats (``prefill_s``, ``step_s``; every request here is
+greedy, so all of them run through the decoder).
 
 Same prompts, same greedy settings (``max_tokens`` new tokens); the kinds are interleaved
 in rounds so they see the same machine load; greedy outputs of the 50-adapter run are

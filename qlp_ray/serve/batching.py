@@ -91,7 +91,8 @@ class StepMerger:
         self._worker: asyncio.Task[None] | None = None
         # decoding steps ("batches"), prefills of joining rows, rows admitted, running rows
         # summed over the steps, most rows running at once; wall seconds spent in prefills
-        # and in decoding steps (their sum over the uptime is how busy the decoder is)
+        # and in decoding steps (rows the decoder cannot take, run by generate_batch in the
+        # same thread, count in neither)
         self.stats: dict[str, float] = {
             "batches": 0, "prefills": 0, "rows": 0, "row_steps": 0, "largest": 0,
             "prefill_s": 0.0, "step_s": 0.0,
