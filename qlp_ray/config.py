@@ -414,6 +414,11 @@ class ServeConfig(_Section):
         description="Greedy rows join the running compositor batch at the next decoding step "
         "and leave it when done (transformers backend); false = request-level batches.",
     )
+    lean_forward: bool = Field(
+        True,
+        description="Continuous batching runs plain Llama models through the lean forward "
+        "(models/lean_llama.py, same logits to float rounding); false = transformers' forward.",
+    )
     retry_after_s: float = Field(
         1.0, ge=0, description="Retry-After seconds sent with 429/503 overload answers."
     )

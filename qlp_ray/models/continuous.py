@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache
 
 from qlp_ray.models.backend import Generation, GenerationRequest
 from qlp_ray.models.hf_backend import AdapterNotLoaded
@@ -59,7 +58,7 @@ class ContinuousDecoder:
     def __init__(self, backend: TransformersBackend) -> None:
         self.backend = backend
         self.rows: list[_Row] = []
-        self._cache: DynamicCache | None = None
+        self._cache: Any = None  # the backend's new_cache(): per-layer keys and values
         self._mask = torch.zeros((0, 0), dtype=torch.long)  # [rows, cached length]
         self._next = torch.zeros((0,), dtype=torch.long)  # each row's next input token
         self._pos = torch.zeros((0,), dtype=torch.long)  # ... and its position
@@ -100,7 +99,7 @@ class ContinuousDecoder:
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in tokens])
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in tokens])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = b.new_cache()
         try:
             logits = b.forward_rows([r.adapter for r in joining], input_ids, mask, positions, cache)
         except Exception as exc:  # e.g. an adapter unloaded meanwhile: these rows fail
@@ -112,7 +111,7 @@ class ContinuousDecoder:
         self._pos = torch.cat([self._pos, torch.tensor([r.prompt_len for r in joining])])
         return done + self._collect(first_new)
 
-    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+    def _merge(self, cache: Any, mask: torch.Tensor) -> None:
         """Append the prefilled rows' cache and mask to the running ones (left-padded)."""
         if self._cache is None or not self.rows:
             self._cache, self._mask = cache, mask

@@ -31,11 +31,12 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from qlp_ray.errors import AdapterLoadError, InvalidRequest
 from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBackend
 from qlp_ray.models.batched_lora import LoRATables
+from qlp_ray.models.lean_llama import KVCache, LeanLlama
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,12 @@ class _RowStops(StoppingCriteria):
                     self.ended[row] = new
         done = [ended is not None for ended in self.ended]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _of_adapter(key: str, name: str) -> bool:
+    """Whether PEFT parameter ``key`` (``...lora_A.<name>.weight``, ``...lora_embedding_A.
+    <name>``) belongs to adapter ``name`` — not to a module of that name (``...mlp...``)."""
+    return name in key.split(".")[-2:]
 
 
 def check_adapter_dir(path: str | Path) -> Path:
@@ -124,7 +131,7 @@ class TransformersBackend(InferenceBackend):
     name = "transformers"
     batches_across_adapters = True
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, lean_forward: bool = True) -> None:
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -137,6 +144,9 @@ class TransformersBackend(InferenceBackend):
         self._tables: LoRATables | None = None  # stacked adapter weights for mixed batches
         self._full_switch = False  # an adapter with modules_to_save needs PEFT's set_adapter
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        # continuous decoding's forward on plain tensors (plain Llama only; see lean_llama)
+        self._lean = LeanLlama.build(self._base) if lean_forward else None
+        self._lean_tables: LoRATables | None = None  # the tables the lean stacks were built of
 
     # -- adapters -------------------------------------------------------------------
     @property
@@ -169,7 +179,7 @@ class TransformersBackend(InferenceBackend):
             else:
                 self._peft.add_adapter(name, files.config)
             result = set_peft_model_state_dict(self._peft, files.weights, adapter_name=name)
-            missing = [k for k in result.missing_keys if f".{name}." in k]
+            missing = [k for k in result.missing_keys if _of_adapter(k, name)]
             unexpected = list(result.unexpected_keys)
             if missing or unexpected:
                 raise AdapterLoadError(
@@ -333,7 +343,7 @@ class TransformersBackend(InferenceBackend):
         """Names of the parameters that belong to adapter ``name`` (empty when unloaded)."""
         if self._peft is None:
             return []
-        return [n for n, _ in self._peft.named_parameters() if f".{name}." in n]
+        return [n for n, _ in self._peft.named_parameters() if _of_adapter(n, name)]
 
     # -- generation -----------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -485,6 +495,9 @@ class TransformersBackend(InferenceBackend):
                 return True
             if adapter not in self._adapters or self._full_switch:
                 return False
+            lean = self._lean_locked()
+            if lean is not None and not lean.supports([adapter]):
+                return False
             return self._tables_locked().supports([adapter])
 
     def forward_rows(
@@ -495,12 +508,23 @@ class TransformersBackend(InferenceBackend):
         positions: torch.Tensor,
         cache: Any,
     ) -> torch.Tensor:
-        """One forward of rows with their own adapters over ``cache`` (updated in place);
-        the last position's logits, ``[rows, vocab]``."""
+        """One forward of rows with their own adapters over ``cache`` (from
+        :meth:`new_cache`, updated in place); the last position's logits, ``[rows, vocab]``.
+        """
         with self._lock:
             missing = [a for a in adapters if a is not None and a not in self._adapters]
             if missing:
                 raise AdapterNotLoaded(missing[0])
+            if isinstance(cache, KVCache):
+                lean = self._lean_locked()
+                assert lean is not None  # a KVCache comes from new_cache on a lean backend
+                if not lean.supports(adapters):
+                    raise InvalidRequest(
+                        f"adapters {sorted(lean.unsupported & set(adapters))} cannot run in a "
+                        "continuous batch",
+                        param="model",
+                    )
+                return lean.forward(lean.rows(adapters), input_ids, mask, positions, cache)
             ctx: Any = contextlib.nullcontext()
             if self._peft is not None:
                 if self._full_switch:
@@ -521,6 +545,21 @@ class TransformersBackend(InferenceBackend):
                     logits_to_keep=1,
                 )
         return out.logits[:, -1, :]
+
+    def new_cache(self) -> Any:
+        """An empty KV cache for :meth:`forward_rows` (the lean forward's own when the
+        model has one, else transformers' ``DynamicCache``)."""
+        return KVCache() if self._lean is not None else DynamicCache()
+
+    def _lean_locked(self) -> LeanLlama | None:
+        """The lean forward with the loaded adapters stacked (restacked after a change)."""
+        lean = self._lean
+        if lean is not None and self._peft is not None:
+            tables = self._tables_locked()
+            if tables is not self._lean_tables:
+                lean.load_tables(tables)
+                self._lean_tables = tables
+        return lean
 
     def continuous_decoder(self) -> Any:
         """A new :class:`~qlp_ray.models.continuous.ContinuousDecoder` on this backend."""

@@ -374,7 +374,7 @@ def create_backend(cfg: QLPConfig) -> InferenceBackend:
             device=cfg.serve.openvino_device,
             weight_format=cfg.serve.openvino_weight_format,
         )
-    return TransformersBackend(model, tokenizer)
+    return TransformersBackend(model, tokenizer, lean_forward=cfg.serve.lean_forward)
 
 
 def compositor_deployment(cfg: QLPConfig) -> Any:
@@ -383,5 +383,8 @@ def compositor_deployment(cfg: QLPConfig) -> Any:
         name="Compositor",
         num_replicas=cfg.serve.compositor_replicas,
         ray_actor_options={"num_cpus": cfg.serve.compositor_num_cpus},
+        # internal: the gateway logs each HTTP request; a log line per compositor call
+        # would cost the replica's event loop (and the decoding thread's GIL) as much
+        logging_config={"enable_access_log": False},
         **deployment_limits(cfg.serve, "compositor"),
     )(Compositor)

@@ -1,0 +1,173 @@
+"""LeanLlama: the continuous decoder's forward on plain tensors equals transformers + PEFT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
+
+from qlp_ray.models.backend import GenerationRequest
+from qlp_ray.models.hf_backend import TransformersBackend
+from qlp_ray.models.lean_llama import KVCache, LeanLlama
+from tests.tiny_lm import save_random_lora
+from tests.unit.test_serve_backend import tokenizer  # noqa: F401 - fixture
+
+PROMPTS = ["how do i partition a table", "deploy", "write a react component with hooks"]
+
+
+def _llama(kv_heads: int = 4, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _pair(tokenizer, root: Path, kv_heads: int, targets_of: dict[str, tuple[str, ...]]):  # noqa: F811
+    """The same model + adapters twice: with the lean forward and with transformers'."""
+    base = _llama(kv_heads)
+    backends = []
+    for lean in (True, False):
+        backend = TransformersBackend(_llama(kv_heads), tokenizer, lean_forward=lean)
+        for seed, (name, targets) in enumerate(targets_of.items(), start=1):
+            out = root / f"{name}-{kv_heads}"
+            if not out.exists():
+                save_random_lora(base, out, seed, r=4 + 2 * seed, targets=targets, b_std=2.0)
+            backend.load_adapter(name, str(out))
+        backends.append(backend)
+    return backends
+
+
+def _left_padded(backend, prompts: list[str]):
+    rows = [backend.tokenizer(p)["input_ids"] for p in prompts]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+ADAPTERS = {
+    "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qv": ("q_proj", "v_proj"),
+    "mlp": ("gate_proj", "down_proj", "o_proj"),
+}
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_prefill_and_steps_equal_transformers_logits(tokenizer, tmp_path, kv_heads):  # noqa: F811
+    lean, hf = _pair(tokenizer, tmp_path, kv_heads, ADAPTERS)
+    assert lean.new_cache().__class__ is KVCache and isinstance(hf.new_cache(), DynamicCache)
+    rows = ["attn", None, "mlp", "qv", "attn"]
+    prompts = [PROMPTS[i % 3] for i in range(len(rows))]
+    ids, mask, pos = _left_padded(lean, prompts)
+    caches = {lean: lean.new_cache(), hf: hf.new_cache()}
+    outs = [b.forward_rows(rows, ids, mask, pos, c) for b, c in caches.items()]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+    nxt, pos = outs[1].argmax(-1).view(-1, 1), pos[:, -1:]
+    for _ in range(4):  # decoding steps over the cache each built
+        mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=torch.long)], 1)
+        pos = pos + 1
+        outs = [b.forward_rows(rows, nxt, mask, pos, c) for b, c in caches.items()]
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+        nxt = outs[1].argmax(-1).view(-1, 1)
+    assert caches[lean].layers[0].keys.shape == caches[hf].layers[0].keys.shape
+
+
+def test_each_row_is_its_own_adapter_and_a_row_set_is_picked_once(tokenizer, tmp_path):  # noqa: F811
+    lean, _ = _pair(tokenizer, tmp_path, 4, ADAPTERS)
+    ids, mask, pos = _left_padded(lean, [PROMPTS[0]] * 4)
+    rows = ["attn", "qv", "mlp", None]
+    logits = lean.forward_rows(rows, ids, mask, pos, lean.new_cache())
+    assert all(not torch.allclose(logits[i], logits[j]) for i in range(4) for j in range(i))
+    model = lean._lean
+    assert model.rows(rows) is model.rows(list(rows))  # same row set: no new selection
+    assert model.rows(rows[::-1]) is not model.rows(rows)
+
+
+def test_loading_another_adapter_restacks(tokenizer, tmp_path):  # noqa: F811
+    lean, hf = _pair(tokenizer, tmp_path, 4, {"attn": ADAPTERS["attn"]})
+    ids, mask, pos = _left_padded(lean, PROMPTS[:2])
+    lean.forward_rows(["attn", None], ids, mask, pos, lean.new_cache())
+    out = tmp_path / "late"
+    save_random_lora(_llama(), out, 9, r=2, targets=("v_proj",), b_std=2.0)
+    for b in (lean, hf):
+        b.load_adapter("late", str(out))
+    got = [b.forward_rows(["late", "attn"], ids, mask, pos, b.new_cache()) for b in (lean, hf)]
+    torch.testing.assert_close(got[0], got[1], rtol=1e-4, atol=1e-4)
+
+
+def test_continuous_rows_get_what_generate_gives_them(tokenizer, tmp_path):  # noqa: F811
+    lean, _ = _pair(tokenizer, tmp_path, 2, ADAPTERS)
+    items = [
+        (GenerationRequest(PROMPTS[i % 3], max_new_tokens=3 + i), a, i)
+        for i, a in enumerate(["attn", None, "mlp", "qv", "attn", "mlp"])
+    ]
+    decoder = lean.continuous_decoder()
+    got = dict(decoder.admit(items[:3]))
+    for _ in range(2):
+        got.update(decoder.step())
+    got.update(decoder.admit(items[3:]))
+    while len(decoder):
+        got.update(decoder.step())
+    for request, adapter, key in items:
+        want = lean.generate(request, adapter)
+        assert (got[key].text, got[key].completion_tokens) == (want.text, want.completion_tokens)
+
+
+def test_embedding_lora_rows_stay_out_of_the_lean_batch(tokenizer, tmp_path):  # noqa: F811
+    lean, _ = _pair(tokenizer, tmp_path, 4, {"attn": ADAPTERS["attn"]})
+    out = tmp_path / "emb"
+    save_random_lora(_llama(), out, 5, r=2, targets=("embed_tokens", "q_proj"), b_std=2.0)
+    lean.load_adapter("emb", str(out))
+    assert lean.continuous_ok(GenerationRequest("x"), "attn")
+    assert not lean.continuous_ok(GenerationRequest("x"), "emb")
+    # it still generates, one batch of its own
+    assert lean.generate_batch([(GenerationRequest(PROMPTS[0], max_new_tokens=3), "emb")])[0].text
+
+
+def test_only_plain_llama_gets_a_lean_forward():
+    assert LeanLlama.build(_llama()) is not None
+    torch.manual_seed(0)
+    mistral = MistralForCausalLM(
+        MistralConfig(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+        )
+    )
+    assert LeanLlama.build(mistral) is None
+    biased = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            attention_bias=True,
+        )
+    )
+    assert LeanLlama.build(biased) is None
+    assert isinstance(TransformersBackend(mistral, _tok()).new_cache(), DynamicCache)
+
+
+def _tok():
+    from tests.tiny_lm import make_tokenizer
+
+    return make_tokenizer()
