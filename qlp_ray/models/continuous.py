@@ -28,6 +28,7 @@ import torch
 
 from qlp_ray.models.backend import Generation, GenerationRequest
 from qlp_ray.models.hf_backend import AdapterNotLoaded
+from qlp_ray.models.lean_llama import KVCache
 
 if TYPE_CHECKING:
     from qlp_ray.models.hf_backend import TransformersBackend
@@ -117,11 +118,14 @@ class ContinuousDecoder:
             self._cache, self._mask = cache, mask
             return
         width = max(self._mask.shape[1], mask.shape[1])
-        for old, new in zip(self._cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
-            old.values = torch.cat(
-                [_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)]
-            )
+        if isinstance(cache, KVCache):  # the lean forward's cache: one scripted call
+            self._cache.append_rows(cache, width)
+        else:
+            for old, new in zip(self._cache.layers, cache.layers, strict=True):
+                old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
+                old.values = torch.cat(
+                    [_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)]
+                )
         self._mask = torch.cat([_left_pad(self._mask, width, 1), _left_pad(mask, width, 1)])
 
     # -- decoding -------------------------------------------------------------------
@@ -187,9 +191,12 @@ class ContinuousDecoder:
         first = int((mask.sum(0) > 0).nonzero()[0])  # leading columns that are padding for all
         self._mask = mask[:, first:]
         assert self._cache is not None
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, first:]
-            layer.values = layer.values.index_select(0, idx)[:, :, first:]
+        if isinstance(self._cache, KVCache):
+            self._cache.keep_rows(idx, first)
+        else:
+            for layer in self._cache.layers:
+                layer.keys = layer.keys.index_select(0, idx)[:, :, first:]
+                layer.values = layer.values.index_select(0, idx)[:, :, first:]
         self._next = self._next.index_select(0, idx)
         self._pos = self._pos.index_select(0, idx)
 

@@ -13,7 +13,11 @@ plain tensor ops, as vLLM and other servers do with their own model code:
   projections of a group at once, then one ``bmm`` per projection with its ``B``
   (``scale`` folded in); the rows' selection is kept while the row set does not change;
 * rotary embeddings, RMSNorm and SDPA attention are the model's own formulas, with a
-  padding + causal mask over a plain per-layer KV cache (:class:`KVCache`).
+  padding + causal mask over a plain per-layer KV cache (:class:`KVCache`);
+* the forward, the rows' selection and the cache merges run as TorchScript functions
+  (:mod:`~qlp_ray.models.lean_decoder`), so a decoding step takes the GIL a few times
+  instead of around each of its ~300 ops: in a Serve replica, whose event loops want the
+  GIL for every request, that was most of an eager step's time.
 
 Only plain Llama is taken (``model_type`` llama, SiLU MLP, no attention or MLP bias,
 ``pretraining_tp`` 1); anything else returns ``None`` from :meth:`LeanLlama.build` and keeps
@@ -29,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from qlp_ray.models.lean_decoder import scripted, scripted_decoder
 
 # Fused groups of one decoder layer: (attribute path of the parent, member projections).
 _GROUPS = (
@@ -42,8 +47,8 @@ _GROUPS = (
 
 @dataclass
 class _KV:
-    keys: torch.Tensor | None = None
-    values: torch.Tensor | None = None
+    keys: torch.Tensor
+    values: torch.Tensor
 
 
 @dataclass
@@ -52,6 +57,24 @@ class KVCache:
     / ``keys`` / ``values`` shape the continuous decoder merges and trims)."""
 
     layers: list[_KV] = field(default_factory=list)
+
+    def append_rows(self, new: KVCache, width: int) -> None:
+        """Append ``new``'s rows, both left-padded to ``width`` columns."""
+        merge = scripted("_merge_cache")
+        keys = merge([kv.keys for kv in self.layers], [kv.keys for kv in new.layers], width)
+        values = merge([kv.values for kv in self.layers], [kv.values for kv in new.layers], width)
+        self._set(keys, values)
+
+    def keep_rows(self, idx: torch.Tensor, first: int) -> None:
+        """Keep rows ``idx``, from column ``first`` on."""
+        select = scripted("_select_cache")
+        self._set(
+            select([kv.keys for kv in self.layers], idx, first),
+            select([kv.values for kv in self.layers], idx, first),
+        )
+
+    def _set(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        self.layers = [_KV(k, v) for k, v in zip(keys, values, strict=True)]
 
 
 def _base_weight(module: Any) -> torch.Tensor:
@@ -76,7 +99,7 @@ class RowWeights:
     ``(a [rows, in, R], [(rank lo, hi, out lo, out hi, b [rows, r, out])])`` or ``None``."""
 
     adapters: tuple[str | None, ...]
-    groups: list[list[Any]]
+    groups: list[Any]  # per layer, per group (flat)
 
 
 class LeanLlama:
@@ -88,7 +111,8 @@ class LeanLlama:
         self.embed = _base_weight(inner.embed_tokens)
         self.final_norm = (inner.norm.weight, float(inner.norm.variance_epsilon))
         self.lm_head = _base_weight(model.lm_head)
-        self.rotary = inner.rotary_emb
+        self.inv_freq = inner.rotary_emb.inv_freq
+        self.rope_scale = float(inner.rotary_emb.attention_scaling)
         self.heads = int(self.config.num_attention_heads)
         self.kv_heads = int(getattr(self.config, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(
@@ -114,6 +138,10 @@ class LeanLlama:
                     ),
                 }
             )
+        self.norms = [n for layer in self.layers for n in (layer["norm1"][0], layer["norm2"][0])]
+        self.eps = [e for layer in self.layers for e in (layer["norm1"][1], layer["norm2"][1])]
+        self.mats = [g.weight for layer in self.layers for g in layer["groups"]]
+        scripted_decoder()  # compile now, not on the first request
         self.slots: dict[str, int] = {}
         self.unsupported: set[str] = set()
         self._picked: RowWeights | None = None
@@ -193,40 +221,16 @@ class LeanLlama:
         if self._picked is not None and self._picked.adapters == key:
             return self._picked
         slots = [self.slots.get(a, 0) if a is not None else 0 for a in key]
-        idx = torch.tensor(slots)
-        per_layer = []
-        for layer in self.layers:
-            picked = []
-            for group in layer["groups"]:
-                if group.a is None or not any(slots):
-                    picked.append(None)
-                    continue
-                a = group.a.index_select(0, idx)
-                bs = [(lo, hi, out, b.index_select(0, idx)) for lo, hi, out, b in group.b]
-                picked.append((a, bs))
-            per_layer.append(picked)
-        self._picked = RowWeights(key, per_layer)
+        stacks = [
+            (g.a, g.b) if g.a is not None else None
+            for layer in self.layers
+            for g in layer["groups"]
+        ]
+        picked = scripted("_pick_rows")(stacks, torch.tensor(slots), any(slots))
+        self._picked = RowWeights(key, picked)
         return self._picked
 
     # -- forward --------------------------------------------------------------------
-    @staticmethod
-    def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        if x.dtype == torch.float32:  # LlamaRMSNorm's formula, as one op
-            return F.rms_norm(x, weight.shape, weight, eps)
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-        return weight * h.to(x.dtype)
-
-    @staticmethod
-    def _project(x: torch.Tensor, group: _Group, lora: Any) -> torch.Tensor:
-        out = F.linear(x, group.weight)
-        if lora is not None:
-            a, bs = lora
-            t = torch.bmm(x, a)
-            for lo, hi, out_lo, b in bs:
-                out[..., out_lo : out_lo + b.shape[2]] += torch.bmm(t[..., lo:hi], b)
-        return out
-
     @torch.inference_mode()
     def forward(
         self,
@@ -241,52 +245,17 @@ class LeanLlama:
         ``mask [rows, T]`` covers the cached length plus ``S`` (1 = real token);
         ``positions [rows, S]`` are the rows' own positions; ``cache`` is extended.
         """
-        rows, s = input_ids.shape
-        h = F.embedding(input_ids, self.embed)
-        cos, sin = self.rotary(h, positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        total = mask.shape[1]
-        # query i (absolute column total - s + i) sees valid columns up to itself, and
-        # always itself, so padding queries stay finite
-        cols = torch.arange(total)
-        qcols = cols[total - s :].view(s, 1)
-        allowed = (mask.bool().view(rows, 1, 1, total) & (cols <= qcols)) | (cols == qcols)
-        if not cache.layers:
-            cache.layers = [_KV() for _ in self.layers]
-        q_size = self.heads * self.head_dim
-        kv_size = self.kv_heads * self.head_dim
-        heads_qk = self.heads + self.kv_heads
-        for layer, picked, kv in zip(self.layers, weights.groups, cache.layers, strict=True):
-            qkv_g, o_g, gu_g, down_g = layer["groups"]
-            x = self._norm(h, *layer["norm1"])
-            qkv = self._project(x, qkv_g, picked[0])
-            # rotary embeddings of q and k in one pass over their heads
-            qk = qkv[..., : q_size + kv_size].view(rows, s, heads_qk, self.head_dim)
-            qk = qk.transpose(1, 2)
-            qk = qk * cos + _rotate_half(qk) * sin
-            q, k = qk[:, : self.heads], qk[:, self.heads :]
-            v = qkv[..., q_size + kv_size :].view(rows, s, self.kv_heads, self.head_dim)
-            v = v.transpose(1, 2)
-            if kv.keys is not None:
-                k = torch.cat([kv.keys, k], dim=2)
-                v = torch.cat([kv.values, v], dim=2)
-            kv.keys, kv.values = k, v
-            attn = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=allowed, enable_gqa=self.kv_heads != self.heads
-            )
-            attn = attn.transpose(1, 2).reshape(rows, s, q_size)
-            h = h + self._project(attn, o_g, picked[1])
-            x = self._norm(h, *layer["norm2"])
-            gu = self._project(x, gu_g, picked[2])
-            inter = gu_g.sizes[0]
-            h = h + self._project(F.silu(gu[..., :inter]) * gu[..., inter:], down_g, picked[3])
-        last = self._norm(h[:, -1, :], *self.final_norm)
-        return F.linear(last, self.lm_head)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        empty = [self.embed.new_zeros(0)] * len(self.layers)
+        keys = [kv.keys for kv in cache.layers] if cache.layers else empty
+        values = [kv.values for kv in cache.layers] if cache.layers else empty
+        logits, keys, values = scripted_decoder()(
+            input_ids, mask, positions, self.embed, self.inv_freq, self.rope_scale,
+            self.norms, self.eps, self.mats, weights.groups,
+            keys, values, self.heads, self.kv_heads, self.head_dim, self.final_norm[0],
+            self.final_norm[1], self.lm_head,
+        )  # fmt: skip
+        cache._set(keys, values)
+        return logits
 
 
 __all__ = ["KVCache", "LeanLlama", "RowWeights"]
