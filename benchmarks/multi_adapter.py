@@ -5,7 +5,8 @@ Served by the real compositor: a Ray Serve deployment (``Compositor``, one repli
 model id, exactly as the gateway calls it. C clients keep C requests in flight; the
 replica runs them in one forward per decoding step, each row with its own adapter. With
 continuous batching (the default) a request joins the running batch at the next step and
-leaves it when done (``serve/batching.StepMerger``, ``models/continuous.py``). All 50
+leaves it when done (``serve/batching.StepMerger``, ``models/continuous.py``; the forward
+of the tiny Llama is the scripted lean one, ``models/lean_llama.py``). All 50
 signed adapters are verified and loaded once before measuring (the Serve LRU,
 ``serve.max_adapters_per_replica``, is set to 64 so none is evicted).
 
