@@ -7,7 +7,8 @@ small models: module dispatch, PEFT wrappers, forward hooks, mask and cache help
 hundred µs). :class:`LeanLlama` computes the same function on the model's own weights with
 plain tensor ops, as vLLM and other servers do with their own model code:
 
-* the base weights of q/k/v and of gate/up are used concatenated (one matmul each);
+* the base weights of q/k/v and of gate/up are used concatenated (one matmul each; the
+  projections' own weights become views of the fused matrices, so memory is not doubled);
 * each row's LoRA delta comes from per-layer stacks of every loaded adapter (the S-LoRA
   layout of :mod:`~qlp_ray.models.batched_lora`): one ``bmm`` with the row's ``A`` of all
   projections of a group at once, then one ``bmm`` per projection with its ``B``
@@ -85,9 +86,15 @@ class _Group:
     """One fused projection group of one layer: base weight, output splits, LoRA stacks."""
 
     def __init__(self, modules: list[Any]) -> None:
-        self.sizes = [int(_base_weight(m).shape[0]) for m in modules]
+        weights = [_base_weight(m) for m in modules]
+        self.sizes = [int(w.shape[0]) for w in weights]
         with torch.no_grad():
-            self.weight = torch.cat([_base_weight(m) for m in modules]).contiguous()
+            self.weight = torch.cat([w.detach() for w in weights]).contiguous()
+            if len(weights) > 1:  # the modules' own weights become views of the fused one:
+                lo = 0  # no second copy (same values, same row-major layout)
+                for w, size in zip(weights, self.sizes, strict=True):
+                    w.data = self.weight[lo : lo + size]
+                    lo += size
         # LoRA stacks over the slots of LeanLlama.slots (slot 0: no adapter), set by _stack
         self.a: torch.Tensor | None = None  # [slots, in, sum of ranks]
         self.b: list[tuple[int, int, int, torch.Tensor]] = []  # (rank lo, hi, out lo, B*s)
