@@ -23,13 +23,15 @@ def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _project(x: torch.Tensor, weight: torch.Tensor, lora: LoRA) -> torch.Tensor:
-    """The fused base matmul plus each row's LoRA delta."""
+    """The fused base matmul plus each row's LoRA delta (in the adapters' dtype, which
+    PEFT may keep at float32 over a half-precision base)."""
     out = F.linear(x, weight)
     if lora is not None:
         a, bs = lora
-        t = torch.bmm(x, a)
+        t = torch.bmm(x.to(a.dtype), a)
         for lo, hi, out_lo, b in bs:
-            out[:, :, out_lo : out_lo + b.shape[2]] += torch.bmm(t[:, :, lo:hi], b)
+            delta = torch.bmm(t[:, :, lo:hi], b).to(out.dtype)
+            out[:, :, out_lo : out_lo + b.shape[2]] += delta
     return out
 
 

@@ -164,3 +164,19 @@ def test_fused_weights_are_not_a_second_copy(tokenizer):  # noqa: F811
     k = model.model.layers[0].self_attn.k_proj.weight
     assert k.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
     assert torch.equal(k, before) and torch.equal(fused[32:64], before)
+
+
+def test_half_precision_base_with_float32_adapters(tokenizer, tmp_path):  # noqa: F811
+    base = _llama()
+    out = save_random_lora(base, tmp_path / "attn", 1, r=4, targets=ADAPTERS["attn"], b_std=2.0)
+    backends = []
+    for lean in (True, False):
+        backend = TransformersBackend(_llama().to(torch.bfloat16), tokenizer, lean_forward=lean)
+        backend.load_adapter("attn", str(out))
+        backends.append(backend)
+    lora_a = backends[0].peft_model.base_model.model.model.layers[0].self_attn.q_proj.lora_A
+    assert lora_a["attn"].weight.dtype == torch.float32  # PEFT keeps the adapter at float32
+    ids, mask, pos = _left_padded(backends[0], PROMPTS)
+    got = [b.forward_rows(["attn", None, "attn"], ids, mask, pos, b.new_cache()) for b in backends]
+    assert got[0].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0].float(), got[1].float(), rtol=0.02, atol=0.05)
