@@ -28,7 +28,7 @@ import torch
 
 from qlp_ray.models.backend import Generation, GenerationRequest
 from qlp_ray.models.hf_backend import AdapterNotLoaded
-from qlp_ray.models.lean_llama import KVCache
+from qlp_ray.models.lean_decoder import left_pad, scripted
 
 if TYPE_CHECKING:
     from qlp_ray.models.hf_backend import TransformersBackend
@@ -44,15 +44,6 @@ class _Row:
     started: float = field(default_factory=time.perf_counter)
 
 
-def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-
 class ContinuousDecoder:
     """Running greedy rows of one backend; rows join (:meth:`admit`) and leave at steps."""
 
@@ -64,6 +55,8 @@ class ContinuousDecoder:
         self._next = torch.zeros((0,), dtype=torch.long)  # each row's next input token
         self._pos = torch.zeros((0,), dtype=torch.long)  # ... and its position
         self.steps = 0  # forwards run (prefills + decoding steps)
+        for helper in ("merge_cache", "select_cache"):  # compiled now, not on a request
+            scripted(helper)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -118,15 +111,14 @@ class ContinuousDecoder:
             self._cache, self._mask = cache, mask
             return
         width = max(self._mask.shape[1], mask.shape[1])
-        if isinstance(cache, KVCache):  # the lean forward's cache: one scripted call
-            self._cache.append_rows(cache, width)
-        else:
-            for old, new in zip(self._cache.layers, cache.layers, strict=True):
-                old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
-                old.values = torch.cat(
-                    [_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)]
-                )
-        self._mask = torch.cat([_left_pad(self._mask, width, 1), _left_pad(mask, width, 1)])
+        merge = scripted("merge_cache")  # one call for all layers, not one op per layer
+        old, new = self._cache.layers, cache.layers
+        _assign(
+            old,
+            merge([kv.keys for kv in old], [kv.keys for kv in new], width),
+            merge([kv.values for kv in old], [kv.values for kv in new], width),
+        )
+        self._mask = torch.cat([left_pad(self._mask, width, 1), left_pad(mask, width, 1)])
 
     # -- decoding -------------------------------------------------------------------
     @torch.inference_mode()
@@ -191,14 +183,21 @@ class ContinuousDecoder:
         first = int((mask.sum(0) > 0).nonzero()[0])  # leading columns that are padding for all
         self._mask = mask[:, first:]
         assert self._cache is not None
-        if isinstance(self._cache, KVCache):
-            self._cache.keep_rows(idx, first)
-        else:
-            for layer in self._cache.layers:
-                layer.keys = layer.keys.index_select(0, idx)[:, :, first:]
-                layer.values = layer.values.index_select(0, idx)[:, :, first:]
+        select = scripted("select_cache")
+        layers = self._cache.layers
+        _assign(
+            layers,
+            select([kv.keys for kv in layers], idx, first),
+            select([kv.values for kv in layers], idx, first),
+        )
         self._next = self._next.index_select(0, idx)
         self._pos = self._pos.index_select(0, idx)
+
+
+def _assign(layers: list[Any], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    """Set each cache layer's keys and values (lean ``KVCache`` or ``DynamicCache`` alike)."""
+    for layer, k, v in zip(layers, keys, values, strict=True):
+        layer.keys, layer.values = k, v
 
 
 __all__ = ["ContinuousDecoder"]

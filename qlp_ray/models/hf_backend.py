@@ -495,10 +495,8 @@ class TransformersBackend(InferenceBackend):
                 return True
             if adapter not in self._adapters or self._full_switch:
                 return False
-            lean = self._lean_locked()
-            if lean is not None and not lean.supports([adapter]):
-                return False
-            return self._tables_locked().supports([adapter])
+            # the lean forward's unsupported adapters include the tables' own
+            return (self._lean_locked() or self._tables_locked()).supports([adapter])
 
     def forward_rows(
         self,

@@ -1,7 +1,9 @@
 """The decoder forward of :class:`~qlp_ray.models.lean_llama.LeanLlama`, for TorchScript.
 
-Plain functions over tensors and lists, compiled once per process by
-:func:`scripted_decoder`. The annotations are ``typing`` generics evaluated at import (no
+Plain functions over tensors and lists, compiled once per process by :func:`scripted`
+(:func:`compile_all` at backend start). The KV-cache helpers serve the continuous decoder
+with the lean :class:`~qlp_ray.models.lean_llama.KVCache` and with transformers'
+``DynamicCache`` alike. The annotations are ``typing`` generics evaluated at import (no
 ``from __future__ import annotations``) because TorchScript reads them.
 """
 
@@ -11,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import rotate_half
 
 LoRA = Optional[Tuple[torch.Tensor, List[Tuple[int, int, int, torch.Tensor]]]]
 
@@ -33,11 +36,6 @@ def _project(x: torch.Tensor, weight: torch.Tensor, lora: LoRA) -> torch.Tensor:
             delta = torch.bmm(t[:, :, lo:hi], b).to(out.dtype)
             out[:, :, out_lo : out_lo + b.shape[2]] += delta
     return out
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def _decoder_forward(
@@ -85,7 +83,7 @@ def _decoder_forward(
         # rotary embeddings of q and k in one pass over their heads
         qk = qkv[:, :, : q_size + kv_size].reshape(rows, s, heads + kv_heads, head_dim)
         qk = qk.transpose(1, 2)
-        qk = qk * cos + _rotate_half(qk) * sin
+        qk = qk * cos + rotate_half(qk) * sin
         q, k = qk[:, :heads], qk[:, heads:]
         v = qkv[:, :, q_size + kv_size :].reshape(rows, s, kv_heads, head_dim).transpose(1, 2)
         if keys[i].numel() > 0:
@@ -122,27 +120,26 @@ def _pick_rows(stacks: List[LoRA], idx: torch.Tensor, any_adapter: bool) -> List
     return picked
 
 
-def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+def left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """``t`` with zeros prepended along ``dim`` up to ``width``."""
     missing = width - t.shape[dim]
     if missing <= 0:
         return t
-    shape = t.shape
+    shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
-def _merge_cache(
-    old: List[torch.Tensor], new: List[torch.Tensor], width: int
-) -> List[torch.Tensor]:
+def merge_cache(old: List[torch.Tensor], new: List[torch.Tensor], width: int) -> List[torch.Tensor]:
     """Rows of ``new`` appended to ``old`` (per-layer keys or values), both left-padded
     to ``width`` columns."""
     out: List[torch.Tensor] = []
     for i in range(len(old)):
-        out.append(torch.cat([_left_pad(old[i], width, 2), _left_pad(new[i], width, 2)]))
+        out.append(torch.cat([left_pad(old[i], width, 2), left_pad(new[i], width, 2)]))
     return out
 
 
-def _select_cache(cache: List[torch.Tensor], idx: torch.Tensor, first: int) -> List[torch.Tensor]:
+def select_cache(cache: List[torch.Tensor], idx: torch.Tensor, first: int) -> List[torch.Tensor]:
     """Rows ``idx`` of each layer's keys or values, from column ``first`` on."""
     out: List[torch.Tensor] = []
     for t in cache:
@@ -167,12 +164,10 @@ def scripted(name: str) -> Any:
     return _SCRIPTED[name]
 
 
-def scripted_decoder() -> Any:
-    """``_decoder_forward``, scripted (with the helpers the decoder uses, compiled)."""
-    scripted("_pick_rows")
-    scripted("_merge_cache")
-    scripted("_select_cache")
-    return scripted("_decoder_forward")
+def compile_all() -> None:
+    """Compile every function the lean decoder calls (at backend start, not on a request)."""
+    for name in ("_decoder_forward", "_pick_rows", "merge_cache", "select_cache"):
+        scripted(name)
 
 
-__all__ = ["scripted", "scripted_decoder"]
+__all__ = ["compile_all", "left_pad", "merge_cache", "scripted", "select_cache"]

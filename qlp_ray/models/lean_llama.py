@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from qlp_ray.models.lean_decoder import scripted, scripted_decoder
+from qlp_ray.models.lean_decoder import compile_all, scripted
 
 # Fused groups of one decoder layer: (attribute path of the parent, member projections).
 _GROUPS = (
@@ -55,27 +55,10 @@ class _KV:
 @dataclass
 class KVCache:
     """Per-layer keys and values ``[rows, kv_heads, length, head_dim]`` (the ``layers``
-    / ``keys`` / ``values`` shape the continuous decoder merges and trims)."""
+    / ``keys`` / ``values`` shape of transformers' cache, which the continuous decoder
+    merges and trims either way)."""
 
     layers: list[_KV] = field(default_factory=list)
-
-    def append_rows(self, new: KVCache, width: int) -> None:
-        """Append ``new``'s rows, both left-padded to ``width`` columns."""
-        merge = scripted("_merge_cache")
-        keys = merge([kv.keys for kv in self.layers], [kv.keys for kv in new.layers], width)
-        values = merge([kv.values for kv in self.layers], [kv.values for kv in new.layers], width)
-        self._set(keys, values)
-
-    def keep_rows(self, idx: torch.Tensor, first: int) -> None:
-        """Keep rows ``idx``, from column ``first`` on."""
-        select = scripted("_select_cache")
-        self._set(
-            select([kv.keys for kv in self.layers], idx, first),
-            select([kv.values for kv in self.layers], idx, first),
-        )
-
-    def _set(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-        self.layers = [_KV(k, v) for k, v in zip(keys, values, strict=True)]
 
 
 def _base_weight(module: Any) -> torch.Tensor:
@@ -89,7 +72,7 @@ class _Group:
         weights = [_base_weight(m) for m in modules]
         self.sizes = [int(w.shape[0]) for w in weights]
         with torch.no_grad():
-            self.weight = torch.cat([w.detach() for w in weights]).contiguous()
+            self.weight = torch.cat([w.detach() for w in weights])
             if len(weights) > 1:  # the modules' own weights become views of the fused one:
                 lo = 0  # no second copy (same values, same row-major layout)
                 for w, size in zip(weights, self.sizes, strict=True):
@@ -102,53 +85,43 @@ class _Group:
 
 @dataclass
 class RowWeights:
-    """The rows' adapter weights picked for one row set: per layer, per group,
-    ``(a [rows, in, R], [(rank lo, hi, out lo, out hi, b [rows, r, out])])`` or ``None``."""
+    """The rows' adapter weights picked for one row set, per group of every layer in
+    order: ``(a [rows, in, R], [(rank lo, rank hi, out lo, b [rows, r, out])])``, or
+    ``None`` where no row has a LoRA."""
 
     adapters: tuple[str | None, ...]
-    groups: list[Any]  # per layer, per group (flat)
+    groups: list[Any]
 
 
 class LeanLlama:
     """The forward of a (PEFT-wrapped) ``LlamaForCausalLM`` over plain tensors."""
 
     def __init__(self, model: Any) -> None:
-        inner = model.model
-        self.config = model.config
+        inner, cfg = model.model, model.config
         self.embed = _base_weight(inner.embed_tokens)
         self.final_norm = (inner.norm.weight, float(inner.norm.variance_epsilon))
         self.lm_head = _base_weight(model.lm_head)
         self.inv_freq = inner.rotary_emb.inv_freq
         self.rope_scale = float(inner.rotary_emb.attention_scaling)
-        self.heads = int(self.config.num_attention_heads)
-        self.kv_heads = int(getattr(self.config, "num_key_value_heads", None) or self.heads)
-        self.head_dim = int(
-            getattr(self.config, "head_dim", None) or self.config.hidden_size // self.heads
-        )
+        self.heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads)
         self._decoder_layers = inner.layers
-        self.layers: list[dict[str, Any]] = []
-        for layer in inner.layers:
-            groups = [
-                _Group([getattr(getattr(layer, parent), n) for n in names])
-                for parent, names in _GROUPS
-            ]
-            self.layers.append(
-                {
-                    "groups": groups,
-                    "norm1": (
-                        layer.input_layernorm.weight,
-                        float(layer.input_layernorm.variance_epsilon),
-                    ),
-                    "norm2": (
-                        layer.post_attention_layernorm.weight,
-                        float(layer.post_attention_layernorm.variance_epsilon),
-                    ),
-                }
-            )
-        self.norms = [n for layer in self.layers for n in (layer["norm1"][0], layer["norm2"][0])]
-        self.eps = [e for layer in self.layers for e in (layer["norm1"][1], layer["norm2"][1])]
-        self.mats = [g.weight for layer in self.layers for g in layer["groups"]]
-        scripted_decoder()  # compile now, not on the first request
+        # per layer, in order: the _GROUPS, and the two norms' weights and epsilons
+        self.groups = [
+            _Group([getattr(getattr(layer, parent), n) for n in names])
+            for layer in inner.layers
+            for parent, names in _GROUPS
+        ]
+        norms = [
+            n
+            for layer in inner.layers
+            for n in (layer.input_layernorm, layer.post_attention_layernorm)
+        ]
+        self.norms = [n.weight for n in norms]
+        self.eps = [float(n.variance_epsilon) for n in norms]
+        self.mats = [g.weight for g in self.groups]
+        compile_all()  # now, not on the first request
         self.slots: dict[str, int] = {}
         self.unsupported: set[str] = set()
         self._picked: RowWeights | None = None
@@ -188,14 +161,13 @@ class LeanLlama:
                 self.unsupported |= set(table.slots)
             names |= set(table.slots)
         self.slots = {n: k for k, n in enumerate(sorted(names), start=1)}
-        found: dict[tuple[int, int], dict[int, Any]] = {}
+        found: dict[int, dict[int, Any]] = {}  # group index -> member -> table
         for table in tables.tables:
             at = where.get(id(table.layer))
             if at is not None:
-                found.setdefault(at[:2], {})[at[2]] = table
-        for li, layer in enumerate(self.layers):
-            for gi, group in enumerate(layer["groups"]):
-                self._stack(group, found.get((li, gi), {}))
+                found.setdefault(at[0] * len(_GROUPS) + at[1], {})[at[2]] = table
+        for gi, group in enumerate(self.groups):
+            self._stack(group, found.get(gi, {}))
 
     def _stack(self, group: _Group, members: dict[int, Any]) -> None:
         group.a, group.b = None, []
@@ -228,11 +200,7 @@ class LeanLlama:
         if self._picked is not None and self._picked.adapters == key:
             return self._picked
         slots = [self.slots.get(a, 0) if a is not None else 0 for a in key]
-        stacks = [
-            (g.a, g.b) if g.a is not None else None
-            for layer in self.layers
-            for g in layer["groups"]
-        ]
+        stacks = [(g.a, g.b) if g.a is not None else None for g in self.groups]
         picked = scripted("_pick_rows")(stacks, torch.tensor(slots), any(slots))
         self._picked = RowWeights(key, picked)
         return self._picked
@@ -252,16 +220,16 @@ class LeanLlama:
         ``mask [rows, T]`` covers the cached length plus ``S`` (1 = real token);
         ``positions [rows, S]`` are the rows' own positions; ``cache`` is extended.
         """
-        empty = [self.embed.new_zeros(0)] * len(self.layers)
+        empty = [self.embed.new_zeros(0)] * len(self._decoder_layers)
         keys = [kv.keys for kv in cache.layers] if cache.layers else empty
         values = [kv.values for kv in cache.layers] if cache.layers else empty
-        logits, keys, values = scripted_decoder()(
+        logits, keys, values = scripted("_decoder_forward")(
             input_ids, mask, positions, self.embed, self.inv_freq, self.rope_scale,
             self.norms, self.eps, self.mats, weights.groups,
             keys, values, self.heads, self.kv_heads, self.head_dim, self.final_norm[0],
             self.final_norm[1], self.lm_head,
         )  # fmt: skip
-        cache._set(keys, values)
+        cache.layers = [_KV(k, v) for k, v in zip(keys, values, strict=True)]
         return logits
 
 

@@ -160,7 +160,7 @@ def test_fused_weights_are_not_a_second_copy(tokenizer):  # noqa: F811
     model = _llama()
     before = model.model.layers[0].self_attn.k_proj.weight.detach().clone()
     backend = TransformersBackend(model, tokenizer)
-    fused = backend._lean.layers[0]["groups"][0].weight  # q/k/v
+    fused = backend._lean.groups[0].weight  # q/k/v of layer 0
     k = model.model.layers[0].self_attn.k_proj.weight
     assert k.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
     assert torch.equal(k, before) and torch.equal(fused[32:64], before)
