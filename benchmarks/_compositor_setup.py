@@ -5,6 +5,12 @@ Adapters are real PEFT LoRA adapters (``get_peft_model`` with random, non-zero A
 real registry under ``QLP_HOME`` (default ``/tmp/qlp_compose3_bench``). The base model
 is the built-in tiny Llama at its default size (pre-training shortened: latency does not
 depend on how well it was trained).
+
+Importing it puts this process and the Ray cluster it starts in the Serve mode of a cluster
+``qlp serve`` starts (``serve.ray_throughput_optimized``: ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``,
+set before ``ray.serve`` is imported): a benchmark driver calls deployments as a gateway
+replica of that cluster does, so its handles run on its own event loop (call them inside
+one, never with a bare ``.result()``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,16 @@ from typing import Any
 
 import torch
 
+
+def _serve_mode() -> None:
+    from qlp_ray.config import QLPConfig
+    from qlp_ray.runtime import serve_env
+
+    for key, value in serve_env(QLPConfig()).items():
+        os.environ.setdefault(key, value)
+
+
+_serve_mode()
 BENCH_HOME = Path(os.environ.get("QLP_HOME", "/tmp/qlp_compose3_bench"))
 PROMPTS = [
     "Write a SQL query that joins orders and customers and sums revenue per month.",

@@ -255,7 +255,8 @@ def run(args: argparse.Namespace) -> dict:
             texts, secs, lat = loop.run_until_complete(coro)
             after = batch_counts(where)
             rows_key = "row_steps" if "row_steps" in after else "rows"
-            for key in ("batches", "prefills", "prefill_s", "step_s"):
+            for key in ("batches", "prefills", "prefill_s", "step_s", "prefill_cpu_s",
+                        "step_cpu_s"):  # fmt: skip
                 batched[kind][key] += after.get(key, 0) - before.get(key, 0)
             batched[kind]["rows"] += after[rows_key] - before[rows_key]
             batched[kind]["secs"] += secs
@@ -269,7 +270,8 @@ def run(args: argparse.Namespace) -> dict:
                 return dict(merger.stats)
             return loop.run_until_complete(handles[where].cache_stats.remote())["batching"]
 
-        zero = dict.fromkeys(("batches", "rows", "prefills", "prefill_s", "step_s", "secs"), 0.0)
+        zero = dict.fromkeys(("batches", "rows", "prefills", "prefill_s", "step_s", "secs",
+                              "prefill_cpu_s", "step_cpu_s"), 0.0)  # fmt: skip
         batched = {k: dict(zero) for k in
                    ("multi", "multi_rl", "single", "multi_inproc", "single_inproc",
                     "sequential")}  # fmt: skip
@@ -397,6 +399,10 @@ def main() -> None:
                 f"{d['prefill_s'] / d['prefills'] * 1000:.2f} ms per prefill; decoder busy "
                 f"{(d['step_s'] + d['prefill_s']) / d['secs']:.0%} of the run "
                 f"({d['prefill_s'] / (d['step_s'] + d['prefill_s']):.0%} of it prefills)"
+            )
+            print(
+                f"  its thread was on a CPU {d['prefill_cpu_s'] / d['prefill_s']:.0%} of the "
+                f"prefills' time and {d['step_cpu_s'] / d['step_s']:.0%} of the steps' time"
             )
     same, total = r["same"]
     print(f"greedy outputs equal to the naive PEFT run for the same adapter+prompt: {same}/{total}")

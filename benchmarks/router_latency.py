@@ -22,6 +22,7 @@ Target (issue 3): router added latency p50 <= 5 ms.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import sys
@@ -76,14 +77,15 @@ def _pairs(urls: dict[str, str], texts: list[str], max_tokens: int) -> dict[str,
     return out
 
 
-def _handle_breakdown(app_name: str, texts: list[str]) -> dict[str, float]:
+async def _handle_breakdown(app_name: str, texts: list[str]) -> dict[str, float]:
+    """One handle call at a time, from an event loop as a gateway replica calls."""
     from ray import serve
 
     handle = serve.get_deployment_handle("Router", app_name=app_name)
     total, inside = [], []
     for text in texts:
         t0 = time.perf_counter()
-        d = handle.route.remote(text).result(timeout_s=60)
+        d = await handle.route.remote(text)
         total.append((time.perf_counter() - t0) * 1000)
         inside.append(d["route_ms"])
     return {"handle_p50": percentile(total, 50), "inside_p50": percentile(inside, 50)}
@@ -111,7 +113,7 @@ def run(n: int, max_tokens: int, backend: str, precision: str, home: Path) -> di
         serve.run(build_app(cfg_gw), name="qlp_gw", route_prefix="/gw")
         wait_healthy(f"{url}/gw", 300)
         pairs = _pairs({"deployment": url, "gateway": f"{url}/gw"}, texts, max_tokens)
-        breakdown = _handle_breakdown(cfg.serve.app_name, texts)
+        breakdown = asyncio.run(_handle_breakdown(cfg.serve.app_name, texts))
     finally:
         serve.shutdown()
         ray.shutdown()

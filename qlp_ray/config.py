@@ -409,6 +409,12 @@ class ServeConfig(_Section):
         description="Most compositor requests generated as one batch, across adapters "
         "(requests arriving during a batch form the next one); 1 = one request at a time.",
     )
+    ray_throughput_optimized: bool = Field(
+        True,
+        description="Ray clusters qlp starts run Ray Serve's throughput mode "
+        "(RAY_SERVE_THROUGHPUT_OPTIMIZED=1: user code on each replica's main event loop, gRPC "
+        "between deployments, buffered request logs); a cluster qlp connects to keeps its own.",
+    )
     continuous_batching: bool = Field(
         True,
         description="Greedy rows join the running compositor batch at the next decoding step "

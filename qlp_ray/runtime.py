@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,29 @@ def _runtime_env() -> dict[str, Any]:
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
 
 
+def serve_env(cfg: QLPConfig) -> dict[str, str]:
+    """Environment the Serve processes of a cluster qlp starts get (read by Ray Serve at
+    import, so it must be there when the raylet forks them)."""
+    if cfg.serve.ray_throughput_optimized:
+        return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    return {}
+
+
+@contextlib.contextmanager
+def cluster_env(cfg: QLPConfig) -> Iterator[None]:
+    """:func:`serve_env` in ``os.environ`` while a cluster starts (its processes inherit
+    it), then as before: this process's own handles keep Ray's defaults, so synchronous
+    ``handle.method.remote(...).result()`` calls outside an event loop keep working. A
+    variable the user set already wins."""
+    added = {k: v for k, v in serve_env(cfg).items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def _ray_cli() -> str:
     beside = Path(sys.executable).parent / "ray"
     found = str(beside) if beside.is_file() else shutil.which("ray")
@@ -39,12 +64,13 @@ def _ray_cli() -> str:
     return found
 
 
-def start_local_cluster() -> None:
-    """``ray start --head`` on this machine, dashboard on 127.0.0.1, no usage stats."""
+def start_local_cluster(cfg: QLPConfig | None = None) -> None:
+    """``ray start --head`` on this machine, dashboard on 127.0.0.1, no usage stats, with
+    :func:`serve_env` of ``cfg`` (default: the default config)."""
     cmd = [_ray_cli(), "start", "--head", "--dashboard-host", "127.0.0.1",
            "--disable-usage-stats"]  # fmt: skip
     logger.info("starting a local Ray cluster: %s", " ".join(cmd))
-    env = dict(os.environ)
+    env = {**serve_env(cfg or QLPConfig()), **os.environ}
     env.update(_runtime_env().get("env_vars", {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -65,17 +91,32 @@ def ensure_ray(cfg: QLPConfig, *, persistent: bool) -> str:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=runtime_env)
+        _note_cluster_env(cfg)
         return "connected"
     if persistent:
         try:
             ray.init(address="auto", runtime_env=runtime_env)
+            _note_cluster_env(cfg)
             return "reused"
         except ConnectionError:
-            start_local_cluster()
+            start_local_cluster(cfg)
             ray.init(address="auto", runtime_env=runtime_env)
             return "started"
-    ray.init(address="local", include_dashboard=False, runtime_env=runtime_env)
+    with cluster_env(cfg):
+        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env)
     return "local"
+
+
+def _note_cluster_env(cfg: QLPConfig) -> None:
+    """A cluster qlp did not start keeps the Serve mode it was started with."""
+    missing = {k: v for k, v in serve_env(cfg).items() if os.environ.get(k) != v}
+    if missing:
+        hint = " ".join(f"{k}={v}" for k, v in missing.items())
+        logger.info(
+            "connected to a running Ray cluster: its Serve processes keep their own "
+            "environment; start it with %s for Ray Serve's throughput mode",
+            hint,
+        )
 
 
 def connect_existing() -> bool:

@@ -9,13 +9,18 @@ def init_local_ray(**options: Any) -> None:
     """``ray.init(address="local", num_cpus=2, include_dashboard=False, **options)``.
 
     A loaded 2-core machine can miss Ray's node start-up deadline; that one error is
-    retried once. Never ``ray start`` / ``ray stop``.
+    retried once. The Serve processes get the default config's ``serve_env`` (throughput
+    mode). Never ``ray start`` / ``ray stop``.
     """
     import ray
 
+    from qlp_ray.config import QLPConfig
+    from qlp_ray.runtime import cluster_env
+
     for attempt in (1, 2):
         try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, **options)
+            with cluster_env(QLPConfig()):  # Serve processes as `qlp serve` starts them
+                ray.init(address="local", num_cpus=2, include_dashboard=False, **options)
             return
         except Exception as exc:  # ray raises a bare Exception for this timeout
             ray.shutdown()

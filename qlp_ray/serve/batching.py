@@ -92,10 +92,10 @@ class StepMerger:
         # decoding steps ("batches"), prefills of joining rows, rows admitted, running rows
         # summed over the steps, most rows running at once; wall seconds spent in prefills
         # and in decoding steps (rows the decoder cannot take, run by generate_batch in the
-        # same thread, count in neither)
+        # same thread, count in neither), and the decoder thread's CPU seconds in each
         self.stats: dict[str, float] = {
             "batches": 0, "prefills": 0, "rows": 0, "row_steps": 0, "largest": 0,
-            "prefill_s": 0.0, "step_s": 0.0,
+            "prefill_s": 0.0, "step_s": 0.0, "prefill_cpu_s": 0.0, "step_cpu_s": 0.0,
         }  # fmt: skip
         self.most_adapters = 0  # most distinct adapters running at once
 
@@ -140,9 +140,10 @@ class StepMerger:
         self.stats["rows"] += len(joining)
         if steady:
             self.stats["prefills"] += 1
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             done += self._decoder.admit(steady)
             self.stats["prefill_s"] += time.perf_counter() - t0
+            self.stats["prefill_cpu_s"] += time.thread_time() - cpu0
         running = len(self._decoder)
         if running:
             self.stats["batches"] += 1
@@ -151,9 +152,10 @@ class StepMerger:
             self.most_adapters = max(
                 self.most_adapters, len({row.adapter for row in self._decoder.rows})
             )
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             done += self._decoder.step()
             self.stats["step_s"] += time.perf_counter() - t0
+            self.stats["step_cpu_s"] += time.thread_time() - cpu0
         return done
 
 

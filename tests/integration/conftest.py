@@ -28,17 +28,21 @@ def ray_dashboard():
 
     if ray.is_initialized():
         ray.shutdown()  # another module's Ray has no dashboard
+    from qlp_ray.config import QLPConfig
+    from qlp_ray.runtime import cluster_env
+
     port = _free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "include_dashboard": True,
-            "dashboard_host": "127.0.0.1",
-            "dashboard_port": port,
-            "dashboard_agent_listen_port": _free_port(),
-        },
-    )
+    with cluster_env(QLPConfig()):  # Serve processes as `qlp serve` starts them
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 2,
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": port,
+                "dashboard_agent_listen_port": _free_port(),
+            },
+        )
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         yield f"http://127.0.0.1:{port}"

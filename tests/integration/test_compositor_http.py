@@ -80,7 +80,10 @@ def app(tmp_path_factory):
     from qlp_ray.serve.app import deploy
 
     cfg, registry = build(tmp_path_factory.mktemp("qlp_compose"))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from qlp_ray.runtime import cluster_env
+
+    with cluster_env(cfg):  # Serve processes in the mode `qlp serve` gives them
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert deploy(cfg, persistent=False) == URL
         yield {"cfg": cfg, "registry": registry}
