@@ -47,7 +47,10 @@ def test_magnitude_pruning_50_reports_sparsity_size_and_quality(setup):
     assert rep.size_ratio < 0.9
     # quality change measured on the same texts
     assert rep.original.perplexity == pytest.approx(perplexity(model, tok, held).perplexity)
-    assert rep.optimized.perplexity > rep.original.perplexity
+    assert rep.optimized.perplexity == pytest.approx(perplexity(pruned, tok, held).perplexity)
+    # zeroing half the weights changes the model; on this tiny, briefly trained model the
+    # direction is not fixed (a run measured 2.216 -> 2.169), so only the change is asserted
+    assert rep.optimized.perplexity != pytest.approx(rep.original.perplexity, rel=1e-3)
     assert rep.perplexity_change == pytest.approx(
         rep.optimized.perplexity / rep.original.perplexity - 1
     )

@@ -19,7 +19,7 @@ def _cfg(on: bool) -> QLPConfig:
 
 
 def test_throughput_mode_is_the_default_and_can_be_turned_off() -> None:
-    assert serve_env(QLPConfig()) == {KEY: "1"}
+    assert serve_env(QLPConfig()) == {KEY: "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     assert serve_env(_cfg(False)) == {}
 
 
