@@ -29,6 +29,9 @@ step and per prefill, and how busy the decoder was), in the Serve replica and in
 from the compositor's ``batching`` stats (``prefill_s``, ``step_s``; every request here is
 greedy, so all of them run through the decoder).
 
+The Ray cluster and this driver run Ray Serve's throughput mode, as in a cluster ``qlp
+serve`` starts (``_compositor_setup``); ``RAY_SERVE_THROUGHPUT_OPTIMIZED=0`` runs without it.
+
 Same prompts, same greedy settings (``max_tokens`` new tokens); the kinds are interleaved
 in rounds so they see the same machine load; greedy outputs of the 50-adapter run are
 checked against the naive run's for the same (adapter, prompt). Targets: 50 adapters
