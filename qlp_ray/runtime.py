@@ -69,13 +69,13 @@ def _ray_cli() -> str:
     return found
 
 
-def start_local_cluster(cfg: QLPConfig | None = None) -> None:
+def start_local_cluster(cfg: QLPConfig) -> None:
     """``ray start --head`` on this machine, dashboard on 127.0.0.1, no usage stats, with
-    :func:`serve_env` of ``cfg`` (default: the default config)."""
+    :func:`serve_env` of ``cfg``."""
     cmd = [_ray_cli(), "start", "--head", "--dashboard-host", "127.0.0.1",
            "--disable-usage-stats"]  # fmt: skip
     logger.info("starting a local Ray cluster: %s", " ".join(cmd))
-    env = {**serve_env(cfg or QLPConfig()), **os.environ}
+    env = {**serve_env(cfg), **os.environ}
     env.update(_runtime_env().get("env_vars", {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -96,12 +96,10 @@ def ensure_ray(cfg: QLPConfig, *, persistent: bool) -> str:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=runtime_env)
-        _note_cluster_env(cfg)
         return "connected"
     if persistent:
         try:
             ray.init(address="auto", runtime_env=runtime_env)
-            _note_cluster_env(cfg)
             return "reused"
         except ConnectionError:
             start_local_cluster(cfg)
@@ -110,18 +108,6 @@ def ensure_ray(cfg: QLPConfig, *, persistent: bool) -> str:
     with cluster_env(cfg):
         ray.init(address="local", include_dashboard=False, runtime_env=runtime_env)
     return "local"
-
-
-def _note_cluster_env(cfg: QLPConfig) -> None:
-    """A cluster qlp did not start keeps the Serve mode it was started with."""
-    missing = {k: v for k, v in serve_env(cfg).items() if os.environ.get(k) != v}
-    if missing:
-        hint = " ".join(f"{k}={v}" for k, v in missing.items())
-        logger.info(
-            "connected to a running Ray cluster: its Serve processes keep their own "
-            "environment; start it with %s for Ray Serve's throughput mode",
-            hint,
-        )
 
 
 def connect_existing() -> bool:
