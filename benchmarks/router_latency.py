@@ -108,15 +108,19 @@ def run(n: int, max_tokens: int, backend: str, precision: str, home: Path) -> di
     titles = dev_titles()
     texts = [titles[(10 + i) % len(titles)] for i in range(n)]
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # the handle is bound to this loop (Serve's same-loop handle router in throughput
+    # mode): it stays open until Serve has shut down and released the handle
+    loop = asyncio.new_event_loop()
     try:
         url = deploy(cfg, persistent=False)  # placement: deployment, app "qlp" at /
         serve.run(build_app(cfg_gw), name="qlp_gw", route_prefix="/gw")
         wait_healthy(f"{url}/gw", 300)
         pairs = _pairs({"deployment": url, "gateway": f"{url}/gw"}, texts, max_tokens)
-        breakdown = asyncio.run(_handle_breakdown(cfg.serve.app_name, texts))
+        breakdown = loop.run_until_complete(_handle_breakdown(cfg.serve.app_name, texts))
     finally:
         serve.shutdown()
         ray.shutdown()
+        loop.close()
     result: dict = {"n": n, "distinct": len(set(texts)), **breakdown}
     for name, p in pairs.items():
         routed, direct = p["routed"], p["direct"]
