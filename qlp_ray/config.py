@@ -496,6 +496,13 @@ class StoreConfig(_Section):
         description="background: the gateway replies, then commits request rows in batches "
         "(concurrent requests share a commit); inline: each reply waits for its row's commit.",
     )
+    feedback_wait_s: float = Field(
+        1.0,
+        ge=0.0,
+        le=30.0,
+        description="How long POST /v1/feedback waits for a request id not yet in the store "
+        "(another gateway replica may still be committing its row) before answering 404.",
+    )
     audit: bool = Field(
         True,
         description="Record sign/verify/promote/rollback events and refuse rolled-back pointers.",

@@ -5,10 +5,15 @@
 gateway starts (Serve freezes the FastAPI app at import time, so this router dispatches
 to that bound router's endpoints). ``GET /v1/admin/analytics`` reports per-adapter
 statistics and cost since the gateway replica started.
+
+Feedback may reach a different gateway replica than the request it names, and that
+replica commits its request rows a few milliseconds after the reply: an id not in the
+store yet is therefore looked up again for up to ``store.feedback_wait_s`` before the 404.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real types.
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -34,11 +39,26 @@ def _bound_endpoint(request: Request, path: str) -> Any:
     return bound[path]
 
 
+_FIRST_RETRY_S = 0.01  # then doubling, up to _MAX_RETRY_S between lookups
+_MAX_RETRY_S = 0.2
+
+
 @router.post("/v1/feedback")
 async def post_feedback(body: FeedbackBody, request: Request) -> Any:
-    request.app.state.gateway._check_key(request)
+    gateway = request.app.state.gateway
+    gateway._check_key(request)
     await _recorder(request).committed(body.request_id)  # its row may be queued still
-    result = await asyncio.to_thread(_bound_endpoint(request, "/v1/feedback"), body)
+    endpoint = _bound_endpoint(request, "/v1/feedback")
+    deadline = time.monotonic() + gateway.cfg.store.feedback_wait_s
+    pause = _FIRST_RETRY_S
+    while True:
+        result = await asyncio.to_thread(endpoint, body)
+        unknown_id = getattr(result, "status_code", None) == 404
+        left = deadline - time.monotonic()
+        if not unknown_id or left <= 0:
+            break
+        await asyncio.sleep(min(pause, left))  # another replica may be committing the row
+        pause = min(pause * 2, _MAX_RETRY_S)
     if isinstance(result, dict):  # stored: mirror it into the analytics
         await asyncio.to_thread(
             _recorder(request).record_feedback, body.request_id, body.kind, body.value
