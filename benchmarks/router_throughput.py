@@ -10,12 +10,16 @@ call, three ways; the rounds alternate between them so all see the same machine 
   batched deployment, which is how the HTTP gateway calls the router
   (``router.coalesce_calls``): concurrent calls travel as ``route_many`` calls;
 * **batched**: ``handle.route.remote(text)`` per text, batched by ``@serve.batch`` only;
-* **unbatched**: the same against the ``max_batch_size: 1`` deployment.
+* **unbatched**: the same against the ``max_batch_size: 1`` deployment;
+* **coalesced padded**: coalesced, against a third deployment whose encoder pads its
+  batches (``router.embedding_packing: false``) instead of packing them, the baseline of
+  packed batches.
 
 Every decision is a full route: embedding (OpenVINO IR by default) + centroid decision.
 After the Serve runs (Ray shut down, the machine to itself) the same encoder embeds the
 same texts in this process in batches of the coalesced mode's mean size: that rate, with
-no serving cost at all, is the ceiling any routing path on this machine can reach.
+no serving cost at all, is the ceiling any routing path on this machine can reach (packed
+and padded).
 
     QLP_HOME=/tmp/qlp_routerperf PYTHONPATH=. python benchmarks/router_throughput.py \\
         [--n 1200] [--concurrency 64] [--rounds 3] [--backend openvino|torch] \\
@@ -75,6 +79,14 @@ def run(n: int, concurrency: int, rounds: int, backend: str, precision: str, hom
             home,
             {"embedding_backend": backend, "embedding_precision": precision, "max_batch_size": 1},
         ),
+        "padded": router_bench_config(
+            home,
+            {
+                "embedding_backend": backend,
+                "embedding_precision": precision,
+                "embedding_packing": False,
+            },
+        ),  # fmt: skip
     }
     build_registry(cfgs["batched"])
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -86,9 +98,16 @@ def run(n: int, concurrency: int, rounds: int, backend: str, precision: str, hom
             handles[mode] = serve.run(app, name=f"router_{mode}", route_prefix=None)
         # the batched deployment called the way a gateway calls it: concurrent calls of
         # this process coalesced into route_many calls (router.coalesce_calls)
-        deployment_of = {"batched": "batched", "unbatched": "unbatched", "coalesced": "batched"}
-        coalescing = CoalescingRouter(handles["batched"], cfgs["batched"].router.max_batch_size)
-        callers = {**handles, "coalesced": coalescing}
+        deployment_of = {"coalesced": "batched", "coalesced padded": "padded",
+                         "batched": "batched", "unbatched": "unbatched"}  # fmt: skip
+        size = cfgs["batched"].router.max_batch_size
+        coalescing = CoalescingRouter(handles["batched"], size)
+        callers = {
+            "coalesced": coalescing,
+            "coalesced padded": CoalescingRouter(handles["padded"], size),
+            "batched": handles["batched"],
+            "unbatched": handles["unbatched"],
+        }
         titles = dev_titles()
         texts = [titles[i % len(titles)] for i in range(n)]
         per_round = max(n // rounds, 1)
@@ -122,15 +141,13 @@ def run(n: int, concurrency: int, rounds: int, backend: str, precision: str, hom
     finally:
         serve.shutdown()
         ray.shutdown()
-    same = sum(
-        a == b == c
-        for a, b, c in zip(
-            targets["batched"], targets["unbatched"], targets["coalesced"], strict=True
-        )
-    )
-    mean_batch = stats["coalesced"]["texts"] / max(stats["coalesced"]["batches"], 1)
+    same = sum(len(set(row)) == 1 for row in zip(*targets.values(), strict=True))
+    batch = max(round(stats["coalesced"]["texts"] / max(stats["coalesced"]["batches"], 1)), 1)
     return {
-        "encoder_alone": _encoder_alone(cfgs["batched"], texts, max(round(mean_batch), 1)),
+        "encoder_alone": {
+            "packed": _encoder_alone(cfgs["batched"], texts, batch),
+            "padded": _encoder_alone(cfgs["padded"], texts, batch),
+        },
         "calls": calls,
         "rate": {m: done[m] / seconds[m] for m in seconds},
         "done": done,
@@ -168,23 +185,29 @@ def main() -> None:
           f"{args.concurrency} concurrent callers, {s['distinct_texts']} distinct dev.jsonl "
           f"titles, encoder {encoder_label(args.backend, args.precision)}, 2 CPUs, "
           f"load average {load[0]:.2f}")  # fmt: skip
-    print(f"{'':12}{'decisions/s':>12}{'batches':>9}{'mean batch':>12}{'encoder ms/text':>17}")
-    for mode in ("coalesced", "batched", "unbatched"):
+    print(f"{'':17}{'per s':>7}{'batches':>9}{'mean batch':>12}{'encoder ms/text':>17}")
+    for mode in ("coalesced", "coalesced padded", "batched", "unbatched"):
         st = s["stats"][mode]
         mean = st["texts"] / max(st["batches"], 1)
         per_text = 1000 * st["seconds"] / max(st["texts"], 1)
-        print(f"{mode:12}{s['rate'][mode]:12.0f}{st['batches']:9d}{mean:12.1f}{per_text:17.2f}")
+        print(f"{mode:17}{s['rate'][mode]:7.0f}{st['batches']:9d}{mean:12.1f}{per_text:17.2f}")
     ratio = s["rate"]["batched"] / s["rate"]["unbatched"]
     coalesced = s["rate"]["coalesced"]
     calls = s["calls"]
     print(f"batched / unbatched: {ratio:.2f}x; coalesced / unbatched: "
           f"{coalesced / s['rate']['unbatched']:.2f}x ({calls['texts']} texts in "
-          f"{calls['calls']} route_many calls); same decision in all three modes for "
+          f"{calls['calls']} route_many calls); same decision in all four modes for "
           f"{s['same_decisions']}/{s['done']['batched']} texts")  # fmt: skip
+    print(f"packed / padded batches: coalesced {coalesced / s['rate']['coalesced padded']:.2f}x")
     alone = s["encoder_alone"]
-    print(f"encoder alone in-process (batches of {alone['batch']}, no serving): "
-          f"{alone['rate']:.0f} texts/s = the ceiling; coalesced reaches "
-          f"{coalesced / alone['rate']:.2f}x of it")  # fmt: skip
+    for kind, mode in (("packed", "coalesced"), ("padded", "coalesced padded")):
+        a = alone[kind]
+        print(f"encoder alone in-process, {kind} (batches of {a['batch']}, no serving): "
+              f"{a['rate']:.0f} texts/s = the ceiling; {mode} reaches "
+              f"{s['rate'][mode] / a['rate']:.2f}x of it")  # fmt: skip
+    print(
+        f"packed / padded encoder alone: {alone['packed']['rate'] / alone['padded']['rate']:.2f}x"
+    )
     for mode, how in (("coalesced", "as the gateway calls it"), ("batched", "one call per text")):
         verdict = "meets" if s["rate"][mode] >= TARGET_PER_S else "MISSES"
         print(f"target >= {TARGET_PER_S:.0f} decisions/s with batching, {how}: {verdict}")

@@ -273,6 +273,11 @@ class RouterConfig(_Section):
         description="Parallel OpenVINO inference streams (1 thread each) of the router's "
         "encoder; a batch is split over them (0 = one per CPU core).",
     )
+    embedding_packing: bool = Field(
+        True,
+        description="Run batches of concurrent routing texts packed into one sequence per "
+        "stream (no padding; checked against the padded encoder at start) instead of padded.",
+    )
     max_routing_tokens: int | None = Field(
         None,
         ge=8,

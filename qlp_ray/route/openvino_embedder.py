@@ -20,6 +20,8 @@ their own longest text, so one long text does not make a whole batch pay for its
 Widths are rounded up to a multiple of :data:`PAD_MULTIPLE`: the CPU plugin re-plans its
 kernels for every new input shape, and a handful of shapes instead of one per title
 length keeps the encoder on its fast path (masked padding leaves the embedding unchanged).
+Batches of more than a few texts go *packed* instead where the model allows it (no padding
+at all, :mod:`qlp_ray.route.packed_encoder`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ META_FILE = "embedder.json"
 PRECISIONS = ("auto", "f32", "bf16")
 PAD_MULTIPLE = 8
 _GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# the packed graph must reproduce the padded one on these before batches use it
+PROBE_TEXTS = (
+    "Add pagination to the list endpoint",
+    "CI pipeline fails after upgrading the container base image",
+    "ok",
+    "Training loss becomes NaN with mixed precision on the second epoch of fine-tuning",
+    "Slow join in the nightly warehouse load",
+    "Button focus ring missing",
+)
+PACKED_MIN_COSINE = 0.999
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -194,6 +206,7 @@ class OpenVINOEmbedder:
         max_tokens: int | None = None,
         chunk: int = 16,
         device: str = "CPU",
+        packing: bool = True,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import openvino as ov
@@ -233,11 +246,43 @@ class OpenVINOEmbedder:
             ).create_infer_request()
         self._lock = threading.Lock()  # the infer requests serve one encode call at a time
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
+        self._packed = None  # PackedRunner for batches above small_batch, when it checks out
+        if packing and device == "CPU":
+            self._packed = self._packed_runner(core, config)
         logger.info(
             "OpenVINO embedder %s on %s (%s, %d streams, IR %s) ready in %.1f s",
             self.model_dir.name, device, self.precision, self.streams, self.ir_dir.name,
             time.perf_counter() - t0,
         )  # fmt: skip
+
+    def _packed_runner(self, core: Any, config: dict[str, Any]) -> Any:
+        """The packed graph, compiled like the padded one, if it exists for this model and
+        gives the padded graph's vectors on :data:`PROBE_TEXTS`; else ``None`` (padded)."""
+        from qlp_ray.route.packed_encoder import PackedRunner, cached_packed_ir
+
+        try:
+            path = cached_packed_ir(self.model_dir, self.ir_dir)
+            if path is None:
+                return None
+            runner = PackedRunner(core.compile_model(core.read_model(path), "CPU", config),
+                                  self.streams)  # fmt: skip
+            ids = self._tokenize(PROBE_TEXTS)["input_ids"]
+            cosine = (runner.encode(ids, self.dim) * self._encode_padded(PROBE_TEXTS)).sum(1)
+        except Exception:  # packing is an optimisation: never a reason not to route
+            logger.exception("packed router encoder unavailable; batches stay padded")
+            return None
+        if float(cosine.min()) < PACKED_MIN_COSINE:
+            logger.warning(
+                "packed encoder differs from the padded one (cosine %.5f < %.3f); "
+                "batches stay padded", float(cosine.min()), PACKED_MIN_COSINE,
+            )  # fmt: skip
+            return None
+        return runner
+
+    @property
+    def packed(self) -> bool:
+        """Whether batches above :attr:`small_batch` texts run packed."""
+        return self._packed is not None
 
     def _tokenize(self, texts: list[str]) -> dict[str, list[list[int]]]:
         # sentence-transformers strips surrounding whitespace before tokenizing
@@ -268,6 +313,14 @@ class OpenVINOEmbedder:
         batch = [texts] if single else list(texts)
         if not batch:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self._packed is not None and len(batch) > self.small_batch:
+            ids = self._tokenize(batch)["input_ids"]
+            with self._lock:
+                return self._packed.encode(ids, self.dim)
+        out = self._encode_padded(batch)
+        return out[0] if single else out
+
+    def _encode_padded(self, batch: list[str]) -> np.ndarray:
         enc = self._tokenize(batch)
         order = sorted(range(len(batch)), key=lambda i: len(enc["input_ids"][i]))
         if self._latency_request is not None and len(batch) <= self.small_batch:
@@ -275,7 +328,7 @@ class OpenVINOEmbedder:
             with self._lock:
                 self._latency_request.infer(self._feed(enc, order))
                 out[order] = self._latency_request.get_output_tensor(0).data
-            return out[0] if single else out
+            return out
         size = min(self.chunk, -(-len(batch) // self.streams))  # fill every stream
         chunks = [order[i : i + size] for i in range(0, len(order), size)]
         out = np.empty((len(batch), self.dim), dtype=np.float32)
@@ -287,4 +340,4 @@ class OpenVINOEmbedder:
                 for request, rows in wave:
                     request.wait()
                     out[rows] = request.get_output_tensor(0).data
-        return out[0] if single else out
+        return out

@@ -261,6 +261,7 @@ def router_embedder(cfg: QLPConfig, model: str | None = None) -> Any:
         streams=r.embedding_streams,
         precision=r.embedding_precision,
         max_tokens=r.max_routing_tokens,
+        packing=r.embedding_packing,
     )
 
 
