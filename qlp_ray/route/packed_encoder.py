@@ -31,6 +31,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+PACKED_DIR = "packed-1"  # beside the padded IR; bump the number when the packed graph changes
 PACKED_IR_FILE = "packed.xml"
 PACKED_META_FILE = "packed.json"
 PACK_MULTIPLE = 16  # pack widths are rounded up to this: a few shapes, kernels stay planned
@@ -146,25 +147,26 @@ def export_packed_ir(model_dir: Path, out_dir: Path) -> bool:
 
 
 def cached_packed_ir(model_dir: Path, ir_dir: Path) -> Path | None:
-    """The packed IR beside the padded one in ``ir_dir`` (exported on first use), or
-    ``None`` when the model cannot be packed. Written through a temporary directory, so
-    concurrent processes never read half a file."""
-    meta = ir_dir / PACKED_META_FILE
-    if not meta.is_file():
+    """The packed IR in ``ir_dir/<PACKED_DIR>`` (exported on first use), or ``None`` when
+    the model cannot be packed. The export goes to a temporary directory renamed into
+    place, so concurrent processes never read half an export or mix two."""
+    target = ir_dir / PACKED_DIR
+    if not (target / PACKED_META_FILE).is_file():
         tmp = Path(tempfile.mkdtemp(prefix=".packed-", dir=ir_dir))
         try:
             export_packed_ir(model_dir, tmp)
-            for name in (PACKED_IR_FILE, PACKED_IR_FILE.replace(".xml", ".bin")):
-                if (tmp / name).is_file():
-                    os.replace(tmp / name, ir_dir / name)
-            os.replace(tmp / PACKED_META_FILE, meta)  # last: the IR files are in place
+            try:
+                tmp.rename(target)
+            except OSError:  # another process finished the same export first
+                if not (target / PACKED_META_FILE).is_file():
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    info = json.loads(meta.read_text())
+    info = json.loads((target / PACKED_META_FILE).read_text())
     if not info.get("packed"):
         logger.info("router encoder %s is not packed: %s", model_dir.name, info.get("reason"))
         return None
-    return ir_dir / PACKED_IR_FILE
+    return target / PACKED_IR_FILE
 
 
 class PackedRunner:
@@ -193,6 +195,7 @@ class PackedRunner:
 
 __all__ = [
     "PACK_CAP",
+    "PACKED_DIR",
     "PackedRunner",
     "cached_packed_ir",
     "export_packed_ir",

