@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,16 +166,22 @@ def cached_ir(model_dir: Path, cache_dir: Path) -> Path:
     processes never read a half-written IR.
     """
     target = cache_dir / model_fingerprint(model_dir)
-    if (target / META_FILE).is_file():
-        return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=cache_dir))
+    return export_into_place(target, META_FILE, lambda out: export_ir(model_dir, out))
+
+
+def export_into_place(target: Path, marker: str, export: Callable[[Path], Any]) -> Path:
+    """``target``, made by ``export(tmp)`` into a temporary sibling renamed into place unless
+    ``target/marker`` exists already: concurrent processes never read half an export."""
+    if (target / marker).is_file():
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
-        export_ir(model_dir, tmp)
+        export(tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process finished the same export first
-            if not (target / META_FILE).is_file():
+            if not (target / marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

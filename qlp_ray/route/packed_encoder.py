@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,18 +148,11 @@ def cached_packed_ir(model_dir: Path, ir_dir: Path) -> Path | None:
     """The packed IR in ``ir_dir/<PACKED_DIR>`` (exported on first use), or ``None`` when
     the model cannot be packed. The export goes to a temporary directory renamed into
     place, so concurrent processes never read half an export or mix two."""
-    target = ir_dir / PACKED_DIR
-    if not (target / PACKED_META_FILE).is_file():
-        tmp = Path(tempfile.mkdtemp(prefix=".packed-", dir=ir_dir))
-        try:
-            export_packed_ir(model_dir, tmp)
-            try:
-                tmp.rename(target)
-            except OSError:  # another process finished the same export first
-                if not (target / PACKED_META_FILE).is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    from qlp_ray.route.openvino_embedder import export_into_place
+
+    target = export_into_place(
+        ir_dir / PACKED_DIR, PACKED_META_FILE, lambda out: export_packed_ir(model_dir, out)
+    )
     info = json.loads((target / PACKED_META_FILE).read_text())
     if not info.get("packed"):
         logger.info("router encoder %s is not packed: %s", model_dir.name, info.get("reason"))
