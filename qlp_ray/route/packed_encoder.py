@@ -39,9 +39,10 @@ _PAD_SEGMENT = -1  # padding at a pack's end attends only to itself; its states 
 
 
 def plan_packs(lengths: Sequence[int], streams: int, cap: int = PACK_CAP) -> list[list[int]]:
-    """Split texts (token ``lengths``) into packs of about equal tokens, at most ``cap`` each
-    unless one text alone is longer, and at least ``streams`` packs (one per inference
-    stream) while there are texts enough. Returns text indices per pack."""
+    """Split texts (token ``lengths``) into packs of about equal tokens: enough packs for
+    ``cap`` tokens each on average, a whole number of waves of ``streams`` packs (one per
+    inference stream), no more packs than texts. Longest text first into the lightest pack,
+    so no pack exceeds the mean by more than one text. Returns text indices per pack."""
     n = len(lengths)
     if n == 0:
         return []
