@@ -6,8 +6,9 @@ embedding of a title in a batch (~1 ms). :class:`CoalescingRouter` keeps the han
 shape (``await router.route.remote(text)``) but sends concurrent calls of this process as
 one ``route_many`` call: at most :data:`MAX_CALLS` calls are in flight, and the texts
 arriving meanwhile travel together in the next one (up to ``max_texts``). There is no
-timer: a lone request goes at once, so an idle gateway adds no latency. The Router's own
-``@serve.batch`` still merges calls from several gateway replicas.
+timer: a lone request goes at once, so an idle gateway adds no latency. The Router encodes
+each ``route_many`` call's texts as one batch; its ``@serve.batch`` merges single ``route``
+calls (other callers).
 """
 
 from __future__ import annotations

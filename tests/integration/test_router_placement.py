@@ -75,3 +75,26 @@ def test_decisions_equal_the_router_deployment(gateway_app):
         d = local._router.route(vec)
         assert (q["adapter"], q["fallback"]) == (d.target, d.fallback)
         assert q["confidence"] == pytest.approx(d.confidence, abs=1e-4)
+
+
+def test_route_many_is_one_batch_with_the_single_text_decisions(gateway_app):
+    """``route_many`` (what a gateway's coalesced calls reach) encodes its texts as one
+    batch and decides each as routing it alone would, in order."""
+    import asyncio
+
+    from qlp_ray.serve.router import RouterDeployment
+
+    local = RouterDeployment(gateway_app["cfg"].model_dump(mode="json"))
+    texts = [*PROMPTS.values(), "Center a div with CSS grid.", "Deploy to Kubernetes",
+             "Bake a chocolate cake for my grandmother", PROMPTS["dataeng"]]  # fmt: skip
+    before = local.batch_stats()
+    got = asyncio.run(local.route_many(texts))
+    after = local.batch_stats()
+    assert (after["batches"] - before["batches"], after["texts"] - before["texts"]) == (1, len(texts))
+    assert len(got) == len(texts) and got[0] == {**got[-1], "route_ms": got[0]["route_ms"]}
+    for text, d in zip(texts, got, strict=True):
+        alone = local._router.route(local.embedder.encode(text))
+        assert (d["target"], d["fallback"]) == (alone.target, alone.fallback)
+        assert d["confidence"] == pytest.approx(alone.confidence, abs=1e-4)
+        assert d["route_ms"] > 0 and d["mode"] == "centroid" and "version" in d
+    assert [d["target"] for d in got[:2]] == list(PROMPTS)  # dataeng, frontend
