@@ -90,7 +90,8 @@ def test_route_many_is_one_batch_with_the_single_text_decisions(gateway_app):
     before = local.batch_stats()
     got = asyncio.run(local.route_many(texts))
     after = local.batch_stats()
-    assert (after["batches"] - before["batches"], after["texts"] - before["texts"]) == (1, len(texts))
+    batches, batched = after["batches"] - before["batches"], after["texts"] - before["texts"]
+    assert (batches, batched) == (1, len(texts))
     assert len(got) == len(texts) and got[0] == {**got[-1], "route_ms": got[0]["route_ms"]}
     for text, d in zip(texts, got, strict=True):
         alone = local._router.route(local.embedder.encode(text))
