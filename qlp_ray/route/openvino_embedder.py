@@ -51,16 +51,6 @@ META_FILE = "embedder.json"
 PRECISIONS = ("auto", "f32", "bf16")
 PAD_MULTIPLE = 8
 _GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# the packed graph must reproduce the padded one on these before batches use it
-PROBE_TEXTS = (
-    "Add pagination to the list endpoint",
-    "CI pipeline fails after upgrading the container base image",
-    "ok",
-    "Training loss becomes NaN with mixed precision on the second epoch of fine-tuning",
-    "Slow join in the nightly warehouse load",
-    "Button focus ring missing",
-)
-PACKED_MIN_COSINE = 0.999
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -264,8 +254,13 @@ class OpenVINOEmbedder:
 
     def _packed_runner(self, core: Any, config: dict[str, Any]) -> Any:
         """The packed graph, compiled like the padded one, if it exists for this model and
-        gives the padded graph's vectors on :data:`PROBE_TEXTS`; else ``None`` (padded)."""
-        from qlp_ray.route.packed_encoder import PackedRunner, cached_packed_ir
+        gives the padded graph's vectors on the probe texts; else ``None`` (padded)."""
+        from qlp_ray.route.packed_encoder import (
+            PACKED_MIN_COSINE,
+            PROBE_TEXTS,
+            PackedRunner,
+            cached_packed_ir,
+        )
 
         try:
             path = cached_packed_ir(self.model_dir, self.ir_dir)
@@ -314,7 +309,8 @@ class OpenVINOEmbedder:
     def encode(self, texts: list[str] | str, batch_size: int = 64) -> np.ndarray:
         """Return an ``(n, dim)`` float32 array of unit vectors (``(dim,)`` for one string).
 
-        ``batch_size`` is accepted for signature compatibility; chunking is by ``chunk``.
+        ``batch_size`` is accepted for signature compatibility: batches above
+        :attr:`small_batch` run packed (or, without packing, in chunks of ``chunk``).
         """
         single = isinstance(texts, str)
         batch = [texts] if single else list(texts)

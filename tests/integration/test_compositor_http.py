@@ -78,12 +78,10 @@ def app(tmp_path_factory):
     from ray import serve
 
     from qlp_ray.serve.app import deploy
+    from tests.ray_start import init_local_ray
 
     cfg, registry = build(tmp_path_factory.mktemp("qlp_compose"))
-    from qlp_ray.runtime import cluster_env
-
-    with cluster_env(cfg):  # Serve processes in the mode `qlp serve` gives them
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_local_ray(log_to_driver=False)  # Serve processes in the mode `qlp serve` gives them
     try:
         assert deploy(cfg, persistent=False) == URL
         yield {"cfg": cfg, "registry": registry}
