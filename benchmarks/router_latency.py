@@ -4,10 +4,15 @@ Deploys the whole app twice on local Ray (2 CPUs), port 8200: ``router.placement
 deployment`` (gateway → Router deployment → compositor) at ``/`` and ``placement: gateway``
 (the gateway routes in its own process) at ``/gw``, with five signed adapters whose
 centroids come from the bundled domain samples. Requests
-are the distinct issue titles of ``dev.jsonl``, sent in interleaved pairs: each routed
-request is followed by a direct request to the adapter the router picked (the base model
-on fallback) on the same app, so generation work is identical and the difference is the
-router's cost; the two apps take turns per title so both see the same load.
+are the distinct issue titles of ``dev.jsonl``, sent in interleaved pairs: a routed
+request and a direct request to the adapter the router picks (the base model on fallback)
+on the same app, so generation work is identical and the difference is the router's cost;
+the two apps take turns per title so both see the same load. A first pass routes every
+title, so the pair's order alternates per title: the first request of a pair may find the
+compositor's previous request on another adapter, the second never does, and routed and
+direct requests each come first in half the pairs (always sending the routed one first
+would charge it that switch). ``gateway-internal`` is the same difference measured inside
+the gateway (``qlp.latency_ms``), without the HTTP proxy.
 
 Besides the HTTP figures it breaks the routed path down, on the router's own handle:
 ``in-router`` is embedding + decision inside the replica (the ``route_ms`` it reports),
@@ -64,15 +69,28 @@ def _pairs(urls: dict[str, str], texts: list[str], max_tokens: int) -> dict[str,
         for prompt in texts[:10]:
             _, body = send(url, "auto", prompt)
             send(url, body["qlp"]["adapter"] or base_id, prompt)
-    out = {name: {"routed": [], "direct": [], "targets": []} for name in urls}
-    for prompt in texts:
+    targets = {  # decisions are deterministic: the first pass tells each pair's target
+        name: [send(url, "auto", prompt)[1]["qlp"]["adapter"] or base_id for prompt in texts]
+        for name, url in urls.items()
+    }
+    keys = ("routed", "direct", "routed_in", "direct_in")
+    out = {name: {key: [] for key in keys} for name in urls}
+    for i, prompt in enumerate(texts):
         for name, url in urls.items():
-            ms_routed, body = send(url, "auto", prompt)
-            target = body["qlp"]["adapter"] or base_id
-            ms_direct, _ = send(url, target, prompt)
-            out[name]["routed"].append(ms_routed)
-            out[name]["direct"].append(ms_direct)
-            out[name]["targets"].append(target)
+            target = targets[name][i]
+            if i % 2:  # direct first: it may find the compositor on another adapter
+                ms_direct, direct = send(url, target, prompt)
+                ms_routed, routed = send(url, "auto", prompt)
+            else:
+                ms_routed, routed = send(url, "auto", prompt)
+                ms_direct, direct = send(url, target, prompt)
+            if (routed["qlp"]["adapter"] or base_id) != target:
+                raise RuntimeError(f"{name}: {prompt!r} routed differently on the second pass")
+            row = (ms_routed, ms_direct, routed["qlp"]["latency_ms"], direct["qlp"]["latency_ms"])
+            for key, value in zip(keys, row, strict=True):
+                out[name][key].append(value)
+    for name in urls:
+        out[name]["targets"] = targets[name]
     client.close()
     return out
 
@@ -131,6 +149,7 @@ def run(n: int, max_tokens: int, backend: str, precision: str, home: Path) -> di
             "direct_p50": percentile(direct, 50),
             "direct_p95": percentile(direct, 95),
             "pair_median": statistics.median(r - d for r, d in zip(routed, direct, strict=True)),
+            "internal_added_p50": percentile(p["routed_in"], 50) - percentile(p["direct_in"], 50),
         }
     return result
 
@@ -162,7 +181,8 @@ def main() -> None:
               f"{r['direct_p95']:11.1f}{r['routed_p95']:11.1f}{added_p95:+10.1f}"
               f"{r['pair_median']:+12.1f}")  # fmt: skip
         print(f"{'':12}ratio routed/direct: p50 {r['routed_p50'] / r['direct_p50']:.2f}x, "
-              f"p95 {r['routed_p95'] / r['direct_p95']:.2f}x")  # fmt: skip
+              f"p95 {r['routed_p95'] / r['direct_p95']:.2f}x; gateway-internal added p50 "
+              f"{r['internal_added_p50']:+.1f} ms")  # fmt: skip
     hop = s["handle_p50"] - s["inside_p50"]
     print(f"deployment breakdown p50: in-router (embed + decide) {s['inside_p50']:.2f} ms, "
           f"handle call {s['handle_p50']:.2f} ms (hop {hop:.2f} ms)")  # fmt: skip
