@@ -371,6 +371,18 @@ class ServeConfig(_Section):
     api_key: str | None = Field(None, description="Bearer key for every route but /health.")
     admin_key: str | None = Field(None, description="Bearer key for /v1/admin routes.")
     compositor_replicas: int = Field(1, ge=1, description="Replicas of the compositor.")
+    swap_poll_s: float = Field(
+        0.05,
+        gt=0,
+        description="With compositor_replicas > 1: how often each compositor replica polls "
+        "the swap board for hot-swap work (warm, invalidate).",
+    )
+    swap_warm_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="With compositor_replicas > 1: longest a hot-swap waits for every "
+        "replica to acknowledge its warm-up (it then switches anyway, logging which did not).",
+    )
     compositor_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per compositor.")
     router_num_cpus: float = Field(0.5, ge=0, description="CPUs reserved by the router.")
     gateway_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved by the HTTP gateway.")

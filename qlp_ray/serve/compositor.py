@@ -10,7 +10,9 @@ using it have finished. The multiplexed model id is ``"<adapter_id>@<version>"``
 A model id with ``+`` or ``:`` is an adapter *stack* (see ``models/composition.py``):
 it bypasses the multiplex LRU and is composed by ``StackComposer`` into its own LRU +
 TTL composition cache. ``prefetch`` queues loads in the background; ``warm`` and
-``invalidate`` serve the hot-swap admin route. The backend comes from ``serve.backend``.
+``invalidate`` serve the hot-swap admin route, called through the handle with one replica
+and, with ``serve.compositor_replicas > 1``, by every replica from the swap board
+(``serve/swap_board.py``). The backend comes from ``serve.backend``.
 
 Concurrent requests are generated together (up to ``serve.max_batch_size``) whatever their
 adapters. With ``serve.continuous_batching`` (default) a greedy request joins the running
@@ -28,6 +30,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import re
 import threading
 import time
@@ -46,6 +49,7 @@ from qlp_ray.serve.batching import BatchMerger, StepMerger
 
 if TYPE_CHECKING:
     from qlp_ray.serve.composition import StackComposer
+    from qlp_ray.serve.swap_board import SwapBoard
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +155,11 @@ class Compositor:
         else:
             self._merger = BatchMerger(self._generate_rows, self.cfg.serve.max_batch_size)
         self.prewarm_errors = self._prewarm()
+        self._board: SwapBoard | None = None
+        self._board_done: set[str] = set()  # notices this replica has answered
+        self._board_task: asyncio.Task | None = None
+        if self.cfg.serve.compositor_replicas > 1:  # a swap must reach every replica
+            self._follow_swap_board()
         logger.info("compositor ready (%s) in %.1f s", self.base_model, time.perf_counter() - t0)
 
     # -- stacks, prefetch, swap -----------------------------------------------------
@@ -239,6 +248,58 @@ class Compositor:
                 await asyncio.to_thread(self.stacks.get, fresh)
                 warmed.append(fresh.key)
         return warmed
+
+    def _follow_swap_board(self) -> None:
+        """Answer the swap board's notices from now on (polled every ``swap_poll_s``)."""
+        from qlp_ray.serve.swap_board import SwapBoard, board_dir
+
+        self._board = SwapBoard(board_dir(self.cfg.paths.root, self.cfg.serve.app_name))
+        try:  # a replica's constructor runs on its event loop
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # built outside Serve: answer_swap_board() is called by hand
+            return
+        self._board_task = loop.create_task(self._follow_board_forever())
+
+    async def _follow_board_forever(self) -> None:
+        while True:
+            try:
+                await self.answer_swap_board()
+            except Exception:  # a bad board must not stop the replica from following it
+                logger.exception("swap board unreadable; retrying")
+            await asyncio.sleep(self.cfg.serve.swap_poll_s)
+
+    async def answer_swap_board(self) -> int:
+        """Do the work of every notice this replica has not answered yet, acknowledge
+        each; returns how many were answered."""
+        from qlp_ray.serve.swap_board import Ack
+
+        board = self._board
+        if board is None:
+            return 0
+        notices = await asyncio.to_thread(board.notices)
+        self._board_done &= {n.id for n in notices}  # removed notices are forgotten
+        answered = 0
+        for notice in notices:
+            if notice.id in self._board_done:
+                continue
+            self._board_done.add(notice.id)
+            args = notice.args
+            try:
+                if notice.kind == "warm":
+                    result = await self.warm(str(args["old_id"]), str(args["new_id"]))
+                else:
+                    result = self.invalidate(
+                        str(args["adapter_id"]), args.get("version"), args.get("current")
+                    )
+                ack = Ack(_replica_name(), list(result))
+            except QLPError as exc:
+                ack = Ack(_replica_name(), error=exc.message, error_type=type(exc).__name__)
+            except Exception as exc:  # reported to the swap route, which refuses the swap
+                logger.exception("swap notice %s failed", notice.id)
+                ack = Ack(_replica_name(), error=str(exc), error_type="AdapterLoadError")
+            await asyncio.to_thread(board.ack, notice.id, ack)
+            answered += 1
+        return answered
 
     def invalidate(
         self, adapter_id: str, version: int | None = None, current: int | None = None
@@ -375,6 +436,14 @@ def create_backend(cfg: QLPConfig) -> InferenceBackend:
             weight_format=cfg.serve.openvino_weight_format,
         )
     return TransformersBackend(model, tokenizer, lean_forward=cfg.serve.lean_forward)
+
+
+def _replica_name() -> str:
+    """This Serve replica's id (the process id outside Serve)."""
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # not in a replica
+        return f"pid{os.getpid()}"
 
 
 def compositor_deployment(cfg: QLPConfig) -> Any:

@@ -19,6 +19,12 @@ version finish on it (its lease is freed when they are done); cached stacks hold
 old version are invalidated, and not cached again when a request resolved before the
 switch composes one afterwards. With ``warm=false`` the new version is loaded by the first
 request that needs it.
+
+With ``serve.compositor_replicas > 1`` a handle call would reach one replica only, so the
+warm-up and the invalidation go through the swap board (``serve/swap_board.py``): every
+replica does them and acknowledges, and the switch waits for the warm-ups of all replicas
+(``serve.swap_warm_timeout_s`` at most; a replica's error refuses the swap). The answer
+says how many replicas acknowledged each step.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real types.
@@ -189,10 +195,12 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
     verify = asyncio.to_thread(
         gateway.registry.verify, adapter_id, new_version, expected_base_model=gateway.base_model
     )
+    replicas = gateway.cfg.serve.compositor_replicas
     warmed: list[str] = []
+    acknowledged = {"warm": 0, "invalidate": 0}
     if body.warm:  # verify (here) and pre-load/pre-compose (compositor) side by side
-        record, warmed = await asyncio.gather(
-            verify, _call(gateway.compositor.warm.remote(old_id, new_id))
+        record, (warmed, acknowledged["warm"]) = await asyncio.gather(
+            verify, _on_compositors(gateway, "warm", old_id=old_id, new_id=new_id)
         )
     else:
         record = await verify
@@ -202,8 +210,8 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
     gateway._records = {**gateway._records, adapter_id: record}
     gateway._listed_at = time.monotonic()
     switched_ms = (time.perf_counter() - t0) * 1000
-    invalidated = await _call(
-        gateway.compositor.invalidate.remote(adapter_id, old_version, new_version)
+    invalidated, acknowledged["invalidate"] = await _on_compositors(
+        gateway, "invalidate", adapter_id=adapter_id, version=old_version, current=new_version
     )
     await _call(gateway.router.refresh.remote())  # routed ('auto') requests follow too
     logger.info(
@@ -219,7 +227,27 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
         "invalidated": invalidated,
         "warm_ms": round(warm_ms, 2),
         "switched_ms": round(switched_ms, 2),
+        "compositor_replicas": replicas,
+        "acknowledged": acknowledged,
     }
+
+
+async def _on_compositors(gateway: Any, kind: str, **args: Any) -> tuple[list[str], int]:
+    """``warm`` or ``invalidate`` on the compositor: one handle call with one replica, the
+    swap board with more; returns what was done (in order, once each) and how many
+    replicas acknowledged."""
+    from qlp_ray.serve.swap_board import SwapBoard, board_dir, broadcast, raise_first_error
+
+    s = gateway.cfg.serve
+    if s.compositor_replicas == 1:
+        method = getattr(gateway.compositor, kind)
+        return await _call(method.remote(**args)), 1
+    board = SwapBoard(board_dir(gateway.cfg.paths.root, s.app_name))
+    wait = {"timeout_s": s.swap_warm_timeout_s, "poll_s": s.swap_poll_s}
+    acks = await broadcast(board, kind, replicas=s.compositor_replicas, **wait, **args)
+    raise_first_error(acks)
+    done = dict.fromkeys(key for ack in acks for key in ack.result)
+    return list(done), len(acks)
 
 
 __all__ = ["require_admin", "resolve_stack", "resolve_stack_model", "router"]
