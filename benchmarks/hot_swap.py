@@ -7,9 +7,11 @@ clients sending completions to an adapter (``dataeng``) and to a stack holding i
 (switch, invalidate; load on first use). Per swap it measures the time from sending the
 swap to the first response served by the new version (adapter and stack), and counts
 failed requests and requests sent after the swap returned that were still served by
-the old version. Targets: 0 failed, new version serving within 1 s.
+the old version. Targets: 0 failed, new version serving within 1 s. With ``--replicas 2``
+the compositor has two replicas and the swap goes through the swap board (every replica
+warms / invalidates and acknowledges; ``acks`` counts them).
 
-    QLP_HOME=/tmp/qlp_compose3_bench python benchmarks/hot_swap.py [--swaps 6]
+    QLP_HOME=/tmp/qlp_compose3_bench python benchmarks/hot_swap.py [--swaps 6] [--replicas 1]
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def swap_once(load: Load, old: int, new: int, warm: bool) -> dict[str, float]:
         "stack_s": first_new(True),
         "stale": len(stale),
         "warmed": len(r.json()["warmed"]),
+        "acks": sum(r.json()["acknowledged"].values()),
         "around_max_ms": max(around) if around else float("nan"),
     }
 
@@ -116,6 +119,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--gap-s", type=float, default=1.5, help="load between two swaps")
+    parser.add_argument("--replicas", type=int, default=1, help="compositor replicas")
     args = parser.parse_args()
 
     import ray
@@ -129,7 +133,8 @@ def main() -> None:
         serve={
             "port": PORT,
             "app_name": "qlp_hot_swap_bench",
-            "compositor_num_cpus": 0.5,
+            "compositor_replicas": args.replicas,
+            "compositor_num_cpus": 0.5 if args.replicas == 1 else 1.0 / args.replicas,
             "router_num_cpus": 0.25,
             "prewarm_stacks": [STACK],
         }
@@ -161,17 +166,18 @@ def main() -> None:
     failed = [x for x in results if x[2] != 200]
     print(
         f"hot-swap under load over HTTP: {args.threads} client threads, "
-        f"{len(results)} requests ('dataeng' and '{STACK}'), {args.swaps} swaps"
+        f"{len(results)} requests ('dataeng' and '{STACK}'), {args.swaps} swaps, "
+        f"{args.replicas} compositor replica(s)"
     )
     print(
         f"{'swap':<6}{'mode':<6}{'swap call':>11}{'adapter new':>13}{'stack new':>11}"
-        f"{'stale':>7}{'warmed':>8}{'max latency':>13}"
+        f"{'stale':>7}{'warmed':>8}{'acks':>6}{'max latency':>13}"
     )
     for i, r in enumerate(rows):
         print(
             f"{i + 1:<6}{'warm' if r['warm'] else 'cold':<6}{r['swap_ms']:>9.0f}ms"
             f"{r['adapter_s']:>12.3f}s{r['stack_s']:>10.3f}s{r['stale']:>7}{r['warmed']:>8}"
-            f"{r['around_max_ms']:>11.0f}ms"
+            f"{r['acks']:>6}{r['around_max_ms']:>11.0f}ms"
         )
     worst = max(max(r["adapter_s"], r["stack_s"]) for r in rows)
     for mode in (True, False):
@@ -189,7 +195,8 @@ def main() -> None:
     print(
         "adapter/stack new = swap sent -> first response by the new version; stale = requests "
         "sent after the swap returned but served by the old version; max latency = slowest "
-        "request sent during the swap or in the second after it"
+        "request sent during the swap or in the second after it; acks = replicas that "
+        "acknowledged the warm-up and the invalidation"
     )
     print(f"(total {time.perf_counter() - t_start:.0f} s)")
 
