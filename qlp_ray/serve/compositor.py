@@ -11,7 +11,8 @@ A model id with ``+`` or ``:`` is an adapter *stack* (see ``models/composition.p
 it bypasses the multiplex LRU and is composed by ``StackComposer`` into its own LRU +
 TTL composition cache. ``prefetch`` queues loads in the background; ``warm`` and
 ``invalidate`` serve the hot-swap admin route, called through the handle with one replica
-and, with ``serve.compositor_replicas > 1``, by every replica from the swap board
+and, with ``serve.compositor_replicas > 1``, by every replica from the swap board (so is
+``prefetch``)
 (``serve/swap_board.py``). The backend comes from ``serve.backend``.
 
 Concurrent requests are generated together (up to ``serve.max_batch_size``) whatever their
@@ -287,6 +288,9 @@ class Compositor:
             try:
                 if notice.kind == "warm":
                     result = await self.warm(str(args["old_id"]), str(args["new_id"]))
+                elif notice.kind == "prefetch":
+                    queued = await self.prefetch(list(args["model_ids"]), int(args["priority"]))
+                    result = queued["queued"]
                 else:
                     result = self.invalidate(
                         str(args["adapter_id"]), args.get("version"), args.get("current")

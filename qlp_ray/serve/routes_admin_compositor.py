@@ -3,7 +3,8 @@
 ``GET /v1/admin/cache``      composition-cache counters (hit ratio, evictions, ...),
                               prefetch queue and pre-warm errors of a compositor replica
 ``POST /v1/admin/prefetch``  ``{"models": [...], "priority": int}`` → 202 at once; the
-                              compositor loads/composes them in the background
+                              compositor (every replica) loads/composes them in the
+                              background
 ``POST /v1/admin/swap``      ``{"old": "a@1", "new": "a@2", "warm": bool}`` → switch
                               adapter ``a`` to version 2 atomically
 
@@ -156,8 +157,15 @@ async def prefetch(body: PrefetchRequest, request: Request) -> dict[str, Any]:
     """Queue adapters/stacks for background loading; answers before they are loaded."""
     gateway = _gateway(request)
     ids = [await _versioned_id(gateway, m) for m in body.models]
-    ack = await _call(gateway.compositor.prefetch.remote(ids, body.priority))
-    return {"status": "queued", **ack}
+    if gateway.cfg.serve.compositor_replicas == 1:
+        ack = await _call(gateway.compositor.prefetch.remote(ids, body.priority))
+        return {"status": "queued", **ack, "acknowledged": 1}
+    # every replica queues them (each answers as soon as they are queued, not loaded)
+    _, acknowledged = await _on_compositors(
+        gateway, "prefetch", model_ids=ids, priority=body.priority
+    )
+    return {"status": "queued", "queued": ids, "priority": body.priority,
+            "acknowledged": acknowledged}  # fmt: skip
 
 
 def _parse_swap(body: SwapRequest) -> tuple[str, int | None, int]:
@@ -233,9 +241,9 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
 
 
 async def _on_compositors(gateway: Any, kind: str, **args: Any) -> tuple[list[str], int]:
-    """``warm`` or ``invalidate`` on the compositor: one handle call with one replica, the
-    swap board with more; returns what was done (in order, once each) and how many
-    replicas acknowledged."""
+    """``warm``, ``invalidate`` or ``prefetch`` on the compositor: one handle call with one
+    replica, the swap board with more; returns what was done (in order, once each) and
+    how many replicas acknowledged."""
     from qlp_ray.serve.swap_board import SwapBoard, board_dir, broadcast, raise_first_error
 
     s = gateway.cfg.serve

@@ -1,8 +1,9 @@
 """A swap reaching every compositor replica: notices on a shared board, acknowledged.
 
 A Serve handle call lands on one replica and Serve has no public broadcast, so with
-``serve.compositor_replicas > 1`` the hot-swap route posts its work here instead: a notice
-(``warm`` old → new, or ``invalidate`` after the switch) is one JSON file under
+``serve.compositor_replicas > 1`` the hot-swap and prefetch routes post their work here
+instead: a notice (``warm`` old → new, ``invalidate`` after the switch, ``prefetch``) is
+one JSON file under
 ``<home>/serve/swaps/<app>/``; every compositor replica polls the board
 (``serve.swap_poll_s``), does the work once per notice and writes an acknowledgement beside
 it, naming itself and what it did (or the error that stopped it). The route waits for as
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 NOTICE_SUFFIX = ".notice.json"
 ACK_SUFFIX = ".ack.json"
-KINDS = ("warm", "invalidate")
+KINDS = ("warm", "invalidate", "prefetch")
 
 
 @dataclass(frozen=True)

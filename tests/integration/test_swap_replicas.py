@@ -116,3 +116,14 @@ def test_cold_swap_invalidates_on_both_replicas(app):
     out = r.json()
     assert out["acknowledged"] == {"warm": 0, "invalidate": 2}
     assert _served_version() == 1
+
+
+def test_prefetch_is_queued_by_both_replicas(app):
+    r = httpx.post(
+        URL + "/v1/admin/prefetch", headers=ADMIN, json={"models": ["dataeng@2"]}, timeout=60
+    )
+    assert r.status_code == 202, r.text
+    assert r.json() == {"status": "queued", "queued": ["dataeng@2"], "priority": 0,
+                        "acknowledged": 2}  # fmt: skip
+    bad = httpx.post(URL + "/v1/admin/prefetch", headers=ADMIN, json={"models": ["ghost"]})
+    assert bad.status_code == 404, bad.text
