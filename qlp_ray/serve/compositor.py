@@ -10,10 +10,9 @@ using it have finished. The multiplexed model id is ``"<adapter_id>@<version>"``
 A model id with ``+`` or ``:`` is an adapter *stack* (see ``models/composition.py``):
 it bypasses the multiplex LRU and is composed by ``StackComposer`` into its own LRU +
 TTL composition cache. ``prefetch`` queues loads in the background; ``warm`` and
-``invalidate`` serve the hot-swap admin route, called through the handle with one replica
-and, with ``serve.compositor_replicas > 1``, by every replica from the swap board (so is
-``prefetch``)
-(``serve/swap_board.py``). The backend comes from ``serve.backend``.
+``invalidate`` serve the hot-swap admin route. With one replica the admin routes call them
+through the handle; with ``serve.compositor_replicas > 1`` every replica takes them from
+the swap board (``serve/swap_board.py``). The backend comes from ``serve.backend``.
 
 Concurrent requests are generated together (up to ``serve.max_batch_size``) whatever their
 adapters. With ``serve.continuous_batching`` (default) a greedy request joins the running

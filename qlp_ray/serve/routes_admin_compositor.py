@@ -207,9 +207,15 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
     warmed: list[str] = []
     acknowledged = {"warm": 0, "invalidate": 0}
     if body.warm:  # verify (here) and pre-load/pre-compose (compositor) side by side
-        record, (warmed, acknowledged["warm"]) = await asyncio.gather(
-            verify, _on_compositors(gateway, "warm", old_id=old_id, new_id=new_id)
+        both = await asyncio.gather(
+            verify,
+            _on_compositors(gateway, "warm", old_id=old_id, new_id=new_id),
+            return_exceptions=True,  # both finish: no warm-up left running unobserved
         )
+        for outcome in both:  # the verification's error first
+            if isinstance(outcome, BaseException):
+                raise outcome
+        record, (warmed, acknowledged["warm"]) = both
     else:
         record = await verify
     warm_ms = (time.perf_counter() - t0) * 1000
@@ -241,9 +247,9 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
 
 
 async def _on_compositors(gateway: Any, kind: str, **args: Any) -> tuple[list[str], int]:
-    """``warm``, ``invalidate`` or ``prefetch`` on the compositor: one handle call with one
-    replica, the swap board with more; returns what was done (in order, once each) and
-    how many replicas acknowledged."""
+    """``warm`` or ``invalidate`` (one handle call with one replica) or ``prefetch`` (only
+    called with several) on the compositor, through the swap board with several replicas;
+    returns what was done (in order, once each) and how many replicas acknowledged."""
     from qlp_ray.serve.swap_board import SwapBoard, board_dir, broadcast, raise_first_error
 
     s = gateway.cfg.serve
