@@ -1,7 +1,10 @@
-"""Start a local Ray for tests, retrying once when a loaded machine misses the deadline."""
+"""Local Ray and served apps for tests (Ray start retried once on a loaded machine)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 
@@ -26,3 +29,35 @@ def init_local_ray(**options: Any) -> None:
             ray.shutdown()
             if attempt == 2 or "timed out during startup" not in str(exc):
                 raise
+
+
+@contextmanager
+def served_app(cfg: Any) -> Iterator[str]:
+    """The app of ``cfg`` deployed on a fresh local Ray (:func:`init_local_ray`), as
+    ``qlp serve`` runs it; yields its URL, shuts Serve and Ray down afterwards."""
+    import ray
+    from ray import serve
+
+    from qlp_ray.serve.app import deploy
+
+    init_local_ray(log_to_driver=False)
+    try:
+        yield deploy(cfg, persistent=False)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def served_app_fixture(build: Callable[[Path], tuple[Any, Any]], name: str, url: str) -> Any:
+    """A module-scoped ``app`` fixture: ``build(tmp_dir) -> (cfg, registry)``, then the app
+    served (:func:`served_app`) at ``url``; yields ``{"cfg", "registry"}``."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def app(tmp_path_factory: Any) -> Iterator[dict[str, Any]]:
+        cfg, registry = build(tmp_path_factory.mktemp(name))
+        with served_app(cfg) as served:  # Serve processes in the mode `qlp serve` gives them
+            assert served == url
+            yield {"cfg": cfg, "registry": registry}
+
+    return app

@@ -137,3 +137,25 @@ def save_random_lora(
                 p.normal_(0, b_std)
     model.save_pretrained(str(out))
     return out
+
+
+TINY_BASE = {"pretrain_steps": 10, "hidden_size": 64, "num_layers": 2}  # built-in, seconds
+
+
+def tiny_serve_setup(home: Any, serve: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """An app's config on the platform's built-in tiny base model (``TINY_BASE``) under
+    ``home`` with the ``serve`` settings, its signing keys and an empty registry; returns
+    ``(cfg, registry, base model)``."""
+    import os
+
+    from qlp_ray.config import load_config
+    from qlp_ray.models.base import load_base
+    from qlp_ray.registry.signing import init_keys
+    from qlp_ray.registry.store import Registry
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    overrides = {"paths": {"home": str(home)}, "model": {"tiny": TINY_BASE}, "serve": serve}
+    cfg = load_config(overrides=overrides, environ={})
+    base, _ = load_base(cfg)
+    init_keys(cfg.paths.keys)
+    return cfg, Registry(cfg), base

@@ -6,7 +6,6 @@ A tiny base model, real PEFT LoRA adapters (random non-zero init, saved with
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.tiny_lm import save_random_lora
+from tests.ray_start import served_app_fixture
+from tests.tiny_lm import save_random_lora, tiny_serve_setup
 
 pytestmark = pytest.mark.integration
 
@@ -33,36 +33,25 @@ def save_random_adapter(base, out: Path, seed: int, r: int = 4) -> Path:
 
 
 def build(home: Path):
-    from qlp_ray.config import load_config
-    from qlp_ray.models.base import base_model_id, load_base
-    from qlp_ray.registry.signing import init_keys
-    from qlp_ray.registry.store import Registry
+    from qlp_ray.models.base import base_model_id
 
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    cfg = load_config(
-        overrides={
-            "paths": {"home": str(home)},
-            "model": {"tiny": {"pretrain_steps": 10, "hidden_size": 64, "num_layers": 2}},
-            "serve": {
-                "port": PORT,
-                "app_name": "qlp_compose",
-                "admin_key": ADMIN_KEY,
-                "api_key": API_KEY,
-                "max_adapters_per_replica": 4,
-                "compositor_num_cpus": 0.5,
-                "router_num_cpus": 0.25,
-                "composition_type": "linear",
-                "composition_fallback": "cat",
-                "composition_cache_size": 3,
-                "prewarm_stacks": [PREWARM],
-                "max_batch_size": 8,
-            },
+    cfg, registry, base = tiny_serve_setup(
+        home,
+        {
+            "port": PORT,
+            "app_name": "qlp_compose",
+            "admin_key": ADMIN_KEY,
+            "api_key": API_KEY,
+            "max_adapters_per_replica": 4,
+            "compositor_num_cpus": 0.5,
+            "router_num_cpus": 0.25,
+            "composition_type": "linear",
+            "composition_fallback": "cat",
+            "composition_cache_size": 3,
+            "prewarm_stacks": [PREWARM],
+            "max_batch_size": 8,
         },
-        environ={},
     )
-    base, _ = load_base(cfg)
-    init_keys(cfg.paths.keys)
-    registry = Registry(cfg)
     base_id = base_model_id(cfg)
     specs = [("dataeng", 1, 4), ("frontend", 2, 4), ("wide", 3, 8), ("dataeng", 4, 4)]
     for i, (adapter_id, seed, r) in enumerate(specs):
@@ -72,22 +61,7 @@ def build(home: Path):
     return cfg, registry
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    import ray
-    from ray import serve
-
-    from qlp_ray.serve.app import deploy
-    from tests.ray_start import init_local_ray
-
-    cfg, registry = build(tmp_path_factory.mktemp("qlp_compose"))
-    init_local_ray(log_to_driver=False)  # Serve processes in the mode `qlp serve` gives them
-    try:
-        assert deploy(cfg, persistent=False) == URL
-        yield {"cfg": cfg, "registry": registry}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+app = served_app_fixture(build, "qlp_compose", URL)
 
 
 def complete(model: str, prompt: str = "select rows", max_tokens: int = 4) -> httpx.Response:

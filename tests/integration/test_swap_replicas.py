@@ -8,13 +8,13 @@ replicas (one acknowledgement file per replica id) after each has loaded the new
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.tiny_lm import save_random_lora
+from tests.ray_start import served_app_fixture
+from tests.tiny_lm import save_random_lora, tiny_serve_setup
 
 pytestmark = pytest.mark.integration
 
@@ -24,30 +24,19 @@ ADMIN = {"authorization": "Bearer swap-admin"}
 
 
 def build(home: Path):
-    from qlp_ray.config import load_config
-    from qlp_ray.models.base import base_model_id, load_base
-    from qlp_ray.registry.signing import init_keys
-    from qlp_ray.registry.store import Registry
+    from qlp_ray.models.base import base_model_id
 
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    cfg = load_config(
-        overrides={
-            "paths": {"home": str(home)},
-            "model": {"tiny": {"pretrain_steps": 10, "hidden_size": 64, "num_layers": 2}},
-            "serve": {
-                "port": PORT,
-                "app_name": "qlp_swap2",
-                "admin_key": "swap-admin",
-                "compositor_replicas": 2,
-                "compositor_num_cpus": 0.25,
-                "router_num_cpus": 0.25,
-            },
+    cfg, registry, base = tiny_serve_setup(
+        home,
+        {
+            "port": PORT,
+            "app_name": "qlp_swap2",
+            "admin_key": "swap-admin",
+            "compositor_replicas": 2,
+            "compositor_num_cpus": 0.25,
+            "router_num_cpus": 0.25,
         },
-        environ={},
     )
-    base, _ = load_base(cfg)
-    init_keys(cfg.paths.keys)
-    registry = Registry(cfg)
     for version, seed in ((1, 1), (2, 2), (3, 3)):
         src = save_random_lora(base, home / "src" / f"v{version}", seed, r=4, b_std=0.5)
         registry.register(
@@ -57,22 +46,7 @@ def build(home: Path):
     return cfg, registry
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    import ray
-    from ray import serve
-
-    from qlp_ray.serve.app import deploy
-    from tests.ray_start import init_local_ray
-
-    cfg, registry = build(tmp_path_factory.mktemp("qlp_swap2"))
-    init_local_ray(log_to_driver=False)
-    try:
-        assert deploy(cfg, persistent=False) == URL
-        yield {"cfg": cfg, "registry": registry}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+app = served_app_fixture(build, "qlp_swap2", URL)
 
 
 def _swap(body: dict) -> httpx.Response:
