@@ -375,7 +375,7 @@ class ServeConfig(_Section):
         0.05,
         gt=0,
         description="With compositor_replicas > 1: how often each compositor replica polls "
-        "the swap board for hot-swap work (warm, invalidate).",
+        "the swap board for admin work (hot-swap warm-up and invalidation, prefetch).",
     )
     swap_warm_timeout_s: float = Field(
         30.0,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,33 +30,26 @@ def init_local_ray(**options: Any) -> None:
                 raise
 
 
-@contextmanager
-def served_app(cfg: Any) -> Iterator[str]:
-    """The app of ``cfg`` deployed on a fresh local Ray (:func:`init_local_ray`), as
-    ``qlp serve`` runs it; yields its URL, shuts Serve and Ray down afterwards."""
-    import ray
-    from ray import serve
-
-    from qlp_ray.serve.app import deploy
-
-    init_local_ray(log_to_driver=False)
-    try:
-        yield deploy(cfg, persistent=False)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
 def served_app_fixture(build: Callable[[Path], tuple[Any, Any]], name: str, url: str) -> Any:
     """A module-scoped ``app`` fixture: ``build(tmp_dir) -> (cfg, registry)``, then the app
-    served (:func:`served_app`) at ``url``; yields ``{"cfg", "registry"}``."""
+    deployed at ``url`` on a fresh local Ray (:func:`init_local_ray`), as ``qlp serve``
+    runs it; yields ``{"cfg", "registry"}``, shuts Serve and Ray down afterwards."""
     import pytest
 
     @pytest.fixture(scope="module")
     def app(tmp_path_factory: Any) -> Iterator[dict[str, Any]]:
+        import ray
+        from ray import serve
+
+        from qlp_ray.serve.app import deploy
+
         cfg, registry = build(tmp_path_factory.mktemp(name))
-        with served_app(cfg) as served:  # Serve processes in the mode `qlp serve` gives them
-            assert served == url
+        init_local_ray(log_to_driver=False)
+        try:
+            assert deploy(cfg, persistent=False) == url
             yield {"cfg": cfg, "registry": registry}
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
     return app

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,23 @@ def cached_ir(model_dir: Path, cache_dir: Path) -> Path:
     target = cache_dir / model_fingerprint(model_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     return export_into_place(target, META_FILE, lambda out: export_ir(model_dir, out))
+
+
+def run_in_waves(
+    requests: Sequence[Any],
+    jobs: Sequence[Any],
+    feed: Callable[[Any], dict[str, np.ndarray]],
+    take: Callable[[Any, np.ndarray], None],
+) -> None:
+    """Run ``jobs`` on the parallel infer ``requests``, one wave of ``len(requests)`` jobs
+    at a time: each job's ``feed(job)`` starts, then ``take(job, output)`` as it is done."""
+    for start in range(0, len(jobs), len(requests)):
+        wave = list(zip(requests, jobs[start : start + len(requests)], strict=False))
+        for request, job in wave:
+            request.start_async(feed(job))
+        for request, job in wave:
+            request.wait()
+            take(job, request.get_output_tensor(0).data)
 
 
 def export_into_place(target: Path, marker: str, export: Callable[[Path], Any]) -> Path:
@@ -335,12 +352,10 @@ class OpenVINOEmbedder:
         size = min(self.chunk, -(-len(batch) // self.streams))  # fill every stream
         chunks = [order[i : i + size] for i in range(0, len(order), size)]
         out = np.empty((len(batch), self.dim), dtype=np.float32)
+
+        def take(rows: list[int], vectors: np.ndarray) -> None:
+            out[rows] = vectors
+
         with self._lock:
-            for start in range(0, len(chunks), self.streams):
-                wave = list(zip(self._requests, chunks[start : start + self.streams], strict=False))
-                for request, rows in wave:
-                    request.start_async(self._feed(enc, rows))
-                for request, rows in wave:
-                    request.wait()
-                    out[rows] = request.get_output_tensor(0).data
+            run_in_waves(self._requests, chunks, lambda rows: self._feed(enc, rows), take)
         return out

@@ -181,17 +181,16 @@ class PackedRunner:
 
     def encode(self, seqs: Sequence[Sequence[int]], dim: int) -> np.ndarray:
         """Unit-norm mean embeddings of token id sequences, in their order (caller locks)."""
+        from qlp_ray.route.openvino_embedder import run_in_waves
+
         lengths = [len(s) for s in seqs]
         out = np.empty((len(seqs), dim), dtype=np.float32)
+
+        def take(members: list[int], states: np.ndarray) -> None:
+            out[members] = segment_means(states[0], [lengths[i] for i in members])
+
         packs = plan_packs(lengths, self.streams, self.cap)
-        for start in range(0, len(packs), self.streams):
-            wave = list(zip(self._requests, packs[start : start + self.streams], strict=False))
-            for request, members in wave:
-                request.start_async(pack_feed([seqs[i] for i in members]))
-            for request, members in wave:
-                request.wait()
-                states = request.get_output_tensor(0).data[0]
-                out[members] = segment_means(states, [lengths[i] for i in members])
+        run_in_waves(self._requests, packs, lambda m: pack_feed([seqs[i] for i in m]), take)
         return out
 
 

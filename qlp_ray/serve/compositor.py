@@ -157,7 +157,7 @@ class Compositor:
         self.prewarm_errors = self._prewarm()
         self._board: SwapBoard | None = None
         self._board_done: set[str] = set()  # notices this replica has answered
-        self._board_task: asyncio.Task | None = None
+        self._board_task: asyncio.Task | None = None  # held: the loop keeps weak refs
         if self.cfg.serve.compositor_replicas > 1:  # a swap must reach every replica
             self._follow_swap_board()
         logger.info("compositor ready (%s) in %.1f s", self.base_model, time.perf_counter() - t0)
