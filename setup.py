@@ -3,7 +3,7 @@
 Everything else about the package lives in ``pyproject.toml``; this file only
 declares compiled extensions so that ``pip install .`` builds them with no
 manual step. If the compiler or OpenMP is missing the package still installs
-and ``qlp_ray.vector`` falls back to numpy.
+and ``qlp_ray.route.vector`` falls back to numpy.
 """
 
 from __future__ import annotations

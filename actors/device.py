@@ -24,6 +24,8 @@ from qlp_ray.hardware.workloads import WorkloadRunner
 
 logger = logging.getLogger(__name__)
 
+SCHEDULER_NAME = "qlp-scheduler"  # the named actor device actors report to
+
 UTIL_WINDOW_S = 10.0
 PINNED_CLASSES = ("pcore", "ecore")
 

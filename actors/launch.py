@@ -1,12 +1,8 @@
-"""Start the scheduler and one device actor per device on every node; re-discover.
+"""Start the scheduler and one device actor per device on every node.
 
 * :func:`start_scheduler` — the named scheduler actor (``qlp-scheduler``), get-or-create.
-* :func:`discover_cluster` — runs device discovery *on each alive node* (a task pinned
-  to the node) and returns ``{node_id: [Device, ...]}``.
-* :func:`sync_devices` — makes the running device actors match a discovery result:
-  starts actors for new devices, kills and unregisters the ones whose device vanished
-  (hot-plug). Each actor is pinned to its node (hard node affinity) and takes one unit
-  of the node's ``qlp_<class>`` custom resource when the node advertises it.
+* :func:`start_hardware` — the scheduler plus the device actors of every node
+  (:mod:`actors.fleet`), kept in sync by the scheduler's re-discovery loop.
 """
 
 from __future__ import annotations
@@ -15,12 +11,11 @@ import logging
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.device import DeviceActor, device_actor_name
-from actors.scheduler import SCHEDULER_NAME, SchedulerActor
-from qlp_ray.config import HardwareConfig
-from qlp_ray.hardware.discovery import Device, discover_devices
+from actors.device import SCHEDULER_NAME
+from actors.fleet import discover_cluster, sync_devices
+from actors.scheduler import SchedulerActor
+from qlp_ray.core.config import HardwareConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,84 +30,6 @@ def start_scheduler(cfg: HardwareConfig | None = None) -> Any:
         num_cpus=0,
         lifetime="detached",  # a service: outlives the driver that started it
     ).remote(cfg.model_dump())
-
-
-def _pinned(node_id: str) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-
-
-@ray.remote(num_cpus=0)
-def _discover_here() -> list[dict[str, Any]]:
-    return [d.to_dict() for d in discover_devices()]
-
-
-def discover_cluster() -> dict[str, list[Device]]:
-    """Run discovery on every alive node (each node reports its own devices)."""
-    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-    refs = {n: _discover_here.options(scheduling_strategy=_pinned(n)).remote() for n in nodes}
-    return {n: [Device.from_dict(d) for d in ray.get(ref)] for n, ref in refs.items()}
-
-
-def start_device_actor(
-    device: Device, node_id: str, cfg: HardwareConfig | None = None, *, max_restarts: int = 3
-) -> Any:
-    """One device actor on ``node_id``, holding the node's ``qlp_<class>`` resource if any."""
-    cfg = cfg or HardwareConfig()
-    node = next((n for n in ray.nodes() if n["NodeID"] == node_id), None)
-    if node is None or not node["Alive"]:
-        raise ValueError(f"node {node_id} is not alive")
-    resources = {device.resource: 1} if node["Resources"].get(device.resource, 0) >= 1 else {}
-    if not resources:
-        logger.info(
-            "node %s does not advertise %s; pinning by node only", node_id[:12], device.resource
-        )
-    return DeviceActor.options(
-        name=device_actor_name(node_id, device.key),
-        namespace=cfg.namespace,
-        num_cpus=0,
-        resources=resources,
-        scheduling_strategy=_pinned(node_id),
-        max_restarts=max_restarts,
-        lifetime="detached",  # owned by the cluster, not by whoever ran the sync
-    ).remote(device.to_dict(), node_id, SCHEDULER_NAME)
-
-
-def sync_devices(
-    scheduler: Any,
-    found: dict[str, list[Device]],
-    cfg: HardwareConfig | None = None,
-    *,
-    max_restarts: int = 3,
-) -> tuple[list[str], list[str]]:
-    """Start actors for devices that appeared, stop those whose device is gone.
-
-    Only nodes present in ``found`` are touched. Returns ``(added, removed)`` ids
-    (``<node id>/<device key>``).
-    """
-    cfg = cfg or HardwareConfig()
-    known = {row["id"]: row for row in ray.get(scheduler.devices.remote())}
-    wanted = {f"{node}/{d.key}": (node, d) for node, devs in found.items() for d in devs}
-    added, removed = [], []
-    handles = []
-    for key, (node, device) in wanted.items():
-        if key not in known:
-            handles.append(start_device_actor(device, node, cfg, max_restarts=max_restarts))
-            added.append(key)
-    for key, row in known.items():
-        if row["node_id"] in found and key not in wanted:
-            ray.get(scheduler.unregister.remote(key))
-            try:
-                actor = ray.get_actor(
-                    device_actor_name(row["node_id"], row["key"]), namespace=cfg.namespace
-                )
-                ray.kill(actor, no_restart=True)
-            except ValueError:
-                pass  # already gone
-            removed.append(key)
-    if handles:  # wait until the new actors registered themselves
-        ray.get([h.status.remote() for h in handles])
-    logger.info("device sync: added %s, removed %s", added, removed)
-    return added, removed
 
 
 def get_scheduler(cfg: HardwareConfig | None = None) -> Any:
@@ -143,11 +60,8 @@ def start_hardware(cfg: HardwareConfig | None = None) -> Any:
 
 
 __all__ = [
-    "discover_cluster",
     "get_scheduler",
     "submit_workload",
-    "start_device_actor",
     "start_hardware",
     "start_scheduler",
-    "sync_devices",
 ]

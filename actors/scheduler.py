@@ -23,14 +23,14 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
-from qlp_ray.config import HardwareConfig
-from qlp_ray.errors import NoCapableDevice, WorkloadFailed
+from actors.fleet import discover_cluster, sync_devices
+from qlp_ray.core.config import HardwareConfig
+from qlp_ray.core.errors import NoCapableDevice, WorkloadFailed
 from qlp_ray.hardware.discovery import Device
 from qlp_ray.hardware.placement import DeviceState, check_workload, choose_device
 
 logger = logging.getLogger(__name__)
 
-SCHEDULER_NAME = "qlp-scheduler"
 STATUS_TIMEOUT_S = 10.0
 DEAD_DROP_S = 60.0
 _DEVICE_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -266,8 +266,6 @@ class SchedulerActor:
         self._wake.set()
 
     async def _rediscovery_loop(self) -> None:
-        from actors.launch import discover_cluster, sync_devices
-
         me = ray.get_runtime_context().current_actor
         while True:
             await asyncio.sleep(self.cfg.rediscovery_interval_s)

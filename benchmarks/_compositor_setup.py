@@ -25,8 +25,8 @@ import torch
 
 
 def _serve_mode() -> None:
-    from qlp_ray.config import QLPConfig
-    from qlp_ray.runtime import serve_env
+    from qlp_ray.core.config import QLPConfig
+    from qlp_ray.core.runtime import serve_env
 
     for key, value in serve_env(QLPConfig()).items():
         os.environ.setdefault(key, value)
@@ -44,7 +44,7 @@ PROMPTS = [
 
 
 def bench_config(home: Path = BENCH_HOME, serve: dict[str, Any] | None = None) -> Any:
-    from qlp_ray.config import load_config
+    from qlp_ray.core.config import load_config
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     return load_config(

@@ -24,9 +24,9 @@ import random
 import statistics
 import time
 
-from qlp_ray.improve.analytics import Analytics
-from qlp_ray.improve.cost import CostLedger, PriceTable
-from qlp_ray.improve.experiments import ExperimentBook
+from qlp_ray.experiments.ab import ExperimentBook
+from qlp_ray.serve.telemetry.analytics import Analytics
+from qlp_ray.serve.telemetry.cost import CostLedger, PriceTable
 
 
 def per_call_us(fn, calls: int, repeats: int = 5) -> float:
@@ -47,10 +47,10 @@ def serving_path(users: list[str], calls: int) -> float:
     import tempfile
     from pathlib import Path
 
-    from qlp_ray.improve.experiment_runtime import ExperimentRuntime, RequestFacts
-    from qlp_ray.improve.experiment_store import ExperimentStore
-    from qlp_ray.improve.experiments import ExperimentSpec
-    from qlp_ray.improve.store import FeedbackStore
+    from qlp_ray.experiments.ab import ExperimentSpec
+    from qlp_ray.experiments.runtime import ExperimentRuntime, RequestFacts
+    from qlp_ray.experiments.store import ExperimentStore
+    from qlp_ray.store.database import FeedbackStore
 
     with tempfile.TemporaryDirectory() as tmp:
         store = FeedbackStore(f"sqlite:///{Path(tmp) / 'fb.db'}")
@@ -173,9 +173,9 @@ def request_log_us(rows: int) -> dict[str, float]:
     import tempfile
     from pathlib import Path
 
-    from qlp_ray.improve.records import RequestRecord
-    from qlp_ray.improve.store import FeedbackStore
-    from qlp_ray.serve.request_log import RequestLogWriter
+    from qlp_ray.serve.telemetry.request_log import RequestLogWriter
+    from qlp_ray.store.database import FeedbackStore
+    from qlp_ray.store.records import RequestRecord
 
     def row(tag: str, i: int) -> RequestRecord:
         return RequestRecord(

@@ -8,7 +8,7 @@ labels per round; after each round a softmax-regression classifier with input dr
 (torch) is retrained on the labelled set and scored on the test set. The target is
 ``--target-frac`` of the accuracy reached with the whole pool labelled (per repeat).
 
-Methods: qlp_ray.improve.active — entropy, margin, least_confidence, mc_dropout
+Methods: qlp_ray.data.active_learning — entropy, margin, least_confidence, mc_dropout
 (dropout kept on for ``--passes`` forward passes), diversity (k-center greedy), and
 random as the baseline. Prints mean labels to target, the ratio to random, and the
 mean accuracy over the learning curve (area under it).
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qlp_ray.improve import active
+from qlp_ray.data import active_learning as active
 
 _REL = Path("shared") / "data" / "routing" / "dev.jsonl"
 # ../shared next to the repository (main checkout), else /work/shared (git worktrees).

@@ -117,7 +117,7 @@ class NaiveServer:
 
         import torch
 
-        from qlp_ray.config import QLPConfig
+        from qlp_ray.core.config import QLPConfig
         from qlp_ray.models.base import load_base
 
         torch.set_num_threads(1)  # as the compositor replica (num_cpus 1)
@@ -168,9 +168,10 @@ def run(args: argparse.Namespace) -> dict:
     from ray import serve
 
     from qlp_ray.models.base import base_model_id, load_base
+    from qlp_ray.models.composition import multiplex_id
     from qlp_ray.models.hf_backend import TransformersBackend
     from qlp_ray.serve.batching import StepMerger
-    from qlp_ray.serve.compositor import compositor_deployment, multiplex_id
+    from qlp_ray.serve.compositor import compositor_deployment
 
     c = args.concurrency
     cfg = bench_config(

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qlp_ray.config import load_config
-from qlp_ray.data.format import format_prompt
+from qlp_ray.core.config import load_config
 from qlp_ray.models.base import load_base
 from qlp_ray.models.openvino_backend import OpenVINOBackend, merge_adapter
+from qlp_ray.models.prompt import format_prompt
 
 SAMPLES = Path(__file__).resolve().parent.parent / "qlp_ray" / "data" / "samples"
 

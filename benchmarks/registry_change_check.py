@@ -35,7 +35,7 @@ def main() -> None:
     import torch
     from safetensors.torch import save_file
 
-    from qlp_ray.config import load_config
+    from qlp_ray.core.config import load_config
     from qlp_ray.registry.signing import init_keys
     from qlp_ray.registry.store import Registry
 

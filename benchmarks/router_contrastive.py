@@ -31,13 +31,9 @@ import torch
 
 from qlp_ray.route.augment import title_like
 from qlp_ray.route.domain_priors import prior_examples
-from qlp_ray.route.evaluation import (
-    classification_metrics,
-    group_kfold,
-    load_bundled_samples,
-    load_routing_data,
-)
+from qlp_ray.route.evaluation import classification_metrics, load_bundled_samples, load_routing_data
 from qlp_ray.route.finetune import TopLayerTuner, TuneConfig
+from qlp_ray.route.folds import group_kfold
 from qlp_ray.route.learned import log_softmax
 from qlp_ray.route.lexical import train_lexical
 

@@ -73,8 +73,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from qlp_ray.cli_router import _options
-    from qlp_ray.config import load_config
+    from qlp_ray.cli.router import _options
+    from qlp_ray.core.config import load_config
 
     # the learned router `qlp router train` would fit: configs/default.yaml + QLP_* overrides
     configured = _options(load_config())

@@ -21,12 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from qlp_ray.route.domain_priors import prior_examples
-from qlp_ray.route.evaluation import (
-    classification_metrics,
-    group_kfold,
-    load_bundled_samples,
-    load_routing_data,
-)
+from qlp_ray.route.evaluation import classification_metrics, load_bundled_samples, load_routing_data
+from qlp_ray.route.folds import group_kfold
 from qlp_ray.route.learned import GatingTrainConfig, log_softmax, logits_of, train_gating
 from qlp_ray.route.lexical import train_lexical
 

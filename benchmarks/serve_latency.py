@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="use a running app instead of deploying")
     args = parser.parse_args()
 
-    from qlp_ray.config import load_config
+    from qlp_ray.core.config import load_config
 
     cfg = load_config(args.config)
     url = args.url

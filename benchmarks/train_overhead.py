@@ -38,7 +38,7 @@ def plain(base_path: str, records, args) -> tuple[float, float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qlp_ray.tune.sft_trial import train_sft_lora
+    from qlp_ray.train.sft_trial import train_sft_lora
 
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(base_path)
@@ -98,7 +98,7 @@ def main() -> None:
 
     import ray
 
-    from qlp_ray.config import load_config
+    from qlp_ray.core.config import load_config
     from qlp_ray.models.base import resolve_base_path
 
     base_path = resolve_base_path(load_config())  # builds/caches the built-in tiny model

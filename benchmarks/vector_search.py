@@ -1,4 +1,4 @@
-"""Vector search: qlp_ray.vector (Cython) vs numpy (BLAS matmul + argpartition) vs faiss.
+"""Vector search: qlp_ray.route.vector (Cython) vs numpy (BLAS matmul + argpartition) vs faiss.
 
 100 000 x 384 float32 unit vectors (seeded Gaussian), top-10, batches of 1 and 64
 queries, all methods on the same data in one process, interleaved rounds, median time.
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from qlp_ray import vector
+from qlp_ray.route import vector
 
 
 def _median_ms(fn, rounds: int) -> float:

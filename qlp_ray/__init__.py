@@ -1,7 +1,7 @@
 """qlp_ray: one base model, a fleet of signed LoRA adapters, routed and improved on Ray."""
 
-from qlp_ray.config import QLPConfig, load_config
-from qlp_ray.errors import QLPError
+from qlp_ray.core.config import QLPConfig, load_config
+from qlp_ray.core.errors import QLPError
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from qlp_ray.errors import (
+from qlp_ray.core.errors import (
     AdapterLoadError,
     AdapterNotFound,
     AuthenticationError,
@@ -23,7 +23,7 @@ from qlp_ray.errors import (
     QLPError,
     SignatureError,
 )
-from qlp_ray.serve.protocol import (
+from qlp_ray.serve.http.protocol import (
     AUTO_MODEL,
     ChatCompletionResponse,
     CompletionResponse,
@@ -116,7 +116,7 @@ class Client:
     # -- long operations as Ray jobs (Ray Jobs API on the dashboard, not this HTTP app) --
     def _jobs_client(self) -> Any:
         if self._jobs is None:
-            from qlp_ray.jobs import JobsClient
+            from qlp_ray.core.jobs import JobsClient
 
             self._jobs = JobsClient(self._ray_address)
         return self._jobs

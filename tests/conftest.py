@@ -27,7 +27,7 @@ if "QLP_EMBEDDING_CACHE" not in os.environ:
 @pytest.fixture(scope="session")
 def qlp_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A session-wide ``QLP_HOME`` holding the built tiny model and a signing key pair."""
-    from qlp_ray.config import load_config
+    from qlp_ray.core.config import load_config
     from qlp_ray.models.tiny import build_tiny_model
     from qlp_ray.registry.signing import PRIVATE_KEY_FILE, init_keys
 
@@ -46,7 +46,7 @@ def qlp_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_cfg(qlp_home: Path, monkeypatch: pytest.MonkeyPatch):
     """The default config pointed at the session ``qlp_home`` (tiny model built, keys ready)."""
-    from qlp_ray.config import load_config
+    from qlp_ray.core.config import load_config
 
     monkeypatch.setenv("QLP_HOME", str(qlp_home))
     return load_config()

@@ -16,8 +16,8 @@ def init_local_ray(**options: Any) -> None:
     """
     import ray
 
-    from qlp_ray.config import QLPConfig
-    from qlp_ray.runtime import cluster_env
+    from qlp_ray.core.config import QLPConfig
+    from qlp_ray.core.runtime import cluster_env
 
     for attempt in (1, 2):
         try:

@@ -148,7 +148,7 @@ def tiny_serve_setup(home: Any, serve: dict[str, Any]) -> tuple[Any, Any, Any]:
     ``(cfg, registry, base model)``."""
     import os
 
-    from qlp_ray.config import load_config
+    from qlp_ray.core.config import load_config
     from qlp_ray.models.base import load_base
     from qlp_ray.registry.signing import init_keys
     from qlp_ray.registry.store import Registry

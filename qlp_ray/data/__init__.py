@@ -1,4 +1,5 @@
-"""data stage of qlp_ray: capsule loading, the prompt format, bundled synthetic samples."""
+"""Training data: capsules (finished tasks), request formats, per-domain dataset building,
+the bundled samples, and picking which served requests are worth a label."""
 
 from qlp_ray.data.capsules import (
     Capsule,
@@ -9,7 +10,6 @@ from qlp_ray.data.capsules import (
 )
 from qlp_ray.data.format import (
     chat_to_prompt,
-    format_prompt,
     routing_text,
     to_prompt_completion,
 )
@@ -19,7 +19,6 @@ __all__ = [
     "bundled_domains",
     "chat_to_prompt",
     "file_sha256",
-    "format_prompt",
     "load_capsules",
     "routing_text",
     "sample_path",

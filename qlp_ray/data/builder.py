@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from qlp_ray.errors import InvalidRequest
-from qlp_ray.improve.domains import DomainClassifier
+from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.route.domains import DomainClassifier
 
 if TYPE_CHECKING:
-    from qlp_ray.improve.store import FeedbackStore
+    from qlp_ray.store.database import FeedbackStore
 
 logger = logging.getLogger(__name__)
 

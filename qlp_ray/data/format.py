@@ -22,12 +22,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.data.capsules import Capsule
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.models.prompt import format_prompt, parse_prompt
 
-INSTRUCTION_MARKER = "### Instruction:\n"
-INPUT_MARKER = "### Input:\n"
-RESPONSE_MARKER = "### Response:\n"
 CHAT_ROLES = ("system", "user", "assistant")
 
 
@@ -41,18 +39,6 @@ def _as_capsule(record: Capsule | Mapping[str, Any]) -> Capsule:
         raise InvalidRequest(f"invalid capsule ({fields}): {exc.errors()[0]['msg']}") from exc
 
 
-def format_prompt(instruction: str, input: str = "") -> str:  # noqa: A002 - capsule field name
-    """The model prompt for an instruction and optional input, ending with the response marker."""
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise InvalidRequest("instruction must be a non-empty string", param="instruction")
-    if not isinstance(input, str):
-        raise InvalidRequest(f"input must be a string, got {type(input).__name__}", param="input")
-    text = f"{INSTRUCTION_MARKER}{instruction.strip()}\n\n"
-    if input.strip():
-        text += f"{INPUT_MARKER}{input.strip()}\n\n"
-    return text + RESPONSE_MARKER
-
-
 def to_prompt_completion(capsule: Capsule | Mapping[str, Any]) -> dict[str, str]:
     """``{"prompt", "completion"}`` for TRL's prompt-completion dataset format."""
     capsule = _as_capsule(capsule)
@@ -60,17 +46,6 @@ def to_prompt_completion(capsule: Capsule | Mapping[str, Any]) -> dict[str, str]
         "prompt": format_prompt(capsule.instruction, capsule.input),
         "completion": capsule.output.strip(),
     }
-
-
-def parse_prompt(text: str) -> tuple[str, str] | None:
-    """Inverse of :func:`format_prompt`: ``(instruction, input)``, or None if not templated."""
-    if not text.startswith(INSTRUCTION_MARKER) or not text.endswith(RESPONSE_MARKER):
-        return None
-    body = text[len(INSTRUCTION_MARKER) : -len(RESPONSE_MARKER)]
-    instruction, sep, rest = body.partition(f"\n\n{INPUT_MARKER}")
-    if not sep:
-        return instruction.removesuffix("\n\n"), ""
-    return instruction, rest.removesuffix("\n\n")
 
 
 def _message_text(message: Mapping[str, Any], index: int) -> str:

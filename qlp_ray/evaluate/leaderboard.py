@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qlp_ray.config import QLPConfig
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.evaluate.report import LOWER_IS_BETTER, EvaluationReport
 
 logger = logging.getLogger(__name__)

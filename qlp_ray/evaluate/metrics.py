@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qlp_ray.config import GRADES, EvaluationConfig
+from qlp_ray.core.config import GRADES, EvaluationConfig
 
 #: Metrics where a smaller value is better; every other numeric metric is "higher is better".
 LOWER_IS_BETTER = frozenset(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.evaluate import metrics as M
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 def load_eval_set(path: str | Path) -> list[dict[str, str]]:
     """Read a JSONL evaluation set: ``{prompt, reference}`` lines, or capsules
     (``{instruction, input, output}``, turned into the training prompt format)."""
-    from qlp_ray.data.jsonl import iter_jsonl
+    from qlp_ray.core.jsonl import iter_jsonl
 
     p = Path(path)
     records = []

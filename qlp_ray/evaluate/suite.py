@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qlp_ray.config import QLPConfig
+from qlp_ray.core.config import QLPConfig
 from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
 from qlp_ray.evaluate.report import EvaluationReport, build_report
 from qlp_ray.evaluate.runner import evaluate_model, load_eval_set

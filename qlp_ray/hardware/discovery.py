@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qlp_ray.config import HW_DEVICE_CLASSES
+from qlp_ray.core.config import HW_DEVICE_CLASSES
 
 logger = logging.getLogger(__name__)
 

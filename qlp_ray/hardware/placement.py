@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from qlp_ray.config import WORKLOADS
-from qlp_ray.errors import InvalidRequest, NoCapableDevice
+from qlp_ray.core.config import WORKLOADS
+from qlp_ray.core.errors import InvalidRequest, NoCapableDevice
 
 
 @dataclass

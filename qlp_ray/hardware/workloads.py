@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from qlp_ray.config import WORKLOADS
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.config import WORKLOADS
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.hardware.discovery import Device
 from qlp_ray.route.embeddings import embedding_cache_dir
 
@@ -107,7 +107,7 @@ class WorkloadRunner:
 
     # ---------------------------------------------------------- vector search
     def _vector_search(self, payload: dict[str, Any]) -> dict[str, np.ndarray]:
-        from qlp_ray import vector
+        from qlp_ray.route import vector
 
         queries = np.asarray(_require(payload, "queries"), dtype=np.float32)
         matrix = np.asarray(_require(payload, "matrix"), dtype=np.float32)
@@ -149,7 +149,7 @@ class WorkloadRunner:
     def _model_dir(self, payload: dict[str, Any]) -> str:
         if payload.get("model_dir"):
             return str(payload["model_dir"])
-        from qlp_ray.config import load_config
+        from qlp_ray.core.config import load_config
         from qlp_ray.models.base import resolve_base_path
 
         return str(resolve_base_path(load_config()))

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
 
 #: Metrics where smaller is better; every other metric is "higher is better".
 LOWER_IS_BETTER = frozenset({"perplexity", "loss", "eval_loss", "nll", "latency_ms", "p50_ms",

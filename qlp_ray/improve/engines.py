@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qlp_ray.errors import TrainingError
+from qlp_ray.core.errors import TrainingError
 from qlp_ray.improve.orchestrator import Orchestrator, TrainedCandidate
 
 if TYPE_CHECKING:
-    from qlp_ray.config import QLPConfig
+    from qlp_ray.core.config import QLPConfig
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 def ensure_ray(cfg: QLPConfig) -> None:
     """Join the running cluster (``RAY_ADDRESS`` or the demo's local one), else start an
     in-process local Ray for the training runs."""
-    from qlp_ray.runtime import connect_existing, ensure_ray
+    from qlp_ray.core.runtime import connect_existing, ensure_ray
 
     if not connect_existing():
         ensure_ray(cfg, persistent=False)
@@ -63,9 +63,9 @@ def build_orchestrator(
 ) -> Orchestrator:
     """An orchestrator on the configured store and registry with the real engines."""
     from qlp_ray.improve.heldout import CompletionPerplexityEvaluator
-    from qlp_ray.improve.store import FeedbackStore
     from qlp_ray.models.base import base_model_id
     from qlp_ray.registry.store import Registry
+    from qlp_ray.store.database import FeedbackStore
 
     return Orchestrator(
         cfg,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from qlp_ray.data.builder import is_heldout
 
 if TYPE_CHECKING:
-    from qlp_ray.improve.store import FeedbackStore
+    from qlp_ray.store.database import FeedbackStore
 
 _NORMALISE = {"thumbs": lambda v: (v + 1) / 2, "rating": lambda v: (v - 1) / 4, "accuracy": float}
 

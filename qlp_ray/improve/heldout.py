@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qlp_ray.errors import AdapterLoadError, InvalidRequest
+from qlp_ray.core.errors import AdapterLoadError, InvalidRequest
 
 if TYPE_CHECKING:
-    from qlp_ray.config import QLPConfig
+    from qlp_ray.core.config import QLPConfig
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from qlp_ray.errors import AdapterNotFound, InvalidRequest
+from qlp_ray.core.errors import AdapterNotFound, InvalidRequest
 from qlp_ray.improve.decisions import (
     VariantStats,
     idempotency_key,
@@ -29,10 +29,10 @@ from qlp_ray.improve.decisions import (
 from qlp_ray.improve.feedback_data import DomainExamples, collect_examples
 
 if TYPE_CHECKING:
-    from qlp_ray.config import QLPConfig
-    from qlp_ray.improve.records import EventRecord
-    from qlp_ray.improve.store import FeedbackStore
+    from qlp_ray.core.config import QLPConfig
     from qlp_ray.registry.store import Registry
+    from qlp_ray.store.database import FeedbackStore
+    from qlp_ray.store.records import EventRecord
 
 logger = logging.getLogger(__name__)
 ACTOR = "orchestrator"
@@ -118,7 +118,7 @@ class Orchestrator:
         names = list(domains or self.imp.domains or self._store_domains())
         examples = {d: self._examples(d) for d in names if d not in busy}
         new = {d: self._new_samples(d, ex) for d, ex in examples.items()}
-        from qlp_ray.improve.label_queue import weak_area_weights
+        from qlp_ray.data.label_queue import weak_area_weights
 
         weights = weak_area_weights(self.store.adapter_stats())
         due = {p.domain: p for p in plan_training(new, self.imp.min_new_samples, weights)}

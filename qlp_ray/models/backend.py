@@ -69,3 +69,7 @@ class InferenceBackend(abc.ABC):
     @abc.abstractmethod
     def loaded_adapters(self) -> list[str]:
         """Names of adapters currently loaded."""
+
+
+class AdapterNotLoaded(KeyError):
+    """``generate`` was asked for an adapter name that is not (or no longer) loaded."""

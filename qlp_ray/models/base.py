@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from qlp_ray.config import BUILTIN_TINY, QLPConfig
-from qlp_ray.errors import ConfigError
+from qlp_ray.core.config import BUILTIN_TINY, QLPConfig
+from qlp_ray.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

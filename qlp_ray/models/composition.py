@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
 
 STACK_SEPARATOR = "+"
 WEIGHT_SEPARATOR = ":"
@@ -173,3 +173,18 @@ __all__ = [
     "is_stack",
     "parse_stack",
 ]
+
+
+def multiplex_id(adapter_id: str, version: int | None) -> str:
+    """The multiplexed model id of an adapter version."""
+    return adapter_id if version is None else f"{adapter_id}@{version}"
+
+
+def parse_multiplex_id(model_id: str) -> tuple[str, int | None]:
+    """Inverse of :func:`multiplex_id`."""
+    adapter_id, sep, version = model_id.rpartition("@")
+    if not sep:
+        return model_id, None
+    if not version.isdigit():
+        raise InvalidRequest(f"bad adapter version in {model_id!r}", param="model")
+    return adapter_id, int(version)

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from qlp_ray.models.backend import Generation, GenerationRequest
-from qlp_ray.models.hf_backend import AdapterNotLoaded
+from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationRequest
 from qlp_ray.models.lean_decoder import left_pad, scripted
 
 if TYPE_CHECKING:

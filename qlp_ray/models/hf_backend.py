@@ -33,8 +33,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
-from qlp_ray.errors import AdapterLoadError, InvalidRequest
-from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBackend
+from qlp_ray.core.errors import AdapterLoadError, InvalidRequest
+from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationRequest, InferenceBackend
 from qlp_ray.models.batched_lora import LoRATables
 from qlp_ray.models.lean_llama import KVCache, LeanLlama
 
@@ -43,10 +43,6 @@ logger = logging.getLogger(__name__)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-class AdapterNotLoaded(KeyError):
-    """``generate`` was asked for an adapter name that is not (or no longer) loaded."""
 
 
 class _RowStops(StoppingCriteria):

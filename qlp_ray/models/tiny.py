@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from qlp_ray.config import QLPConfig, TinyModelConfig
+from qlp_ray.core.config import QLPConfig, TinyModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def corpus_files() -> list[Path]:
 
 def corpus_texts(files: list[Path] | None = None) -> list[str]:
     """One document per sample (prompt template + answer) or per paragraph of a .txt file."""
-    from qlp_ray.data.format import format_prompt
+    from qlp_ray.models.prompt import format_prompt
 
     texts: list[str] = []
     for path in files if files is not None else corpus_files():

@@ -16,9 +16,9 @@ import logging
 import threading
 from typing import Any
 
-from qlp_ray.errors import ConfigError
-from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBackend
-from qlp_ray.models.hf_backend import AdapterNotLoaded, check_adapter_dir
+from qlp_ray.core.errors import ConfigError
+from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationRequest, InferenceBackend
+from qlp_ray.models.hf_backend import check_adapter_dir
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.evaluate.metrics import latency_percentiles, perplexity
 from qlp_ray.optimize.prune import pruned_copy, sparse_bytes, weight_sparsity
 from qlp_ray.optimize.quantize import quantize_dynamic_int8, quantize_static_int8

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from qlp_ray.config import QLPConfig
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.optimize.compare import METHODS, OptimizationReport, optimize_and_compare
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from qlp_ray.errors import AdapterNotFound, ConfigError, QLPError
+from qlp_ray.core.errors import AdapterNotFound, ConfigError, QLPError
 from qlp_ray.registry.storage import AdapterStorage
 
 logger = logging.getLogger(__name__)

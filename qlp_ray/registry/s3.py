@@ -28,12 +28,12 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qlp_ray.errors import AdapterNotFound, ConfigError, InvalidRequest, NotFound
+from qlp_ray.core.errors import AdapterNotFound, ConfigError, InvalidRequest, NotFound
 from qlp_ray.registry.local import ADAPTER_ID_PATTERN, StorageError
 from qlp_ray.registry.storage import AdapterStorage
 
 if TYPE_CHECKING:
-    from qlp_ray.config import QLPConfig, S3Config
+    from qlp_ray.core.config import QLPConfig, S3Config
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from qlp_ray.config import QLPConfig
-from qlp_ray.errors import ConfigError, InvalidRequest, KeyMissing, SignatureError
+from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.errors import ConfigError, InvalidRequest, KeyMissing, SignatureError
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from qlp_ray.config import QLPConfig
-from qlp_ray.errors import AdapterNotFound, InvalidRequest, SignatureError
+from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.errors import AdapterNotFound, InvalidRequest, SignatureError
 from qlp_ray.registry.local import ADAPTER_ID_PATTERN, open_storage
 from qlp_ray.registry.manifest import (
     MANIFEST_FILE,
@@ -108,7 +108,7 @@ class Registry:
             storage = open_s3_storage(cfg.registry_uri, cfg)
         self.storage = storage if storage is not None else open_storage(cfg.registry_uri)
         if audit == "config":  # the audit log / rollback guard of the feedback store
-            from qlp_ray.improve.audit import audit_for
+            from qlp_ray.registry.audit import audit_for
 
             audit = audit_for(cfg)
         self.audit = audit

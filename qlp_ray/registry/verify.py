@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from qlp_ray.errors import InvalidRequest, SignatureError
+from qlp_ray.core.errors import InvalidRequest, SignatureError
 from qlp_ray.registry.manifest import (
     MANIFEST_FILE,
     METADATA_FILE,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qlp_ray.errors import ConfigError
+from qlp_ray.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.route.centroid import compute_centroid
+from qlp_ray.route.folds import group_kfold
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def load_routing_data(path: str | Path) -> list[RoutingExample]:
     The group is the repository part of ``source`` (``owner/repo`` of ``owner/repo#12``); rows
     without a source are each their own group.
     """
-    from qlp_ray.data.jsonl import iter_jsonl
+    from qlp_ray.core.jsonl import iter_jsonl
 
     p = Path(path)
     rows = []
@@ -123,35 +124,6 @@ def cached_encoder(model: str, cache_dir: Path) -> Callable[[Sequence[str]], np.
     key = f"{model_dir}|" + "|".join(f"{w.name}:{w.stat().st_size}" for w in weights)
     cache = EmbeddingCache(lambda texts: get_embedder(model).encode(list(texts)), key, cache_dir)
     return cache.encode
-
-
-def group_kfold(
-    groups: Sequence[str], k: int, seed: int = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``k`` (train, test) index splits with no group on both sides, balanced by row count.
-
-    Groups are shuffled (seeded), then placed largest first into the fold with fewest rows.
-    """
-    uniq = sorted(set(groups))
-    if not 2 <= k <= len(uniq):
-        raise InvalidRequest(
-            f"--folds must be between 2 and the number of groups ({len(uniq)}), got {k}"
-        )
-    sizes: dict[str, int] = {}
-    for g in groups:
-        sizes[g] = sizes.get(g, 0) + 1
-    rng = np.random.default_rng(seed)
-    order = [uniq[i] for i in rng.permutation(len(uniq))]
-    order.sort(key=lambda g: -sizes[g])  # stable: ties keep the shuffled order
-    fold_of: dict[str, int] = {}
-    load = [0] * k
-    for g in order:
-        f = int(np.argmin(load))
-        fold_of[g] = f
-        load[f] += sizes[g]
-    folds = np.array([fold_of[g] for g in groups])
-    idx = np.arange(len(groups))
-    return [(idx[folds != f], idx[folds == f]) for f in range(k)]
 
 
 def classification_metrics(
@@ -404,7 +376,7 @@ def train_learned(
     aux_x = encode(aux[0]) if aux[0] else None
     tuner = make_tuner(embedding_model, opts)
     if tuner is not None and progress is not None:
-        from qlp_ray.route.learned import calibration_folds
+        from qlp_ray.route.folds import calibration_folds
 
         calib = calibration_folds([e.group for e in examples], opts.calib_folds)
         fits = 1 + (calib if opts.finetune_in_calibration else 0)

@@ -26,8 +26,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from qlp_ray.errors import ConfigError, InvalidRequest
+from qlp_ray.core.errors import ConfigError, InvalidRequest
 from qlp_ray.route.centroid import RouteDecision
+from qlp_ray.route.folds import calibration_folds
 from qlp_ray.route.knn import KnnHead
 from qlp_ray.route.lexical import LexicalClassifier, train_lexical
 
@@ -332,12 +333,6 @@ class LearnedRouter:
         return cls(net, meta, lexical, knn)
 
 
-def calibration_folds(groups: Sequence[str], calib_folds: int) -> int:
-    """Grouped calibration folds :func:`fit_learned_router` runs (0: none, too few groups)."""
-    n_groups = len(set(groups))
-    return min(calib_folds, n_groups) if n_groups >= 2 and calib_folds >= 2 else 0
-
-
 def fit_learned_router(
     x: np.ndarray,
     domains: Sequence[str],
@@ -372,7 +367,7 @@ def fit_learned_router(
     ``head="knn"`` scores embeddings by their nearest labelled rows (auxiliary examples then
     reach the router only through the embedder and the lexical model) instead of the MLP.
     """
-    from qlp_ray.route.evaluation import group_kfold
+    from qlp_ray.route.folds import group_kfold
 
     cfg = cfg or GatingTrainConfig()
     labels = sorted(set(domains) | set(extra_domains))

@@ -30,18 +30,16 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qlp_ray.errors import ConfigError
+from qlp_ray.core.errors import ConfigError
 from qlp_ray.route.embeddings import resolve_model_dir
+from qlp_ray.route.openvino_ir import export_into_place, run_in_waves
 
 logger = logging.getLogger(__name__)
 
@@ -158,41 +156,6 @@ def cached_ir(model_dir: Path, cache_dir: Path) -> Path:
     target = cache_dir / model_fingerprint(model_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     return export_into_place(target, META_FILE, lambda out: export_ir(model_dir, out))
-
-
-def run_in_waves(
-    requests: Sequence[Any],
-    jobs: Sequence[Any],
-    feed: Callable[[Any], dict[str, np.ndarray]],
-    take: Callable[[Any, np.ndarray], None],
-) -> None:
-    """Run ``jobs`` on the parallel infer ``requests``, one wave of ``len(requests)`` jobs
-    at a time: each job's ``feed(job)`` starts, then ``take(job, output)`` as it is done."""
-    for start in range(0, len(jobs), len(requests)):
-        wave = list(zip(requests, jobs[start : start + len(requests)], strict=False))
-        for request, job in wave:
-            request.start_async(feed(job))
-        for request, job in wave:
-            request.wait()
-            take(job, request.get_output_tensor(0).data)
-
-
-def export_into_place(target: Path, marker: str, export: Callable[[Path], Any]) -> Path:
-    """``target``, made by ``export(tmp)`` into a temporary sibling renamed into place unless
-    ``target/marker`` exists already: concurrent processes never read half an export."""
-    if (target / marker).is_file():
-        return target
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
-    try:
-        export(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished the same export first
-            if not (target / marker).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 class OpenVINOEmbedder:

@@ -8,7 +8,7 @@ Three layers, each answering with a ``Retry-After`` header instead of queueing f
 2. **Deployment back-pressure**: the router and compositor have Serve's
    ``max_ongoing_requests``/``max_queued_requests``; when a caller's queue is full Serve raises
    :class:`ray.serve.exceptions.BackPressureError` in the gateway, which
-   :func:`qlp_ray.serve.errors.unwrap` turns into a 503 ``overloaded`` (OpenAI error shape).
+   :func:`qlp_ray.serve.http.errors.unwrap` turns into a 503 ``overloaded`` (OpenAI error shape).
 3. **Proxy**: when the gateway's own Serve queue (``gateway_max_queued_requests``) is full,
    Serve's HTTP proxy answers 503 itself, before any of our code runs. Its body is Serve's
    plain text (not the OpenAI shape); the ``Retry-After`` header comes from the deployment's
@@ -23,10 +23,10 @@ from typing import Any
 
 from ray.serve.config import BackpressureConfig
 
-from qlp_ray.config import ServeConfig
-from qlp_ray.errors import RateLimited
-from qlp_ray.serve import metrics
-from qlp_ray.serve.errors import qlp_error_response
+from qlp_ray.core.config import ServeConfig
+from qlp_ray.core.errors import RateLimited
+from qlp_ray.serve.http.errors import qlp_error_response
+from qlp_ray.serve.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -19,26 +19,82 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
+import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from qlp_ray.errors import InvalidRequest, Overloaded, QLPError
-from qlp_ray.models.backend import Generation, GenerationRequest
+from qlp_ray.core.errors import InvalidRequest, Overloaded, QLPError
+from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationRequest, InferenceBackend
 from qlp_ray.models.composition import AdapterStack, choose_combination, parse_stack
 from qlp_ray.models.composition_cache import CompositionCache
-from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend, lora_rank
-from qlp_ray.serve.compositor import AdapterLease
+from qlp_ray.models.hf_backend import TransformersBackend, lora_rank
 
 logger = logging.getLogger(__name__)
 
 _USE_ATTEMPTS = 3
 
 ResolvePath = Callable[[str, int | None], Path]
+
+
+class AdapterLease:
+    """One adapter loaded in the backend, as held by Serve's multiplex LRU cache.
+
+    Requests ``use()`` it; eviction (``__del__``, called by Serve) frees the backend
+    adapter at once if idle, else when the last request using it finishes.
+    """
+
+    _counter = itertools.count()
+
+    def __init__(self, backend: InferenceBackend, model_id: str) -> None:
+        safe = re.sub(r"[^A-Za-z0-9_-]", "_", model_id)
+        # unique per load, so freeing an old lease never unloads a newer load of the same id
+        self.name = f"{safe}-{next(self._counter)}"
+        self.model_id = model_id
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._users = 0
+        self._evicted = False
+        self._freed = False
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[str]:
+        with self._lock:
+            if self._evicted:
+                raise AdapterNotLoaded(self.model_id)
+            self._users += 1
+        try:
+            yield self.name
+        finally:
+            with self._lock:
+                self._users -= 1
+                free = self._evicted and self._users == 0
+            if free:
+                self._free()
+
+    def _free(self) -> None:
+        with self._lock:
+            if self._freed:
+                return
+            self._freed = True
+        self._backend.unload_adapter(self.name)
+        logger.info("evicted adapter %s (%s)", self.model_id, self.name)
+
+    def release(self) -> None:
+        """Evict: free now if idle, else when the last user finishes (idempotent)."""
+        with self._lock:
+            self._evicted = True
+            free = self._users == 0
+        if free:
+            self._free()
+
+    def __del__(self) -> None:
+        self.release()
 
 
 class StackComposer:

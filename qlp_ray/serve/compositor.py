@@ -26,26 +26,23 @@ request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import itertools
 import logging
 import os
-import re
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
-from qlp_ray.config import QLPConfig
-from qlp_ray.errors import ConfigError, InvalidRequest, Overloaded, QLPError
-from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBackend
-from qlp_ray.models.composition import AdapterStack, is_stack, parse_stack
-from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
+from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.errors import ConfigError, InvalidRequest, Overloaded, QLPError
+from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationRequest, InferenceBackend
+from qlp_ray.models.composition import AdapterStack, is_stack, parse_multiplex_id, parse_stack
+from qlp_ray.models.hf_backend import TransformersBackend
 from qlp_ray.serve.admission import deployment_limits
 from qlp_ray.serve.batching import BatchMerger, StepMerger
+from qlp_ray.serve.composition import AdapterLease
 
 if TYPE_CHECKING:
     from qlp_ray.serve.composition import StackComposer
@@ -54,76 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _LOAD_ATTEMPTS = 3
-
-
-def multiplex_id(adapter_id: str, version: int | None) -> str:
-    """The multiplexed model id of an adapter version."""
-    return adapter_id if version is None else f"{adapter_id}@{version}"
-
-
-def parse_multiplex_id(model_id: str) -> tuple[str, int | None]:
-    """Inverse of :func:`multiplex_id`."""
-    adapter_id, sep, version = model_id.rpartition("@")
-    if not sep:
-        return model_id, None
-    if not version.isdigit():
-        raise InvalidRequest(f"bad adapter version in {model_id!r}", param="model")
-    return adapter_id, int(version)
-
-
-class AdapterLease:
-    """One adapter loaded in the backend, as held by Serve's multiplex LRU cache.
-
-    Requests ``use()`` it; eviction (``__del__``, called by Serve) frees the backend
-    adapter at once if idle, else when the last request using it finishes.
-    """
-
-    _counter = itertools.count()
-
-    def __init__(self, backend: InferenceBackend, model_id: str) -> None:
-        safe = re.sub(r"[^A-Za-z0-9_-]", "_", model_id)
-        # unique per load, so freeing an old lease never unloads a newer load of the same id
-        self.name = f"{safe}-{next(self._counter)}"
-        self.model_id = model_id
-        self._backend = backend
-        self._lock = threading.Lock()
-        self._users = 0
-        self._evicted = False
-        self._freed = False
-
-    @contextlib.contextmanager
-    def use(self) -> Iterator[str]:
-        with self._lock:
-            if self._evicted:
-                raise AdapterNotLoaded(self.model_id)
-            self._users += 1
-        try:
-            yield self.name
-        finally:
-            with self._lock:
-                self._users -= 1
-                free = self._evicted and self._users == 0
-            if free:
-                self._free()
-
-    def _free(self) -> None:
-        with self._lock:
-            if self._freed:
-                return
-            self._freed = True
-        self._backend.unload_adapter(self.name)
-        logger.info("evicted adapter %s (%s)", self.model_id, self.name)
-
-    def release(self) -> None:
-        """Evict: free now if idle, else when the last user finishes (idempotent)."""
-        with self._lock:
-            self._evicted = True
-            free = self._users == 0
-        if free:
-            self._free()
-
-    def __del__(self) -> None:
-        self.release()
 
 
 class Compositor:

@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from qlp_ray.config import QLPConfig
-from qlp_ray.errors import QLPError
-from qlp_ray.improve.experiment_runtime import ExperimentRuntime, RequestFacts
-from qlp_ray.improve.experiment_store import ExperimentStore
-from qlp_ray.improve.experiments import Assignment, load_experiment_file
-from qlp_ray.improve.store import FeedbackStore
-from qlp_ray.serve import metrics
+from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.errors import QLPError
+from qlp_ray.experiments.ab import Assignment, load_experiment_file
+from qlp_ray.experiments.runtime import ExperimentRuntime, RequestFacts
+from qlp_ray.experiments.store import ExperimentStore
+from qlp_ray.serve.telemetry import metrics
+from qlp_ray.store.database import FeedbackStore
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class GatewayExperiments:
         cached = self._pinned.get(model)
         if cached is not None:
             return cached
-        target = await gateway._resolve(model, "")
+        target = await gateway.models.resolve(model, "")
         resolved = (target.adapter, target.version)
         if "@" in model and "+" not in model:  # 'adapter@version' never changes
             self._pinned[model] = resolved

@@ -24,40 +24,29 @@ from typing import Any
 
 import httpx
 
-from qlp_ray.config import ExternalEndpointConfig, QLPConfig
-from qlp_ray.errors import (
+from qlp_ray.core.config import ExternalEndpointConfig, QLPConfig
+from qlp_ray.core.errors import (
     ConfigError,
     ExternalEndpointError,
     ExternalEndpointTimeout,
     Overloaded,
     RateLimited,
 )
+from qlp_ray.serve.telemetry.cost import external_label, price_entry
 
 logger = logging.getLogger(__name__)
 
-EXTERNAL_LABEL_PREFIX = "external:"
 _FINISH_REASONS = {"stop", "length", "content_filter"}
 _MAX_RELAYED_CHARS = 300
 _DEFAULT_RETRY_AFTER_S = 1.0
 _MAX_RETRY_AFTER_S = 3600.0
 
 
-def external_label(model: str) -> str:
-    """What ``x-qlp-adapter`` and analytics call a request the external model served."""
-    return f"{EXTERNAL_LABEL_PREFIX}{model}"
-
-
-def price_entry(cfg: QLPConfig) -> str:
-    """The ``prices.yaml`` entry the external fallback is priced as."""
-    ext = cfg.router.external
-    return ext.price_entry or ext.model
-
-
 def check_external_pricing(cfg: QLPConfig, prices: Any = None) -> None:
     """With an external fallback, its price entry must exist and be an external one."""
     if cfg.router.fallback != "external":
         return
-    from qlp_ray.improve.cost import PriceTable
+    from qlp_ray.serve.telemetry.cost import PriceTable
 
     table = prices if prices is not None else PriceTable.load()
     name = price_entry(cfg)
@@ -240,11 +229,8 @@ def external_fallback(cfg: QLPConfig) -> ExternalFallback | None:
 
 
 __all__ = [
-    "EXTERNAL_LABEL_PREFIX",
     "ExternalFallback",
     "check_external_pricing",
     "external_fallback",
-    "external_label",
-    "price_entry",
     "resolve_api_key",
 ]

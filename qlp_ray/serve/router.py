@@ -27,14 +27,14 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from qlp_ray.config import QLPConfig
-from qlp_ray.errors import QLPError
+from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.errors import QLPError
 from qlp_ray.registry.generation import GenerationWatch
 from qlp_ray.route.centroid import CentroidRouter, RouteEntry
 from qlp_ray.route.learned import targets_by_domain
 from qlp_ray.route.stacking import RouteTarget, StackPolicy, decide
 from qlp_ray.serve.admission import deployment_limits
-from qlp_ray.serve.metrics import record_route
+from qlp_ray.serve.telemetry.metrics import record_route
 
 logger = logging.getLogger(__name__)
 

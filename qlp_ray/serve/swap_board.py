@@ -164,7 +164,7 @@ async def broadcast(
 
 def raise_first_error(acks: Iterable[Ack]) -> None:
     """Re-raise the first replica error among ``acks`` as its ``QLPError`` class."""
-    from qlp_ray import errors
+    from qlp_ray.core import errors
 
     for ack in acks:
         if ack.error is not None:

@@ -14,8 +14,8 @@ from typing import Any
 from peft import AdaLoraConfig, LoraConfig, PeftConfig, TaskType
 from transformers import TrainerCallback
 
-from qlp_ray.config import TrainConfig
-from qlp_ray.errors import ConfigError
+from qlp_ray.core.config import TrainConfig
+from qlp_ray.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from qlp_ray.config import QLPConfig
+from qlp_ray.core.config import QLPConfig
 from qlp_ray.registry import AdapterRecord, Registry, validate_adapter_id
 
 logger = logging.getLogger(__name__)

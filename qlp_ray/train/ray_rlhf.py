@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qlp_ray.errors import InvalidRequest, TrainingError
+from qlp_ray.core.errors import InvalidRequest, TrainingError
 from qlp_ray.train._rlhf_common import RunOptions
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 **common,
             )
         elif method == "sft":  # the tuning trial (qlp_ray.tune)
-            from qlp_ray.tune.sft_trial import train_sft_lora
+            from qlp_ray.train.sft_trial import train_sft_lora
 
             res = train_sft_lora(
                 model,

@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from qlp_ray.config import QLPConfig, TrainConfig
-from qlp_ray.errors import ConfigError, InvalidRequest, TrainingError
+from qlp_ray.core.config import QLPConfig, TrainConfig
+from qlp_ray.core.errors import ConfigError, InvalidRequest, TrainingError
 from qlp_ray.train.sft import ADAPTER_FILES
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from qlp_ray.config import TrainConfig
-from qlp_ray.errors import TrainingError
+from qlp_ray.core.config import TrainConfig
+from qlp_ray.core.errors import TrainingError
 from qlp_ray.train.peft_setup import (
     AdaLoraAllocateCallback,
     build_peft_config,

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qlp_ray.config import QLPConfig, read_yaml
-from qlp_ray.errors import ConfigError, InvalidRequest, TrainingError
+from qlp_ray.core.config import QLPConfig, read_yaml
+from qlp_ray.core.errors import ConfigError, InvalidRequest, TrainingError
 
 logger = logging.getLogger(__name__)
 

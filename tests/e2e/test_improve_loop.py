@@ -22,14 +22,14 @@ import pytest
 pytest.importorskip("qlp_ray.train.ray_train", reason="needs the Ray Train stage")
 
 from qlp_ray.data.capsules import load_capsules, sample_path  # noqa: E402
-from qlp_ray.data.format import format_prompt  # noqa: E402
-from qlp_ray.improve.audit import audit_for  # noqa: E402
 from qlp_ray.improve.engines import RayTrainCandidateTrainer  # noqa: E402
 from qlp_ray.improve.heldout import CompletionPerplexityEvaluator  # noqa: E402
 from qlp_ray.improve.orchestrator import Orchestrator  # noqa: E402
-from qlp_ray.improve.store import FeedbackStore  # noqa: E402
 from qlp_ray.models.base import base_model_id, load_base  # noqa: E402
+from qlp_ray.models.prompt import format_prompt  # noqa: E402
 from qlp_ray.registry import Registry  # noqa: E402
+from qlp_ray.registry.audit import audit_for  # noqa: E402
+from qlp_ray.store.database import FeedbackStore  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~5 min on 2 cores, 3 Ray Train runs
 DOMAIN = "devops"

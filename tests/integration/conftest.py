@@ -28,8 +28,8 @@ def ray_dashboard():
 
     if ray.is_initialized():
         ray.shutdown()  # another module's Ray has no dashboard
-    from qlp_ray.config import QLPConfig
-    from qlp_ray.runtime import cluster_env
+    from qlp_ray.core.config import QLPConfig
+    from qlp_ray.core.runtime import cluster_env
 
     port = _free_port()
     with cluster_env(QLPConfig()):  # Serve processes as `qlp serve` starts them

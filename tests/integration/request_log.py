@@ -9,7 +9,7 @@ from typing import Any
 def committed_request(store: Any, request_id: str, timeout: float = 5.0) -> Any:
     """The stored row of ``request_id``, waiting up to ``timeout`` s for the gateway's
     background commit (``store.request_log_commit: background``)."""
-    from qlp_ray.errors import NotFound
+    from qlp_ray.core.errors import NotFound
 
     deadline = time.monotonic() + timeout
     while True:

@@ -41,8 +41,8 @@ FROM_CONFIG = """definitions:
 def gw(tmp_path_factory, ray_local):
     from ray import serve
 
-    from qlp_ray.improve.store import FeedbackStore
     from qlp_ray.serve.app import deploy
+    from qlp_ray.store.database import FeedbackStore
 
     home = tmp_path_factory.mktemp("qlp_exper")
     cfg, registry = build(home)

@@ -24,8 +24,8 @@ AUTH = {"authorization": f"Bearer {API_KEY}"}
 def gw(tmp_path_factory, ray_local):
     from ray import serve
 
-    from qlp_ray.improve.store import FeedbackStore
     from qlp_ray.serve.app import deploy
+    from qlp_ray.store.database import FeedbackStore
 
     cfg, registry, _dirs = build_stack(tmp_path_factory.mktemp("qlp_gw_home"))
     cfg.serve.port = PORT

@@ -17,8 +17,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from actors.launch import start_scheduler, sync_devices  # noqa: E402
-from qlp_ray.config import HardwareConfig  # noqa: E402
+from actors.fleet import sync_devices  # noqa: E402
+from actors.launch import start_scheduler  # noqa: E402
+from qlp_ray.core.config import HardwareConfig  # noqa: E402
 from qlp_ray.hardware.discovery import Device  # noqa: E402
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from qlp_ray.config import load_config
-from qlp_ray.improve.actor import start_orchestrator
-from qlp_ray.improve.store import FeedbackStore
+from actors.orchestrator import start_orchestrator
+from qlp_ray.core.config import load_config
+from qlp_ray.store.database import FeedbackStore
 
 pytestmark = pytest.mark.integration
 

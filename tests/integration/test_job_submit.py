@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from qlp_ray.config import REPO_ROOT, load_config
-from qlp_ray.errors import NotFound
-from qlp_ray.jobs import TERMINAL
+from qlp_ray.core.config import REPO_ROOT, load_config
+from qlp_ray.core.errors import NotFound
+from qlp_ray.core.jobs import TERMINAL
 
 pytestmark = pytest.mark.integration
 
@@ -103,8 +103,8 @@ def test_fine_tuning_job_over_http(dashboard, qlp_home, monkeypatch):
     from fastapi.testclient import TestClient
 
     from qlp_ray.registry.store import Registry
-    from qlp_ray.serve.errors import install_error_handlers
-    from qlp_ray.serve.routes_jobs import router
+    from qlp_ray.serve.http.errors import install_error_handlers
+    from qlp_ray.serve.http.routes_jobs import router
 
     for key, value in TINY_ENV.items():  # forwarded to the job (QLP_* of the gateway process)
         monkeypatch.setenv(key, value)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from qlp_ray.errors import InvalidRequest, NotFound
-from qlp_ray.jobs import TERMINAL, JobsClient, qlp_entrypoint
+from qlp_ray.core.errors import InvalidRequest, NotFound
+from qlp_ray.core.jobs import TERMINAL, JobsClient, qlp_entrypoint
 
 pytestmark = pytest.mark.integration
 

@@ -64,7 +64,7 @@ def ray_metrics():
 def app(tmp_path_factory, ray_metrics):
     from ray import serve
 
-    from qlp_ray.config import load_config
+    from qlp_ray.core.config import load_config
     from qlp_ray.models.base import base_model_id, load_base
     from qlp_ray.registry.signing import init_keys
     from qlp_ray.registry.store import Registry
@@ -174,8 +174,8 @@ def test_ray_metrics_endpoint_exports_our_metrics(burst, ray_metrics):
     import json
     import re
 
-    from qlp_ray.config import REPO_ROOT
-    from qlp_ray.serve import metrics
+    from qlp_ray.core.config import REPO_ROOT
+    from qlp_ray.serve.telemetry import metrics
 
     statuses = [r.status_code for r in burst["responses"]]
     served = statuses.count(200) + 2  # + the warm-up and the request after the burst

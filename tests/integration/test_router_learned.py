@@ -46,7 +46,7 @@ TITLES = {
 def router_handle(tmp_path_factory, ray_local):
     from ray import serve
 
-    from qlp_ray.config import load_config
+    from qlp_ray.core.config import load_config
     from qlp_ray.route.embeddings import get_embedder
     from qlp_ray.route.learned import fit_learned_router
     from qlp_ray.serve.router import router_deployment

@@ -34,7 +34,7 @@ BETWEEN = "Render the Parquet ETL pipeline metrics in a React table component wi
 
 
 def _build(home: Path, upstream: OpenAIDouble):
-    from qlp_ray.config import load_config
+    from qlp_ray.core.config import load_config
     from qlp_ray.models.base import base_model_id, load_base
     from qlp_ray.registry.signing import init_keys
     from qlp_ray.registry.store import Registry

@@ -74,7 +74,7 @@ def _train_adapter(base, tokenizer, texts: list[str], out: Path, seed: int) -> P
 
 def build_stack(home: Path):
     """Tiny base + three trained adapters (dataeng, frontend registered; devops not yet)."""
-    from qlp_ray.config import load_config
+    from qlp_ray.core.config import load_config
     from qlp_ray.models.base import base_model_id, load_base
     from qlp_ray.registry.signing import init_keys
     from qlp_ray.registry.store import Registry
@@ -283,7 +283,7 @@ def test_late_adapter_then_tampered_gets_424_others_still_work(stack):
 
 def test_api_key_enforced_and_python_client(stack):
     from qlp_ray.client import Client
-    from qlp_ray.errors import AdapterNotFound, AuthenticationError, InvalidRequest
+    from qlp_ray.core.errors import AdapterNotFound, AuthenticationError, InvalidRequest
 
     assert _get("/health", headers=None).status_code == 200
     _assert_openai_error(_get("/v1/models", headers=None), 401, "invalid_api_key")

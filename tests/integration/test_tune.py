@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from qlp_ray.config import REPO_ROOT, load_config
-from qlp_ray.errors import ConfigError
+from qlp_ray.core.config import REPO_ROOT, load_config
+from qlp_ray.core.errors import ConfigError
 from qlp_ray.tune.search import load_space, parse_space, run_tune
 from tests.tiny_lm import grammar_texts, make_model, make_tokenizer, pretrain
 

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from qlp_ray.config import ActiveLearningConfig
-from qlp_ray.errors import InvalidRequest
-from qlp_ray.improve import active
-from qlp_ray.improve.label_queue import (
+from qlp_ray.core.config import ActiveLearningConfig
+from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.data import active_learning as active
+from qlp_ray.data.label_queue import (
     centroid_mc_dropout,
     next_to_label,
     routing_probs,
     weak_area_weights,
 )
-from qlp_ray.improve.store import AdapterStats, FeedbackStore
+from qlp_ray.store.database import AdapterStats, FeedbackStore
 
 PROBS = np.array([[0.98, 0.01, 0.01], [0.5, 0.49, 0.01], [1 / 3, 1 / 3, 1 / 3], [0.6, 0.2, 0.2]])
 
@@ -154,7 +154,7 @@ def test_http_routes_feedback_and_label_queue(store):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from qlp_ray.improve.http_api import improve_router
+    from qlp_ray.serve.http.improve_api import improve_router
 
     s, ids = store
     app = FastAPI()

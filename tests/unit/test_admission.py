@@ -11,10 +11,10 @@ from fastapi import FastAPI
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 
-from qlp_ray.config import ServeConfig, load_config
-from qlp_ray.errors import ConfigError, InvalidRequest, Overloaded, RateLimited
+from qlp_ray.core.config import ServeConfig, load_config
+from qlp_ray.core.errors import ConfigError, InvalidRequest, Overloaded, RateLimited
 from qlp_ray.serve.admission import AdmissionLimiter, AdmissionMiddleware, deployment_limits
-from qlp_ray.serve.errors import install_error_handlers, qlp_error_response, unwrap
+from qlp_ray.serve.http.errors import install_error_handlers, qlp_error_response, unwrap
 
 
 def test_limiter_never_waits_and_counts():

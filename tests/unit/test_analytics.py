@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qlp_ray.errors import InvalidRequest, NotFound
-from qlp_ray.improve.analytics import Analytics, LogHistogram
+from qlp_ray.core.errors import InvalidRequest, NotFound
+from qlp_ray.serve.telemetry.analytics import Analytics, LogHistogram
 
 
 @pytest.mark.parametrize("dist", ["lognormal", "uniform", "bimodal"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qlp_ray.config import load_config
+from qlp_ray.core.config import load_config
 from qlp_ray.models.backend import GenerationRequest
 from qlp_ray.models.hf_backend import TransformersBackend
 from qlp_ray.serve.compositor import create_backend
@@ -41,7 +41,7 @@ def test_openvino_backend_generates_the_same_greedy_text(small_cfg):
 
 
 def test_unknown_backend_is_a_config_error():
-    from qlp_ray.errors import ConfigError
+    from qlp_ray.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="serve.backend"):
         load_config(environ={}, overrides={"serve": {"backend": "tensorrt"}})

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from qlp_ray.client import Client
-from qlp_ray.errors import (
+from qlp_ray.core.errors import (
     AdapterLoadError,
     AdapterNotFound,
     AuthenticationError,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from qlp_ray.errors import AdapterNotFound, InvalidRequest
+from qlp_ray.core.errors import AdapterNotFound, InvalidRequest
 from qlp_ray.models.backend import GenerationRequest
 from qlp_ray.models.composition import (
     AdapterStack,

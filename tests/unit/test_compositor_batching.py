@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from qlp_ray.config import load_config
+from qlp_ray.core.config import load_config
 from qlp_ray.models.backend import GenerationRequest
 from qlp_ray.serve.compositor import Compositor
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qlp_ray.config import DEFAULT_CONFIG_FILE, QLPConfig, load_config
-from qlp_ray.errors import ConfigError
+from qlp_ray.core.config import DEFAULT_CONFIG_FILE, QLPConfig, load_config
+from qlp_ray.core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

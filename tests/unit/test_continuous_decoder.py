@@ -7,9 +7,8 @@ import time
 
 import pytest
 
-from qlp_ray.errors import InvalidRequest
-from qlp_ray.models.backend import GenerationRequest
-from qlp_ray.models.hf_backend import AdapterNotLoaded
+from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.models.backend import AdapterNotLoaded, GenerationRequest
 from qlp_ray.serve.batching import StepMerger
 from tests.unit.test_hf_backend_batch import PROMPTS, _same, backend  # noqa: F401 - fixture
 from tests.unit.test_serve_backend import tokenizer  # noqa: F401 - fixture

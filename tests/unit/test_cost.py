@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from qlp_ray.errors import ConfigError, InvalidRequest
-from qlp_ray.improve.cost import CostLedger, PriceTable
+from qlp_ray.core.errors import ConfigError, InvalidRequest
+from qlp_ray.serve.telemetry.cost import CostLedger, PriceTable
 
 
 def test_shipped_price_table_loads_and_names_resolve():

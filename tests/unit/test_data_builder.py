@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.data.builder import RawCapsule, build_datasets, is_heldout, load_raw_capsules
-from qlp_ray.errors import InvalidRequest
-from qlp_ray.improve.domains import DomainClassifier
-from qlp_ray.improve.store import FeedbackStore
+from qlp_ray.route.domains import DomainClassifier
+from qlp_ray.store.database import FeedbackStore
 
 REFERENCE = {
     "devops": [

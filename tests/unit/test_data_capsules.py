@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qlp_ray.config import DOMAINS
+from qlp_ray.core.config import DOMAINS
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.data.capsules import (
     Capsule,
     bundled_domains,
@@ -16,7 +17,6 @@ from qlp_ray.data.capsules import (
     load_capsules,
     sample_path,
 )
-from qlp_ray.errors import InvalidRequest
 
 GOOD = {"instruction": "Do X", "input": "", "output": "Done.", "domain": "api"}
 

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.data.capsules import Capsule, load_capsules, sample_path
-from qlp_ray.data.format import (
-    RESPONSE_MARKER,
-    chat_to_prompt,
-    format_prompt,
-    parse_prompt,
-    routing_text,
-    to_prompt_completion,
-)
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.data.format import chat_to_prompt, routing_text, to_prompt_completion
+from qlp_ray.models.prompt import RESPONSE_MARKER, format_prompt, parse_prompt
 
 
 def test_format_prompt_layout_with_and_without_input() -> None:

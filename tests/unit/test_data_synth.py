@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qlp_ray.config import DOMAINS
+from qlp_ray.core.config import DOMAINS
 from qlp_ray.data.capsules import SAMPLES_DIR, load_capsules, sample_path
 from qlp_ray.data.synth import generate_all, generate_domain
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qlp_ray.demo import AdapterSummary, RequestResult, check_summary, summarize
+from qlp_ray.cli.demo_loop import AdapterSummary, RequestResult, check_summary, summarize
 
 
 def _result(expected, routed, ok=True, ms=10.0, adapter="x"):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from qlp_ray.config import EvaluationConfig, load_config
-from qlp_ray.errors import ConfigError
+from qlp_ray.core.config import EvaluationConfig, load_config
+from qlp_ray.core.errors import ConfigError
 from qlp_ray.evaluate.leaderboard import Leaderboard
 from qlp_ray.evaluate.report import build_report, compare, grade_for
 from qlp_ray.evaluate.runner import evaluate_model, load_eval_set

@@ -9,17 +9,17 @@ import pytest
 from fastapi import Request  # module level: the test app's annotations are strings
 from pydantic import ValidationError
 
-from qlp_ray.errors import Conflict, NotFound
-from qlp_ray.improve.experiment_runtime import ExperimentRuntime, RequestFacts, joins, status_of
-from qlp_ray.improve.experiment_store import ExperimentStore
-from qlp_ray.improve.experiments import (
+from qlp_ray.core.errors import Conflict, NotFound
+from qlp_ray.experiments.ab import (
     Assignment,
     ExperimentSpec,
     min_sample_size,
     wilson_interval,
 )
-from qlp_ray.improve.records import RequestRecord
-from qlp_ray.improve.store import FeedbackStore
+from qlp_ray.experiments.runtime import ExperimentRuntime, RequestFacts, joins, status_of
+from qlp_ray.experiments.store import ExperimentStore
+from qlp_ray.store.database import FeedbackStore
+from qlp_ray.store.records import RequestRecord
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -266,13 +266,13 @@ def test_outcome_middleware_records_failures_only(store):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from qlp_ray.errors import AdapterLoadError
-    from qlp_ray.serve.errors import install_error_handlers
+    from qlp_ray.core.errors import AdapterLoadError
     from qlp_ray.serve.experiment_hook import (
         STATE_KEY,
         ExperimentOutcomeMiddleware,
         PendingOutcome,
     )
+    from qlp_ray.serve.http.errors import install_error_handlers
 
     rt = _runtime(store)
     rt.create(_spec())

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from qlp_ray.errors import InvalidRequest, NotFound
-from qlp_ray.improve.experiments import (
+from qlp_ray.core.errors import InvalidRequest, NotFound
+from qlp_ray.experiments.ab import (
     Experiment,
     ExperimentBook,
     ExperimentSpec,
@@ -191,9 +191,9 @@ def test_thompson_bandit_shifts_traffic_to_better_arm():
 
 
 def test_shipped_experiment_file_loads_and_bad_file_is_named(tmp_path):
-    from qlp_ray.config import REPO_ROOT
-    from qlp_ray.errors import ConfigError
-    from qlp_ray.improve.experiments import load_experiment_file
+    from qlp_ray.core.config import REPO_ROOT
+    from qlp_ray.core.errors import ConfigError
+    from qlp_ray.experiments.ab import load_experiment_file
 
     specs = load_experiment_file(REPO_ROOT / "configs" / "experiments" / "example.yaml")
     assert [s.id for s in specs] == ["dataeng-v2-vs-v1", "ml-stack-bandit"]

@@ -11,21 +11,16 @@ import socket
 
 import pytest
 
-from qlp_ray.config import ExternalEndpointConfig, load_config
-from qlp_ray.errors import (
+from qlp_ray.core.config import ExternalEndpointConfig, load_config
+from qlp_ray.core.errors import (
     ConfigError,
     ExternalEndpointError,
     ExternalEndpointTimeout,
     RateLimited,
 )
-from qlp_ray.improve.cost import PriceTable
-from qlp_ray.serve.external import (
-    ExternalFallback,
-    check_external_pricing,
-    external_label,
-    resolve_api_key,
-)
-from qlp_ray.serve.protocol import ChatCompletionRequest, CompletionRequest
+from qlp_ray.serve.external import ExternalFallback, check_external_pricing, resolve_api_key
+from qlp_ray.serve.http.protocol import ChatCompletionRequest, CompletionRequest
+from qlp_ray.serve.telemetry.cost import PriceTable, external_label
 from tests.openai_double import ANSWER, OpenAIDouble
 
 PORT = 8181

@@ -15,12 +15,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from qlp_ray.config import load_config
-from qlp_ray.improve.records import RequestRecord
-from qlp_ray.improve.store import FeedbackStore
-from qlp_ray.serve.errors import install_error_handlers
-from qlp_ray.serve.recording import RequestRecorder
-from qlp_ray.serve.routes_improve import router
+from qlp_ray.core.config import load_config
+from qlp_ray.serve.http.errors import install_error_handlers
+from qlp_ray.serve.http.routes_improve import router
+from qlp_ray.serve.telemetry.recording import RequestRecorder
+from qlp_ray.store.database import FeedbackStore
+from qlp_ray.store.records import RequestRecord
 
 
 def _replica(tmp_path, wait_s: float) -> tuple[TestClient, RequestRecorder]:
@@ -32,7 +32,7 @@ def _replica(tmp_path, wait_s: float) -> tuple[TestClient, RequestRecorder]:
     app = FastAPI()
     app.include_router(router)
     install_error_handlers(app)
-    app.state.gateway = SimpleNamespace(cfg=cfg, recorder=recorder, _check_key=lambda _: None)
+    app.state.gateway = SimpleNamespace(cfg=cfg, recorder=recorder)
     return TestClient(app), recorder
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from qlp_ray.config import load_config
-from qlp_ray.errors import ConfigError, InvalidRequest, NotFound
-from qlp_ray.improve import schema
-from qlp_ray.improve.store import FeedbackStore, resolve_store_url
+from qlp_ray.core.config import load_config
+from qlp_ray.core.errors import ConfigError, InvalidRequest, NotFound
+from qlp_ray.store import schema
+from qlp_ray.store.database import FeedbackStore, resolve_store_url
 from tests._postgres import PostgresUnavailable, postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,7 +178,7 @@ def test_url_resolution(tmp_path):
 _WRITER = textwrap.dedent(
     """
     import sys
-    from qlp_ray.improve.store import FeedbackStore
+    from qlp_ray.store.database import FeedbackStore
     store = FeedbackStore(sys.argv[1])
     i = 0
     while True:

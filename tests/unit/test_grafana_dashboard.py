@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from qlp_ray.config import REPO_ROOT
-from qlp_ray.serve import metrics
+from qlp_ray.core.config import REPO_ROOT
+from qlp_ray.serve.telemetry import metrics
 
 DASHBOARD = REPO_ROOT / "configs" / "grafana" / "qlp_dashboard.json"
 

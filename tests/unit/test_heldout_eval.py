@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from qlp_ray.config import load_config
+from qlp_ray.core.config import load_config
+from qlp_ray.core.errors import AdapterLoadError, InvalidRequest
 from qlp_ray.data.format import to_prompt_completion
-from qlp_ray.errors import AdapterLoadError, InvalidRequest
 from qlp_ray.improve.heldout import CompletionPerplexityEvaluator
 
 RECORDS = [

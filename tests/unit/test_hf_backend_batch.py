@@ -8,10 +8,10 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from qlp_ray.errors import InvalidRequest
-from qlp_ray.models.backend import GenerationRequest
+from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.models.backend import AdapterNotLoaded, GenerationRequest
 from qlp_ray.models.batched_lora import LoRATables
-from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
+from qlp_ray.models.hf_backend import TransformersBackend
 from tests.tiny_lm import save_random_lora
 from tests.unit.test_serve_backend import _tiny_llama, tokenizer  # noqa: F401 - fixture
 

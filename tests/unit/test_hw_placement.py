@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from qlp_ray.config import HardwareConfig, load_config
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.config import HardwareConfig, load_config
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.hardware.placement import DeviceState, NoCapableDevice, choose_device
 
 TABLE = HardwareConfig().capabilities
@@ -98,7 +98,7 @@ def test_load_balancing_among_equals_and_preferred() -> None:
 
 
 def test_hardware_yaml_is_the_default_table() -> None:
-    from qlp_ray.config import REPO_ROOT
+    from qlp_ray.core.config import REPO_ROOT
 
     cfg = load_config(REPO_ROOT / "configs" / "hardware.yaml")
     assert cfg.hardware == HardwareConfig()

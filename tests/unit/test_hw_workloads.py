@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.hardware.discovery import Device
 from qlp_ray.hardware.workloads import WorkloadRunner
 

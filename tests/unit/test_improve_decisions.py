@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.improve.decisions import (
     VariantStats,
     idempotency_key,

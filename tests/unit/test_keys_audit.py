@@ -10,10 +10,10 @@ import pytest
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
-from qlp_ray.config import QLPConfig, load_config
-from qlp_ray.errors import InvalidRequest, NotFound, SignatureError
-from qlp_ray.improve.audit import RollbackRefused, audit_for
-from qlp_ray.improve.keyring import revoke_key, rotate_keys, trusted_keys
+from qlp_ray.core.config import QLPConfig, load_config
+from qlp_ray.core.errors import InvalidRequest, NotFound, SignatureError
+from qlp_ray.registry.audit import RollbackRefused, audit_for
+from qlp_ray.registry.keyring import revoke_key, rotate_keys, trusted_keys
 from qlp_ray.registry.signing import init_keys
 from qlp_ray.registry.store import Registry
 

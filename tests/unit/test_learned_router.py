@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from qlp_ray.errors import ConfigError
+from qlp_ray.core.errors import ConfigError
 from qlp_ray.route.learned import (
     GatingNetwork,
     GatingTrainConfig,

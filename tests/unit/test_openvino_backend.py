@@ -10,7 +10,7 @@ pytest.importorskip("nncf")
 
 import torch  # noqa: E402
 
-from qlp_ray.errors import AdapterLoadError, AdapterNotFound, InvalidRequest  # noqa: E402
+from qlp_ray.core.errors import AdapterLoadError, AdapterNotFound, InvalidRequest  # noqa: E402
 from qlp_ray.models.backend import GenerationRequest  # noqa: E402
 from qlp_ray.models.openvino_backend import OpenVINOBackend  # noqa: E402
 

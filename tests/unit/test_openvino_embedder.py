@@ -130,7 +130,9 @@ def test_batches_match_single_calls_and_keep_order(ov_embedder):
     finally:
         ov_embedder.chunk = 16
     singles = np.stack([ov_embedder.encode(t) for t in texts])
-    assert np.allclose(batch, singles, atol=1e-5)
+    # bf16 (AMX/AVX512-BF16 CPUs) rounds differently with another padded width
+    atol = 1e-5 if ov_embedder.precision == "f32" else 2e-3
+    assert np.allclose(batch, singles, atol=atol)
     assert np.allclose(ov_embedder.encode("Helm chart upgrade fails"), singles[3], atol=1e-6)
     # widths are padded to a multiple of 8 (few kernel shapes), masked out of the embedding
     enc = ov_embedder._tokenize(texts)
@@ -181,7 +183,7 @@ def test_truncation_keeps_the_leading_tokens(cache_dir, ov_embedder):
 
 
 def test_unknown_precision_is_a_config_error(cache_dir):
-    from qlp_ray.errors import ConfigError
+    from qlp_ray.core.errors import ConfigError
     from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
 
     with pytest.raises(ConfigError, match="precision"):

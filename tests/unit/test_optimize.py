@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.evaluate.metrics import perplexity
 from qlp_ray.optimize.compare import optimize_and_compare
 from qlp_ray.optimize.prune import (

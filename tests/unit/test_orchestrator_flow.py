@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from qlp_ray.config import load_config
-from qlp_ray.improve.audit import audit_for
+from qlp_ray.core.config import load_config
 from qlp_ray.improve.orchestrator import Orchestrator, TrainedCandidate
-from qlp_ray.improve.store import FeedbackStore
+from qlp_ray.registry.audit import audit_for
 from qlp_ray.registry.signing import init_keys
 from qlp_ray.registry.store import Registry
+from qlp_ray.store.database import FeedbackStore
 
 BASE_PPL = 10.0
 

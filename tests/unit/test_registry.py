@@ -11,8 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from qlp_ray.config import QLPConfig, load_config
-from qlp_ray.errors import AdapterNotFound, ConfigError, InvalidRequest, KeyMissing, SignatureError
+from qlp_ray.core.config import QLPConfig, load_config
+from qlp_ray.core.errors import (
+    AdapterNotFound,
+    ConfigError,
+    InvalidRequest,
+    KeyMissing,
+    SignatureError,
+)
 from qlp_ray.registry import local as local_module
 from qlp_ray.registry.local import LocalStorage, StorageError, open_storage
 from qlp_ray.registry.signing import PUBLIC_KEY_FILE, init_keys

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from qlp_ray import cli
-from qlp_ray.config import load_config
+from qlp_ray.core.config import load_config
 from qlp_ray.registry.store import Registry
 
 runner = CliRunner()

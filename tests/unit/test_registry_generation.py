@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qlp_ray.errors import AdapterNotFound
+from qlp_ray.core.errors import AdapterNotFound
 from qlp_ray.registry.generation import GenerationWatch
 from qlp_ray.registry.store import Registry
 from tests.unit.test_registry import cfg, register, registry  # noqa: F401 - fixtures

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from qlp_ray.improve.records import RequestRecord
-from qlp_ray.improve.store import FeedbackStore
-from qlp_ray.serve.request_log import RequestLogWriter
+from qlp_ray.serve.telemetry.request_log import RequestLogWriter
+from qlp_ray.store.database import FeedbackStore
+from qlp_ray.store.records import RequestRecord
 
 
 def _row(i: int | str) -> RequestRecord:

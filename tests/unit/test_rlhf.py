@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.train.dpo import (
     PreferencePair,
     load_pairs_jsonl,

@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.route.evaluation import (
     EmbeddingCache,
     classification_metrics,
     evaluate_modes,
-    group_kfold,
     load_routing_data,
 )
+from qlp_ray.route.folds import group_kfold
 from qlp_ray.route.learned import softmax
 from qlp_ray.route.lexical import char_ngrams, train_lexical
 

@@ -9,9 +9,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from qlp_ray.config import REPO_ROOT, load_config
-from qlp_ray.serve.errors import install_error_handlers
-from qlp_ray.serve.routes_jobs import FineTuningRequest, router, train_command
+from qlp_ray.core.config import REPO_ROOT, load_config
+from qlp_ray.serve.http.errors import install_error_handlers
+from qlp_ray.serve.http.routes_jobs import FineTuningRequest, router, train_command
 
 ADMIN = {"authorization": "Bearer admin-secret"}
 API_TRAIN = REPO_ROOT / "qlp_ray" / "data" / "samples" / "api.train.jsonl"

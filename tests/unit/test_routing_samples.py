@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qlp_ray.config import DOMAINS, RouterConfig
+from qlp_ray.core.config import DOMAINS, RouterConfig
 from qlp_ray.data.capsules import load_capsules, sample_path
 from qlp_ray.data.format import routing_text
 from qlp_ray.route.centroid import CentroidRouter, compute_centroid

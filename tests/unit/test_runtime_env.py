@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from qlp_ray.config import QLPConfig
-from qlp_ray.runtime import cluster_env, ensure_ray, serve_env
+from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.runtime import cluster_env, ensure_ray, serve_env
 
 KEY = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qlp_ray.config import S3Config
-from qlp_ray.errors import AdapterNotFound, ConfigError, InvalidRequest, NotFound
+from qlp_ray.core.config import S3Config
+from qlp_ray.core.errors import AdapterNotFound, ConfigError, InvalidRequest, NotFound
 from qlp_ray.registry.local import StorageError
 from qlp_ray.registry.s3 import S3ArtifactStore, S3Storage, make_client, parse_s3_uri
 
@@ -118,7 +118,7 @@ _KILLED_PUBLISHER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from qlp_ray.config import S3Config
+    from qlp_ray.core.config import S3Config
     from qlp_ray.registry.s3 import S3Storage
     cfg = S3Config(endpoint_url=sys.argv[1], access_key_id="test", secret_access_key="test")
     storage = S3Storage.from_uri(sys.argv[2], cfg, Path(sys.argv[3]))
@@ -194,8 +194,8 @@ def test_registry_signs_into_s3_and_refuses_tampering(s3_cfg, tmp_path):
     """The real Registry (sign, publish, verify) on top of S3Storage."""
     from safetensors.numpy import save_file
 
-    from qlp_ray.config import load_config
-    from qlp_ray.errors import SignatureError
+    from qlp_ray.core.config import load_config
+    from qlp_ray.core.errors import SignatureError
     from qlp_ray.registry import Registry
     from qlp_ray.registry.signing import init_keys
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from qlp_ray.errors import AdapterLoadError, InvalidRequest
-from qlp_ray.models.backend import GenerationRequest
-from qlp_ray.models.hf_backend import AdapterNotLoaded, TransformersBackend
+from qlp_ray.core.errors import AdapterLoadError, InvalidRequest
+from qlp_ray.models.backend import AdapterNotLoaded, GenerationRequest
+from qlp_ray.models.hf_backend import TransformersBackend
 from qlp_ray.route.embeddings import packaged_model_dir
 from tests.tiny_lm import save_random_lora
 

@@ -9,10 +9,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from qlp_ray.errors import AdapterNotFound, InvalidRequest, SignatureError
-from qlp_ray.serve.compositor import multiplex_id, parse_multiplex_id
-from qlp_ray.serve.errors import install_error_handlers
-from qlp_ray.serve.protocol import ChatCompletionRequest, CompletionRequest, check_limits
+from qlp_ray.core.errors import AdapterNotFound, InvalidRequest, SignatureError
+from qlp_ray.models.composition import multiplex_id, parse_multiplex_id
+from qlp_ray.serve.http.errors import install_error_handlers
+from qlp_ray.serve.http.protocol import ChatCompletionRequest, CompletionRequest, check_limits
 
 
 def test_completion_request_defaults_and_single_prompt_list():
@@ -138,7 +138,7 @@ def test_error_handlers_map_to_openai_shape(client, caplog):
     assert err["type"] == "adapter_error"
     _error(client.get("/nowhere"), 404)
     _error(client.get("/echo"), 405)
-    with caplog.at_level(logging.ERROR, logger="qlp_ray.serve.errors"):
+    with caplog.at_level(logging.ERROR, logger="qlp_ray.serve.http.errors"):
         err = _error(client.get("/boom"), 500)
     assert "secret" not in err["message"] and err["code"] == "internal_error"
     assert any("RuntimeError" in (r.exc_text or "") for r in caplog.records)

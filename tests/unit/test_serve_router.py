@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from qlp_ray.errors import SignatureError
-from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBackend
-from qlp_ray.models.hf_backend import AdapterNotLoaded
+from qlp_ray.core.errors import SignatureError
+from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationRequest, InferenceBackend
 from qlp_ray.route.centroid import CentroidRouter
-from qlp_ray.serve.compositor import AdapterLease
+from qlp_ray.serve.composition import AdapterLease
 from qlp_ray.serve.router import build_route_table
 
 

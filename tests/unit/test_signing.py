@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from qlp_ray.config import load_config
-from qlp_ray.errors import ConfigError, InvalidRequest, KeyMissing, SignatureError
+from qlp_ray.core.config import load_config
+from qlp_ray.core.errors import ConfigError, InvalidRequest, KeyMissing, SignatureError
 from qlp_ray.registry.manifest import Manifest, diff_files, hash_files
 from qlp_ray.registry.signing import (
     PRIVATE_KEY_FILE,

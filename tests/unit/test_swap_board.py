@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from qlp_ray.errors import AdapterLoadError, SignatureError
+from qlp_ray.core.errors import AdapterLoadError, SignatureError
 from qlp_ray.serve.swap_board import (
     NOTICE_SUFFIX,
     Ack,

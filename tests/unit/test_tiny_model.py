@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qlp_ray.config import load_config
+from qlp_ray.core.config import load_config
 from qlp_ray.models import tiny
 from qlp_ray.models.base import base_model_id, load_base, resolve_base_path
 

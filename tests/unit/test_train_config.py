@@ -7,8 +7,8 @@ import json
 import pytest
 from peft import AdaLoraConfig, LoraConfig, TaskType
 
-from qlp_ray.config import TrainConfig
-from qlp_ray.errors import ConfigError, TrainingError
+from qlp_ray.core.config import TrainConfig
+from qlp_ray.core.errors import ConfigError, TrainingError
 from qlp_ray.train.peft_setup import build_peft_config
 from qlp_ray.train.ray_train import load_training_data
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from qlp_ray.config import load_config
-from qlp_ray.errors import ConfigError
+from qlp_ray.core.config import load_config
+from qlp_ray.core.errors import ConfigError
 from qlp_ray.train.peft_setup import build_peft_config, qlora_unavailable_reason
 
 

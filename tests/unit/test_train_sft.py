@@ -93,8 +93,8 @@ def test_adalora_reallocates_rank(tiny_cfg, tmp_path):
     ],
 )
 def test_training_options_are_validated(overrides, needle):
-    from qlp_ray.config import load_config
-    from qlp_ray.errors import ConfigError
+    from qlp_ray.core.config import load_config
+    from qlp_ray.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         effective_train_config(load_config(defaults_file=None, environ={}), **overrides)

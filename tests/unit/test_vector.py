@@ -1,12 +1,12 @@
-"""qlp_ray.vector: exact top-k equals numpy, cosine, shapes, errors, compressed recall."""
+"""qlp_ray.route.vector: exact top-k equals numpy, cosine, shapes, errors, compressed recall."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from qlp_ray import vector
-from qlp_ray.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.route import vector
 
 
 def _reference(queries: np.ndarray, matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from qlp_ray.config import load_config
-from qlp_ray.errors import ConfigError
+from qlp_ray.core.config import load_config
+from qlp_ray.core.errors import ConfigError
 from qlp_ray.models.vllm_backend import VLLMBackend, vllm_unavailable_reason
 
 REASON = vllm_unavailable_reason()

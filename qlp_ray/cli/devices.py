@@ -1,0 +1,125 @@
+"""``qlp devices``: the compute devices qlp_ray can use, and how loaded they are.
+
+Without ``--cluster`` it discovers this machine's devices directly (no Ray) and measures
+CPU utilization over a short interval; queue depth exists only under a scheduler.
+With ``--cluster`` it asks the running scheduler actor for every node's devices.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import typer
+
+app = typer.Typer(help="List compute devices (CPU cores, OpenVINO, CUDA/XPU).")
+
+
+def _cpu_utilization(cores: list[int], interval: float = 0.3) -> float | None:
+    import psutil
+
+    per_cpu = psutil.cpu_percent(interval=interval, percpu=True)
+    picked = [per_cpu[c] for c in cores if c < len(per_cpu)] or per_cpu
+    return round(sum(picked) / len(picked) / 100.0, 3) if picked else None
+
+
+def local_rows() -> list[dict[str, Any]]:
+    """One row per device discovered on this machine."""
+    from qlp_ray.hardware.discovery import discover_devices
+
+    devices = discover_devices()
+    host = socket.gethostname()
+    all_cores = sorted({c for d in devices for c in d.cores})
+    rows = []
+    for d in devices:
+        util = None
+        if d.target == "cpu" or d.device_class == "ov_cpu":
+            util = _cpu_utilization(list(d.cores) or all_cores)
+        rows.append(
+            {
+                "node": host,
+                "kind": d.key,
+                "class": d.device_class,
+                "backend": d.backend,
+                "resource": d.resource,
+                "avx512": d.avx512,
+                "cores": list(d.cores),
+                "utilization": util,
+                "queue": None,
+                "description": d.description,
+            }
+        )
+    return rows
+
+
+def cluster_rows(namespace: str) -> list[dict[str, Any]]:
+    """Rows from the running scheduler actor (every node)."""
+    import ray
+
+    from actors.device import SCHEDULER_NAME
+
+    ray.init(address="auto", namespace=namespace, log_to_driver=False)
+    try:
+        scheduler = ray.get_actor(SCHEDULER_NAME, namespace=namespace)
+    except ValueError as exc:
+        raise LookupError(f"no {SCHEDULER_NAME!r} actor in namespace {namespace!r}") from exc
+    return [
+        {
+            "node": r["node_id"][:12],
+            "kind": r["key"],
+            "class": r["device_class"],
+            "backend": r["backend"],
+            "resource": r["resource"],
+            "avx512": r["avx512"],
+            "cores": r["cores"],
+            "utilization": r["utilization"],
+            "queue": r["queue"],
+            "alive": r["alive"],
+            "description": r["description"],
+        }
+        for r in ray.get(scheduler.devices.remote())
+    ]
+
+
+@app.command("devices")
+def devices(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    cluster: bool = typer.Option(
+        False, "--cluster", help="Ask the running scheduler actor (all nodes) instead."
+    ),
+) -> None:
+    """List devices: node, kind, class, AVX-512, utilization, queue."""
+    from rich.table import Table
+
+    from qlp_ray.cli.common import console, fail, get_config
+
+    if cluster:
+        try:
+            rows = cluster_rows(get_config().hardware.namespace)
+        except (LookupError, ConnectionError) as exc:
+            fail(f"{exc}; start the hardware actors with actors.launch.start_hardware()")
+            return
+    else:
+        rows = local_rows()
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="qlp_ray devices")
+    for col in ("node", "kind", "class", "AVX-512", "utilization", "queue", "backend"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description", overflow="fold")
+    for r in rows:
+        util = "-" if r["utilization"] is None else f"{100 * r['utilization']:.0f}%"
+        queue = "-" if r["queue"] is None else str(r["queue"])
+        table.add_row(
+            r["node"],
+            r["kind"],
+            r["class"],
+            "yes" if r["avx512"] else "no",
+            util,
+            queue,
+            r["backend"],
+            r["description"],
+        )
+    console.print(table)

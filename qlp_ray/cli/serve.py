@@ -1,0 +1,51 @@
+"""``qlp serve`` / ``qlp shutdown``: run the Serve application in the background, stop it."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Serve the adapters over an OpenAI-compatible HTTP API on Ray Serve.")
+
+
+@app.command("serve")
+def serve_cmd(
+    host: str | None = typer.Option(None, "--host", help="Bind address (default: serve.host)."),
+    port: int | None = typer.Option(None, "--port", help="HTTP port (default: serve.port)."),
+) -> None:
+    """Deploy the app on Ray Serve (reusing or starting a local cluster) and return."""
+    from qlp_ray.cli.common import console, get_config
+    from qlp_ray.serve.app import deploy
+
+    cfg = get_config().model_copy(deep=True)
+    if host is not None:
+        cfg.serve.host = host
+    if port is not None:
+        cfg.serve.port = port
+    with console.status(f"deploying app {cfg.serve.app_name!r} on Ray Serve..."):
+        url = deploy(cfg, persistent=True)
+    console.print(f"[green]serving[/] at [bold]{url}[/] (OpenAI API under {url}/v1)")
+    console.print("stop it with [bold]qlp shutdown[/]")
+
+
+@app.command("shutdown")
+def shutdown_cmd(
+    stop_ray: bool = typer.Option(
+        False, "--stop-ray", help="Also run `ray stop` (stops every Ray process on this machine)."
+    ),
+) -> None:
+    """Delete the app (and Serve when nothing else runs on it)."""
+    from qlp_ray.cli.common import console, get_config
+    from qlp_ray.core.runtime import stop_local_cluster
+    from qlp_ray.serve.app import shutdown
+
+    cfg = get_config()
+    if shutdown(cfg):
+        console.print(f"app {cfg.serve.app_name!r} shut down")
+    else:
+        console.print(f"no app {cfg.serve.app_name!r} is running")
+    if stop_ray:
+        import ray
+
+        ray.shutdown()
+        stop_local_cluster()
+        console.print("Ray stopped")

@@ -1,0 +1,85 @@
+"""``qlp train``: train one adapter on Ray Train, then sign and register it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer()
+
+
+@app.command("train")
+def train(
+    domain: str = typer.Option(..., "--domain", "-d", help="Domain of the capsules, e.g. api."),
+    data: Path = typer.Option(..., "--data", help="Training capsules (JSONL)."),
+    heldout: Path | None = typer.Option(
+        None, "--heldout", help="Held-out capsules (JSONL); default: split off train.eval_fraction."
+    ),
+    method: str | None = typer.Option(None, "--method", help="lora or adalora (default: config)."),
+    workers: int | None = typer.Option(None, "--workers", help="Ray Train workers (DDP)."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps."),
+    adapter_id: str | None = typer.Option(
+        None, "--adapter-id", help="Registry id (default: the domain)."
+    ),
+) -> None:
+    """Train on Ray Train (TRL SFT + PEFT), measure held-out loss, sign and register."""
+    from rich.table import Table
+
+    from qlp_ray.cli.common import console, fail, get_config
+    from qlp_ray.core.errors import QLPError
+    from qlp_ray.core.runtime import ensure_ray
+
+    if method is not None and method not in ("lora", "adalora", "qlora"):
+        fail(f"--method must be 'lora', 'adalora' or 'qlora', got {method!r}")
+        return
+    for label, path in (("--data", data), ("--heldout", heldout)):
+        if path is not None and not path.is_file():
+            fail(f"{label} file not found: {path}")
+            return
+
+    cfg = get_config()
+    try:
+        from qlp_ray.train.pipeline import train_and_register
+
+        with console.status("starting Ray", spinner="dots") as status:
+            how = ensure_ray(cfg, persistent=False)  # RAY_ADDRESS, else an in-process local Ray
+            console.log(f"Ray: {how}")
+
+            def progress(message: str) -> None:  # the pipeline also logs each stage
+                status.update(message)
+
+            record = train_and_register(
+                cfg,
+                domain=domain,
+                data_path=data,
+                heldout_path=heldout,
+                adapter_id=adapter_id,
+                method=method,
+                workers=workers,
+                steps=steps,
+                progress=progress,
+            )
+    except QLPError as exc:
+        fail(str(exc))
+        return
+
+    metrics = record.metadata.get("metrics", {})
+    table = Table(title="trained adapter")
+    for column in ("adapter", "version", "method", "eval loss before → after", "steps", "signed"):
+        table.add_column(column)
+    table.add_row(
+        record.adapter_id,
+        f"v{record.version}",
+        str(record.metadata.get("method", "")),
+        f"{metrics.get('eval_loss_before', float('nan')):.4f} → "
+        f"{metrics.get('eval_loss_after', float('nan')):.4f}",
+        str(metrics.get("steps", "")),
+        "[green]yes[/]" if record.signed else f"[red]no[/] ({record.problem})",
+    )
+    console.print(table)
+    console.print(
+        f"{metrics.get('tokens_per_s', 0):.0f} tokens/s, {metrics.get('seconds', 0):.1f} s "
+        f"of training; stored at {record.path}",
+        soft_wrap=True,
+    )

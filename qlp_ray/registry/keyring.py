@@ -1,0 +1,87 @@
+"""Signing-key rotation and the trusted-key list.
+
+``rotate_keys`` makes a fresh Ed25519 pair the signing key and keeps the old public
+key in ``<keys>/trusted/<id>.pub.pem``, so versions it signed still verify. Dropping
+trust is a separate, explicit ``revoke_key``; everything the revoked key signed is
+refused at load from then on.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from qlp_ray.core.errors import InvalidRequest, NotFound
+from qlp_ray.registry.signing import (
+    PUBLIC_KEY_FILE,
+    TRUSTED_DIR,
+    init_keys,
+    key_id_of,
+    key_info,
+    load_public_key,
+)
+
+if TYPE_CHECKING:
+    from qlp_ray.core.config import QLPConfig
+    from qlp_ray.registry.audit import RegistryAudit
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    key_id: str
+    role: Literal["signing", "retired", "configured"]
+    path: Path
+
+
+def trusted_keys(cfg: QLPConfig) -> list[TrustedKey]:
+    """Every public key verification trusts, with where it comes from."""
+    out = []
+    own = cfg.paths.keys / PUBLIC_KEY_FILE
+    if own.is_file():
+        out.append(TrustedKey(key_id_of(load_public_key(own)), "signing", own))
+    retired = cfg.paths.keys / TRUSTED_DIR
+    for path in sorted(retired.glob("*.pem")) if retired.is_dir() else []:
+        out.append(TrustedKey(key_id_of(load_public_key(path)), "retired", path))
+    for path in cfg.registry.trusted_keys:
+        out.append(TrustedKey(key_id_of(load_public_key(path)), "configured", Path(path)))
+    return out
+
+
+def rotate_keys(cfg: QLPConfig, audit: RegistryAudit | None = None) -> tuple[str, str]:
+    """New signing key; the old public key stays trusted. Returns ``(old_id, new_id)``."""
+    keys_dir = cfg.paths.keys
+    old = key_info(keys_dir)  # KeyMissing if there is nothing to rotate
+    retired = keys_dir / TRUSTED_DIR
+    retired.mkdir(parents=True, exist_ok=True)
+    kept = retired / f"{old.key_id}.pub.pem"
+    shutil.copyfile(old.public_key_path, kept)  # before the old pair is replaced
+    new = init_keys(keys_dir, force=True)
+    logger.info("rotated signing key %s -> %s (old key kept trusted)", old.key_id, new.key_id)
+    if audit is not None:
+        audit.record("key_rotate", None, None, old_key_id=old.key_id, new_key_id=new.key_id)
+    return old.key_id, new.key_id
+
+
+def revoke_key(cfg: QLPConfig, key_id: str, audit: RegistryAudit | None = None) -> Path:
+    """Stop trusting a retired key (adapters it signed are refused from now on)."""
+    current = key_info(cfg.paths.keys).key_id
+    if key_id == current:
+        raise InvalidRequest(f"key {key_id} is the current signing key; rotate first")
+    for tk in trusted_keys(cfg):
+        if tk.key_id != key_id:
+            continue
+        if tk.role == "configured":
+            raise InvalidRequest(
+                f"key {key_id} is trusted through `registry.trusted_keys` ({tk.path}); "
+                "remove it from the config instead"
+            )
+        tk.path.unlink()
+        if audit is not None:
+            audit.record("key_rotate", None, None, revoked_key_id=key_id)
+        return tk.path
+    raise NotFound(f"no trusted key {key_id!r}")

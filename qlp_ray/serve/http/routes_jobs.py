@@ -1,0 +1,270 @@
+"""Long operations over HTTP, run as Ray jobs (admin key): fine-tuning, evaluation, optimisation.
+
+``POST /v1/fine-tuning/jobs``          ``{"model": domain | adapter id, "training_file": path,
+                                        "hyperparameters": {"n_steps", "method"}}`` → a job
+                                        running ``qlp train ...``
+``GET /v1/fine-tuning/jobs``            the fine-tuning jobs of the cluster
+``GET /v1/fine-tuning/jobs/{id}``       one job (status, logs tail on failure)
+``DELETE /v1/fine-tuning/jobs/{id}``    cancel it
+``POST /v1/evaluations``                ``{"domain", "adapter", "version", "limit"}`` → a job
+                                        running ``qlp eval run ... --record``
+``GET /v1/evaluations/leaderboard``     best evaluation per adapter (read directly)
+``POST /v1/optimizations``              ``{"method", "sparsity", "domain"}`` → a job running
+                                        ``qlp optimize run ...``
+
+The gateway reaches the Ray Jobs API at ``jobs.dashboard_address``. ``training_file`` is a
+path on the cluster's file system; the Jobs API runs code, hence admin-only routes.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real types.
+import asyncio
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from qlp_ray.core.config import DOMAINS, QLPConfig
+from qlp_ray.core.errors import InvalidRequest, NotFound, Overloaded
+from qlp_ray.serve.http.auth import require_admin
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
+
+# Ray job status → OpenAI fine_tuning.job status
+_STATUS = {
+    "PENDING": "queued",
+    "RUNNING": "running",
+    "SUCCEEDED": "succeeded",
+    "FAILED": "failed",
+    "STOPPED": "cancelled",
+}
+_TRAIN_MARK = " -m qlp_ray train "
+_OPTIMIZE_METHODS = ("dynamic-int8", "static-int8", "magnitude", "structured")
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_steps: int | None = Field(None, ge=1, description="Optimizer steps (default: config).")
+    method: Literal["lora", "adalora"] | None = Field(None, description="PEFT method.")
+
+
+class FineTuningRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="A domain, or an adapter id to train anew.")
+    training_file: str = Field(min_length=1, description="Capsules (JSONL) on the cluster.")
+    validation_file: str | None = Field(None, description="Held-out capsules (JSONL).")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class EvaluationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str = Field(min_length=1, description="Skill domain of the eval set.")
+    adapter: str | None = Field(None, min_length=1, description="Adapter id (default: base).")
+    version: int | None = Field(None, ge=1, description="Adapter version (default: current).")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N samples.")
+
+
+class OptimizationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["dynamic-int8", "static-int8", "magnitude", "structured"] | None = None
+    sparsity: float | None = Field(None, ge=0.1, le=0.9, description="Pruning target.")
+    domain: str = Field("api", description="Domain whose samples measure quality.")
+
+
+def _cfg(request: Request) -> QLPConfig:
+    return request.app.state.gateway.cfg
+
+
+def _jobs_client(cfg: QLPConfig) -> Any:
+    """A ``JobsClient`` on ``jobs.dashboard_address``; 503 when the Jobs API is unreachable."""
+    from qlp_ray.core.jobs import JobsClient, dashboard_address
+
+    address = dashboard_address(cfg.jobs.dashboard_address or None)
+    try:
+        return JobsClient(address)
+    except (ConnectionError, RuntimeError) as exc:
+        raise Overloaded(f"the Ray Jobs API at {address} is unreachable: {exc}") from exc
+
+
+async def _submit(cfg: QLPConfig, command: list[str], prefix: str) -> str:
+    client = await asyncio.to_thread(_jobs_client, cfg)
+    job_id = f"{prefix}-{time.time_ns():x}"
+    # the job writes to the registry/leaderboard this gateway serves from
+    env = {"QLP_HOME": str(cfg.paths.root)}
+    return await asyncio.to_thread(client.submit_job, command, job_id=job_id, env=env)
+
+
+def _check_domain(domain: str) -> None:
+    if domain not in DOMAINS:
+        raise InvalidRequest(f"`domain` must be one of {DOMAINS}, got {domain!r}", param="domain")
+
+
+def _check_file(path: str, param: str) -> str:
+    p = Path(path)
+    if p.suffix != ".jsonl":
+        raise InvalidRequest(f"`{param}` must be a .jsonl file, got {path!r}", param=param)
+    if not p.is_file():
+        raise InvalidRequest(f"`{param}` {path!r} does not exist on the server", param=param)
+    return str(p.resolve())
+
+
+def _domain_of(cfg: QLPConfig, model: str) -> tuple[str, str | None]:
+    """(domain, adapter id) of ``model``: a domain, or a registered adapter (retrained)."""
+    if model in DOMAINS:
+        return model, None
+    from qlp_ray.core.errors import AdapterNotFound
+    from qlp_ray.registry.store import Registry
+
+    try:
+        record = Registry(cfg).get(model)
+    except AdapterNotFound as exc:
+        raise InvalidRequest(
+            f"`model` must be a domain {DOMAINS} or a registered adapter id, got {model!r}",
+            param="model",
+        ) from exc
+    domain = str(record.domain or "")
+    if domain not in DOMAINS:
+        raise InvalidRequest(f"adapter {model!r} records no known domain", param="model")
+    return domain, model
+
+
+def train_command(cfg: QLPConfig, body: FineTuningRequest) -> list[str]:
+    """The ``qlp train`` arguments of a validated fine-tuning request."""
+    hp = body.hyperparameters
+    if hp.n_steps is not None and hp.n_steps > cfg.jobs.max_steps:
+        raise InvalidRequest(
+            f"`hyperparameters.n_steps` is {hp.n_steps}; at most {cfg.jobs.max_steps}",
+            param="hyperparameters.n_steps",
+        )
+    data = _check_file(body.training_file, "training_file")
+    domain, adapter_id = _domain_of(cfg, body.model)
+    command = ["train", "--domain", domain, "--data", data]
+    if body.validation_file is not None:
+        command += ["--heldout", _check_file(body.validation_file, "validation_file")]
+    if hp.n_steps is not None:
+        command += ["--steps", str(hp.n_steps)]
+    if hp.method is not None:
+        command += ["--method", hp.method]
+    if adapter_id is not None:
+        command += ["--adapter-id", adapter_id]
+    return command
+
+
+def _job_object(info: Any) -> dict[str, Any]:
+    return {
+        "id": info.job_id,
+        "object": "fine_tuning.job",
+        "status": _STATUS.get(info.status, info.status.lower()),
+        "ray_status": info.status,
+        "entrypoint": info.entrypoint,
+        "message": info.message,
+    }
+
+
+# -- fine-tuning ----------------------------------------------------------------------
+@router.post("/fine-tuning/jobs")
+async def create_fine_tuning_job(body: FineTuningRequest, request: Request) -> dict[str, Any]:
+    """Submit ``qlp train ...`` as a Ray job (validated first: 400 names the bad field)."""
+    cfg = _cfg(request)
+    command = await asyncio.to_thread(train_command, cfg, body)
+    job_id = await _submit(cfg, command, "ftjob")
+    return {
+        "id": job_id,
+        "object": "fine_tuning.job",
+        "status": "queued",
+        "model": body.model,
+        "training_file": body.training_file,
+        "hyperparameters": body.hyperparameters.model_dump(),
+    }
+
+
+@router.get("/fine-tuning/jobs")
+async def list_fine_tuning_jobs(request: Request) -> dict[str, Any]:
+    client = await asyncio.to_thread(_jobs_client, _cfg(request))
+    jobs = await asyncio.to_thread(client.list_jobs)
+    data = [_job_object(j) for j in jobs if _TRAIN_MARK in f"{j.entrypoint} "]
+    return {"object": "list", "data": data}
+
+
+async def _fine_tuning_info(request: Request, job_id: str) -> tuple[Any, Any]:
+    client = await asyncio.to_thread(_jobs_client, _cfg(request))
+    info = await asyncio.to_thread(client.job_info, job_id)
+    if _TRAIN_MARK not in f"{info.entrypoint} ":
+        raise NotFound(f"job {job_id!r} is not a fine-tuning job", param="job_id")
+    return client, info
+
+
+@router.get("/fine-tuning/jobs/{job_id}")
+async def get_fine_tuning_job(job_id: str, request: Request) -> dict[str, Any]:
+    client, info = await _fine_tuning_info(request, job_id)
+    out = _job_object(info)
+    if info.status == "FAILED":
+        out["logs_tail"] = (await asyncio.to_thread(client.job_logs, job_id))[-2000:]
+    return out
+
+
+@router.delete("/fine-tuning/jobs/{job_id}")
+async def cancel_fine_tuning_job(job_id: str, request: Request) -> dict[str, Any]:
+    client, _ = await _fine_tuning_info(request, job_id)
+    stopped = await asyncio.to_thread(client.cancel_job, job_id)
+    out = _job_object(await asyncio.to_thread(client.job_info, job_id))
+    return {**out, "cancel_requested": stopped}
+
+
+# -- evaluation and optimisation --------------------------------------------------------
+@router.post("/evaluations")
+async def create_evaluation(body: EvaluationRequest, request: Request) -> dict[str, Any]:
+    """Submit ``qlp eval run ... --record --json`` as a Ray job."""
+    _check_domain(body.domain)
+    if body.version is not None and body.adapter is None:
+        raise InvalidRequest("`version` needs `adapter`", param="version")
+    command = ["eval", "run", "--domain", body.domain, "--record", "--json"]
+    if body.adapter is not None:
+        command += ["--adapter", body.adapter]
+    if body.version is not None:
+        command += ["--version", str(body.version)]
+    if body.limit is not None:
+        command += ["--limit", str(body.limit)]
+    job_id = await _submit(_cfg(request), command, "eval")
+    return {"id": job_id, "object": "evaluation", "status": "queued", **body.model_dump()}
+
+
+@router.get("/evaluations/leaderboard")
+async def evaluation_leaderboard(
+    request: Request,
+    domain: str | None = None,
+    metric: str = "score",
+    limit: int = Query(10, ge=1, le=1000),
+) -> dict[str, Any]:
+    """The best evaluation of each adapter, ranked by ``metric``."""
+    from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
+
+    if domain is not None:
+        _check_domain(domain)
+    board = Leaderboard(default_leaderboard_path(_cfg(request)))
+    entries = await asyncio.to_thread(board.top, domain=domain, metric=metric, limit=limit)
+    return {"object": "list", "metric": metric, "data": [asdict(e) for e in entries]}
+
+
+@router.post("/optimizations")
+async def create_optimization(body: OptimizationRequest, request: Request) -> dict[str, Any]:
+    """Submit ``qlp optimize run ... --json`` as a Ray job."""
+    _check_domain(body.domain)
+    if body.sparsity is not None and body.method not in ("magnitude", "structured"):
+        raise InvalidRequest("`sparsity` applies to 'magnitude' or 'structured'", param="sparsity")
+    command = ["optimize", "run", "--domain", body.domain, "--json"]
+    if body.method is not None:
+        command += ["--method", body.method]
+    if body.sparsity is not None:
+        command += ["--sparsity", str(body.sparsity)]
+    job_id = await _submit(_cfg(request), command, "optimize")
+    return {"id": job_id, "object": "optimization", "status": "queued", **body.model_dump()}
+
+
+__all__ = ["router", "train_command"]

@@ -1,0 +1,50 @@
+"""Admin HTTP routes of the router: look at and rebuild the routing table.
+
+``GET /v1/admin/routes``           the routing table of a router replica: routable adapters
+                                   (domain, version), skipped ones with the reason, mode,
+                                   threshold, top_k, the fallback target, the registry
+                                   generation it was built from
+``POST /v1/admin/routes/refresh``  rebuild the table from the registry now; returns it
+
+The table also follows the registry by itself (its generation marker is checked on the
+request path), so the refresh route is for operators and scripts that want certainty.
+Both routes take the admin key when ``serve.admin_key`` is set.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real types.
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from qlp_ray.serve.http.auth import require_admin
+from qlp_ray.serve.http.errors import await_remote
+
+router = APIRouter(prefix="/v1/admin/routes", dependencies=[Depends(require_admin)])
+
+
+def _with_fallback(gateway: Any, table: dict[str, Any]) -> dict[str, Any]:
+    external = gateway.external
+    if external is None:
+        target = {"kind": "base", "model": gateway.base_model}
+    else:  # the endpoint and model, never the key
+        target = {"kind": "external", "model": external.model, "endpoint": external.endpoint}
+    return {"object": "routing_table", **table, "fallback_target": target}
+
+
+@router.get("")
+async def routing_table(request: Request) -> dict[str, Any]:
+    """The routing table as one router replica holds it."""
+    gateway = request.app.state.gateway
+    return _with_fallback(gateway, await await_remote(gateway.router.table.remote()))
+
+
+@router.post("/refresh")
+async def refresh_routes(request: Request) -> dict[str, Any]:
+    """Rebuild the routing table from the registry and return it."""
+    gateway = request.app.state.gateway
+    table = await await_remote(gateway.router.refresh.remote())
+    await gateway.models.adapters(fresh=True)  # explicit model names follow too
+    return _with_fallback(gateway, table)
+
+
+__all__ = ["router"]

@@ -1,0 +1,163 @@
+"""The gateway's per-request recording hook: feedback store, analytics, cost, metrics.
+
+Every served completion/chat request is written to the feedback/trajectory store so
+feedback can refer to it by ``qlp.request_id``; in-memory analytics and the cost ledger
+are updated and the Serve metrics emitted. With ``store.request_log_commit: background``
+(the default) the row goes to a :class:`~qlp_ray.serve.telemetry.request_log.RequestLogWriter`,
+which commits the rows of concurrent requests together after the reply; readers that need
+a row (feedback on a request id, the admin reports) wait for it with :meth:`committed` /
+:meth:`flush`. ``inline`` commits each row before the reply. A failing store never fails
+the request: the error is logged and counted (``store_errors``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from qlp_ray.core.config import QLPConfig
+from qlp_ray.serve.telemetry import metrics
+from qlp_ray.serve.telemetry.analytics import Analytics
+from qlp_ray.serve.telemetry.cost import CostLedger, PriceTable, external_label, price_entry
+from qlp_ray.serve.telemetry.request_log import RequestLogWriter
+from qlp_ray.store.database import FeedbackStore
+from qlp_ray.store.records import RequestRecord, build
+
+logger = logging.getLogger(__name__)
+
+
+class RequestRecorder:
+    """Records served requests; owns the gateway's store, analytics and cost ledger."""
+
+    def __init__(self, cfg: QLPConfig, base_model: str) -> None:
+        self.cfg = cfg
+        self.base_model = base_model
+        self.store = FeedbackStore.from_config(cfg)
+        self.analytics = Analytics()
+        self.cost = CostLedger(PriceTable.load())
+        self._store_errors = 0
+        self._lock = threading.Lock()  # analytics/ledger are touched from worker threads
+        self._embedder: Any = None
+        self.writer: RequestLogWriter | None = None
+        if cfg.store.request_log_commit == "background":
+            self.writer = RequestLogWriter(self.store.record_requests)
+
+    @property
+    def store_errors(self) -> int:
+        """Request rows the store refused (inline and background writes)."""
+        return self._store_errors + (self.writer.failed if self.writer else 0)
+
+    async def committed(self, request_id: str, timeout: float = 5.0) -> bool:
+        """Wait until this replica's row of ``request_id`` (if any) is in the store."""
+        if self.writer is None:
+            return True
+        return await asyncio.to_thread(self.writer.wait_committed, request_id, timeout)
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row recorded so far by this replica is in the store."""
+        if self.writer is None:
+            return True
+        return await asyncio.to_thread(self.writer.flush, timeout)
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer and release the store."""
+        if self.writer is not None:
+            self.writer.close()
+        self.store.close()
+
+    def embed(self, texts: list[str]) -> Any:
+        """Prompt embeddings for the label queue (the router's encoder, loaded lazily)."""
+        from qlp_ray.route.embeddings import get_embedder
+
+        if self._embedder is None:
+            self._embedder = get_embedder(self.cfg.router.embedding_model)
+        return self._embedder.encode(list(texts))
+
+    async def record(
+        self,
+        *,
+        request_id: str,
+        target: Any,
+        prompt: str,
+        gen: dict[str, Any],
+        latency_s: float,
+        user: str | None,
+    ) -> None:
+        """Store, count, price and emit one served request; never raises."""
+        external = getattr(target, "external", None)
+        label = external_label(external) if external else target.adapter or self.base_model
+        priced_as = price_entry(self.cfg) if external else label  # external: its own price
+        routing = None
+        if target.routed:
+            routing = {"confidence": target.confidence, "fallback": target.adapter is None}
+            if external:
+                routing["external"] = external
+        fields = {
+            "id": request_id,
+            "model": label,
+            "adapter_id": target.adapter,
+            "adapter_version": target.version,
+            "domain": target.domain,
+            "prompt": prompt,
+            "response": gen.get("text", ""),
+            "latency_ms": round(latency_s * 1000, 3),
+            "prompt_tokens": gen.get("prompt_tokens"),
+            "completion_tokens": gen.get("completion_tokens"),
+            "routing": routing,
+            "user_id": user,
+            "experiment": getattr(target, "experiment", None),
+            "variant": getattr(target, "variant", None),
+        }
+        try:
+            await self._log(build(RequestRecord, **fields))
+        except Exception:  # the request was served; losing its log must not fail it
+            self._store_errors += 1
+            logger.exception("could not record request %s in the feedback store", request_id)
+        try:
+            with self._lock:
+                self.analytics.record_request(label, latency_s, domain=target.domain)
+                self.cost.record(
+                    priced_as,
+                    int(gen.get("prompt_tokens") or 0),
+                    int(gen.get("completion_tokens") or 0),
+                )
+                savings = self.cost.total.to_dict().get("savings_usd", 0.0)
+            metrics.record_request(label, target.domain, latency_s)
+            metrics.set_cost_savings(float(savings))
+        except Exception:
+            logger.exception("could not update analytics/metrics for request %s", request_id)
+
+    async def _log(self, record: RequestRecord) -> None:
+        if self.writer is None:
+            await asyncio.to_thread(self.store.record_request, record)
+        elif self.writer.full():  # the store lags behind: wait for room off the event loop
+            await asyncio.to_thread(self.writer.submit, record)
+        else:
+            self.writer.submit(record)
+
+    def record_feedback(self, request_id: str, kind: str, value: float | None) -> None:
+        """Mirror stored feedback into the per-adapter analytics."""
+        try:
+            rec = self.store.get_request(request_id)
+            with self._lock:
+                self.analytics.record_feedback(
+                    rec.adapter_id or rec.model,
+                    thumbs=(value > 0) if kind == "thumbs" and value is not None else None,
+                    rating=int(value) if kind == "rating" and value is not None else None,
+                    accuracy=value if kind == "accuracy" else None,
+                )
+        except Exception:
+            logger.exception("could not add feedback on %s to analytics", request_id)
+
+    def report(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "object": "analytics",
+                "adapters": self.analytics.snapshot(),
+                "cost": self.cost.report(),
+                "store_errors": self.store_errors,
+                "request_log": {"mode": self.cfg.store.request_log_commit}
+                | (self.writer.stats() if self.writer else {}),
+            }
