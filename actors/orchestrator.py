@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from qlp_ray.core.config import QLPConfig
+from qlp_ray.improve.engines import build_orchestrator
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ class OrchestratorActor:
     """``run_once`` one cycle, ``run_forever`` every ``improve.interval_s``, ``stop``."""
 
     def __init__(self, cfg_data: dict[str, Any]) -> None:
-        from qlp_ray.improve.engines import build_orchestrator
 
         self.cfg = QLPConfig.model_validate(cfg_data)
         self._log: list[str] = []

@@ -23,6 +23,7 @@ from qlp_ray.core.errors import (
     QLPError,
     SignatureError,
 )
+from qlp_ray.core.jobs import JobsClient
 from qlp_ray.serve.http.protocol import (
     AUTO_MODEL,
     ChatCompletionResponse,
@@ -116,8 +117,6 @@ class Client:
     # -- long operations as Ray jobs (Ray Jobs API on the dashboard, not this HTTP app) --
     def _jobs_client(self) -> Any:
         if self._jobs is None:
-            from qlp_ray.core.jobs import JobsClient
-
             self._jobs = JobsClient(self._ray_address)
         return self._jobs
 

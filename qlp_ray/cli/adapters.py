@@ -6,6 +6,10 @@ import json
 
 import typer
 
+from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.core.errors import QLPError
+from qlp_ray.registry.store import Registry
+
 app = typer.Typer(help="Signed, versioned LoRA adapters in the registry.", no_args_is_help=True)
 
 
@@ -16,10 +20,6 @@ def list_adapters(
 ) -> None:
     """List adapters with domain, version and whether their signature verifies."""
     from rich.table import Table
-
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.registry.store import Registry
 
     try:
         records = Registry(get_config()).list(all_versions=all_versions)
@@ -56,9 +56,6 @@ def verify(
     base_model: str | None = typer.Option(None, "--base-model", help="Expected base model."),
 ) -> None:
     """Check signature, signing key, every file hash and the labels of one adapter."""
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.registry.store import Registry
 
     try:
         record = Registry(get_config()).verify(adapter_id, version, expected_base_model=base_model)
@@ -76,9 +73,6 @@ def show(
     full: bool = typer.Option(False, "--full", help="Print the centroid vector in full."),
 ) -> None:
     """Print an adapter's qlp.json metadata."""
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.registry.store import Registry
 
     try:
         record = Registry(get_config()).get(adapter_id, version)
@@ -102,9 +96,6 @@ def retire(
 ) -> None:
     """Stop serving and routing an adapter (its versions stay stored; `qlp improve promote`
     serves it again). A running server follows within `router.generation_poll_s`."""
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.registry.store import Registry
 
     try:
         version = Registry(get_config()).retire(adapter_id, reason=reason)

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
+from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.data.builder import build_datasets, load_raw_capsules
 from qlp_ray.data.capsules import SAMPLES_DIR
+from qlp_ray.registry.s3 import S3ArtifactStore
+from qlp_ray.route.domains import DomainClassifier
+from qlp_ray.route.embeddings import get_embedder
+from qlp_ray.store.database import FeedbackStore
 
 app = typer.Typer(
     help="Build per-domain SFT, preference and reward datasets.", no_args_is_help=True
@@ -17,7 +24,6 @@ app = typer.Typer(
 def load_reference(paths: list[Path]) -> tuple[list[str], list[str]]:
     """Labelled texts for the domain centroids: JSONL rows with ``domain`` and one of
     ``text`` / ``instruction`` / ``prompt``."""
-    from qlp_ray.core.errors import InvalidRequest
 
     texts, domains = [], []
     for path in paths:
@@ -52,11 +58,6 @@ def build(
     """Classify capsules by domain, filter by quality, write datasets and a per-domain report."""
     from rich.table import Table
 
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.data.builder import build_datasets, load_raw_capsules
-    from qlp_ray.route.domains import DomainClassifier
-    from qlp_ray.route.embeddings import get_embedder
-
     cfg = get_config()
     imp = cfg.improve
     raw = load_raw_capsules(capsules)
@@ -74,8 +75,6 @@ def build(
     )  # fmt: skip
     store = None
     if feedback:
-        from qlp_ray.store.database import FeedbackStore
-
         store = FeedbackStore.from_config(cfg)
     out_dir = out or cfg.paths.root / "datasets" / "latest"
     with console.status(f"building datasets from {len(raw)} capsules"):
@@ -101,7 +100,6 @@ def build(
     if upload:
         if not cfg.s3.artifacts_uri:
             fail("--upload needs `s3.artifacts_uri` in the config")
-        from qlp_ray.registry.s3 import S3ArtifactStore
 
         name = f"build-{int(Path(out_dir, 'report.json').stat().st_mtime)}"
         S3ArtifactStore.from_uri(cfg.s3.artifacts_uri, cfg.s3).upload("datasets", name, out_dir)

@@ -10,6 +10,18 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.cli.demo_loop import (
+    check_summary,
+    send_heldout_prompts,
+    summarize,
+    train_domain_adapters,
+)
+from qlp_ray.core.runtime import ensure_ray
+from qlp_ray.models.base import base_model_id
+from qlp_ray.models.tiny import build_tiny_model
+from qlp_ray.registry.signing import init_keys
+
 app = typer.Typer()
 
 
@@ -21,18 +33,7 @@ def demo(
     rows: int = typer.Option(3, help="Table rows shown per domain (all are sent)."),
 ) -> None:
     """Build the tiny model, train one adapter per domain, sign, serve, route held-out prompts."""
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.cli.demo_loop import (
-        check_summary,
-        send_heldout_prompts,
-        summarize,
-        train_domain_adapters,
-    )
-    from qlp_ray.core.runtime import ensure_ray
-    from qlp_ray.models.base import base_model_id
-    from qlp_ray.models.tiny import build_tiny_model
-    from qlp_ray.registry.signing import init_keys
-    from qlp_ray.serve.app import deploy, shutdown
+    from qlp_ray.serve.app import deploy, shutdown  # lazy: loads ray
 
     cfg = get_config()
     if steps is not None:

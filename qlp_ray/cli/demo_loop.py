@@ -16,7 +16,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from qlp_ray.client import Client
 from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.errors import QLPError
+from qlp_ray.data.capsules import load_capsules, sample_path
+from qlp_ray.models.prompt import format_prompt
+from qlp_ray.train.pipeline import train_and_register
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +96,6 @@ def train_domain_adapters(
     cfg: QLPConfig, on_done: Callable[[str, object], None] | None = None
 ) -> list[AdapterSummary]:
     """Train, sign and register one adapter per configured demo domain on Ray Train."""
-    from qlp_ray.data.capsules import sample_path
-    from qlp_ray.train.pipeline import train_and_register
 
     out = []
     for domain in cfg.demo.domains:
@@ -125,10 +128,6 @@ def send_heldout_prompts(
     on_result: Callable[[RequestResult], None] | None = None,
 ) -> list[RequestResult]:
     """Send every demo domain's held-out prompts through ``model=auto`` over HTTP."""
-    from qlp_ray.client import Client
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.data.capsules import load_capsules, sample_path
-    from qlp_ray.models.prompt import format_prompt
 
     client = Client(base_url, api_key=cfg.serve.api_key)
     results = []

@@ -13,6 +13,9 @@ from typing import Any
 
 import typer
 
+from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.hardware.discovery import discover_devices
+
 app = typer.Typer(help="List compute devices (CPU cores, OpenVINO, CUDA/XPU).")
 
 
@@ -26,7 +29,6 @@ def _cpu_utilization(cores: list[int], interval: float = 0.3) -> float | None:
 
 def local_rows() -> list[dict[str, Any]]:
     """One row per device discovered on this machine."""
-    from qlp_ray.hardware.discovery import discover_devices
 
     devices = discover_devices()
     host = socket.gethostname()
@@ -57,7 +59,7 @@ def cluster_rows(namespace: str) -> list[dict[str, Any]]:
     """Rows from the running scheduler actor (every node)."""
     import ray
 
-    from actors.device import SCHEDULER_NAME
+    from actors.device import SCHEDULER_NAME  # lazy: loads ray
 
     ray.init(address="auto", namespace=namespace, log_to_driver=False)
     try:
@@ -91,8 +93,6 @@ def devices(
 ) -> None:
     """List devices: node, kind, class, AVX-512, utilization, queue."""
     from rich.table import Table
-
-    from qlp_ray.cli.common import console, fail, get_config
 
     if cluster:
         try:

@@ -8,6 +8,11 @@ from pathlib import Path
 
 import typer
 
+from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.core.errors import QLPError
+from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
+from qlp_ray.evaluate.suite import run_evaluation
+
 app = typer.Typer(
     help="Evaluate adapters: metrics, grade, recommendations, leaderboard.", no_args_is_help=True
 )
@@ -38,10 +43,6 @@ def run(
 ) -> None:
     """Score, grade and (optionally) compare one model on a domain's eval set."""
     from rich.table import Table
-
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.evaluate.suite import run_evaluation
 
     try:
         result = run_evaluation(
@@ -116,9 +117,6 @@ def leaderboard(
 ) -> None:
     """The best evaluation of each adapter, ranked."""
     from rich.table import Table
-
-    from qlp_ray.cli.common import console, get_config
-    from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
 
     entries = Leaderboard(default_leaderboard_path(get_config())).top(
         domain=domain, metric=metric, limit=limit

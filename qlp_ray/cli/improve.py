@@ -6,6 +6,12 @@ import json
 
 import typer
 
+from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.core.errors import QLPError
+from qlp_ray.improve.engines import build_orchestrator, join_or_start_ray
+from qlp_ray.registry.audit import audit_for
+from qlp_ray.registry.store import Registry
+
 app = typer.Typer(
     help="Continual improvement: one cycle (--once), the orchestrator, audit, promote, rollback.",
     invoke_without_command=True,
@@ -29,10 +35,6 @@ def improve(
 
     from rich.table import Table
 
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.improve.engines import build_orchestrator
-
     cfg = get_config()
     try:
         orch = build_orchestrator(cfg, progress=lambda m: console.print(f"[dim]•[/] {m}"))
@@ -53,8 +55,6 @@ def improve(
 
 
 def _registry():
-    from qlp_ray.cli.common import get_config
-    from qlp_ray.registry.store import Registry
 
     return Registry(get_config())
 
@@ -64,12 +64,10 @@ def daemon() -> None:
     """Start the restartable orchestrator actor and cycle every improve.interval_s (Ctrl-C)."""
     import ray
 
-    from actors.orchestrator import start_orchestrator
-    from qlp_ray.cli.common import console, get_config
-    from qlp_ray.improve.engines import ensure_ray
+    from actors.orchestrator import start_orchestrator  # lazy: loads ray
 
     cfg = get_config()
-    ensure_ray(cfg)
+    join_or_start_ray(cfg)
     actor = start_orchestrator(cfg)
     done = actor.run_forever.remote()
     console.print(f"orchestrator running, a cycle every {cfg.improve.interval_s:.0f} s")
@@ -91,9 +89,6 @@ def audit(
     from datetime import UTC, datetime
 
     from rich.table import Table
-
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.registry.audit import audit_for
 
     log = audit_for(get_config())
     if log is None:
@@ -122,8 +117,6 @@ def rollback(
     reason: str = typer.Option("manual rollback", help="Recorded in the audit log."),
 ) -> None:
     """Explicitly make an older signed version current (audited)."""
-    from qlp_ray.cli.common import console, fail
-    from qlp_ray.core.errors import QLPError
 
     try:
         reg = _registry()
@@ -142,8 +135,6 @@ def promote(
     reason: str = typer.Option("manual promotion", help="Recorded in the audit log."),
 ) -> None:
     """Make a verified version current (a newer one: promotion; an older one: rollback)."""
-    from qlp_ray.cli.common import console, fail
-    from qlp_ray.core.errors import QLPError
 
     try:
         reg = _registry()

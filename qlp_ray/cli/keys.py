@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.core.errors import QLPError
+from qlp_ray.registry.audit import audit_for
+from qlp_ray.registry.keyring import revoke_key, rotate_keys, trusted_keys
+from qlp_ray.registry.signing import init_keys, key_info, trusted_public_keys
+
 app = typer.Typer(help="Ed25519 signing keys for adapter manifests.", no_args_is_help=True)
 
 
@@ -12,9 +18,6 @@ def init(
     force: bool = typer.Option(False, "--force", help="Replace an existing key pair."),
 ) -> None:
     """Create a new signing key pair under <home>/keys."""
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.registry.signing import init_keys
 
     try:
         info = init_keys(get_config().paths.keys, force=force)
@@ -29,9 +32,6 @@ def init(
 @app.command("show")
 def show() -> None:
     """Print the signing key id, its files and the extra trusted keys."""
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.registry.signing import key_info, trusted_public_keys
 
     cfg = get_config()
     try:
@@ -49,10 +49,6 @@ def show() -> None:
 @app.command("rotate")
 def rotate() -> None:
     """Make a new signing key; the old public key stays trusted (revoke it separately)."""
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.registry.audit import audit_for
-    from qlp_ray.registry.keyring import rotate_keys
 
     cfg = get_config()
     try:
@@ -67,9 +63,6 @@ def rotate() -> None:
 @app.command("trusted")
 def trusted() -> None:
     """List every public key verification trusts and where it comes from."""
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.registry.keyring import trusted_keys
 
     try:
         keys = trusted_keys(get_config())
@@ -83,10 +76,6 @@ def trusted() -> None:
 @app.command("revoke")
 def revoke(key_id: str = typer.Argument(..., help="Id of a retired key.")) -> None:
     """Stop trusting a retired key: adapters it signed are refused from now on."""
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.registry.audit import audit_for
-    from qlp_ray.registry.keyring import revoke_key
 
     cfg = get_config()
     try:

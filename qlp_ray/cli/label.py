@@ -6,6 +6,11 @@ import json
 
 import typer
 
+from qlp_ray.cli.common import console, get_config
+from qlp_ray.data.label_queue import next_to_label
+from qlp_ray.route.embeddings import get_embedder
+from qlp_ray.store.database import FeedbackStore
+
 app = typer.Typer(help="Active learning: which requests to label next.", no_args_is_help=True)
 
 
@@ -19,11 +24,6 @@ def next_batch(
 ) -> None:
     """Show the unlabelled requests whose labels would help most, with priorities."""
     from rich.table import Table
-
-    from qlp_ray.cli.common import console, get_config
-    from qlp_ray.data.label_queue import next_to_label
-    from qlp_ray.route.embeddings import get_embedder
-    from qlp_ray.store.database import FeedbackStore
 
     cfg = get_config()
     store = FeedbackStore.from_config(cfg)

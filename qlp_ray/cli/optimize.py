@@ -7,6 +7,10 @@ from pathlib import Path
 
 import typer
 
+from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.core.errors import QLPError
+from qlp_ray.optimize.run import run_optimization
+
 app = typer.Typer(
     help="Quantize (INT8) or prune the model; report size, speed and quality.", no_args_is_help=True
 )
@@ -29,10 +33,6 @@ def run(
 ) -> None:
     """Optimise once and compare with the original in the same run."""
     from rich.table import Table
-
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.optimize.run import run_optimization
 
     try:
         _, rep = run_optimization(

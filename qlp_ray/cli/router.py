@@ -9,20 +9,28 @@ from pathlib import Path
 
 import typer
 
+from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.core.errors import QLPError
+from qlp_ray.route.embeddings import embedding_cache_dir
+from qlp_ray.route.evaluation import (
+    LearnedOptions,
+    cached_encoder,
+    evaluate_modes,
+    load_routing_data,
+    train_learned,
+)
+
 app = typer.Typer(help="Skill-aware routing: train and evaluate the router.", no_args_is_help=True)
 
 
 def _cached_encoder(cfg):
     """Embedding function with an on-disk cache (see ``embedding_cache_dir``)."""
-    from qlp_ray.route.embeddings import embedding_cache_dir
-    from qlp_ray.route.evaluation import cached_encoder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return cached_encoder(cfg.router.embedding_model, embedding_cache_dir(cfg.paths.root))
 
 
 def _options(cfg, folds_seed: int = 0):
-    from qlp_ray.route.evaluation import LearnedOptions
 
     r = cfg.router
     return LearnedOptions(
@@ -71,9 +79,6 @@ def train(
     ),
 ) -> None:
     """Train the learned router (tuned embedder + gating network + lexical model), save it."""
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.route.evaluation import load_routing_data, train_learned
 
     cfg = get_config()
     try:
@@ -106,10 +111,6 @@ def evaluate(
 ) -> None:
     """Repository-grouped k-fold accuracy, macro-F1 and coverage of both routing modes."""
     from rich.table import Table
-
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.route.evaluation import evaluate_modes, load_routing_data
 
     cfg = get_config()
     try:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from qlp_ray.cli.common import console, get_config
+from qlp_ray.core.runtime import stop_local_cluster
+
 app = typer.Typer(help="Serve the adapters over an OpenAI-compatible HTTP API on Ray Serve.")
 
 
@@ -13,8 +16,7 @@ def serve_cmd(
     port: int | None = typer.Option(None, "--port", help="HTTP port (default: serve.port)."),
 ) -> None:
     """Deploy the app on Ray Serve (reusing or starting a local cluster) and return."""
-    from qlp_ray.cli.common import console, get_config
-    from qlp_ray.serve.app import deploy
+    from qlp_ray.serve.app import deploy  # lazy: loads ray
 
     cfg = get_config().model_copy(deep=True)
     if host is not None:
@@ -34,9 +36,7 @@ def shutdown_cmd(
     ),
 ) -> None:
     """Delete the app (and Serve when nothing else runs on it)."""
-    from qlp_ray.cli.common import console, get_config
-    from qlp_ray.core.runtime import stop_local_cluster
-    from qlp_ray.serve.app import shutdown
+    from qlp_ray.serve.app import shutdown  # lazy: loads ray
 
     cfg = get_config()
     if shutdown(cfg):

@@ -6,6 +6,11 @@ from pathlib import Path
 
 import typer
 
+from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.core.errors import QLPError
+from qlp_ray.core.runtime import ensure_ray
+from qlp_ray.train.pipeline import train_and_register
+
 app = typer.Typer()
 
 
@@ -26,10 +31,6 @@ def train(
     """Train on Ray Train (TRL SFT + PEFT), measure held-out loss, sign and register."""
     from rich.table import Table
 
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.core.runtime import ensure_ray
-
     if method is not None and method not in ("lora", "adalora", "qlora"):
         fail(f"--method must be 'lora', 'adalora' or 'qlora', got {method!r}")
         return
@@ -40,8 +41,6 @@ def train(
 
     cfg = get_config()
     try:
-        from qlp_ray.train.pipeline import train_and_register
-
         with console.status("starting Ray", spinner="dots") as status:
             how = ensure_ray(cfg, persistent=False)  # RAY_ADDRESS, else an in-process local Ray
             console.log(f"Ray: {how}")

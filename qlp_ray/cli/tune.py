@@ -7,7 +7,12 @@ from pathlib import Path
 
 import typer
 
+from qlp_ray.cli.common import console, fail, get_config
 from qlp_ray.core.config import REPO_ROOT
+from qlp_ray.core.errors import QLPError
+from qlp_ray.models.base import base_model_id
+from qlp_ray.registry.store import Registry
+from qlp_ray.tune.search import load_space, run_tune
 
 app = typer.Typer(
     help="Hyperparameter search (Ray Tune + Optuna + ASHA), one Ray Train run per trial."
@@ -34,10 +39,6 @@ def tune(
     """Run the search, print every trial, save (and optionally register) the best."""
     from rich.table import Table
 
-    from qlp_ray.cli.common import console, fail, get_config
-    from qlp_ray.core.errors import QLPError
-    from qlp_ray.tune.search import load_space, run_tune
-
     cfg = get_config()
     out = output or cfg.paths.runs / f"tune-best-{domain}"
     try:
@@ -46,9 +47,6 @@ def tune(
         )
         record = None
         if register:
-            from qlp_ray.models.base import base_model_id
-            from qlp_ray.registry.store import Registry
-
             if not (out / "adapter").is_dir():
                 fail("the best trial left no adapter to register")
             record = Registry(cfg).register(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qlp_ray.data.active_learning import Selection, select_batch
+from qlp_ray.route.centroid import compute_centroid
 
 if TYPE_CHECKING:
     from qlp_ray.core.config import ActiveLearningConfig
@@ -139,7 +140,6 @@ def next_to_label(
 
 def _mc_samples(pool, labelled, emb, lab_emb, domains, cfg) -> np.ndarray:
     """Per-domain centroids of every routed request's embedding, then dropout passes."""
-    from qlp_ray.route.centroid import compute_centroid
 
     all_emb = emb if lab_emb is None else np.concatenate([emb, lab_emb])
     all_dom = [r.domain for r in pool] + [r.domain for r in labelled]

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.core.jsonl import iter_jsonl
+from qlp_ray.data.format import to_prompt_completion
 from qlp_ray.evaluate import metrics as M
 
 logger = logging.getLogger(__name__)
@@ -24,14 +26,11 @@ logger = logging.getLogger(__name__)
 def load_eval_set(path: str | Path) -> list[dict[str, str]]:
     """Read a JSONL evaluation set: ``{prompt, reference}`` lines, or capsules
     (``{instruction, input, output}``, turned into the training prompt format)."""
-    from qlp_ray.core.jsonl import iter_jsonl
 
     p = Path(path)
     records = []
     for lineno, rec in iter_jsonl(p, "evaluation set"):
         if isinstance(rec, dict) and "instruction" in rec and "prompt" not in rec:
-            from qlp_ray.data.format import to_prompt_completion
-
             pc = to_prompt_completion(rec)
             rec = {"prompt": pc["prompt"], "reference": pc["completion"]}
         if not isinstance(rec, dict) or not all(

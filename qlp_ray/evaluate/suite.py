@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from qlp_ray.core.config import QLPConfig
+from qlp_ray.data.capsules import sample_path
 from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
 from qlp_ray.evaluate.report import EvaluationReport, build_report
 from qlp_ray.evaluate.runner import evaluate_model, load_eval_set
+from qlp_ray.models.base import base_model_id, load_base
+from qlp_ray.registry.store import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +63,6 @@ def run_evaluation(
     record: bool = True,
 ) -> EvaluationRun:
     """Evaluate the base model or ``adapter_id`` on ``data`` (default: held-out samples)."""
-    from qlp_ray.data.capsules import sample_path
-    from qlp_ray.models.base import base_model_id, load_base
 
     dataset = Path(data) if data is not None else sample_path(domain, "heldout")
     records = load_eval_set(dataset)[:limit] if limit else load_eval_set(dataset)
@@ -77,8 +78,6 @@ def run_evaluation(
         )
     else:
         from peft import PeftModel
-
-        from qlp_ray.registry.store import Registry
 
         rec = Registry(cfg).verify(adapter_id, version, expected_base_model=base_model_id(cfg))
         target = adapter_id

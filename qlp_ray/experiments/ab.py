@@ -34,7 +34,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from scipy import stats
 
-from qlp_ray.core.errors import InvalidRequest, NotFound
+from qlp_ray.core.config import read_yaml
+from qlp_ray.core.errors import ConfigError, InvalidRequest, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -403,8 +404,6 @@ class ExperimentBook:
 
 def load_experiment_file(path: str | Path) -> list[ExperimentSpec]:
     """Experiment specs from a YAML file with a top-level ``definitions:`` list."""
-    from qlp_ray.core.config import read_yaml
-    from qlp_ray.core.errors import ConfigError
 
     data = read_yaml(path)
     items = data.get("definitions")

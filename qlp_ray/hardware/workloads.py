@@ -26,10 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from qlp_ray.core.config import WORKLOADS
+from qlp_ray.core.config import WORKLOADS, load_config
 from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.hardware.discovery import Device
-from qlp_ray.route.embeddings import embedding_cache_dir
+from qlp_ray.models.backend import GenerationRequest
+from qlp_ray.models.base import resolve_base_path
+from qlp_ray.models.openvino_backend import OpenVINOBackend
+from qlp_ray.route import vector
+from qlp_ray.route.embeddings import embedding_cache_dir, get_embedder
+from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +89,6 @@ class WorkloadRunner:
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise InvalidRequest("'texts' must be a list of strings")
         if self._openvino:
-            from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
-
             model = self._cached(
                 ("ov_embed",),
                 lambda: OpenVINOEmbedder(
@@ -93,7 +96,6 @@ class WorkloadRunner:
                 ),
             )
             return model.encode(texts)
-        from qlp_ray.route.embeddings import get_embedder
 
         return get_embedder(self.embedding_model, self.device.target).encode(texts)
 
@@ -107,7 +109,6 @@ class WorkloadRunner:
 
     # ---------------------------------------------------------- vector search
     def _vector_search(self, payload: dict[str, Any]) -> dict[str, np.ndarray]:
-        from qlp_ray.route import vector
 
         queries = np.asarray(_require(payload, "queries"), dtype=np.float32)
         matrix = np.asarray(_require(payload, "matrix"), dtype=np.float32)
@@ -149,8 +150,6 @@ class WorkloadRunner:
     def _model_dir(self, payload: dict[str, Any]) -> str:
         if payload.get("model_dir"):
             return str(payload["model_dir"])
-        from qlp_ray.core.config import load_config
-        from qlp_ray.models.base import resolve_base_path
 
         return str(resolve_base_path(load_config()))
 
@@ -170,9 +169,6 @@ class WorkloadRunner:
         max_new = int(payload.get("max_new_tokens", 16))
         model_dir = self._model_dir(payload)
         if self._openvino:
-            from qlp_ray.models.backend import GenerationRequest
-            from qlp_ray.models.openvino_backend import OpenVINOBackend
-
             backend = self._cached(
                 ("ov_lm", model_dir, weight_format),
                 lambda: OpenVINOBackend.from_pretrained(

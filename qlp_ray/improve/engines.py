@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qlp_ray.core.errors import TrainingError
+from qlp_ray.core.runtime import connect_existing, ensure_ray
+from qlp_ray.improve.heldout import CompletionPerplexityEvaluator
 from qlp_ray.improve.orchestrator import Orchestrator, TrainedCandidate
+from qlp_ray.models.base import base_model_id
+from qlp_ray.registry.store import Registry
+from qlp_ray.route.centroid import compute_centroid
+from qlp_ray.route.embeddings import get_embedder
+from qlp_ray.store.database import FeedbackStore
 
 if TYPE_CHECKING:
     from qlp_ray.core.config import QLPConfig
@@ -23,11 +30,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def ensure_ray(cfg: QLPConfig) -> None:
+def join_or_start_ray(cfg: QLPConfig) -> None:
     """Join the running cluster (``RAY_ADDRESS`` or the demo's local one), else start an
     in-process local Ray for the training runs."""
-    from qlp_ray.core.runtime import connect_existing, ensure_ray
-
     if not connect_existing():
         ensure_ray(cfg, persistent=False)
 
@@ -40,13 +45,11 @@ class RayTrainCandidateTrainer:
 
     def train(self, domain: str, train_path: Path, heldout_path: Path) -> TrainedCandidate:
         try:
-            from qlp_ray.train.ray_train import train_adapter
+            from qlp_ray.train.ray_train import train_adapter  # lazy: loads peft, transformers
         except ImportError as exc:  # the training stage is a separate package module
             raise TrainingError(f"Ray Train stage not available: {exc}") from exc
-        from qlp_ray.route.centroid import compute_centroid
-        from qlp_ray.route.embeddings import get_embedder
 
-        ensure_ray(self.cfg)
+        join_or_start_ray(self.cfg)
         result = train_adapter(
             self.cfg, domain=domain, data_path=train_path, heldout_path=heldout_path
         )
@@ -62,10 +65,6 @@ def build_orchestrator(
     cfg: QLPConfig, *, progress: Callable[[str], None] | None = None
 ) -> Orchestrator:
     """An orchestrator on the configured store and registry with the real engines."""
-    from qlp_ray.improve.heldout import CompletionPerplexityEvaluator
-    from qlp_ray.models.base import base_model_id
-    from qlp_ray.registry.store import Registry
-    from qlp_ray.store.database import FeedbackStore
 
     return Orchestrator(
         cfg,

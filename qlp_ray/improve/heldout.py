@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qlp_ray.core.errors import AdapterLoadError, InvalidRequest
+from qlp_ray.data.format import to_prompt_completion
+from qlp_ray.models.base import load_base
 
 if TYPE_CHECKING:
     from qlp_ray.core.config import QLPConfig
@@ -33,8 +35,6 @@ class CompletionPerplexityEvaluator:
 
     def _load_base(self):
         if self._base is None:
-            from qlp_ray.models.base import load_base
-
             self._base, self._tokenizer = load_base(self.cfg)
         return self._base, self._tokenizer
 
@@ -55,8 +55,6 @@ class CompletionPerplexityEvaluator:
 
     def evaluate(self, adapter_dir: Path | None, records: list[dict]) -> dict[str, float]:
         import torch
-
-        from qlp_ray.data.format import to_prompt_completion
 
         if not records:
             raise InvalidRequest("held-out evaluation needs at least one record")

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from qlp_ray.core.errors import AdapterNotFound, InvalidRequest
+from qlp_ray.data.capsules import bundled_domains, load_capsules, sample_path
+from qlp_ray.data.label_queue import weak_area_weights
 from qlp_ray.improve.decisions import (
     VariantStats,
     idempotency_key,
@@ -118,7 +120,6 @@ class Orchestrator:
         names = list(domains or self.imp.domains or self._store_domains())
         examples = {d: self._examples(d) for d in names if d not in busy}
         new = {d: self._new_samples(d, ex) for d, ex in examples.items()}
-        from qlp_ray.data.label_queue import weak_area_weights
 
         weights = weak_area_weights(self.store.adapter_stats())
         due = {p.domain: p for p in plan_training(new, self.imp.min_new_samples, weights)}
@@ -220,8 +221,6 @@ class Orchestrator:
         half = max(1, self.imp.max_eval_examples // 2)
         records = list(ex.heldout)
         if self.imp.trusted_heldout:
-            from qlp_ray.data.capsules import bundled_domains, load_capsules, sample_path
-
             if domain in bundled_domains():
                 trusted = load_capsules(sample_path(domain, "heldout"))
                 fixed = [c.model_dump(include={"instruction", "input", "output", "domain"})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from qlp_ray.core.config import BUILTIN_TINY, QLPConfig
 from qlp_ray.core.errors import ConfigError
+from qlp_ray.models.tiny import build_tiny_model, fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +22,6 @@ def base_model_id(cfg: QLPConfig) -> str:
     """Stable id of the configured base model (the builtin one includes its fingerprint)."""
     name = cfg.model.base_model
     if name == BUILTIN_TINY:
-        from qlp_ray.models.tiny import fingerprint
-
         return f"{BUILTIN_TINY}@{fingerprint(cfg.model.tiny)}"
     if name.startswith("builtin:"):
         raise ConfigError(
@@ -35,8 +34,6 @@ def resolve_base_path(cfg: QLPConfig) -> str:
     """A path or hub id that ``from_pretrained`` accepts (building the builtin model if needed)."""
     name = cfg.model.base_model
     if name == BUILTIN_TINY:
-        from qlp_ray.models.tiny import build_tiny_model
-
         return str(build_tiny_model(cfg))
     base_model_id(cfg)  # validates builtin: names
     local = Path(name).expanduser()

@@ -36,6 +36,7 @@ from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 from qlp_ray.core.errors import AdapterLoadError, InvalidRequest
 from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationRequest, InferenceBackend
 from qlp_ray.models.batched_lora import LoRATables
+from qlp_ray.models.continuous import ContinuousDecoder
 from qlp_ray.models.lean_llama import KVCache, LeanLlama
 
 logger = logging.getLogger(__name__)
@@ -557,7 +558,6 @@ class TransformersBackend(InferenceBackend):
 
     def continuous_decoder(self) -> Any:
         """A new :class:`~qlp_ray.models.continuous.ContinuousDecoder` on this backend."""
-        from qlp_ray.models.continuous import ContinuousDecoder
 
         return ContinuousDecoder(self)
 

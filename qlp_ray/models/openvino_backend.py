@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from qlp_ray.core.errors import AdapterLoadError, InvalidRequest
+from qlp_ray.core.errors import AdapterLoadError, AdapterNotFound, InvalidRequest
 from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBackend
 
 logger = logging.getLogger(__name__)
@@ -159,8 +159,6 @@ class OpenVINOBackend(InferenceBackend):
     # --------------------------------------------------------------- inference
     def _model(self, adapter: str | None) -> Any:
         if adapter not in self._compiled:
-            from qlp_ray.core.errors import AdapterNotFound
-
             raise AdapterNotFound(f"adapter {adapter!r} is not loaded in the OpenVINO backend")
         return self._compiled[adapter]
 

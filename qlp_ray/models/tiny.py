@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from qlp_ray.core.config import QLPConfig, TinyModelConfig
+from qlp_ray.models.prompt import format_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ def corpus_files() -> list[Path]:
 
 def corpus_texts(files: list[Path] | None = None) -> list[str]:
     """One document per sample (prompt template + answer) or per paragraph of a .txt file."""
-    from qlp_ray.models.prompt import format_prompt
 
     texts: list[str] = []
     for path in files if files is not None else corpus_files():

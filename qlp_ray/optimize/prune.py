@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.train._rlhf_common import device_args
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +209,6 @@ def finetune_with_gradual_pruning(
     to ``sparsity`` (ramp over the first 75 % of steps). Returns (model, schedule history)."""
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
-
-    from qlp_ray.train._rlhf_common import device_args
 
     if not texts:
         raise InvalidRequest("gradual pruning fine-tuning needs training texts")

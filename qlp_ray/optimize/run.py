@@ -9,14 +9,15 @@ from typing import Any
 
 from qlp_ray.core.config import QLPConfig
 from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.data.capsules import load_capsules, sample_path
+from qlp_ray.data.format import to_prompt_completion
+from qlp_ray.models.base import load_base
 from qlp_ray.optimize.compare import METHODS, OptimizationReport, optimize_and_compare
 
 logger = logging.getLogger(__name__)
 
 
 def _texts(path: Path, limit: int) -> list[str]:
-    from qlp_ray.data.capsules import load_capsules
-    from qlp_ray.data.format import to_prompt_completion
 
     out = []
     for capsule in load_capsules(path)[:limit]:
@@ -40,8 +41,6 @@ def run_optimization(
     as ``optimization.json``; int8 models are measured but not saved, since
     their packed weights have no safetensors format.
     """
-    from qlp_ray.data.capsules import sample_path
-    from qlp_ray.models.base import load_base
 
     oc = cfg.optimize
     method = method or oc.method

@@ -19,10 +19,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from qlp_ray.core.errors import SignatureError
+from qlp_ray.store.database import FeedbackStore, resolve_store_url
 
 if TYPE_CHECKING:
     from qlp_ray.core.config import QLPConfig
-    from qlp_ray.store.database import FeedbackStore
     from qlp_ray.store.records import EventRecord
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,6 @@ class RegistryAudit:
 
 @functools.lru_cache(maxsize=8)
 def _store_for(url: str, synchronous: str, busy_timeout_ms: int) -> FeedbackStore:
-    from qlp_ray.store.database import FeedbackStore
 
     return FeedbackStore(url, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
 
@@ -88,7 +87,6 @@ def audit_for(cfg: QLPConfig) -> RegistryAudit | None:
     """The audit log of this config's feedback store (``None`` when ``store.audit`` is off)."""
     if not cfg.store.audit:
         return None
-    from qlp_ray.store.database import resolve_store_url
 
     store = _store_for(
         resolve_store_url(cfg), cfg.store.sqlite_synchronous, cfg.store.busy_timeout_ms

@@ -18,6 +18,7 @@ from typing import Any
 
 from qlp_ray.core.config import QLPConfig
 from qlp_ray.core.errors import AdapterNotFound, InvalidRequest, SignatureError
+from qlp_ray.registry.audit import audit_for
 from qlp_ray.registry.local import ADAPTER_ID_PATTERN, open_storage
 from qlp_ray.registry.manifest import (
     MANIFEST_FILE,
@@ -28,6 +29,7 @@ from qlp_ray.registry.manifest import (
     canonical_json,
     hash_files,
 )
+from qlp_ray.registry.s3 import open_s3_storage
 from qlp_ray.registry.signing import (
     UnsignedAdapter,
     load_signing_key,
@@ -103,13 +105,9 @@ class Registry:
     ) -> None:
         self.cfg = cfg
         if storage is None and cfg.registry_uri.startswith("s3://"):
-            from qlp_ray.registry.s3 import open_s3_storage
-
             storage = open_s3_storage(cfg.registry_uri, cfg)
         self.storage = storage if storage is not None else open_storage(cfg.registry_uri)
         if audit == "config":  # the audit log / rollback guard of the feedback store
-            from qlp_ray.registry.audit import audit_for
-
             audit = audit_for(cfg)
         self.audit = audit
 

@@ -23,8 +23,12 @@ from typing import Any
 import numpy as np
 
 from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.core.jsonl import iter_jsonl
+from qlp_ray.route.augment import title_like
 from qlp_ray.route.centroid import compute_centroid
-from qlp_ray.route.folds import group_kfold
+from qlp_ray.route.domain_priors import prior_examples
+from qlp_ray.route.embeddings import get_embedder, resolve_model_dir
+from qlp_ray.route.folds import calibration_folds, group_kfold
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +48,6 @@ def load_routing_data(path: str | Path) -> list[RoutingExample]:
     The group is the repository part of ``source`` (``owner/repo`` of ``owner/repo#12``); rows
     without a source are each their own group.
     """
-    from qlp_ray.core.jsonl import iter_jsonl
 
     p = Path(path)
     rows = []
@@ -117,7 +120,6 @@ def cached_encoder(model: str, cache_dir: Path) -> Callable[[Sequence[str]], np.
     The cache key is the model directory plus the names and sizes of its weight files, so a
     different (e.g. fine-tuned) model never reads another model's vectors.
     """
-    from qlp_ray.route.embeddings import get_embedder, resolve_model_dir
 
     model_dir = resolve_model_dir(model)
     weights = sorted(model_dir.glob("*.safetensors"))
@@ -250,8 +252,6 @@ def auxiliary_examples(
     domains: Sequence[str], opts: LearnedOptions
 ) -> tuple[list[str], list[str], np.ndarray]:
     """``(texts, domains, weights)`` of the priors and bundled samples for ``domains``."""
-    from qlp_ray.route.augment import title_like
-    from qlp_ray.route.domain_priors import prior_examples
 
     texts: list[str] = []
     labels: list[str] = []
@@ -273,15 +273,14 @@ def make_tuner(embedding_model: str, opts: LearnedOptions):
     """A :class:`TopLayerTuner` on the configured embedding model, or None if not fine-tuning."""
     if not opts.finetune:
         return None
-    from qlp_ray.route.embeddings import resolve_model_dir
-    from qlp_ray.route.finetune import TopLayerTuner
+    from qlp_ray.route.finetune import TopLayerTuner  # lazy: loads torch
 
     return TopLayerTuner(resolve_model_dir(embedding_model), _tune_config(opts).n_layers)
 
 
 def _tune_config(opts: LearnedOptions):
     """The :class:`~qlp_ray.route.finetune.TuneConfig` of ``opts``' fine-tune objective."""
-    from qlp_ray.route.finetune import TuneConfig
+    from qlp_ray.route.finetune import TuneConfig  # lazy: loads torch
 
     if opts.finetune_objective == "supcon":
         return TuneConfig(
@@ -315,15 +314,14 @@ def _fit(
     embedding_model: str = "",
     tuner=None,
 ):
-    from qlp_ray.route.learned import GatingTrainConfig, fit_learned_router
+    from qlp_ray.route.learned import GatingTrainConfig, fit_learned_router  # lazy: loads torch
 
     aux_t, aux_d, aux_w = aux
     featurize = None
     if tuner is not None:
-        from qlp_ray.route.finetune import fold_featurizer
+        from qlp_ray.route.finetune import fold_featurizer  # lazy: loads torch
 
         cfg = _tune_config(opts)
-        from qlp_ray.route.domain_priors import prior_examples
 
         n_priors = len(prior_examples(sorted(set(aux_d)))[0]) if opts.use_priors else 0
         aux_is_prior = [i < n_priors for i in range(len(aux_t))]  # priors come first
@@ -376,8 +374,6 @@ def train_learned(
     aux_x = encode(aux[0]) if aux[0] else None
     tuner = make_tuner(embedding_model, opts)
     if tuner is not None and progress is not None:
-        from qlp_ray.route.folds import calibration_folds
-
         calib = calibration_folds([e.group for e in examples], opts.calib_folds)
         fits = 1 + (calib if opts.finetune_in_calibration else 0)
         tuner.on_step = lambda step, steps: progress(tuner.fits, fits, step, steps)

@@ -28,7 +28,7 @@ from torch import nn
 
 from qlp_ray.core.errors import ConfigError, InvalidRequest
 from qlp_ray.route.centroid import RouteDecision
-from qlp_ray.route.folds import calibration_folds
+from qlp_ray.route.folds import calibration_folds, group_kfold
 from qlp_ray.route.knn import KnnHead
 from qlp_ray.route.lexical import LexicalClassifier, train_lexical
 
@@ -367,7 +367,6 @@ def fit_learned_router(
     ``head="knn"`` scores embeddings by their nearest labelled rows (auxiliary examples then
     reach the router only through the embedder and the lexical model) instead of the MLP.
     """
-    from qlp_ray.route.folds import group_kfold
 
     cfg = cfg or GatingTrainConfig()
     labels = sorted(set(domains) | set(extra_domains))

@@ -40,6 +40,12 @@ import numpy as np
 from qlp_ray.core.errors import ConfigError
 from qlp_ray.route.embeddings import resolve_model_dir
 from qlp_ray.route.openvino_ir import export_into_place, run_in_waves
+from qlp_ray.route.packed_encoder import (
+    PACKED_MIN_COSINE,
+    PROBE_TEXTS,
+    PackedRunner,
+    cached_packed_ir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -235,12 +241,6 @@ class OpenVINOEmbedder:
     def _packed_runner(self, core: Any, config: dict[str, Any]) -> Any:
         """The packed graph, compiled like the padded one, if it exists for this model and
         gives the padded graph's vectors on the probe texts; else ``None`` (padded)."""
-        from qlp_ray.route.packed_encoder import (
-            PACKED_MIN_COSINE,
-            PROBE_TEXTS,
-            PackedRunner,
-            cached_packed_ir,
-        )
 
         try:
             path = cached_packed_ir(self.model_dir, self.ir_dir)

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from qlp_ray.route.openvino_ir import export_into_place, run_in_waves
+
 logger = logging.getLogger(__name__)
 
 PACKED_DIR = "packed-1"  # beside the padded IR; bump the number when the packed graph changes
@@ -159,7 +161,6 @@ def cached_packed_ir(model_dir: Path, ir_dir: Path) -> Path | None:
     """The packed IR in ``ir_dir/<PACKED_DIR>`` (exported on first use), or ``None`` when
     the model cannot be packed. The export goes to a temporary directory renamed into
     place, so concurrent processes never read half an export or mix two."""
-    from qlp_ray.route.openvino_ir import export_into_place
 
     target = export_into_place(
         ir_dir / PACKED_DIR, PACKED_META_FILE, lambda out: export_packed_ir(model_dir, out)
@@ -181,7 +182,6 @@ class PackedRunner:
 
     def encode(self, seqs: Sequence[Sequence[int]], dim: int) -> np.ndarray:
         """Unit-norm mean embeddings of token id sequences, in their order (caller locks)."""
-        from qlp_ray.route.openvino_ir import run_in_waves
 
         lengths = [len(s) for s in seqs]
         out = np.empty((len(seqs), dim), dtype=np.float32)

@@ -8,18 +8,21 @@ import time
 import httpx
 from ray import serve
 
-from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.config import QLPConfig, load_config
 from qlp_ray.core.errors import QLPError
+from qlp_ray.core.runtime import connect_existing, ensure_ray
+from qlp_ray.serve.external import check_external_pricing
+from qlp_ray.serve.gateway import gateway_deployment
 
 logger = logging.getLogger(__name__)
 
 
 def build_app(cfg: QLPConfig) -> serve.Application:
     """The bound application; the config travels to every deployment as a plain dict."""
-    from qlp_ray.serve.compositor import compositor_deployment
-    from qlp_ray.serve.external import check_external_pricing
-    from qlp_ray.serve.gateway import gateway_deployment
-    from qlp_ray.serve.router import router_deployment
+    from qlp_ray.serve.compositor import (
+        compositor_deployment,  # lazy: loads peft, torch, transformers
+    )
+    from qlp_ray.serve.router import router_deployment  # lazy: loads torch
 
     check_external_pricing(cfg)  # a clear error here rather than a failing replica
     config = cfg.model_dump(mode="json")
@@ -35,7 +38,6 @@ def app_builder(args: dict[str, str]) -> serve.Application:
     ``args`` may name a YAML file (``config: path``); otherwise the defaults, ``QLP_*``
     environment variables and ``QLP_CONFIG`` apply, exactly as for the CLI.
     """
-    from qlp_ray.core.config import load_config
 
     return build_app(load_config(args.get("config") if args else None))
 
@@ -64,7 +66,6 @@ def wait_healthy(url: str, timeout_s: float) -> None:
 
 def deploy(cfg: QLPConfig, *, persistent: bool = True) -> str:
     """Start Serve HTTP on ``serve.host:port``, run the app, wait until healthy; returns its URL."""
-    from qlp_ray.core.runtime import ensure_ray
 
     ensure_ray(cfg, persistent=persistent)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
@@ -84,7 +85,6 @@ def deploy(cfg: QLPConfig, *, persistent: bool = True) -> str:
 
 def shutdown(cfg: QLPConfig) -> bool:
     """Delete the app; stop Serve when no other application is left. False if none ran."""
-    from qlp_ray.core.runtime import connect_existing
 
     if not connect_existing():
         return False

@@ -31,22 +31,23 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray import serve
 
 from qlp_ray.core.config import QLPConfig
 from qlp_ray.core.errors import ConfigError, InvalidRequest, Overloaded, QLPError
 from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationRequest, InferenceBackend
+from qlp_ray.models.base import base_model_id, load_base, resolve_base_path
 from qlp_ray.models.composition import AdapterStack, is_stack, parse_multiplex_id, parse_stack
 from qlp_ray.models.hf_backend import TransformersBackend
+from qlp_ray.models.openvino_backend import OpenVINOBackend
+from qlp_ray.models.vllm_backend import VLLMBackend, vllm_unavailable_reason
+from qlp_ray.registry.store import Registry
 from qlp_ray.serve.admission import deployment_limits
 from qlp_ray.serve.batching import BatchMerger, StepMerger
-from qlp_ray.serve.composition import AdapterLease
-
-if TYPE_CHECKING:
-    from qlp_ray.serve.composition import StackComposer
-    from qlp_ray.serve.swap_board import SwapBoard
+from qlp_ray.serve.composition import AdapterLease, PrefetchQueue, StackComposer
+from qlp_ray.serve.swap_board import Ack, SwapBoard, board_dir
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,6 @@ class Compositor:
     """Serve deployment: generates with the base model or a multiplexed, verified adapter."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from qlp_ray.models.base import base_model_id
-        from qlp_ray.registry.store import Registry
-        from qlp_ray.serve.composition import PrefetchQueue
 
         self.cfg = QLPConfig.model_validate(config)
         t0 = time.perf_counter()
@@ -91,7 +89,6 @@ class Compositor:
 
     # -- stacks, prefetch, swap -----------------------------------------------------
     def _make_stack_composer(self) -> StackComposer | None:
-        from qlp_ray.serve.composition import StackComposer
 
         if not isinstance(self.backend, TransformersBackend):
             return None  # stacks are PEFT add_weighted_adapter compositions
@@ -178,7 +175,6 @@ class Compositor:
 
     def _follow_swap_board(self) -> None:
         """Answer the swap board's notices from now on (polled every ``swap_poll_s``)."""
-        from qlp_ray.serve.swap_board import SwapBoard, board_dir
 
         self._board = SwapBoard(board_dir(self.cfg.paths.root, self.cfg.serve.app_name))
         try:  # a replica's constructor runs on its event loop
@@ -198,7 +194,6 @@ class Compositor:
     async def answer_swap_board(self) -> int:
         """Do the work of every notice this replica has not answered yet, acknowledge
         each; returns how many were answered."""
-        from qlp_ray.serve.swap_board import Ack
 
         board = self._board
         if board is None:
@@ -340,11 +335,8 @@ class Compositor:
 
 def create_backend(cfg: QLPConfig) -> InferenceBackend:
     """The inference backend named by ``serve.backend`` on the configured base model."""
-    from qlp_ray.models.base import load_base, resolve_base_path
 
     if cfg.serve.backend == "vllm":
-        from qlp_ray.models.vllm_backend import VLLMBackend, vllm_unavailable_reason
-
         reason = vllm_unavailable_reason()  # before building/loading any base model
         if reason is not None:
             raise ConfigError(f"`serve.backend` is 'vllm' but {reason}")
@@ -357,8 +349,6 @@ def create_backend(cfg: QLPConfig) -> InferenceBackend:
         )
     model, tokenizer = load_base(cfg)
     if cfg.serve.backend == "openvino":
-        from qlp_ray.models.openvino_backend import OpenVINOBackend
-
         return OpenVINOBackend(
             model,
             tokenizer,

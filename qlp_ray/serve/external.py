@@ -32,7 +32,7 @@ from qlp_ray.core.errors import (
     Overloaded,
     RateLimited,
 )
-from qlp_ray.serve.telemetry.cost import external_label, price_entry
+from qlp_ray.serve.telemetry.cost import PriceTable, external_label, price_entry
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ def check_external_pricing(cfg: QLPConfig, prices: Any = None) -> None:
     """With an external fallback, its price entry must exist and be an external one."""
     if cfg.router.fallback != "external":
         return
-    from qlp_ray.serve.telemetry.cost import PriceTable
 
     table = prices if prices is not None else PriceTable.load()
     name = price_entry(cfg)

@@ -20,8 +20,12 @@ from ray.serve.handle import DeploymentHandle
 
 from qlp_ray.core.config import QLPConfig
 from qlp_ray.core.errors import AuthenticationError, QLPError
+from qlp_ray.data.format import chat_to_prompt, routing_text
+from qlp_ray.models.base import base_model_id
+from qlp_ray.registry.store import Registry
 from qlp_ray.serve.admission import AdmissionLimiter, AdmissionMiddleware, deployment_limits
-from qlp_ray.serve.experiment_hook import ExperimentOutcomeMiddleware
+from qlp_ray.serve.experiment_hook import ExperimentOutcomeMiddleware, GatewayExperiments
+from qlp_ray.serve.external import external_fallback
 from qlp_ray.serve.http.auth import ADMIN_PREFIXES, KEY_MESSAGE, check_api_key, key_matches
 from qlp_ray.serve.http.errors import install_error_handlers, qlp_error_response, unwrap
 from qlp_ray.serve.http.protocol import (
@@ -44,8 +48,11 @@ from qlp_ray.serve.http.routes_experiments import router as experiments_router
 from qlp_ray.serve.http.routes_improve import router as improve_routes_router
 from qlp_ray.serve.http.routes_jobs import router as jobs_router
 from qlp_ray.serve.http.routes_routing import router as routing_router
+from qlp_ray.serve.local_router import InProcessRouter
 from qlp_ray.serve.model_table import ModelTable, Target
+from qlp_ray.serve.route_client import CoalescingRouter
 from qlp_ray.serve.telemetry.cost import external_label
+from qlp_ray.serve.telemetry.recording import RequestRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -87,19 +94,12 @@ class Gateway:
         router: DeploymentHandle | None,
         compositor: DeploymentHandle,
     ) -> None:
-        from qlp_ray.models.base import base_model_id
-        from qlp_ray.registry.store import Registry
-        from qlp_ray.serve.external import external_fallback
 
         self.cfg = QLPConfig.model_validate(config)
         self.external = external_fallback(self.cfg)  # None unless router.fallback: external
         if router is None:  # router.placement: gateway, same call shape as the handle
-            from qlp_ray.serve.local_router import InProcessRouter
-
             router = InProcessRouter(config)
         elif self.cfg.router.coalesce_calls:  # concurrent routing calls travel together
-            from qlp_ray.serve.route_client import CoalescingRouter
-
             router = CoalescingRouter(router, self.cfg.router.max_batch_size)
         self.router = router
         self.compositor = compositor
@@ -114,10 +114,8 @@ class Gateway:
             max_stack_size=self.cfg.serve.max_stack_size,
             poll_s=self.cfg.router.generation_poll_s,
         )  # fmt: skip
-        from qlp_ray.serve.telemetry.recording import RequestRecorder
 
         self.recorder = RequestRecorder(self.cfg, self.base_model)
-        from qlp_ray.serve.experiment_hook import GatewayExperiments
 
         self.experiments = GatewayExperiments(self.cfg, self.recorder.store)
 
@@ -219,7 +217,6 @@ class Gateway:
     async def completions(
         self, body: CompletionRequest, request: Request, response: Response
     ) -> CompletionResponse:
-        from qlp_ray.data.format import routing_text
 
         t0 = time.perf_counter()
         prompt = str(body.prompt)
@@ -240,7 +237,6 @@ class Gateway:
     async def chat_completions(
         self, body: ChatCompletionRequest, request: Request, response: Response
     ) -> ChatCompletionResponse:
-        from qlp_ray.data.format import chat_to_prompt, routing_text
 
         t0 = time.perf_counter()
         prompt = chat_to_prompt(body.messages)

@@ -37,7 +37,7 @@ class InProcessRouter:
     """A router living in this process behind the deployment-handle call shape."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from qlp_ray.serve.router import RouterDeployment
+        from qlp_ray.serve.router import RouterDeployment  # lazy: loads ray, torch
 
         self.router = RouterDeployment(config, encode_in_thread=True)
 

@@ -29,9 +29,13 @@ from ray import serve
 
 from qlp_ray.core.config import QLPConfig
 from qlp_ray.core.errors import QLPError
+from qlp_ray.models.base import base_model_id
 from qlp_ray.registry.generation import GenerationWatch
+from qlp_ray.registry.store import Registry
 from qlp_ray.route.centroid import CentroidRouter, RouteEntry
-from qlp_ray.route.learned import targets_by_domain
+from qlp_ray.route.embeddings import embedding_cache_dir, get_embedder
+from qlp_ray.route.learned import LearnedRouter, targets_by_domain
+from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
 from qlp_ray.route.stacking import RouteTarget, StackPolicy, decide
 from qlp_ray.serve.admission import deployment_limits
 from qlp_ray.serve.telemetry.metrics import record_route
@@ -86,16 +90,12 @@ class RouterDeployment:
     """Serve deployment wrapping the embedder and a :class:`CentroidRouter`."""
 
     def __init__(self, config: dict[str, Any], *, encode_in_thread: bool = False) -> None:
-        from qlp_ray.models.base import base_model_id
-        from qlp_ray.registry.store import Registry
 
         self.cfg = QLPConfig.model_validate(config)
         self.mode = self.cfg.router.mode
         self._learned = None
         embedding_model = self.cfg.router.embedding_model
         if self.mode == "learned":
-            from qlp_ray.route.learned import LearnedRouter
-
             path = self.cfg.router.learned_path(self.cfg.paths.root)
             self._learned = LearnedRouter.load(path)  # ConfigError names the missing files
             logger.info("learned router from %s: domains %s", path, self._learned.labels)
@@ -264,11 +264,7 @@ def router_embedder(cfg: QLPConfig, model: str | None = None) -> Any:
     r = cfg.router
     model = model or r.embedding_model
     if r.embedding_backend == "torch":
-        from qlp_ray.route.embeddings import get_embedder
-
         return get_embedder(model)
-    from qlp_ray.route.embeddings import embedding_cache_dir
-    from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
 
     return OpenVINOEmbedder(
         model,

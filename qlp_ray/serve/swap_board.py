@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qlp_ray.core import errors
+
 logger = logging.getLogger(__name__)
 
 NOTICE_SUFFIX = ".notice.json"
@@ -164,7 +166,6 @@ async def broadcast(
 
 def raise_first_error(acks: Iterable[Ack]) -> None:
     """Re-raise the first replica error among ``acks`` as its ``QLPError`` class."""
-    from qlp_ray.core import errors
 
     for ack in acks:
         if ack.error is not None:

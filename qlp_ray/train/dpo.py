@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.core.jsonl import iter_jsonl
 from qlp_ray.train._rlhf_common import RunOptions, sequence_logprob
 from qlp_ray.train.rewards import FeedbackEvent, feedback_rewards
 
@@ -33,7 +34,6 @@ class PreferencePair:
 
 def load_pairs_jsonl(path: str | Path) -> list[PreferencePair]:
     """Read ``{prompt, chosen, rejected}`` lines; errors name the file and line."""
-    from qlp_ray.core.jsonl import iter_jsonl
 
     p = Path(path)
     pairs = []

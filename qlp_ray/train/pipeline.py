@@ -8,7 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qlp_ray.core.config import QLPConfig
+from qlp_ray.data.capsules import file_sha256
+from qlp_ray.models.base import base_model_id
 from qlp_ray.registry import AdapterRecord, Registry, validate_adapter_id
+from qlp_ray.route.centroid import compute_centroid
+from qlp_ray.route.embeddings import get_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +29,6 @@ METRIC_KEYS = (
 
 def training_centroid(cfg: QLPConfig, texts: list[str]) -> list[float]:
     """Unit-length mean embedding of the training prompts (what the router compares with)."""
-    from qlp_ray.route.centroid import compute_centroid
-    from qlp_ray.route.embeddings import get_embedder
 
     embedder = get_embedder(cfg.router.embedding_model)
     return [float(x) for x in compute_centroid(embedder.encode(texts))]
@@ -51,9 +53,10 @@ def train_and_register(
     training file), ``metrics``, ``train_config``, the routing ``centroid`` and, for
     AdaLoRA, the final ``rank_pattern``. ``progress`` receives short stage messages.
     """
-    from qlp_ray.data.capsules import file_sha256
-    from qlp_ray.models.base import base_model_id
-    from qlp_ray.train.ray_train import effective_train_config, train_adapter
+    from qlp_ray.train.ray_train import (  # lazy: loads peft, transformers
+        effective_train_config,
+        train_adapter,
+    )
 
     def say(message: str) -> None:
         logger.info("%s", message)

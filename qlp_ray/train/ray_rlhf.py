@@ -27,6 +27,10 @@ from typing import Any, Literal
 
 from qlp_ray.core.errors import InvalidRequest, TrainingError
 from qlp_ray.train._rlhf_common import RunOptions
+from qlp_ray.train.distill import train_distill
+from qlp_ray.train.dpo import train_dpo
+from qlp_ray.train.rl import train_rl
+from qlp_ray.train.sft_trial import train_sft_lora
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +182,6 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
             **opts.method_kwargs,
         )
         if method == "dpo":
-            from qlp_ray.train.dpo import train_dpo
-
             res = train_dpo(
                 model,
                 tokenizer,
@@ -188,8 +190,6 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 **common,
             )
         elif method in ("grpo", "rloo"):
-            from qlp_ray.train.rl import train_rl
-
             res = train_rl(
                 model,
                 tokenizer,
@@ -199,8 +199,6 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 **common,
             )
         elif method == "sft":  # the tuning trial (qlp_ray.tune)
-            from qlp_ray.train.sft_trial import train_sft_lora
-
             res = train_sft_lora(
                 model,
                 tokenizer,
@@ -209,8 +207,6 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 **common,
             )
         elif method == "distill":
-            from qlp_ray.train.distill import train_distill
-
             teacher = AutoModelForCausalLM.from_pretrained(
                 config["teacher_path"], dtype=torch.float32
             )

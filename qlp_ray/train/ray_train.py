@@ -24,7 +24,11 @@ from pydantic import ValidationError
 
 from qlp_ray.core.config import QLPConfig, TrainConfig
 from qlp_ray.core.errors import ConfigError, InvalidRequest, TrainingError
-from qlp_ray.train.sft import ADAPTER_FILES
+from qlp_ray.data.capsules import load_capsules
+from qlp_ray.data.format import routing_text, to_prompt_completion
+from qlp_ray.models.base import resolve_base_path
+from qlp_ray.train.peft_setup import build_peft_config
+from qlp_ray.train.sft import ADAPTER_FILES, run_sft
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +76,6 @@ def effective_train_config(
 
 
 def _load(path: Path, domain: str, what: str) -> list[Any]:
-    from qlp_ray.data.capsules import load_capsules
 
     try:
         capsules = load_capsules(path)
@@ -156,8 +159,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     from ray.train.huggingface.transformers import prepare_trainer
 
-    from qlp_ray.train.sft import run_sft
-
     rank = ray.train.get_context().get_world_rank()
     train_cfg = TrainConfig.model_validate(config["train"])
     reporter = _ray_report_callback()
@@ -209,10 +210,6 @@ def train_adapter(
     """Train one adapter for ``domain`` on Ray Train; return its directory and metrics."""
     from ray.train import RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
-
-    from qlp_ray.data.format import routing_text, to_prompt_completion
-    from qlp_ray.models.base import resolve_base_path
-    from qlp_ray.train.peft_setup import build_peft_config
 
     train_cfg = effective_train_config(cfg, method=method, workers=workers, steps=steps)
     build_peft_config(train_cfg, train_cfg.steps)  # fail here, not in every worker

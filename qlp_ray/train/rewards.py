@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.train._rlhf_common import device_args
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +222,6 @@ def train_reward_model(
     (objects with ``prompt``/``chosen``/``rejected``); returns the model in eval mode."""
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
-
-    from qlp_ray.train._rlhf_common import device_args
 
     if not pairs:
         raise InvalidRequest("reward model training needs at least one preference pair")

@@ -21,6 +21,7 @@ from qlp_ray.core.errors import TrainingError
 from qlp_ray.train.peft_setup import (
     AdaLoraAllocateCallback,
     build_peft_config,
+    qlora_quantization_config,
     rank_pattern,
     unwrap_peft_model,
 )
@@ -198,8 +199,6 @@ def run_sft(
     torch.manual_seed(train_cfg.seed)
     if train_cfg.method == "qlora":  # build_peft_config checked CUDA + bitsandbytes
         from peft import prepare_model_for_kbit_training
-
-        from qlp_ray.train.peft_setup import qlora_quantization_config
 
         model = AutoModelForCausalLM.from_pretrained(
             str(base_path), quantization_config=qlora_quantization_config(), device_map={"": 0}

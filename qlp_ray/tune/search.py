@@ -19,6 +19,10 @@ from typing import Any
 
 from qlp_ray.core.config import QLPConfig, read_yaml
 from qlp_ray.core.errors import ConfigError, InvalidRequest, TrainingError
+from qlp_ray.data.capsules import load_capsules, sample_path
+from qlp_ray.data.format import to_prompt_completion
+from qlp_ray.models.base import resolve_base_path
+from qlp_ray.train.ray_rlhf import RLHFOptions, rlhf_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +68,6 @@ def load_space(path: str | Path) -> dict[str, Any]:
 
 
 def _trial_options(cfg: QLPConfig, params: dict[str, Any]) -> Any:
-    from qlp_ray.train.ray_rlhf import RLHFOptions
 
     t = cfg.tune
     modules = params.get("target_modules", ",".join(cfg.train.target_modules))
@@ -101,8 +104,6 @@ def make_trainable(
         from ray.train import CheckpointConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
         from ray.tune.integration.ray_train import TuneReportCallback
-
-        from qlp_ray.train.ray_rlhf import rlhf_loop_per_worker
 
         trial = ray.tune.get_context().get_trial_id()
         trainer = TorchTrainer(
@@ -153,15 +154,10 @@ def run_tune(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from qlp_ray.models.base import resolve_base_path
-
     n = trials or cfg.tune.trials
     if n < 1:
         raise InvalidRequest(f"trials must be >= 1, got {n}")
     if records is None or eval_records is None:
-        from qlp_ray.data.capsules import load_capsules, sample_path
-        from qlp_ray.data.format import to_prompt_completion
-
         records = [to_prompt_completion(c) for c in load_capsules(sample_path(domain, "train"))]
         eval_records = [
             to_prompt_completion(c) for c in load_capsules(sample_path(domain, "heldout"))

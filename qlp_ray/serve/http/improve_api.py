@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from qlp_ray.core.errors import QLPError
+from qlp_ray.data.label_queue import next_to_label
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,7 +61,6 @@ def improve_router(
 
     @router.get("/v1/admin/label-queue")
     def label_queue(k: int = Query(10, ge=1, le=1000), method: str | None = None) -> Any:
-        from qlp_ray.data.label_queue import next_to_label
 
         try:
             items = next_to_label(store, embed, al_cfg, k=k, method=method)

@@ -41,9 +41,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from qlp_ray.core.errors import (
     InvalidRequest,
 )
-from qlp_ray.models.composition import is_stack
+from qlp_ray.models.composition import is_stack, parse_multiplex_id
 from qlp_ray.serve.http.auth import require_admin
 from qlp_ray.serve.http.errors import await_remote
+from qlp_ray.serve.swap_board import SwapBoard, board_dir, broadcast, raise_first_error
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,6 @@ async def prefetch(body: PrefetchRequest, request: Request) -> dict[str, Any]:
 
 
 def _parse_swap(body: SwapRequest) -> tuple[str, int | None, int]:
-    from qlp_ray.models.composition import parse_multiplex_id
 
     adapter_id, old_version = parse_multiplex_id(body.old)
     new_id, new_version = parse_multiplex_id(body.new)
@@ -175,7 +175,6 @@ async def _on_compositors(gateway: Any, kind: str, **args: Any) -> tuple[list[st
     """``warm`` or ``invalidate`` (one handle call with one replica) or ``prefetch`` (only
     called with several) on the compositor, through the swap board with several replicas;
     returns what was done (in order, once each) and how many replicas acknowledged."""
-    from qlp_ray.serve.swap_board import SwapBoard, board_dir, broadcast, raise_first_error
 
     s = gateway.cfg.serve
     if s.compositor_replicas == 1:

@@ -27,7 +27,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from qlp_ray.core.config import DOMAINS, QLPConfig
-from qlp_ray.core.errors import InvalidRequest, NotFound, Overloaded
+from qlp_ray.core.errors import AdapterNotFound, InvalidRequest, NotFound, Overloaded
+from qlp_ray.core.jobs import JobsClient, dashboard_address
+from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
+from qlp_ray.registry.store import Registry
 from qlp_ray.serve.http.auth import require_admin
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
@@ -83,7 +86,6 @@ def _cfg(request: Request) -> QLPConfig:
 
 def _jobs_client(cfg: QLPConfig) -> Any:
     """A ``JobsClient`` on ``jobs.dashboard_address``; 503 when the Jobs API is unreachable."""
-    from qlp_ray.core.jobs import JobsClient, dashboard_address
 
     address = dashboard_address(cfg.jobs.dashboard_address or None)
     try:
@@ -118,8 +120,6 @@ def _domain_of(cfg: QLPConfig, model: str) -> tuple[str, str | None]:
     """(domain, adapter id) of ``model``: a domain, or a registered adapter (retrained)."""
     if model in DOMAINS:
         return model, None
-    from qlp_ray.core.errors import AdapterNotFound
-    from qlp_ray.registry.store import Registry
 
     try:
         record = Registry(cfg).get(model)
@@ -243,7 +243,6 @@ async def evaluation_leaderboard(
     limit: int = Query(10, ge=1, le=1000),
 ) -> dict[str, Any]:
     """The best evaluation of each adapter, ranked by ``metric``."""
-    from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
 
     if domain is not None:
         _check_domain(domain)

@@ -18,6 +18,7 @@ import threading
 from typing import Any
 
 from qlp_ray.core.config import QLPConfig
+from qlp_ray.route.embeddings import get_embedder
 from qlp_ray.serve.telemetry import metrics
 from qlp_ray.serve.telemetry.analytics import Analytics
 from qlp_ray.serve.telemetry.cost import CostLedger, PriceTable, external_label, price_entry
@@ -69,7 +70,6 @@ class RequestRecorder:
 
     def embed(self, texts: list[str]) -> Any:
         """Prompt embeddings for the label queue (the router's encoder, loaded lazily)."""
-        from qlp_ray.route.embeddings import get_embedder
 
         if self._embedder is None:
             self._embedder = get_embedder(self.cfg.router.embedding_model)
