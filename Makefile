@@ -24,13 +24,13 @@ demo: setup
 	$(VENV)/bin/qlp demo $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m pytest -q -ra --timeout=900 --durations=15 tests/unit tests/integration tests/e2e
+	$(PY) -m pytest -q -ra --timeout=900 --durations=25 tests
 
 test-unit: setup
-	$(PY) -m pytest -q -ra tests/unit
+	$(PY) -m pytest -q -ra -m "not integration" tests
 
 test-integration: setup
-	$(PY) -m pytest -q -ra tests/integration tests/e2e
+	$(PY) -m pytest -q -ra -m integration tests
 
 lint: setup
 	$(VENV)/bin/ruff check .
