@@ -35,6 +35,7 @@ test-integration: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-logo  # layer contracts in pyproject.toml
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
