@@ -24,7 +24,7 @@ Only plain Llama is taken (``model_type`` llama, SiLU MLP, no attention or MLP b
 ``pretraining_tp`` 1); anything else returns ``None`` from :meth:`LeanLlama.build` and keeps
 the transformers forward. Adapters with a LoRA on any other module (embeddings,
 ``lm_head``) are listed in :attr:`LeanLlama.unsupported`. Results match the transformers
-forward to float rounding (tests/unit/test_lean_llama.py).
+forward to float rounding (tests/models/test_lean_llama.py).
 """
 
 from __future__ import annotations

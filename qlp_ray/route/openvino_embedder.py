@@ -12,7 +12,7 @@ IR keeps fp32 weights. CPU inference runs in bf16 where the CPU has native bf16
 (``precision="auto"``, AVX512-BF16 / AMX) and in f32 elsewhere; bf16 keeps cosine >= 0.9999
 to the torch embeddings and the same routing decisions on ``dev.jsonl`` (but for a title
 whose cosine sits within the rounding of the threshold: 1 of 178 on an AMX CPU) at about
-0.6x the f32 latency (see ``tests/unit/test_openvino_embedder.py`` and
+0.6x the f32 latency (see ``tests/route/test_openvino_embedder.py`` and
 ``benchmarks/router_latency.py``).
 
 Batches are tokenized without padding, sorted by length and run in chunks padded only to
