@@ -27,6 +27,7 @@ from qlp_ray.cli import (
     train,
     tune,
 )
+from qlp_ray.cli import config as config_group
 from qlp_ray.cli.common import err_console, state
 from qlp_ray.core.errors import QLPError
 
@@ -75,5 +76,6 @@ for _module, _group in [
     (eval, "eval"),
     (optimize, "optimize"),
     (tune, "tune"),
+    (config_group, "config"),
 ]:
     app.add_typer(_module.app, name=_group)

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qlp_ray.core.config import REPO_ROOT
 from qlp_ray.core.errors import InvalidRequest, NotFound
+from qlp_ray.core.paths import source_checkout
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,11 @@ def qlp_entrypoint(args: Sequence[str], *, python: str | None = None) -> str:
 def _runtime_env(extra_env: dict[str, str] | None) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k.startswith("QLP_")}
     env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    # the package may run from a checkout rather than an install
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
-    )
+    # a source checkout (not installed) reaches the job's workers through PYTHONPATH
+    root = source_checkout()
+    pythonpath = [str(root) if root else "", os.environ.get("PYTHONPATH", "")]
+    if any(pythonpath):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in pythonpath if p)
     env.update(extra_env or {})
     return {"env_vars": env}
 

@@ -19,17 +19,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from qlp_ray.core.config import REPO_ROOT, QLPConfig
+from qlp_ray.core.config import QLPConfig
 from qlp_ray.core.errors import QLPError
+from qlp_ray.core.paths import source_checkout
 
 logger = logging.getLogger(__name__)
 
 
 def _runtime_env() -> dict[str, Any]:
-    """Let Ray workers import qlp_ray when it runs from a source tree (not installed)."""
-    if "site-packages" in str(Path(__file__).resolve()):
+    """Let Ray workers import qlp_ray when it runs from a source checkout (an installed
+    qlp_ray is importable there already)."""
+    root = source_checkout()
+    if root is None:
         return {}
-    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    paths = [str(root), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
 
 

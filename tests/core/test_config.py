@@ -1,4 +1,5 @@
-"""Config loading: every YAML in configs/ loads; precedence; errors name the option."""
+"""Config: default.yaml is generated from the models; every YAML in configs/ loads;
+precedence; errors name the option; shipped files resolve."""
 
 from __future__ import annotations
 
@@ -6,16 +7,99 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
+from typer.testing import CliRunner
 
-from qlp_ray.core.config import DEFAULT_CONFIG_FILE, QLPConfig, load_config
+from qlp_ray.core import paths
+from qlp_ray.core.config import (
+    DEFAULT_CONFIG_FILE,
+    QLPConfig,
+    dump_defaults,
+    dump_effective,
+    load_config,
+)
 from qlp_ray.core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+REGENERATE = "regenerate it: `qlp config dump --output configs/default.yaml`"
 
 
-def test_default_yaml_mirrors_field_defaults():
-    from_yaml = load_config(environ={})
-    assert from_yaml.model_dump(exclude={"paths"}) == QLPConfig().model_dump(exclude={"paths"})
+def test_default_yaml_is_generated_from_the_models():
+    assert DEFAULT_CONFIG_FILE == CONFIGS / "default.yaml"
+    assert dump_defaults() == DEFAULT_CONFIG_FILE.read_text(), (
+        f"configs/default.yaml differs from the config models; {REGENERATE}"
+    )
+
+
+def test_default_yaml_loads_to_the_field_defaults():
+    from_yaml = load_config(defaults_file=DEFAULT_CONFIG_FILE, environ={})
+    assert from_yaml.model_dump() == QLPConfig().model_dump()
+    assert load_config(environ={}).model_dump() == QLPConfig().model_dump()
+
+
+def _fields(model: BaseModel, prefix: str = ""):
+    for name, info in type(model).model_fields.items():
+        yield prefix + name, info
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _fields(value, f"{prefix}{name}.")
+
+
+def test_every_option_has_a_description():
+    fields = dict(_fields(QLPConfig()))
+    assert len(fields) > 200
+    undocumented = [name for name, info in fields.items() if not info.description]
+    assert not undocumented, f"options without a description: {undocumented}"
+    # each option's description is the comment right above it in the generated file
+    text = dump_defaults()
+    assert "  # HTTP port.\n  port: 8000\n" in text
+    assert "\n# Ray Serve app and HTTP API (qlp_ray.serve).\nserve:\n" in text
+
+
+def test_cli_dump_prints_the_defaults_and_writes_a_file(tmp_path: Path):
+    from qlp_ray.cli.app import app
+
+    runner = CliRunner()
+    printed = runner.invoke(app, ["config", "dump"])
+    assert printed.exit_code == 0, printed.output
+    assert printed.stdout == dump_defaults()
+    out = tmp_path / "d.yaml"
+    written = runner.invoke(app, ["config", "dump", "--output", str(out)])
+    assert written.exit_code == 0, written.output
+    assert out.read_text() == dump_defaults()
+
+
+def test_effective_dump_applies_env_and_redacts_secrets(tmp_path: Path):
+    cfg = load_config(
+        environ={"QLP_SERVE__PORT": "9123", "QLP_SERVE__ADMIN_KEY": "s3cret-admin"},
+        overrides={"s3": {"secret_access_key": "s3cret-s3"}},
+    )
+    text = dump_effective(cfg)
+    assert "s3cret" not in text
+    assert "  admin_key: <redacted>\n" in text
+    assert "  api_key: null\n" in text  # unset secrets stay visible as unset
+    data = yaml.safe_load(text)
+    assert data["serve"]["port"] == 9123
+    assert QLPConfig.model_validate(data).serve.port == 9123
+
+
+def test_shipped_config_from_the_checkout():
+    assert paths.source_checkout() == CONFIGS.parent
+    assert paths.shipped_config("prices.yaml") == CONFIGS / "prices.yaml"
+    assert paths.shipped_config("tune/lora.yaml") == CONFIGS / "tune" / "lora.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        paths.shipped_config("nope.yaml")
+    with pytest.raises(ConfigError, match="relative"):
+        paths.shipped_config("../pyproject.toml")
+
+
+def test_shipped_config_without_a_checkout_reads_package_data(monkeypatch, tmp_path: Path):
+    monkeypatch.setattr(paths, "source_checkout", lambda: None)
+    packaged = Path(paths.__file__).resolve().parent.parent / paths.PACKAGED_CONFIGS
+    assert paths.configs_dir() == packaged
+    if not packaged.is_dir():  # a checkout: the build copies configs/ there, git does not
+        with pytest.raises(ConfigError, match="reinstall"):
+            paths.shipped_config("prices.yaml")
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Cost per request and per workflow, and savings versus sending everything to an external model.
 
-Prices come from ``configs/prices.yaml`` (USD per million tokens, local and external models).
+Prices come from ``configs/prices.yaml`` (USD per million tokens, local and external models;
+shipped inside the package, found by ``qlp_ray.core.paths.shipped_config``).
 A request served by a local adapter costs the local price; the *reference* model is what the
 same tokens would have cost at the external provider, so ``savings = reference - actual``.
 """
@@ -15,14 +16,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from qlp_ray.core.config import REPO_ROOT, QLPConfig, read_yaml
+from qlp_ray.core.config import QLPConfig, read_yaml
 from qlp_ray.core.errors import ConfigError, InvalidRequest
+from qlp_ray.core.paths import shipped_config
 
 logger = logging.getLogger(__name__)
 
 EXTERNAL_LABEL_PREFIX = "external:"
 
-DEFAULT_PRICES_FILE = REPO_ROOT / "configs" / "prices.yaml"
+DEFAULT_PRICES_FILE = shipped_config("prices.yaml")
 
 
 class ModelPrice(BaseModel):

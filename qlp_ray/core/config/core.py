@@ -1,0 +1,44 @@
+"""Sections read by ``qlp_ray.core`` itself: where qlp_ray writes (``paths``) and the Ray
+Jobs API long operations are submitted to (``jobs``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from qlp_ray.core.config.base import Section
+
+
+class PathsConfig(Section):
+    home: Path = Field(
+        default=Path("~/.cache/qlp_ray"),
+        description="Root of everything qlp_ray writes: models, registry, keys, runs "
+        "(env QLP_HOME).",
+    )
+
+    @property
+    def root(self) -> Path:
+        """``home`` with ``~`` expanded, made absolute."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+
+class JobsConfig(Section):
+    dashboard_address: str = Field(
+        "",
+        description="Ray dashboard URL of the Jobs API the gateway submits to "
+        "(empty: RAY_DASHBOARD_ADDRESS / an http RAY_ADDRESS / http://127.0.0.1:8265).",
+    )
+    max_steps: int = Field(100_000, ge=1, description="Largest n_steps a fine-tuning job takes.")
