@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from qlp_ray.core.config import load_config
+from qlp_ray.evaluate.metrics import perplexity, perplexity_from_nll
 from qlp_ray.models.base import load_base
 from qlp_ray.models.openvino_backend import OpenVINOBackend, merge_adapter
 from qlp_ray.models.prompt import format_prompt
@@ -98,17 +98,6 @@ def _ov_generate(backend: OpenVINOBackend, tok, prompts, n) -> tuple[list[list[i
     return outs, time.perf_counter() - t0
 
 
-def _torch_ppl(model, tok, texts: list[str], max_len: int) -> float:
-    nll, count = 0.0, 0
-    for text in texts:
-        ids = tok(text, return_tensors="pt")["input_ids"][:, :max_len]
-        with torch.no_grad():
-            loss = model(ids, labels=ids).loss.item()
-        nll += loss * (ids.shape[1] - 1)
-        count += ids.shape[1] - 1
-    return float(np.exp(nll / count))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=5, help="held-out prompts per domain")
@@ -138,9 +127,9 @@ def main() -> None:
     int8_out, t_int8 = _ov_generate(int8, tok, prompts, n)
 
     ppl = {
-        "torch fp32": _torch_ppl(merged, tok, ppl_texts, max_len),
-        "OpenVINO fp32": fp32.perplexity(ppl_texts),
-        "OpenVINO INT8": int8.perplexity(ppl_texts),
+        "torch fp32": perplexity(merged, tok, ppl_texts, max_length=max_len).perplexity,
+        "OpenVINO fp32": perplexity_from_nll(*fp32.token_nll(ppl_texts)),
+        "OpenVINO INT8": perplexity_from_nll(*int8.token_nll(ppl_texts)),
     }
     runs = {
         "torch fp32 (KV cache)": (torch_out, t_torch),

@@ -38,7 +38,7 @@ def plain(base_path: str, records, args) -> tuple[float, float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qlp_ray.train.sft_trial import train_sft_lora
+    from qlp_ray.train.sft import train_sft_trial
 
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(base_path)
@@ -47,7 +47,7 @@ def plain(base_path: str, records, args) -> tuple[float, float]:
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        res = train_sft_lora(
+        res = train_sft_trial(
             model,
             tok,
             records,

@@ -9,6 +9,7 @@ import typer
 from qlp_ray.cli.common import console, fail, get_config
 from qlp_ray.core.errors import QLPError
 from qlp_ray.core.runtime import ensure_ray
+from qlp_ray.train import PEFT_METHODS, methods_phrase
 from qlp_ray.train.pipeline import train_and_register
 
 app = typer.Typer()
@@ -21,7 +22,9 @@ def train(
     heldout: Path | None = typer.Option(
         None, "--heldout", help="Held-out capsules (JSONL); default: split off train.eval_fraction."
     ),
-    method: str | None = typer.Option(None, "--method", help="lora or adalora (default: config)."),
+    method: str | None = typer.Option(
+        None, "--method", help=f"PEFT method: {', '.join(PEFT_METHODS)} (default: config)."
+    ),
     workers: int | None = typer.Option(None, "--workers", help="Ray Train workers (DDP)."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps."),
     adapter_id: str | None = typer.Option(
@@ -31,8 +34,8 @@ def train(
     """Train on Ray Train (TRL SFT + PEFT), measure held-out loss, sign and register."""
     from rich.table import Table
 
-    if method is not None and method not in ("lora", "adalora", "qlora"):
-        fail(f"--method must be 'lora', 'adalora' or 'qlora', got {method!r}")
+    if method is not None and method not in PEFT_METHODS:
+        fail(f"--method must be {methods_phrase()}, got {method!r}")
         return
     for label, path in (("--data", data), ("--heldout", heldout)):
         if path is not None and not path.is_file():

@@ -8,17 +8,16 @@ from pathlib import Path
 import typer
 
 from qlp_ray.cli.common import console, fail, get_config
-from qlp_ray.core.config import REPO_ROOT
 from qlp_ray.core.errors import QLPError
-from qlp_ray.models.base import base_model_id
-from qlp_ray.registry.store import Registry
+from qlp_ray.core.paths import shipped_config
+from qlp_ray.train.pipeline import run_pipeline
 from qlp_ray.tune.search import load_space, run_tune
 
 app = typer.Typer(
     help="Hyperparameter search (Ray Tune + Optuna + ASHA), one Ray Train run per trial."
 )
 
-DEFAULT_SPACE = REPO_ROOT / "configs" / "tune" / "lora.yaml"
+DEFAULT_SPACE = shipped_config("tune/lora.yaml")
 
 
 @app.callback(invoke_without_command=True)
@@ -47,18 +46,9 @@ def tune(
         )
         record = None
         if register:
-            if not (out / "adapter").is_dir():
-                fail("the best trial left no adapter to register")
-            record = Registry(cfg).register(
-                out / "adapter",
-                adapter_id=register,
-                domain=domain,
-                base_model=base_model_id(cfg),
-                metadata={
-                    "metrics": {"eval_loss": result.best_eval_loss},
-                    "tune": {"config": result.best_config},
-                },
-            )
+            record = run_pipeline(
+                cfg, domain=domain, adapter_id=register, train=result.best_adapter
+            ).record
     except QLPError as exc:
         fail(str(exc))
         return

@@ -16,7 +16,7 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +39,8 @@ def _check_pairs(predictions: Sequence[Any], references: Sequence[Any]) -> None:
 
 
 # --- perplexity -------------------------------------------------------------------------
+# The one perplexity of qlp_ray: every caller (evaluation runs, the optimisation report, the
+# improve loop's held-out check, the OpenVINO backend's token NLL) ends in perplexity_from_nll.
 
 
 def perplexity_from_nll(total_nll: float, n_tokens: int) -> float:
@@ -53,6 +55,43 @@ class PerplexityResult:
     perplexity: float
     mean_nll: float
     n_tokens: int
+
+    @classmethod
+    def from_nll(cls, total_nll: float, n_tokens: int) -> PerplexityResult:
+        """Pooled result of ``n_tokens`` predicted tokens whose NLLs sum to ``total_nll``."""
+        ppl = perplexity_from_nll(total_nll, n_tokens)
+        return cls(perplexity=ppl, mean_nll=total_nll / n_tokens, n_tokens=n_tokens)
+
+
+def _sum_nll(model: Any, input_ids: Any, attention_mask: Any, labels: Any) -> tuple[float, int]:
+    """Summed next-token NLL of the positions whose label is not -100, and their count."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    target = labels[:, 1:]
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return float(nll), int((target != -100).sum())
+
+
+def _pooled(model: Any, batches: Iterator[tuple[Any, Any, Any]]) -> PerplexityResult:
+    """Pool :func:`_sum_nll` over ``(input_ids, attention_mask, labels)`` batches (eval mode,
+    no gradients; the model's training mode is restored afterwards)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total_nll, n_tokens = 0.0, 0
+    try:
+        with torch.no_grad():
+            for input_ids, attention_mask, labels in batches:
+                nll, n = _sum_nll(model, input_ids, attention_mask, labels)
+                total_nll += nll
+                n_tokens += n
+    finally:
+        model.train(was_training)
+    return PerplexityResult.from_nll(total_nll, n_tokens)
 
 
 def perplexity(
@@ -69,46 +108,72 @@ def perplexity(
     2..n from their prefixes; padding is masked out. The result pools the NLL
     of every predicted token across all texts.
     """
-    import torch
-    import torch.nn.functional as F
-
     if not texts:
         raise InvalidRequest("perplexity needs at least one text")
     if tokenizer.pad_token_id is None:
         raise InvalidRequest("tokenizer has no pad token; set tokenizer.pad_token first")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total_nll, n_tokens = 0.0, 0
+
+    def batches() -> Iterator[tuple[Any, Any, Any]]:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                list(texts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+            ).to(device)
+            real = batch["attention_mask"].bool()
+            # a token is predicted only if it and its prefix are real (left or right padding)
+            scored = real.clone()
+            scored[:, 1:] &= real[:, :-1]
+            labels = batch["input_ids"].masked_fill(~scored, -100)
+            yield batch["input_ids"], batch["attention_mask"], labels
+
+    return _pooled(model, batches())
+
+
+def completion_perplexity(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[dict[str, str]],
+    *,
+    max_length: int = 256,
+    batch_size: int = 8,
+) -> PerplexityResult:
+    """Perplexity of each ``completion`` (plus the tokenizer's EOS) given its ``prompt``.
+
+    Prompt and completion are tokenized apart (no special tokens) and joined, as in
+    training; prompt tokens and padding are masked out, sequences are cut at ``max_length``.
+    Raises ``InvalidRequest`` when nothing is left to score.
+    """
+    import torch
+
+    if not pairs:
+        raise InvalidRequest("completion perplexity needs at least one prompt/completion pair")
+    eos = tokenizer.eos_token or ""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+
+    def batches() -> Iterator[tuple[Any, Any, Any]]:
+        for start in range(0, len(pairs), batch_size):
+            ids, labels = [], []
+            for p in pairs[start : start + batch_size]:
+                prompt = tokenizer(p["prompt"], add_special_tokens=False)["input_ids"]
+                completion = tokenizer(p["completion"] + eos, add_special_tokens=False)["input_ids"]
+                ids.append((prompt + completion)[:max_length])
+                labels.append(([-100] * len(prompt) + completion)[:max_length])
+            width = max(len(s) for s in ids)
+            yield (
+                torch.tensor([s + [pad] * (width - len(s)) for s in ids], device=device),
+                torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids], device=device),
+                torch.tensor([s + [-100] * (width - len(s)) for s in labels], device=device),
+            )
+
     try:
-        with torch.no_grad():
-            for start in range(0, len(texts), batch_size):
-                batch = tokenizer(
-                    list(texts[start : start + batch_size]),
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                ).to(device)
-                logits = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-                shift_logits = logits[:, :-1, :].float()
-                shift_labels = batch["input_ids"][:, 1:]
-                shift_mask = batch["attention_mask"][:, 1:].bool()
-                # a token is predicted only if it and its prefix are real (left or right padding)
-                shift_mask &= batch["attention_mask"][:, :-1].bool()
-                nll = F.cross_entropy(
-                    shift_logits.reshape(-1, shift_logits.size(-1)),
-                    shift_labels.reshape(-1),
-                    reduction="none",
-                ).view_as(shift_labels)
-                total_nll += float(nll[shift_mask].sum())
-                n_tokens += int(shift_mask.sum())
-    finally:
-        model.train(was_training)
-    ppl = perplexity_from_nll(total_nll, n_tokens)
-    return PerplexityResult(perplexity=ppl, mean_nll=total_nll / n_tokens, n_tokens=n_tokens)
+        return _pooled(model, batches())
+    except InvalidRequest as exc:
+        raise InvalidRequest("no completion tokens to score (all truncated away?)") from exc
 
 
 # --- exact match, accuracy, classification P/R/F1 ---------------------------------------
@@ -291,6 +356,7 @@ __all__ = [
     "PerplexityResult",
     "accuracy",
     "bleu",
+    "completion_perplexity",
     "exact_match",
     "latency_percentiles",
     "measure_peak_memory",

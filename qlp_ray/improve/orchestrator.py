@@ -29,10 +29,11 @@ from qlp_ray.improve.decisions import (
     plan_training,
 )
 from qlp_ray.improve.feedback_data import DomainExamples, collect_examples
+from qlp_ray.train.pipeline import TrainedAdapter, run_pipeline
 
 if TYPE_CHECKING:
     from qlp_ray.core.config import QLPConfig
-    from qlp_ray.registry.store import Registry
+    from qlp_ray.registry.store import AdapterRecord, Registry
     from qlp_ray.store.database import FeedbackStore
     from qlp_ray.store.records import EventRecord
 
@@ -40,11 +41,7 @@ logger = logging.getLogger(__name__)
 ACTOR = "orchestrator"
 
 
-@dataclass
-class TrainedCandidate:
-    adapter_dir: Path
-    metrics: dict[str, float]
-    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. the routing centroid
+TrainedCandidate = TrainedAdapter  # adapter dir, run metrics, metadata (e.g. the centroid)
 
 
 class CandidateTrainer(Protocol):
@@ -164,39 +161,44 @@ class Orchestrator:
             return None
 
     def improve_domain(self, domain: str, ex: DomainExamples, why: str) -> DomainOutcome:
+        """Train → held-out check → register through the one pipeline, then promote the
+        candidate or start its experiment; every step is reused when already done."""
         if not ex.heldout:
             return DomainOutcome(domain, "skipped", "no held-out examples to evaluate on")
         prod = self._production(domain)
         parts = (ex.data_hash, prod)
         self.say(f"{domain}: {why}; production is {f'v{prod}' if prod else 'the base model'}")
 
-        key = idempotency_key("train", domain, *parts)
-        done = self.store.find_event(key)
-        if done is not None and Path(done.payload["adapter_dir"]).is_dir():
-            self.say(f"{domain}: reusing candidate trained before ({done.payload['adapter_dir']})")
-            cand_dir, extra = Path(done.payload["adapter_dir"]), done.payload.get("metadata", {})
-        else:
-            data_dir = self.cfg.paths.runs / "improve" / f"{domain}-{ex.data_hash[:12]}"
-            train_path, held_path = ex.write(data_dir)
-            self.say(f"{domain}: training a candidate on {len(ex.train)} examples")
-            trained = self.trainer.train(domain, train_path, held_path)
-            cand_dir, extra = trained.adapter_dir, trained.metadata
-            self._event("train", None if done else key, domain, prod, adapter_dir=str(cand_dir),
-                        examples=len(ex.train), heldout=len(ex.heldout), data_hash=ex.data_hash,
-                        metrics=trained.metrics, metadata=extra)  # fmt: skip
-
-        verdict = self._evaluate(domain, ex, cand_dir, prod, parts)
+        experiment = prod is not None and self.splitter is not None
+        register_key = idempotency_key("register", domain, *parts)
+        result = run_pipeline(
+            self.cfg,
+            domain=domain,
+            adapter_id=domain,
+            train=lambda: self._candidate(domain, ex, prod, parts),
+            evaluate=lambda cand: self._evaluate(domain, ex, cand.adapter_dir, prod, parts),
+            metadata=lambda cand, verdict: {
+                **cand.metadata,
+                "improve_key": register_key,
+                "metrics": {verdict.metric: verdict.candidate},
+                "data_hash": parts[0],
+                "method": "sft",
+            },
+            registered=lambda: self._registered(domain, register_key),
+            make_current=not experiment,
+            registry=self.registry,
+            base_model=self.base_model,
+            progress=self.say,
+        )
+        verdict = result.verdict
         numbers = verdict.to_dict()
         seen = {"data_hash": ex.data_hash, "examples": len(ex.train)}
-        if not verdict.register:
+        if result.record is None:
             self._event("decision", idempotency_key("decision", domain, *parts), domain, prod,
                         outcome="keep", **numbers, **seen)  # fmt: skip
             return DomainOutcome(domain, "rejected", verdict.reason, numbers)
 
-        experiment = prod is not None and self.splitter is not None
-        version = self._register(
-            domain, cand_dir, extra, verdict, parts, make_current=not experiment
-        )
+        version = result.record.version
         numbers["candidate_version"] = version
         if not experiment:
             if prod is not None:
@@ -214,6 +216,25 @@ class Orchestrator:
         if self.imp.experiment_timeout_s > 0:
             return self.wait_for_experiment(name, self.imp.experiment_timeout_s) or outcome
         return outcome
+
+    def _candidate(self, domain, ex: DomainExamples, prod, parts) -> TrainedAdapter:
+        """The candidate of this data and production: trained before (its event), or now."""
+        key = idempotency_key("train", domain, *parts)
+        done = self.store.find_event(key)
+        if done is not None and Path(done.payload["adapter_dir"]).is_dir():
+            self.say(f"{domain}: reusing candidate trained before ({done.payload['adapter_dir']})")
+            return TrainedAdapter(Path(done.payload["adapter_dir"]),
+                                  done.payload.get("metrics", {}),
+                                  done.payload.get("metadata", {}))  # fmt: skip
+        data_dir = self.cfg.paths.runs / "improve" / f"{domain}-{ex.data_hash[:12]}"
+        train_path, held_path = ex.write(data_dir)
+        self.say(f"{domain}: training a candidate on {len(ex.train)} examples")
+        trained = self.trainer.train(domain, train_path, held_path)
+        self._event("train", None if done else key, domain, prod,
+                    adapter_dir=str(trained.adapter_dir), examples=len(ex.train),
+                    heldout=len(ex.heldout), data_hash=ex.data_hash, metrics=trained.metrics,
+                    metadata=trained.metadata)  # fmt: skip
+        return trained
 
     def heldout_records(self, domain: str, ex: DomainExamples) -> list[dict]:
         """Feedback held-out examples plus, when configured, the domain's bundled held-out
@@ -248,19 +269,13 @@ class Orchestrator:
         self.say(f"{domain}: {verdict.reason}")
         return verdict
 
-    def _register(self, domain, cand_dir, extra, verdict, parts, *, make_current: bool) -> int:
-        key = idempotency_key("register", domain, *parts)
+    def _registered(self, domain: str, key: str) -> AdapterRecord | None:
+        """The signed version an earlier pass registered under ``key`` (idempotent reruns)."""
         for rec in self.registry.list(all_versions=True):
             if rec.adapter_id == domain and rec.signed and rec.metadata.get("improve_key") == key:
                 self.say(f"{domain}: candidate already registered as v{rec.version}")
-                return rec.version
-        meta = {**extra, "improve_key": key, "metrics": {verdict.metric: verdict.candidate},
-                "data_hash": parts[0], "method": "sft"}  # fmt: skip
-        rec = self.registry.register(cand_dir, adapter_id=domain, domain=domain,
-                                     base_model=self.base_model, metadata=meta,
-                                     make_current=make_current)  # fmt: skip
-        self.say(f"{domain}: signed and registered v{rec.version}")
-        return rec.version
+                return rec
+        return None
 
     # --- experiments ----------------------------------------------------------------------
     def running_experiments(self) -> list[EventRecord]:

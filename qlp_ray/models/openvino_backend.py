@@ -222,8 +222,11 @@ class OpenVINOBackend(InferenceBackend):
             extra={"backend": self.name, "device": self.device, "weights": self.weight_format},
         )
 
-    def perplexity(self, texts: list[str], adapter: str | None = None) -> float:
-        """exp(mean next-token negative log-likelihood) over ``texts``."""
+    def token_nll(self, texts: list[str], adapter: str | None = None) -> tuple[float, int]:
+        """(summed next-token negative log-likelihood, number of predicted tokens) over ``texts``.
+
+        The perplexity is ``qlp_ray.evaluate.metrics.perplexity_from_nll(*token_nll(texts))``.
+        """
         nll, count = 0.0, 0
         for text in texts:
             ids = self.tokenizer(text, add_special_tokens=True)["input_ids"][: self.max_positions]
@@ -235,7 +238,7 @@ class OpenVINOBackend(InferenceBackend):
             count += len(ids) - 1
         if count == 0:
             raise InvalidRequest("no text with at least two tokens to score")
-        return float(np.exp(nll / count))
+        return nll, count
 
 
 def _pick(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

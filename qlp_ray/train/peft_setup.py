@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 
 from qlp_ray.core.config import TrainConfig
 from qlp_ray.core.errors import ConfigError
+from qlp_ray.train import methods_phrase
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +92,7 @@ def build_peft_config(train_cfg: TrainConfig, total_steps: int) -> PeftConfig:
             total_step=total_steps,
             **common,
         )
-    raise ConfigError(
-        f"`train.method` must be 'lora', 'adalora' or 'qlora', got {train_cfg.method!r}"
-    )
+    raise ConfigError(f"`train.method` must be {methods_phrase()}, got {train_cfg.method!r}")
 
 
 def unwrap_peft_model(model: Any) -> Any:

@@ -30,7 +30,6 @@ from qlp_ray.train._rlhf_common import RunOptions
 from qlp_ray.train.distill import train_distill
 from qlp_ray.train.dpo import train_dpo
 from qlp_ray.train.rl import train_rl
-from qlp_ray.train.sft_trial import train_sft_lora
 
 logger = logging.getLogger(__name__)
 
@@ -198,8 +197,10 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 algorithm=method,
                 **common,
             )
-        elif method == "sft":  # the tuning trial (qlp_ray.tune)
-            res = train_sft_lora(
+        elif method == "sft":  # the tuning trial (qlp_ray.tune): the SFT loop of train.sft
+            from qlp_ray.train.sft import train_sft_trial  # lazy: loads peft, transformers
+
+            res = train_sft_trial(
                 model,
                 tokenizer,
                 config["data"],

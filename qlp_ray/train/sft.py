@@ -2,8 +2,10 @@
 
 The same function runs in a plain process (unit tests) and inside every Ray Train worker
 (``ray_train``), where the caller passes ``prepare`` (Ray's ``prepare_trainer``) and a
-metrics-reporting callback. Data is TRL's prompt-completion format, so the loss covers the
-completion only and TRL appends the tokenizer's EOS to every completion.
+metrics-reporting callback. A Ray Tune trial (``train_sft_trial``, run by ``ray_rlhf``)
+builds the same trainer and differs only in its callbacks and evaluation cadence. Data is
+TRL's prompt-completion format, so the loss covers the completion only and TRL appends the
+tokenizer's EOS to every completion.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from qlp_ray.core.config import TrainConfig
 from qlp_ray.core.errors import TrainingError
+from qlp_ray.train._rlhf_common import RunOptions
 from qlp_ray.train.peft_setup import (
     AdaLoraAllocateCallback,
     build_peft_config,
@@ -73,16 +76,25 @@ def records_to_dataset(records: Sequence[dict[str, str]], what: str):
 
 
 def build_sft_args(
-    train_cfg: TrainConfig, output_dir: Path, *, max_seq_len: int, use_cpu: bool
+    train_cfg: TrainConfig,
+    output_dir: Path,
+    *,
+    max_seq_len: int,
+    use_cpu: bool,
+    overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """CPU-safe, seeded ``SFTConfig``: no checkpoints, no hub, no external loggers."""
+    """CPU-safe, seeded ``SFTConfig``: no checkpoints, no hub, no external loggers.
+
+    ``overrides`` replace single ``SFTConfig`` keys (a tuning trial evaluates and saves
+    every few steps so that Ray Tune sees a learning curve).
+    """
     from trl import SFTConfig
 
     steps = train_cfg.steps
     learning_rate = train_cfg.learning_rate
     if train_cfg.method == "adalora" and train_cfg.adalora.learning_rate is not None:
         learning_rate = train_cfg.adalora.learning_rate
-    return SFTConfig(
+    args: dict[str, Any] = dict(  # noqa: C408 - reads like the SFTConfig call it feeds
         output_dir=str(output_dir),
         max_steps=steps,
         per_device_train_batch_size=train_cfg.batch_size,
@@ -108,6 +120,7 @@ def build_sft_args(
         seed=train_cfg.seed,
         data_seed=train_cfg.seed,
     )
+    return SFTConfig(**{**args, **(overrides or {})})
 
 
 def _finite(value: Any, name: str) -> float:
@@ -166,6 +179,67 @@ def _trainer_class(method: str):
     return AdaLoraSFTTrainer
 
 
+def load_sft_model(base_path: str | Path, train_cfg: TrainConfig) -> tuple[Any, Any]:
+    """(model, tokenizer) of ``base_path`` for training: fp32, or the 4-bit QLoRA base."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(train_cfg.seed)
+    if train_cfg.method == "qlora":  # build_peft_config checked CUDA + bitsandbytes
+        from peft import prepare_model_for_kbit_training
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(base_path), quantization_config=qlora_quantization_config(), device_map={"": 0}
+        )
+        return prepare_model_for_kbit_training(model), tokenizer
+    return AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32), tokenizer
+
+
+def build_sft_trainer(
+    model: Any,
+    tokenizer: Any,
+    train_records: Sequence[dict[str, str]],
+    eval_records: Sequence[dict[str, str]],
+    train_cfg: TrainConfig,
+    output_dir: Path,
+    *,
+    max_seq_len: int,
+    use_cpu: bool = True,
+    callbacks: Sequence[Any] = (),
+    args_overrides: dict[str, Any] | None = None,
+) -> tuple[Any, AdaLoraAllocateCallback | None]:
+    """The SFT trainer of every SFT run here (production and tuning trials), and for
+    AdaLoRA the rank-allocation callback it runs (else None).
+
+    The PEFT config, arguments and trainer class all come from ``train_cfg``; an empty
+    ``eval_records`` leaves the trainer without a held-out set.
+    """
+    train_ds = records_to_dataset(train_records, "training")
+    eval_ds = records_to_dataset(eval_records, "held-out") if eval_records else None
+    peft_config = build_peft_config(train_cfg, train_cfg.steps)
+    all_callbacks = list(callbacks)
+    allocator = None
+    if train_cfg.method == "adalora":
+        allocator = AdaLoraAllocateCallback()
+        all_callbacks.insert(0, allocator)
+    args = build_sft_args(
+        train_cfg, output_dir, max_seq_len=max_seq_len, use_cpu=use_cpu, overrides=args_overrides
+    )
+    trainer = _trainer_class(train_cfg.method)(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=all_callbacks,
+    )
+    return trainer, allocator
+
+
 def run_sft(
     base_path: str | Path,
     train_records: Sequence[dict[str, str]],
@@ -185,45 +259,21 @@ def run_sft(
     when ``save_adapter`` (in DDP only rank 0 should save). ``prepare`` wraps the trainer
     (e.g. Ray Train's ``prepare_trainer``); ``callbacks`` are extra ``TrainerCallback``s.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     output_dir = Path(output_dir)
-    train_ds = records_to_dataset(train_records, "training")
-    eval_ds = records_to_dataset(eval_records, "held-out")
-    peft_config = build_peft_config(train_cfg, train_cfg.steps)
-
-    tokenizer = AutoTokenizer.from_pretrained(str(base_path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(train_cfg.seed)
-    if train_cfg.method == "qlora":  # build_peft_config checked CUDA + bitsandbytes
-        from peft import prepare_model_for_kbit_training
-
-        model = AutoModelForCausalLM.from_pretrained(
-            str(base_path), quantization_config=qlora_quantization_config(), device_map={"": 0}
-        )
-        model = prepare_model_for_kbit_training(model)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
-
-    all_callbacks = list(callbacks)
-    allocator = None
-    if train_cfg.method == "adalora":
-        allocator = AdaLoraAllocateCallback()
-        all_callbacks.insert(0, allocator)
-
-    args = build_sft_args(
-        train_cfg, output_dir / "trainer", max_seq_len=max_seq_len, use_cpu=use_cpu
-    )
-    trainer = _trainer_class(train_cfg.method)(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=all_callbacks,
+    records_to_dataset(train_records, "training")  # bad data fails before the model loads
+    records_to_dataset(eval_records, "held-out")
+    build_peft_config(train_cfg, train_cfg.steps)
+    model, tokenizer = load_sft_model(base_path, train_cfg)
+    trainer, allocator = build_sft_trainer(
+        model,
+        tokenizer,
+        train_records,
+        eval_records,
+        train_cfg,
+        output_dir / "trainer",
+        max_seq_len=max_seq_len,
+        use_cpu=use_cpu,
+        callbacks=callbacks,
     )
     if prepare is not None:
         trainer = prepare(trainer)
@@ -267,6 +317,75 @@ def run_sft(
     return result
 
 
+@dataclass
+class SFTTrialResult:
+    """A tuning trial's adapted model, training loss and trainer metrics (incl. ``eval_loss``)."""
+
+    model: Any
+    train_loss: float
+    metrics: dict[str, float]
+
+
+def train_sft_trial(
+    model: Any,
+    tokenizer: Any,
+    records: Sequence[dict[str, str]],
+    *,
+    output_dir: str,
+    eval_records: Sequence[dict[str, str]] = (),
+    steps: int = 40,
+    batch_size: int = 8,
+    learning_rate: float = 2e-3,
+    dropout: float = 0.05,
+    max_length: int = 256,
+    run: RunOptions = RunOptions(),
+) -> SFTTrialResult:
+    """One LoRA SFT tuning trial through :func:`build_sft_trainer`, the trainer of ``run_sft``.
+
+    It differs from a production run only in its hooks: ``run`` brings the Ray Train
+    ``prepare``, the reporting callbacks, checkpoint resume and ``extra_args`` (evaluate and
+    save every few steps, so ASHA can stop weak trials and Optuna sees a learning curve);
+    there is no held-out measurement before training, and the final one only with
+    ``eval_records``.
+    """
+    import torch
+
+    train_cfg = TrainConfig(
+        method="lora",
+        rank=run.rank,
+        alpha=run.alpha,
+        dropout=dropout,
+        target_modules=list(run.target_modules),
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_ratio=run.warmup_ratio,
+        seed=run.seed,
+    )
+    overrides = {
+        "lr_scheduler_type": run.lr_scheduler_type,
+        "gradient_accumulation_steps": run.grad_accum,
+        **(run.extra_args or {}),
+    }
+    trainer, _ = build_sft_trainer(
+        model,
+        tokenizer,
+        records,
+        eval_records,
+        train_cfg,
+        Path(output_dir),
+        max_seq_len=max_length,
+        use_cpu=not torch.cuda.is_available(),
+        callbacks=run.callbacks,
+        args_overrides=overrides,
+    )
+    trainer, out = run.fit(trainer)
+    metrics = dict(out.metrics)
+    if eval_records:
+        metrics.update(trainer.evaluate())
+    return SFTTrialResult(trainer.model, float(out.training_loss), metrics)
+
+
 def save_adapter_dir(model: Any, dest: Path) -> Path:
     """Save only ``adapter_model.safetensors`` + ``adapter_config.json`` into ``dest``."""
     peft_model = unwrap_peft_model(model)
@@ -286,8 +405,12 @@ def save_adapter_dir(model: Any, dest: Path) -> Path:
 __all__ = [
     "ADAPTER_FILES",
     "SFTResult",
+    "SFTTrialResult",
     "adalora_orth_penalty",
     "build_sft_args",
+    "build_sft_trainer",
+    "load_sft_model",
     "records_to_dataset",
     "run_sft",
+    "train_sft_trial",
 ]

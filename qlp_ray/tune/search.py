@@ -1,10 +1,12 @@
 """Hyperparameter search for LoRA SFT: Ray Tune + ``OptunaSearch`` (TPE) + ``ASHAScheduler``.
 
-Every trial is one Ray Train run (``TorchTrainer`` of the SFT trial loop in
-:mod:`qlp_ray.train.ray_rlhf`) whose held-out ``eval_loss`` reaches Tune through
-``TuneReportCallback`` at every evaluation, so ASHA can stop weak trials early.
+Every trial is one Ray Train run (``TorchTrainer`` of :mod:`qlp_ray.train.ray_rlhf`, whose
+``sft`` method trains with the trainer of the production SFT loop,
+:func:`qlp_ray.train.sft.build_sft_trainer`) whose held-out ``eval_loss`` reaches Tune
+through ``TuneReportCallback`` at every evaluation, so ASHA can stop weak trials early.
 The best trial's adapter and config are copied to the output directory
-(``adapter/`` + ``tune_best.json``), ready to be registered.
+(``adapter/`` + ``tune_best.json``), ready to be registered through the one pipeline
+(:meth:`TuneOutcome.best_adapter` → :func:`qlp_ray.train.pipeline.run_pipeline`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from qlp_ray.core.errors import ConfigError, InvalidRequest, TrainingError
 from qlp_ray.data.capsules import load_capsules, sample_path
 from qlp_ray.data.format import to_prompt_completion
 from qlp_ray.models.base import resolve_base_path
+from qlp_ray.train.pipeline import TrainedAdapter
 from qlp_ray.train.ray_rlhf import RLHFOptions, rlhf_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -137,6 +140,18 @@ class TuneOutcome:
     best_eval_loss: float
     trials: list[dict[str, Any]]  # one row per trial: params, eval_loss, iterations, status
     output_dir: Path | None
+
+    def best_adapter(self) -> TrainedAdapter:
+        """The best trial's adapter (saved in ``output_dir``) with its tuning metadata, for
+        :func:`qlp_ray.train.pipeline.run_pipeline` to sign and register."""
+        adapter_dir = self.output_dir / "adapter" if self.output_dir is not None else None
+        if adapter_dir is None or not adapter_dir.is_dir():
+            raise TrainingError("the best trial left no adapter to register")
+        return TrainedAdapter(
+            adapter_dir,
+            {METRIC: self.best_eval_loss},
+            {"metrics": {METRIC: self.best_eval_loss}, "tune": {"config": self.best_config}},
+        )
 
 
 def run_tune(

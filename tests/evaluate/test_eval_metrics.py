@@ -54,6 +54,22 @@ def test_perplexity_of_known_distribution_with_padding():
     assert res1.perplexity == pytest.approx(res.perplexity, rel=1e-6)
 
 
+def test_completion_perplexity_masks_prompts_and_padding():
+    # p(a)=0.4, p(b)=p(c)=0.25. "a a"+"b c" scores b, c; "c"+"a" scores a (the tokenizer has
+    # no EOS, so nothing is appended): ppl = (0.25*0.25*0.4)^(-1/3) = 0.025^(-1/3)
+    model = _FixedDistributionLM([0.1, 0.4, 0.25, 0.25])
+    pairs = [{"prompt": "a a", "completion": "b c"}, {"prompt": "c", "completion": "a"}]
+    res = M.completion_perplexity(model, _word_tokenizer(), pairs, batch_size=2)
+    assert res.n_tokens == 3
+    assert res.perplexity == pytest.approx(0.025 ** (-1 / 3), rel=1e-5)
+    one = M.completion_perplexity(model, _word_tokenizer(), pairs, batch_size=1)
+    assert one.perplexity == pytest.approx(res.perplexity, rel=1e-6)
+    cut = M.completion_perplexity(model, _word_tokenizer(), pairs[:1], max_length=3)
+    assert cut.n_tokens == 1 and cut.perplexity == pytest.approx(4.0, rel=1e-5)  # b only
+    with pytest.raises(InvalidRequest, match="no completion tokens"):
+        M.completion_perplexity(model, _word_tokenizer(), pairs[:1], max_length=2)
+
+
 def test_exact_match_and_accuracy():
     preds, refs = ["The cat.", "dog", "a bird"], ["cat", "Dog", "fish"]
     # normalised: cat==cat, dog==dog, bird!=fish -> 2/3

@@ -11,6 +11,7 @@ pytest.importorskip("nncf")
 import torch  # noqa: E402
 
 from qlp_ray.core.errors import AdapterLoadError, AdapterNotFound, InvalidRequest  # noqa: E402
+from qlp_ray.evaluate.metrics import perplexity_from_nll  # noqa: E402
 from qlp_ray.models.backend import GenerationRequest  # noqa: E402
 from qlp_ray.models.openvino_backend import OpenVINOBackend  # noqa: E402
 
@@ -96,7 +97,8 @@ def test_int8_perplexity_within_tolerance(tiny, fp32_backend) -> None:
     model, tokenizer = tiny
     fp32 = fp32_backend
     int8 = OpenVINOBackend(model, tokenizer, weight_format="int8")
-    ppl_fp32, ppl_int8 = fp32.perplexity(HELD_OUT), int8.perplexity(HELD_OUT)
+    ppl_fp32 = perplexity_from_nll(*fp32.token_nll(HELD_OUT))
+    ppl_int8 = perplexity_from_nll(*int8.token_nll(HELD_OUT))
     with torch.no_grad():
         nll = [
             model(**(enc := tokenizer(t, return_tensors="pt")), labels=enc["input_ids"]).loss.item()

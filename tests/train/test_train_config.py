@@ -109,3 +109,24 @@ def test_cli_train_rejects_bad_arguments_before_starting_ray(tmp_path, monkeypat
     assert bad.exit_code == 1
     assert "--method must be 'lora', 'adalora' or 'qlora'" in bad.output
     assert not (tmp_path / "home" / "runs").exists()
+
+
+def test_one_list_of_peft_methods_and_every_check_derives_from_it():
+    from typing import get_args
+
+    from pydantic import ValidationError
+
+    from qlp_ray.serve.http.routes_jobs import Hyperparameters
+    from qlp_ray.train import PEFT_METHODS, methods_phrase
+
+    assert PEFT_METHODS == get_args(TrainConfig.model_fields["method"].annotation)
+    assert PEFT_METHODS == ("lora", "adalora", "qlora")
+    assert methods_phrase() == "'lora', 'adalora' or 'qlora'"
+    for method in PEFT_METHODS:  # the REST API takes every method the config takes
+        assert Hyperparameters(method=method).method == method
+        assert TrainConfig(method=method).method == method
+    with pytest.raises(ValidationError):
+        Hyperparameters(method="dora")
+    bad = TrainConfig.model_construct(method="dora")
+    with pytest.raises(ConfigError, match="must be 'lora', 'adalora' or 'qlora', got 'dora'"):
+        build_peft_config(bad, total_steps=10)

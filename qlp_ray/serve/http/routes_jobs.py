@@ -32,6 +32,7 @@ from qlp_ray.core.jobs import JobsClient, dashboard_address
 from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
 from qlp_ray.registry.store import Registry
 from qlp_ray.serve.http.auth import require_admin
+from qlp_ray.train import PeftMethod
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
 
@@ -51,7 +52,7 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_steps: int | None = Field(None, ge=1, description="Optimizer steps (default: config).")
-    method: Literal["lora", "adalora"] | None = Field(None, description="PEFT method.")
+    method: PeftMethod | None = Field(None, description="PEFT method (as `train.method`).")
 
 
 class FineTuningRequest(BaseModel):
