@@ -3,6 +3,9 @@
 Building ``builtin:tiny-llama`` takes about a minute on 2 cores, so it happens once per
 session. Set ``QLP_TEST_HOME=/some/dir`` to keep that home (model, keys) across sessions
 while developing; by default it is a fresh session temp dir.
+
+Integration tests share one local Ray cluster per session (``ray_session``); unit tests
+run without Ray (``ray.init`` refuses inside them).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -52,66 +56,60 @@ def tiny_cfg(qlp_home: Path, monkeypatch: pytest.MonkeyPatch):
     return load_config()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """Integration/e2e: an in-process local Ray with 2 CPUs for one test module.
+@pytest.fixture(scope="session")
+def ray_session():
+    """Integration/e2e: the one local Ray cluster of the session, started on first use.
 
-    Module scope keeps modules independent: some start their own multi-node cluster, and
-    a Serve app of one module must not hold CPUs that the next module's Ray Train needs.
-    Never `ray start` / `ray stop`.
+    See tests/helpers/ray_start.py: a head with the dashboard (Jobs API), a metrics export
+    port and 8 logical CPUs. Modules never restart it: a module removes what it added
+    (its Serve app, worker nodes, detached actors). Never `ray start` / `ray stop`.
     """
+    from tests.helpers.ray_start import start_session_cluster
+
+    session = start_session_cluster()
+    try:
+        yield session
+    finally:
+        session.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_local(ray_session):
+    """The ``ray`` module, connected to the session's cluster."""
     import ray
 
-    if ray.is_initialized():
-        yield ray
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_dashboard(ray_session) -> str:
+    """URL of the session cluster's dashboard (the Jobs API)."""
+    return ray_session.dashboard_url
+
+
+class _NoRayInUnitTests(ConnectionError):
+    pass
+
+
+def _refuse_ray(*_args, **_kwargs):
+    raise _NoRayInUnitTests(
+        "a unit test tried to start or join Ray: mark its module "
+        "`pytestmark = pytest.mark.integration` and use the ray_local fixture"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_run_without_ray(request: pytest.FixtureRequest, monkeypatch):
+    """Unit tests never start Ray, and never see the session's cluster if it is up: for
+    them ``ray.init`` refuses (a ConnectionError, as when there is no cluster to join) and
+    ``ray.is_initialized()`` is False."""
+    if request.node.get_closest_marker("integration") is not None:
         return
-    from tests.helpers.ray_start import init_local_ray
-
-    init_local_ray()
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_dashboard():
-    """A real local Ray head whose dashboard (the Jobs API) listens on free ports; its URL.
-
-    ``ray.cluster_utils.Cluster`` rather than ``ray.init`` so the dashboard agent gets a
-    free port too (the default 52365 may be taken by another Ray on the machine).
-    """
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()  # another module's Ray has no dashboard
-    from qlp_ray.core.config import QLPConfig
-    from qlp_ray.core.runtime import cluster_env
-
-    port = _free_port()
-    with cluster_env(QLPConfig()):  # Serve processes as `qlp serve` starts them
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={
-                "num_cpus": 2,
-                "include_dashboard": True,
-                "dashboard_host": "127.0.0.1",
-                "dashboard_port": port,
-                "dashboard_agent_listen_port": _free_port(),
-            },
-        )
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    ray = sys.modules.get("ray")
+    if ray is None:
+        try:
+            import ray
+        except ImportError:
+            return
+    monkeypatch.setattr(ray, "init", _refuse_ray)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)

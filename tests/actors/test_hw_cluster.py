@@ -1,4 +1,5 @@
-"""Multi-node hardware scheduling on a real 3-node Ray cluster (``ray.cluster_utils``).
+"""Multi-node hardware scheduling on a real 3-node Ray cluster (``ray.cluster_utils``):
+three worker nodes added to the session's cluster for this module.
 
 Node A advertises P-/E-cores with AVX-512, node B an NPU and an Arc GPU, node C an NCS2,
 a CUDA GPU and plain CPU cores. The accelerators are *stand-ins* (``emulated=True``):
@@ -24,6 +25,7 @@ from qlp_ray.hardware.discovery import Device  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
+NAMESPACE = "qlp_hw_test"
 CORES = tuple(sorted(os.sched_getaffinity(0)))
 NODE_RESOURCES = {
     "a": {"qlp_pcore": 1, "qlp_ecore": 1},
@@ -56,44 +58,43 @@ def wait_for(condition, timeout: float = 60.0, interval: float = 0.2):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    from ray.cluster_utils import Cluster
-
+def cluster(tmp_path_factory, ray_session):
+    """Nodes A, B and C added to the session's cluster (removed afterwards). The driver
+    joins the fleet's namespace, as `qlp devices` does: a device actor finds the scheduler
+    in its job's namespace."""
     from tests.helpers.hw_fixtures import build_small_lm
 
     model_dir = build_small_lm(tmp_path_factory.mktemp("lm"), steps=5)
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "resources": NODE_RESOURCES["a"],
-            "include_dashboard": False,
-        },
-    )
-    c.add_node(num_cpus=1, resources=NODE_RESOURCES["b"])
-    c.add_node(num_cpus=1, resources=NODE_RESOURCES["c"])
-    c.wait_for_nodes()
-    ray.init(address=c.address, namespace="qlp_hw_test")
-    by_resource = {}
-    for node in ray.nodes():
-        for name, res in NODE_RESOURCES.items():
-            if set(res) <= set(node["Resources"]):
-                by_resource[name] = node["NodeID"]
-    assert len(by_resource) == 3
-    cfg = HardwareConfig(status_interval_s=0.5, max_inflight_per_device=2, namespace="qlp_hw_test")
-    scheduler = start_scheduler(cfg)
-    found = {by_resource[n]: devs for n, devs in _devices().items()}
-    added, removed = sync_devices(scheduler, found, cfg, max_restarts=2)
-    assert len(added) == 6 and removed == []
-    yield {
-        "scheduler": scheduler,
-        "nodes": by_resource,
-        "found": found,
-        "cfg": cfg,
-        "model": model_dir,
-    }
-    ray.shutdown()
-    c.shutdown()
+    ray_session.connect(namespace=NAMESPACE)  # before the nodes exist: it stays on the head
+    added = [ray_session.add_node(num_cpus=1, resources=res) for res in NODE_RESOURCES.values()]
+    try:
+        ray_session.cluster.wait_for_nodes()
+        by_resource = {}
+        for node in ray.nodes():
+            for name, res in NODE_RESOURCES.items():
+                if node["Alive"] and set(res) <= set(node["Resources"]):
+                    by_resource[name] = node["NodeID"]
+        assert len(by_resource) == 3
+        cfg = HardwareConfig(status_interval_s=0.5, max_inflight_per_device=2, namespace=NAMESPACE)
+        scheduler = start_scheduler(cfg)
+        found = {by_resource[n]: devs for n, devs in _devices().items()}
+        added_ids, removed = sync_devices(scheduler, found, cfg, max_restarts=2)
+        assert len(added_ids) == 6 and removed == []
+        yield {
+            "scheduler": scheduler,
+            "nodes": by_resource,
+            "found": found,
+            "cfg": cfg,
+            "model": model_dir,
+        }
+    finally:
+        # the scheduler and device actors are detached: they would outlive the module
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if actor["namespace"] == NAMESPACE:
+                ray.kill(ray.get_actor(actor["name"], namespace=NAMESPACE), no_restart=True)
+        for node in added:
+            ray_session.cluster.remove_node(node)
+        ray_session.connect()
 
 
 def _payloads(model_dir) -> dict[str, dict]:

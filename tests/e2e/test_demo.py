@@ -1,40 +1,37 @@
 """`qlp demo` end to end in a subprocess: real Ray Train, registry, Ray Serve, HTTP.
 
 Two domains and short training keep it to a couple of minutes; `make demo` runs all five.
+The demo joins the session's Ray (``RAY_ADDRESS``) instead of starting its own, and serves
+on the session's Serve port.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.ray_start import SERVE_PORT
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_demo_end_to_end(tmp_path: Path, qlp_home: Path):
+def test_demo_end_to_end(tmp_path: Path, qlp_home: Path, ray_session):
     summary_path = tmp_path / "summary.json"
     env = dict(os.environ)
     env.update(
         {
             "QLP_HOME": str(qlp_home),  # reuses the session's tiny model and keys
-            "QLP_SERVE__PORT": str(_free_port()),
+            "RAY_ADDRESS": ray_session.address,
+            "QLP_SERVE__PORT": str(SERVE_PORT),
             "QLP_DEMO__DOMAINS": "[devops, frontend]",
             "QLP_DEMO__MAX_TOKENS": "8",
         }
     )
-    env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
         [
             sys.executable,

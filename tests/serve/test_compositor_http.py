@@ -1,7 +1,8 @@
 """Adapter stacks, composition cache, prefetch, hot-swap and admin key over real HTTP.
 
 A tiny base model, real PEFT LoRA adapters (random non-zero init, saved with
-``save_pretrained``), signed in a real registry; the app on local Ray Serve, port 8140.
+``save_pretrained``), signed in a real registry; the app on local Ray Serve (the session's
+Serve port, tests/helpers/ray_start.py).
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.ray_start import served_app_fixture
+from tests.helpers.ray_start import SERVE_PORT, SERVE_URL, served_app_fixture
 from tests.helpers.tiny_lm import save_random_lora, tiny_serve_setup
 
 pytestmark = pytest.mark.integration
 
-PORT = 8140
-URL = f"http://127.0.0.1:{PORT}"
+PORT, URL = SERVE_PORT, SERVE_URL
 ADMIN_KEY = "adm1n-key"
 API_KEY = "user-key"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
@@ -61,7 +61,7 @@ def build(home: Path):
     return cfg, registry
 
 
-app = served_app_fixture(build, "qlp_compose", URL)
+app = served_app_fixture(build, "qlp_compose")
 
 
 def complete(model: str, prompt: str = "select rows", max_tokens: int = 4) -> httpx.Response:

@@ -2,7 +2,7 @@
 durable outcomes, feedback in the analysis, validation and the admin key.
 
 The tiny base model and real signed PEFT adapters of ``test_compositor_http`` (``dataeng``
-v1 current and v2, ``frontend``), on local Ray Serve, port 8170.
+v1 current and v2, ``frontend``), on local Ray Serve (the session's port).
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.helpers.ray_start import SERVE_PORT, SERVE_URL, deployed
 from tests.helpers.request_log import committed_request
 from tests.serve.test_compositor_http import ADMIN, USER, build, wait_for
 
 pytestmark = pytest.mark.integration
 
-PORT = 8170
-URL = f"http://127.0.0.1:{PORT}"
+PORT, URL = SERVE_PORT, SERVE_URL
 AB = {
     "id": "dataeng-ab",
     "applies_to": ["dataeng"],
@@ -39,9 +39,6 @@ FROM_CONFIG = """definitions:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, ray_local):
-    from ray import serve
-
-    from qlp_ray.serve.app import deploy
     from qlp_ray.store.database import FeedbackStore
 
     home = tmp_path_factory.mktemp("qlp_exper")
@@ -50,14 +47,11 @@ def gw(tmp_path_factory, ray_local):
     cfg.serve.port, cfg.serve.app_name = PORT, "qlp_exper"
     cfg.serve.prewarm_stacks = []
     cfg.experiments.files = [home / "experiments.yaml"]
-    try:
-        assert deploy(cfg, persistent=False) == URL
-        with httpx.Client(base_url=URL, timeout=60) as client:
-            store = FeedbackStore.from_config(cfg, environ={})
-            yield client, store, {"home": home, "registry": registry, "cfg": cfg}
-            store.close()
-    finally:
-        serve.shutdown()
+    with deployed(cfg) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert url == URL
+        store = FeedbackStore.from_config(cfg, environ={})
+        yield client, store, {"home": home, "registry": registry, "cfg": cfg}
+        store.close()
 
 
 def _complete(client: httpx.Client, model: str, user: str | None = None) -> dict:
@@ -75,7 +69,9 @@ def _assignment_counts(experiment: str) -> dict[str, int]:
 
     import ray
 
-    port = ray.nodes()[0]["MetricsExportPort"]
+    # the head's exporter: worker nodes another module added (and removed) export their own
+    [port] = [n["MetricsExportPort"] for n in ray.nodes()
+              if n["Alive"] and "node:__internal_head__" in n["Resources"]]  # fmt: skip
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     counts = {}
     for line in text.splitlines():

@@ -1,7 +1,7 @@
 """Gateway recording over real HTTP: store rows, feedback, label queue, analytics, openai client.
 
-Real local Ray + Serve on port 8150, the tiny base model and real PEFT adapters registered
-in a Registry (the stack of ``test_serve_http``, on this module's port).
+Real local Ray + Serve (the session's Serve port), the tiny base model and real PEFT
+adapters registered in a Registry (the stack of ``test_serve_http``, its own app).
 """
 
 from __future__ import annotations
@@ -9,33 +9,28 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.helpers.ray_start import SERVE_PORT, SERVE_URL, deployed
 from tests.helpers.request_log import committed_request
 from tests.serve.test_serve_http import build_stack
 
 pytestmark = pytest.mark.integration
 
-PORT = 8150
-URL = f"http://127.0.0.1:{PORT}"
+PORT, URL = SERVE_PORT, SERVE_URL
 API_KEY = "s3cret"
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, ray_local):
-    from ray import serve
-
-    from qlp_ray.serve.app import deploy
     from qlp_ray.store.database import FeedbackStore
 
     cfg, registry, _dirs = build_stack(tmp_path_factory.mktemp("qlp_gw_home"))
     cfg.serve.port = PORT
-    try:
-        assert deploy(cfg, persistent=False) == URL
+    with deployed(cfg) as url:
+        assert url == URL
         store = FeedbackStore.from_config(cfg, environ={})
         yield {"cfg": cfg, "store": store}
         store.close()
-    finally:
-        serve.shutdown()
 
 
 def _post(path: str, body, headers=AUTH) -> httpx.Response:

@@ -1,14 +1,14 @@
 """Overload answers 429/503 with Retry-After, and Ray's Prometheus endpoint exports our metrics.
 
-One local Ray started with a metrics export port, the app deployed with tiny limits
-(gateway admission 4, compositor max_ongoing 1 / max_queued 1) on port 8190; a burst of
-concurrent requests, then a scrape of ``http://127.0.0.1:<metrics port>/metrics``.
+The session's Ray (it has a metrics export port), the app deployed with tiny limits
+(gateway admission 4, compositor max_ongoing 1 / max_queued 1) on the session's Serve port;
+a burst of concurrent requests, then a scrape of ``http://127.0.0.1:<metrics port>/metrics``.
+Other modules' apps export to the same endpoint, so every expected count names this app.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers.ray_start import SERVE_PORT, SERVE_URL, deployed
 from tests.serve.test_compositor_http import save_random_adapter
 
 pytestmark = pytest.mark.integration
@@ -26,49 +27,21 @@ APP = "qlp_overload"
 BURST = 20
 RETRY_AFTER_S = 2
 BURST_MAX_TOKENS = 96
-
-
-def _port(preferred: int) -> int:
-    """``preferred`` if nothing listens there, else a free port."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-
-SERVE_PORT = _port(8190)
-METRICS_PORT = _port(8191)
-URL = f"http://127.0.0.1:{SERVE_PORT}"
+URL = SERVE_URL
 
 
 @pytest.fixture(scope="module")
-def ray_metrics():
-    """Local Ray whose metrics agent exports Prometheus text on ``METRICS_PORT``."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()  # another module's Ray has no metrics export port
-    from tests.helpers.ray_start import init_local_ray
-
-    init_local_ray(_metrics_export_port=METRICS_PORT)
-    try:
-        yield f"http://127.0.0.1:{METRICS_PORT}/metrics"
-    finally:
-        ray.shutdown()
+def ray_metrics(ray_session):
+    """The URL where the session's Ray exports Prometheus text."""
+    return ray_session.metrics_url
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, ray_metrics):
-    from ray import serve
-
     from qlp_ray.core.config import load_config
     from qlp_ray.models.base import base_model_id, load_base
     from qlp_ray.registry.signing import init_keys
     from qlp_ray.registry.store import Registry
-    from qlp_ray.serve.app import deploy
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     home: Path = tmp_path_factory.mktemp("qlp_home")
@@ -98,11 +71,8 @@ def app(tmp_path_factory, ray_metrics):
     Registry(cfg).register(
         adapter_dir, adapter_id=ADAPTER, domain=ADAPTER, base_model=base_model_id(cfg)
     )
-    try:
-        deploy(cfg, persistent=False)
+    with deployed(cfg):
         yield cfg
-    finally:
-        serve.shutdown()
 
 
 def _complete(max_tokens: int = 8) -> httpx.Response:
@@ -179,14 +149,17 @@ def test_ray_metrics_endpoint_exports_our_metrics(burst, ray_metrics):
 
     statuses = [r.status_code for r in burst["responses"]]
     served = statuses.count(200) + 2  # + the warm-up and the request after the burst
+    app = ("application", APP)  # Serve's own label: other modules' apps count elsewhere
     want = {
-        ("ray_qlp_model_requests_total", ("model", ADAPTER), ("domain", ADAPTER)): served,
+        ("ray_qlp_model_requests_total", app, ("model", ADAPTER), ("domain", ADAPTER)): served,
         # Serve's own labels: which application and deployment recorded it
-        ("ray_qlp_model_requests_total", ("application", APP), ("deployment", "Gateway")): served,
-        ("ray_qlp_model_latency_seconds_count", ("model", ADAPTER)): served,
-        ("ray_qlp_model_latency_seconds_bucket", ("model", ADAPTER), ("le", "+Inf")): served,
-        ("ray_qlp_rejected_requests_total", ("code", "rate_limit_exceeded")): statuses.count(429),
-        ("ray_qlp_rejected_requests_total", ("code", "overloaded")): statuses.count(503),
+        ("ray_qlp_model_requests_total", app, ("deployment", "Gateway")): served,
+        ("ray_qlp_model_latency_seconds_count", app, ("model", ADAPTER)): served,
+        ("ray_qlp_model_latency_seconds_bucket", app, ("model", ADAPTER), ("le", "+Inf")): served,
+        ("ray_qlp_rejected_requests_total", app, ("code", "rate_limit_exceeded")): statuses.count(
+            429
+        ),
+        ("ray_qlp_rejected_requests_total", app, ("code", "overloaded")): statuses.count(503),
     }
     deadline = time.monotonic() + 60  # Ray's agent exports every few seconds
     while True:

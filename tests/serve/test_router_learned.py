@@ -1,4 +1,4 @@
-"""Router deployment in ``learned`` mode on real Ray Serve (HTTP port 8130, own app name).
+"""Router deployment in ``learned`` mode on real Ray Serve (the session's Serve, own app name).
 
 A learned router is trained on a few real-looking titles and saved with safetensors + JSON;
 the Router deployment loads it, embeds concurrent requests through ``@serve.batch`` and
@@ -13,9 +13,11 @@ import os
 import numpy as np
 import pytest
 
+from tests.helpers.ray_start import SERVE_PORT
+
 pytestmark = pytest.mark.integration
 
-PORT = 8130
+PORT = SERVE_PORT
 APP = "qlp_serve3_router"
 TITLES = {
     "dataeng": [
@@ -80,7 +82,6 @@ def router_handle(tmp_path_factory, ray_local):
         yield handle
     finally:
         serve.delete(APP)
-        serve.shutdown()
 
 
 def test_learned_mode_routes_concurrent_requests(router_handle):

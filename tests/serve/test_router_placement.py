@@ -1,4 +1,4 @@
-"""``router.placement: gateway`` on real Serve over HTTP (port 8200): no Router deployment,
+"""``router.placement: gateway`` on real Serve over HTTP (session port): no Router deployment,
 the gateway routes ``model=auto`` in its own process, the routing table still follows the
 registry (``GET /v1/models`` refreshes it), and decisions equal the Router deployment's."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.helpers.ray_start import SERVE_PORT, SERVE_URL
 from tests.serve.test_serve_http import API_KEY, build_stack
 
 pytestmark = pytest.mark.integration
 
-PORT = 8200
-URL = f"http://127.0.0.1:{PORT}"
+PORT, URL = SERVE_PORT, SERVE_URL
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 APP = "qlp_placement"
 PROMPTS = {
@@ -40,7 +40,7 @@ def gateway_app(tmp_path_factory, ray_local):
         wait_healthy(URL, 300)
         yield {"cfg": cfg, "registry": registry, "dirs": dirs}
     finally:
-        serve.shutdown()
+        serve.delete(APP)
 
 
 def _post(body: dict) -> httpx.Response:

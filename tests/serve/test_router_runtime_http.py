@@ -1,4 +1,4 @@
-"""Router at run time over real HTTP on local Ray Serve (port 8180): external fallback,
+"""Router at run time over real HTTP on local Ray Serve (the session's port): external fallback,
 top-k stacks, and a routing table that follows register / retire / promote at once.
 
 Adapters: the trained tiny-model LoRAs of test_serve_http (reused), signed in a real
@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from tests.helpers.openai_double import ANSWER, OpenAIDouble
+from tests.helpers.ray_start import SERVE_PORT, SERVE_URL, deployed
 from tests.serve.test_serve_http import DOMAIN_TEXT, _train_adapter
 
 pytestmark = pytest.mark.integration
 
-PORT, EXTERNAL_PORT = 8180, 8181
-URL = f"http://127.0.0.1:{PORT}"
+PORT, URL, EXTERNAL_PORT = SERVE_PORT, SERVE_URL, 8181
 EXTERNAL_KEY = "sk-ext-fallback-key"
 EXTERNAL_MODEL = "gpt-4o-mini"
 THRESHOLD = 0.2
@@ -78,17 +78,11 @@ def _build(home: Path, upstream: OpenAIDouble):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, ray_local):
-    from ray import serve
-
-    from qlp_ray.serve.app import deploy
-
     with OpenAIDouble(EXTERNAL_PORT, model=EXTERNAL_MODEL) as upstream:
         cfg, registry, sources = _build(tmp_path_factory.mktemp("qlp_home"), upstream)
-        try:
-            assert deploy(cfg, persistent=False) == URL
+        with deployed(cfg) as url:
+            assert url == URL
             yield {"cfg": cfg, "registry": registry, "sources": sources, "upstream": upstream}
-        finally:
-            serve.shutdown()
 
 
 def _auto(prompt: str, chat: bool = False) -> httpx.Response:

@@ -1,7 +1,8 @@
 """The Serve app over real HTTP on local Ray: routing, adapters, errors, signatures, API key.
 
 One session: a tiny base model, real PEFT LoRA adapters trained a few steps on domain
-text, registered and signed with the real registry, the app deployed on port 8110.
+text, registered and signed with the real registry, the app deployed on the session's
+Serve port (tests/helpers/ray_start.py).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers.ray_start import SERVE_PORT, SERVE_URL, deployed
+
 pytestmark = pytest.mark.integration
 
-PORT = 8110
-URL = f"http://127.0.0.1:{PORT}"
+PORT, URL = SERVE_PORT, SERVE_URL
 API_KEY = "s3cret"
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 
@@ -120,16 +122,11 @@ def build_stack(home: Path):
 def stack(tmp_path_factory, ray_local):
     from ray import serve
 
-    from qlp_ray.serve.app import deploy
-
     cfg, registry, dirs = build_stack(tmp_path_factory.mktemp("qlp_home"))
-    try:
-        url = deploy(cfg, persistent=False)
+    with deployed(cfg) as url:
         assert url == URL
         compositor = serve.get_deployment_handle("Compositor", app_name=cfg.serve.app_name)
         yield {"cfg": cfg, "registry": registry, "dirs": dirs, "compositor": compositor}
-    finally:
-        serve.shutdown()
 
 
 def _post(path: str, body, headers=AUTH) -> httpx.Response:

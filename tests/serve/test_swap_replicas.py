@@ -1,9 +1,10 @@
 """A hot-swap reaches every compositor replica (``serve.compositor_replicas: 2``), real HTTP.
 
 Tiny base model, real signed PEFT adapters, two compositor replicas on local Ray Serve
-(port 8160). A Serve handle call lands on one replica, so the swap route goes through the
-swap board: the answer must count two acknowledgements, which come from two distinct
-replicas (one acknowledgement file per replica id) after each has loaded the new version.
+(the session's Serve port). A Serve handle call lands on one replica, so the swap route
+goes through the swap board: the answer must count two acknowledgements, which come from
+two distinct replicas (one acknowledgement file per replica id) after each has loaded the
+new version.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.ray_start import served_app_fixture
+from tests.helpers.ray_start import SERVE_PORT, SERVE_URL, served_app_fixture
 from tests.helpers.tiny_lm import save_random_lora, tiny_serve_setup
 
 pytestmark = pytest.mark.integration
 
-PORT = 8160
-URL = f"http://127.0.0.1:{PORT}"
+PORT, URL = SERVE_PORT, SERVE_URL
 ADMIN = {"authorization": "Bearer swap-admin"}
 
 
@@ -46,7 +46,7 @@ def build(home: Path):
     return cfg, registry
 
 
-app = served_app_fixture(build, "qlp_swap2", URL)
+app = served_app_fixture(build, "qlp_swap2")
 
 
 def _swap(body: dict) -> httpx.Response:

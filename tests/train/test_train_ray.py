@@ -25,8 +25,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def train_cfg(tiny_cfg):
-    """Small logical CPU share per worker: the session's Ray may also host the Serve test app
-    (1.5 of its 2 CPUs), and a Ray Train run that cannot be scheduled would wait forever."""
+    """Small logical CPU share per worker: the session's Ray (tests/helpers/ray_start.py) may
+    also host another module's work, and a Ray Train run that cannot be scheduled would wait
+    forever."""
     tiny_cfg.train.cpus_per_worker = 0.25
     return tiny_cfg
 

@@ -15,20 +15,6 @@ from tests.helpers.tiny_lm import grammar_texts, make_model, make_tokenizer, pre
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    # 4 logical CPUs for 2 physical: a trial that ASHA stops mid-run can keep its Ray Train
-    # placement group (1 CPU) reserved for a while (seen on ray 2.60), which would starve
-    # the next trial's worker on a 2-CPU cluster.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _records(texts):
     return [
         {"prompt": " ".join(t.split()[:3]), "completion": " " + " ".join(t.split()[3:])}
