@@ -42,6 +42,7 @@ def _options(cfg, folds_seed: int = 0):
         title_samples=r.title_samples,
         finetune_objective=r.finetune_objective,
         finetune_group_weight=r.finetune_group_weight,
+        supcon_steps=r.finetune_steps,
         seed=folds_seed,
     )
 

@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from qlp_ray.cli import app, state
+from tests.helpers.tiny_lm import SMALL_BUILTIN
 
 
 @pytest.fixture(scope="module")
@@ -16,15 +17,7 @@ def cfg_file(tmp_path_factory):
     home = tmp_path_factory.mktemp("eval_cli_home")
     cfg = {
         "paths": {"home": str(home)},
-        "model": {
-            "tiny": {
-                "num_layers": 2,
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "pretrain_steps": 40,
-                "vocab_size": 1024,
-            }
-        },
+        "model": {"tiny": SMALL_BUILTIN},
         "evaluation": {"max_new_tokens": 4},
         "optimize": {"eval_samples": 4, "calibration_samples": 4, "repeats": 1},
     }

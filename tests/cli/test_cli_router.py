@@ -47,6 +47,9 @@ def data_file(tmp_path):
 def runner(tmp_path, monkeypatch):
     monkeypatch.setenv("QLP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("QLP_ROUTER__USE_SAMPLES", "false")
+    # 4 fine-tunes of 120 steps take minutes on 2 cores; the steps' effect is tested in
+    # tests/route/test_router_finetune.py
+    monkeypatch.setenv("QLP_ROUTER__FINETUNE_STEPS", "15")
     from qlp_ray import cli
 
     cli.state._config = None  # reload config with this test's environment

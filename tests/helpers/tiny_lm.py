@@ -159,3 +159,13 @@ def tiny_serve_setup(home: Any, serve: dict[str, Any]) -> tuple[Any, Any, Any]:
     base, _ = load_base(cfg)
     init_keys(cfg.paths.keys)
     return cfg, Registry(cfg), base
+
+
+# `model.tiny` of a built-in model smaller than the default: it builds in seconds
+SMALL_BUILTIN = {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "pretrain_steps": 40,
+    "vocab_size": 1024,
+}

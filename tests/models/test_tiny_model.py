@@ -9,6 +9,7 @@ import pytest
 from qlp_ray.core.config import load_config
 from qlp_ray.models import tiny
 from qlp_ray.models.base import base_model_id, load_base, resolve_base_path
+from tests.helpers.tiny_lm import SMALL_BUILTIN
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +19,7 @@ def small_cfg(tmp_path_factory):
         environ={},
         overrides={
             "paths": {"home": str(home)},
-            "model": {
-                "tiny": {
-                    "num_layers": 2,
-                    "hidden_size": 64,
-                    "intermediate_size": 128,
-                    "pretrain_steps": 40,
-                    "vocab_size": 1024,
-                }
-            },
+            "model": {"tiny": SMALL_BUILTIN},
         },
     )
 

@@ -202,6 +202,12 @@ class RouterConfig(Section):
         "classifier (prototype), or all its transformer layers with a supervised contrastive "
         "loss on class-balanced batches of the labelled rows and bundled samples (supcon).",
     )
+    finetune_steps: int = Field(
+        120,
+        ge=1,
+        description="Learned mode, supcon objective: optimiser steps of each embedder "
+        "fine-tune (`qlp router train` runs 1 + 3 calibration fine-tunes).",
+    )
     finetune_group_weight: bool = Field(
         True,
         description="Learned mode: in the embedder's fine-tune, weigh each labelled row "
