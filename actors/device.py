@@ -30,9 +30,12 @@ UTIL_WINDOW_S = 10.0
 PINNED_CLASSES = ("pcore", "ecore")
 
 
+DEVICE_ACTOR_PREFIX = "qlp-device:"
+
+
 def device_actor_name(node_id: str, device_key: str) -> str:
     """Actor name shown in the Ray dashboard."""
-    return f"qlp-device:{node_id[:12]}:{device_key}"
+    return f"{DEVICE_ACTOR_PREFIX}{node_id[:12]}:{device_key}"
 
 
 def _memory(device: Device) -> tuple[int | None, int | None]:

@@ -99,3 +99,45 @@ def sync_devices(
         ray.get([h.status.remote() for h in handles])
     logger.info("device sync: added %s, removed %s", added, removed)
     return added, removed
+
+
+# ------------------------------------------------------------------ CPU sharing state
+def free_per_node() -> dict[str, dict[str, float]]:
+    """``{node_id: {"CPU": free, "GPU": free, ...}}`` of every alive node, now."""
+    from ray._private.state import available_resources_per_node  # no public per-node view
+
+    return {node: dict(res) for node, res in available_resources_per_node().items()}
+
+
+def _holder_name(class_name: str) -> str:
+    # "ServeReplica:qlp:QLPCompositor" -> "serve QLPCompositor"
+    if class_name.startswith("ServeReplica:"):
+        return "serve " + class_name.rsplit(":", 1)[-1]
+    return {"RayTrainWorker": "train worker"}.get(class_name, class_name)
+
+
+def cpu_holders(timeout_s: float = 5.0) -> dict[str, float]:
+    """CPUs reserved by alive actors, summed per kind (Serve deployment, train worker...).
+
+    Best effort, for messages: needs the dashboard's state API, ``{}`` without it.
+    """
+    try:
+        from ray.util.state import list_actors
+
+        actors = list_actors(
+            filters=[("state", "=", "ALIVE")],
+            detail=True,
+            limit=10_000,
+            timeout=int(timeout_s),
+            raise_on_missing_output=False,
+        )
+    except Exception as exc:  # noqa: BLE001 - a reason without holders is still a reason
+        logger.debug("no actor list for the placement reason: %s", exc)
+        return {}
+    held: dict[str, float] = {}
+    for actor in actors:
+        cpus = float((actor.required_resources or {}).get("CPU", 0.0))
+        if cpus > 0:
+            name = _holder_name(actor.class_name or "actor")
+            held[name] = held.get(name, 0.0) + cpus
+    return held

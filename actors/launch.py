@@ -3,11 +3,19 @@
 * :func:`start_scheduler` — the named scheduler actor (``qlp-scheduler``), get-or-create.
 * :func:`start_hardware` — the scheduler plus the device actors of every node
   (:mod:`actors.fleet`), kept in sync by the scheduler's re-discovery loop.
+* :func:`plan_serving` / :func:`training_placement` — the scheduler's CPU sharing between
+  Serve replicas and training runs (:mod:`qlp_ray.hardware.cpu_share`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -16,6 +24,7 @@ from actors.device import SCHEDULER_NAME
 from actors.fleet import discover_cluster, sync_devices
 from actors.scheduler import SchedulerActor
 from qlp_ray.core.config import HardwareConfig
+from qlp_ray.core.errors import Unplaceable
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +38,9 @@ def start_scheduler(cfg: HardwareConfig | None = None) -> Any:
         get_if_exists=True,
         num_cpus=0,
         lifetime="detached",  # a service: outlives the driver that started it
+        # restarted when it dies; callers' pending calls are retried on the new process
+        max_restarts=-1,
+        max_task_retries=-1,
     ).remote(cfg.model_dump())
 
 
@@ -59,8 +71,101 @@ def start_hardware(cfg: HardwareConfig | None = None) -> Any:
     return scheduler
 
 
+def plan_serving(
+    requested: dict[str, tuple[float, int]],
+    training_slot: float,
+    workloads: dict[str, tuple[str, str]] | None = None,
+    cfg: HardwareConfig | None = None,
+) -> dict[str, Any]:
+    """The scheduler's CPUs per replica for each Serve deployment (``requested``:
+    name -> (CPUs per replica, replicas)), keeping ``training_slot`` CPUs free, and the
+    device of each deployment in ``workloads`` (name -> (workload kind, backend))."""
+    requested_lists = {name: [c, r] for name, (c, r) in requested.items()}
+    kinds = {name: [k, b] for name, (k, b) in (workloads or {}).items()}
+    return ray.get(start_scheduler(cfg).plan_serving.remote(requested_lists, training_slot, kinds))
+
+
+def _run_id(kind: str) -> str:
+    """``<kind>:<Ray job submission id>`` inside a Ray job (what the REST job shows),
+    else ``<kind>:<random>``."""
+    try:
+        meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("metadata", {})
+    except ValueError:
+        meta = {}
+    return f"{kind}:{meta.get('job_submission_id') or uuid.uuid4().hex[:12]}"
+
+
+@contextlib.contextmanager
+def training_placement(
+    kind: str,
+    workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float = 0.0,
+    *,
+    timeout_s: float,
+    cfg: HardwareConfig | None = None,
+    poll_s: float = 2.0,
+) -> Iterator[dict[str, Any]]:
+    """Wait until the scheduler places a training run, then hold its placement for the block.
+
+    Yields the placement (``workers`` may be fewer than asked: as many as fit now). While
+    nothing fits the reason is logged (and shown by ``placements``); after ``timeout_s``
+    :class:`Unplaceable` carries it.
+    """
+    scheduler = start_scheduler(cfg)
+    run_id = _run_id(kind)
+    deadline = time.monotonic() + timeout_s
+    said = None
+    while True:
+        record = ray.get(
+            scheduler.place_training.remote(run_id, kind, workers, cpus_per_worker, gpus_per_worker)
+        )
+        if record["state"] == "placed":
+            break
+        if time.monotonic() >= deadline:
+            ray.get(scheduler.release.remote(run_id, "unplaceable"))
+            raise Unplaceable(
+                f"cannot place {kind}: {record['reason']} (waited {timeout_s:.0f} s; free CPUs "
+                "by stopping a workload or lowering its CPUs, or raise train.placement_timeout_s)"
+            )
+        if record["reason"] != said:
+            said = record["reason"]
+            logger.warning("%s waits for resources: %s", kind, said)
+        time.sleep(poll_s)
+    logger.info("%s placed: %s", kind, record["reason"])
+    try:
+        yield record
+    finally:
+        try:
+            ray.get(scheduler.release.remote(run_id))
+        except Exception as exc:  # noqa: BLE001 - the run's own outcome matters more
+            logger.warning("could not release placement %s: %s", run_id, exc)
+
+
+def release_placement(run_id: str, cfg: HardwareConfig | None = None) -> bool:
+    """Drop a placement (e.g. "serve" when the app is shut down); False if none was held."""
+    try:
+        scheduler = get_scheduler(cfg)
+    except ValueError:
+        return False
+    return bool(ray.get(scheduler.release.remote(run_id)))
+
+
+def placements(cfg: HardwareConfig | None = None) -> dict[str, dict[str, Any]]:
+    """Live placements the scheduler holds ({} when no scheduler runs)."""
+    try:
+        scheduler = get_scheduler(cfg)
+    except ValueError:
+        return {}
+    return ray.get(scheduler.placements.remote())
+
+
 __all__ = [
     "get_scheduler",
+    "placements",
+    "plan_serving",
+    "release_placement",
+    "training_placement",
     "submit_workload",
     "start_hardware",
     "start_scheduler",

@@ -15,23 +15,30 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
-from actors.fleet import discover_cluster, sync_devices
+from actors.device import DEVICE_ACTOR_PREFIX
+from actors.fleet import cpu_holders, discover_cluster, free_per_node, sync_devices
 from qlp_ray.core.config import HardwareConfig
 from qlp_ray.core.errors import NoCapableDevice, WorkloadFailed
+from qlp_ray.hardware.cpu_share import place_training, share_serving
 from qlp_ray.hardware.discovery import Device
 from qlp_ray.hardware.placement import DeviceState, check_workload, choose_device
+from qlp_ray.hardware.replica_devices import choose_replica_device
 
 logger = logging.getLogger(__name__)
 
 STATUS_TIMEOUT_S = 10.0
+# a training grant counts against the free CPUs until Ray shows its workers holding them
+GRANT_HOLD_S = 90.0
 DEAD_DROP_S = 60.0
 _DEVICE_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
 
@@ -71,8 +78,45 @@ class SchedulerActor:
         self._history: list[dict[str, Any]] = []
         self._wake: asyncio.Event | None = None
         self._loops: list[asyncio.Task] = []
+        # live placements of cluster workloads (serving, training runs): id -> record
+        self._placements: dict[str, dict[str, Any]] = self._load_state().get("placements", {})
+        self.restored = bool(self._placements)
 
     # ------------------------------------------------------------ lifecycle
+    def _state_key(self) -> bytes:
+        return f"qlp-scheduler/{self.cfg.namespace}".encode()
+
+    def _load_state(self) -> dict[str, Any]:
+        """What the previous process of this scheduler saved ({} on a first start)."""
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(self._state_key())
+        return json.loads(raw) if raw else {}
+
+    def _save_state(self) -> None:
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        state = {"placements": self._placements}
+        _internal_kv_put(self._state_key(), json.dumps(state).encode(), overwrite=True)
+
+    async def _reattach_devices(self) -> None:
+        """Register the running device actors again (after a restart of this actor)."""
+        loop = asyncio.get_running_loop()
+        names = await loop.run_in_executor(None, ray.util.list_named_actors, True)
+        for entry in names:
+            name = entry["name"]
+            if entry["namespace"] != self.cfg.namespace or not name.startswith(DEVICE_ACTOR_PREFIX):
+                continue
+            try:
+                handle = ray.get_actor(name, namespace=self.cfg.namespace)
+                info = await asyncio.wait_for(handle.info.remote(), timeout=STATUS_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - a dead device stays unregistered
+                logger.warning("device actor %s not re-attached: %s", name, exc)
+                continue
+            key = f"{info['node_id']}/{info['device']['key']}"
+            if key not in self._devices:
+                await self.register(info, handle)
+
     def _ensure_loops(self) -> None:
         if self._wake is None:
             self._wake = asyncio.Event()
@@ -147,6 +191,12 @@ class SchedulerActor:
         self._wake.set()
 
     async def _dispatch_loop(self) -> None:
+        # first find the device actors a previous process of this scheduler knew, so
+        # work retried after a restart is not refused for lack of devices
+        try:
+            await self._reattach_devices()
+        except Exception:  # noqa: BLE001 - devices also register themselves on start
+            logger.exception("re-attaching device actors failed")
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -277,6 +327,100 @@ class SchedulerActor:
             except Exception:  # noqa: BLE001 - log and retry at the next interval
                 logger.exception("device re-discovery failed")
 
+    # ------------------------------------------- CPU sharing (hardware/cpu_share.py)
+    async def plan_serving(
+        self,
+        requested: dict[str, list[float]],
+        training_slot: float,
+        workloads: dict[str, list[str]] | None = None,
+    ) -> dict[str, Any]:
+        """CPUs per replica of each Serve deployment (rule 1) and, for those named in
+        ``workloads`` (name -> [workload kind, backend]), the device they compute on and
+        the Ray resources they ask for (``hardware/replica_devices.py``); recorded as
+        "serve"."""
+        loop = asyncio.get_running_loop()
+        resources = await loop.run_in_executor(None, ray.cluster_resources)
+        total = float(resources.get("CPU", 0.0))
+        share = share_serving(
+            {name: (float(c), int(r)) for name, (c, r) in requested.items()}, total, training_slot
+        )
+        devices = {
+            name: asdict(choose_replica_device(kind, backend, self.cfg.capabilities, resources))
+            for name, (kind, backend) in (workloads or {}).items()
+        }
+        record = {
+            "workload": "serve",
+            "state": "placed",
+            "cpus": share.cpus,
+            "devices": devices,
+            "replicas": {name: int(r) for name, (_, r) in requested.items()},
+            "kept_for_training": share.kept_for_training,
+            "reason": share.reason,
+            "since": time.time(),
+        }
+        self._placements["serve"] = record
+        self._save_state()
+        return dict(record)
+
+    async def place_training(
+        self,
+        run_id: str,
+        kind: str,
+        workers: int,
+        cpus_per_worker: float,
+        gpus_per_worker: float = 0.0,
+    ) -> dict[str, Any]:
+        """Rule 2 for one training run, now. Placed: its CPUs count as taken until Ray
+        shows them held (``GRANT_HOLD_S``) or :meth:`release`; not placed: recorded as
+        waiting with the reason (``placements`` shows it)."""
+        loop = asyncio.get_running_loop()
+        free = await loop.run_in_executor(None, free_per_node)
+        now = time.time()
+        for other_id, rec in self._placements.items():  # grants Ray may not show yet
+            if other_id != run_id and rec.get("state") == "placed" and rec.get("node_grants"):
+                if now - rec["since"] < GRANT_HOLD_S:
+                    for node, cpus in rec["node_grants"].items():
+                        if node in free:
+                            free[node]["CPU"] = free[node].get("CPU", 0.0) - cpus
+        plan = place_training(workers, cpus_per_worker, gpus_per_worker, free)
+        if not plan.placed:
+            holders = await loop.run_in_executor(None, cpu_holders)
+            plan = place_training(workers, cpus_per_worker, gpus_per_worker, free, holders)
+        grants: dict[str, float] = {}
+        left = plan.workers
+        for node, res in sorted(free.items(), key=lambda kv: -kv[1].get("CPU", 0.0)):
+            n = min(left, int((res.get("CPU", 0.0) + 1e-6) // cpus_per_worker or 0))
+            if n > 0:
+                grants[node] = n * cpus_per_worker
+                left -= n
+        previous = self._placements.get(run_id, {})
+        record = {
+            "workload": kind,
+            "state": "placed" if plan.placed else "waiting",
+            "workers": plan.workers,
+            "requested_workers": workers,
+            "cpus_per_worker": cpus_per_worker,
+            "gpus_per_worker": gpus_per_worker,
+            "reason": plan.reason,
+            "node_grants": grants,
+            "since": now if plan.placed else previous.get("since", now),
+        }
+        self._placements[run_id] = record
+        self._save_state()
+        return dict(record)
+
+    async def release(self, run_id: str, outcome: str = "done") -> bool:
+        """A training run ended: its placement is dropped (``outcome`` is logged)."""
+        record = self._placements.pop(run_id, None)
+        if record is not None:
+            self._save_state()
+            logger.info("placement %s released (%s)", run_id, outcome)
+        return record is not None
+
+    async def placements(self) -> dict[str, dict[str, Any]]:
+        """Every live placement: serving and each waiting or running training run."""
+        return {k: dict(v) for k, v in self._placements.items()}
+
     async def devices(self) -> list[dict[str, Any]]:
         """One row per registered device: what it is, where, and how loaded."""
         self._ensure_loops()
@@ -301,3 +445,8 @@ class SchedulerActor:
 
     async def queued(self) -> int:
         return len(self._queue)
+
+    async def ping(self) -> dict[str, Any]:
+        """Liveness, and whether this process restored a predecessor's placements."""
+        self._ensure_loops()
+        return {"pid": os.getpid(), "restored": self.restored, "devices": len(self._devices)}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -36,3 +39,14 @@ def fail(message: str, code: int = 1) -> None:
     """Print an error and exit non-zero."""
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def stdout_for_json(as_json: bool) -> Iterator[None]:
+    """With ``--json``, everything printed while the block runs (progress, Ray workers'
+    logs forwarded to this driver) goes to stderr, so stdout holds only the JSON."""
+    if not as_json:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield

@@ -84,16 +84,52 @@ def cluster_rows(namespace: str) -> list[dict[str, Any]]:
     ]
 
 
+def _show_placements(as_json: bool) -> None:
+    """The scheduler's live placements: serving's CPU share and each training run."""
+    from rich.table import Table
+
+    from actors.launch import placements  # lazy: loads ray
+    from qlp_ray.core.runtime import connect_existing
+
+    if not connect_existing():
+        fail("no running Ray cluster (set RAY_ADDRESS or start one with `qlp serve`)")
+        return
+    live = placements(get_config().hardware)
+    if as_json:
+        console.print_json(json.dumps(live))
+        return
+    table = Table(title="placements (qlp-scheduler)")
+    for col in ("id", "workload", "state", "resources"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    for run_id, r in live.items():
+        if r["workload"] == "serve":
+            res = ", ".join(f"{k} {v:g} CPU" for k, v in r["cpus"].items())
+        else:
+            res = f"{r['workers']}/{r['requested_workers']} x {r['cpus_per_worker']:g} CPU"
+        table.add_row(run_id, r["workload"], r["state"], res, r["reason"])
+    console.print(table if live else "no placements: nothing is served or training")
+
+
 @app.command("devices")
 def devices(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     cluster: bool = typer.Option(
         False, "--cluster", help="Ask the running scheduler actor (all nodes) instead."
     ),
+    show_placements: bool = typer.Option(
+        False,
+        "--placements",
+        help="Show where the scheduler placed serving and every training run (and why a "
+        "run waits) instead of devices.",
+    ),
 ) -> None:
     """List devices: node, kind, class, AVX-512, utilization, queue."""
     from rich.table import Table
 
+    if show_placements:
+        _show_placements(as_json)
+        return
     if cluster:
         try:
             rows = cluster_rows(get_config().hardware.namespace)

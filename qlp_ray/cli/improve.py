@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.cli.common import console, fail, get_config, stdout_for_json
 from qlp_ray.core.errors import QLPError
 from qlp_ray.improve.engines import build_orchestrator, join_or_start_ray
 from qlp_ray.registry.audit import audit_for
@@ -37,8 +37,9 @@ def improve(
 
     cfg = get_config()
     try:
-        orch = build_orchestrator(cfg, progress=lambda m: console.print(f"[dim]•[/] {m}"))
-        outcomes = orch.run_cycle(domain or None)
+        with stdout_for_json(as_json):
+            orch = build_orchestrator(cfg, progress=lambda m: console.print(f"[dim]•[/] {m}"))
+            outcomes = orch.run_cycle(domain or None)
     except QLPError as exc:
         fail(str(exc))
         return

@@ -26,6 +26,13 @@ def serve_cmd(
     with console.status(f"deploying app {cfg.serve.app_name!r} on Ray Serve..."):
         url = deploy(cfg, persistent=True)
     console.print(f"[green]serving[/] at [bold]{url}[/] (OpenAI API under {url}/v1)")
+    from actors.launch import placements  # lazy: loads ray
+
+    serving = placements(cfg.hardware).get("serve")
+    if serving:
+        console.print(f"placement: {serving['reason']}")
+        for device in serving.get("devices", {}).values():
+            console.print(f"placement: {device['reason']}")
     console.print("stop it with [bold]qlp shutdown[/]")
 
 

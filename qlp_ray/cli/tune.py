@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.cli.common import console, fail, get_config, stdout_for_json
 from qlp_ray.core.errors import QLPError
 from qlp_ray.core.paths import shipped_config
 from qlp_ray.train.pipeline import run_pipeline
@@ -41,14 +41,15 @@ def tune(
     cfg = get_config()
     out = output or cfg.paths.runs / f"tune-best-{domain}"
     try:
-        result = run_tune(
-            cfg, domain=domain, space=load_space(space), trials=trials, output_dir=out
-        )
-        record = None
-        if register:
-            record = run_pipeline(
-                cfg, domain=domain, adapter_id=register, train=result.best_adapter
-            ).record
+        with stdout_for_json(as_json):
+            result = run_tune(
+                cfg, domain=domain, space=load_space(space), trials=trials, output_dir=out
+            )
+            record = None
+            if register:
+                record = run_pipeline(
+                    cfg, domain=domain, adapter_id=register, train=result.best_adapter
+                ).record
     except QLPError as exc:
         fail(str(exc))
         return

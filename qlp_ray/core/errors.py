@@ -139,6 +139,15 @@ class NoCapableDevice(QLPError, RuntimeError):
     code = "no_capable_device"
 
 
+class Unplaceable(QLPError, RuntimeError):
+    """A workload waited its placement timeout and the cluster still has no room for it;
+    the message says what it needs, what is free and who holds the rest."""
+
+    http_status = 503
+    error_type = "server_error"
+    code = "unplaceable"
+
+
 class WorkloadFailed(QLPError, RuntimeError):
     """A workload could not be completed: every device it was placed on died."""
 

@@ -130,3 +130,15 @@ def deployment_limits(serve_cfg: ServeConfig, deployment: str) -> dict[str, Any]
             status_code=503, retry_after_s=serve_cfg.retry_after_s
         ),
     }
+
+
+def replica_options(
+    num_cpus: float, num_gpus: float = 0.0, resources: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """``ray_actor_options`` of a replica: its CPUs, and GPUs / custom resources if any."""
+    options: dict[str, Any] = {"num_cpus": num_cpus}
+    if num_gpus:
+        options["num_gpus"] = num_gpus
+    if resources:
+        options["resources"] = dict(resources)
+    return options

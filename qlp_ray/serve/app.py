@@ -64,10 +64,48 @@ def wait_healthy(url: str, timeout_s: float) -> None:
     raise QLPError(f"the app at {url} did not become healthy in {timeout_s:.0f} s ({last})")
 
 
+def placed_config(cfg: QLPConfig) -> tuple[QLPConfig, dict]:
+    """``cfg`` with the CPUs per replica the scheduler gives each deployment (rule 1 of
+    :mod:`qlp_ray.hardware.cpu_share`), and the scheduler's placement record."""
+    from actors.launch import plan_serving  # lazy: starts the scheduler actor
+
+    s = cfg.serve
+    requested = {"compositor": (s.compositor_num_cpus, s.compositor_replicas)}
+    if cfg.router.placement == "deployment":
+        requested["router"] = (s.router_num_cpus, 1)
+    if s.gateway_num_cpus:
+        requested["gateway"] = (s.gateway_num_cpus, 1)
+    slot = cfg.train.cpus_per_worker if s.keep_training_slot else 0.0
+    workloads = {}
+    if s.place_devices:
+        workloads["compositor"] = ("inference", s.backend)
+        if cfg.router.embedding_backend == "openvino":
+            workloads["router"] = ("embedding", "openvino")
+    plan = plan_serving(requested, slot, workloads, cfg.hardware)
+    placed = cfg.model_copy(deep=True)
+    for name, cpus in plan["cpus"].items():
+        setattr(placed.serve, f"{name}_num_cpus", cpus)
+    for name, device in plan["devices"].items():
+        options = device["ray_options"]
+        setattr(placed.serve, f"{name}_num_gpus", float(options.get("num_gpus", 0)))
+        setattr(placed.serve, f"{name}_resources", dict(options.get("resources", {})))
+        if name == "compositor" and s.backend == "openvino":
+            placed.serve.openvino_device = device["openvino_device"]
+        if name == "router":
+            placed.router.embedding_device = device["openvino_device"]
+        logger.info("serving placement: %s", device["reason"])
+    logger.info("serving placement: %s", plan["reason"])
+    return placed, plan
+
+
 def deploy(cfg: QLPConfig, *, persistent: bool = True) -> str:
-    """Start Serve HTTP on ``serve.host:port``, run the app, wait until healthy; returns its URL."""
+    """Start Serve HTTP on ``serve.host:port``, run the app, wait until healthy; returns its URL.
+
+    The replicas reserve the CPUs the scheduler gives them (:func:`placed_config`).
+    """
 
     ensure_ray(cfg, persistent=persistent)
+    cfg, _ = placed_config(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     t0 = time.perf_counter()
     serve.run(build_app(cfg), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
@@ -94,4 +132,7 @@ def shutdown(cfg: QLPConfig) -> bool:
     serve.delete(cfg.serve.app_name)
     if not set(serve.status().applications) - {cfg.serve.app_name}:
         serve.shutdown()
+    from actors.launch import release_placement  # lazy: the scheduler actor
+
+    release_placement("serve", cfg.hardware)
     return True

@@ -44,7 +44,7 @@ from qlp_ray.models.hf_backend import TransformersBackend
 from qlp_ray.models.openvino_backend import OpenVINOBackend
 from qlp_ray.models.vllm_backend import VLLMBackend, vllm_unavailable_reason
 from qlp_ray.registry.store import Registry
-from qlp_ray.serve.admission import deployment_limits
+from qlp_ray.serve.admission import deployment_limits, replica_options
 from qlp_ray.serve.batching import BatchMerger, StepMerger
 from qlp_ray.serve.composition import AdapterLease, PrefetchQueue, StackComposer
 from qlp_ray.serve.swap_board import Ack, SwapBoard, board_dir
@@ -371,7 +371,11 @@ def compositor_deployment(cfg: QLPConfig) -> Any:
     return serve.deployment(
         name="Compositor",
         num_replicas=cfg.serve.compositor_replicas,
-        ray_actor_options={"num_cpus": cfg.serve.compositor_num_cpus},
+        ray_actor_options=replica_options(
+            cfg.serve.compositor_num_cpus,
+            cfg.serve.compositor_num_gpus,
+            cfg.serve.compositor_resources,
+        ),
         # internal: the gateway logs each HTTP request; a log line per compositor call
         # would cost the replica's event loop (and the decoding thread's GIL) as much
         logging_config={"enable_access_log": False},

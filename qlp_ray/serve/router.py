@@ -37,7 +37,7 @@ from qlp_ray.route.embeddings import embedding_cache_dir, get_embedder
 from qlp_ray.route.learned import LearnedRouter, targets_by_domain
 from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
 from qlp_ray.route.stacking import RouteTarget, StackPolicy, decide
-from qlp_ray.serve.admission import deployment_limits
+from qlp_ray.serve.admission import deployment_limits, replica_options
 from qlp_ray.serve.telemetry.metrics import record_route
 
 logger = logging.getLogger(__name__)
@@ -273,6 +273,7 @@ def router_embedder(cfg: QLPConfig, model: str | None = None) -> Any:
         precision=r.embedding_precision,
         max_tokens=r.max_routing_tokens,
         packing=r.embedding_packing,
+        device=r.embedding_device,
     )
 
 
@@ -290,7 +291,9 @@ def router_deployment(cfg: QLPConfig) -> Any:
     """The Serve deployment object of the router, sized for ``cfg``."""
     return serve.deployment(
         name="Router",
-        ray_actor_options={"num_cpus": cfg.serve.router_num_cpus},
+        ray_actor_options=replica_options(
+            cfg.serve.router_num_cpus, cfg.serve.router_num_gpus, cfg.serve.router_resources
+        ),
         **deployment_limits(cfg.serve, "router"),
         # one access-log line per routing call costs more than the decision; the gateway
         # logs every request anyway

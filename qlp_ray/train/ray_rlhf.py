@@ -29,6 +29,7 @@ from qlp_ray.core.errors import InvalidRequest, TrainingError
 from qlp_ray.train._rlhf_common import RunOptions
 from qlp_ray.train.distill import train_distill
 from qlp_ray.train.dpo import train_dpo
+from qlp_ray.train.placement import failure_config, placed_workers
 from qlp_ray.train.rl import train_rl
 
 logger = logging.getLogger(__name__)
@@ -256,11 +257,12 @@ def train_rlhf_on_ray(
     cpus_per_worker: float = 1.0,
     use_gpu: bool = False,
     max_failures: int = 1,
+    placement_timeout_s: float = 120.0,
     ray_callbacks: list[Any] | None = None,
     _kill_at_step: int | None = None,
 ) -> RLHFRayResult:
     """Run ``method`` on ``workers`` Ray Train workers; copy the adapter to ``output_dir``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if method in ("grpo", "rloo") and not reward_funcs:
@@ -284,24 +286,33 @@ def train_rlhf_on_ray(
         config.update(
             kill_at_step=_kill_at_step, kill_marker=str(Path(storage_path) / f"{run_name}.killed")
         )
-    trainer = TorchTrainer(
-        rlhf_loop_per_worker,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=str(storage_path),
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=ray_callbacks or None,
-        ),
-    )
-    logger.info(
-        "Ray Train %s run %s: %d worker(s), %d steps", method, run_name, workers, options.steps
-    )
-    result = trainer.fit()
+    with placed_workers(
+        method, workers, cpus_per_worker, use_gpu, timeout_s=placement_timeout_s
+    ) as n_workers:
+        trainer = TorchTrainer(
+            rlhf_loop_per_worker,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(
+                num_workers=n_workers,
+                use_gpu=use_gpu,
+                resources_per_worker={"CPU": cpus_per_worker},
+            ),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=str(storage_path),
+                failure_config=failure_config(max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=ray_callbacks or None,
+            ),
+        )
+        logger.info(
+            "Ray Train %s run %s: %d worker(s), %d steps",
+            method,
+            run_name,
+            n_workers,
+            options.steps,
+        )
+        result = trainer.fit()
     if result.error is not None:
         raise TrainingError(f"{method} run {run_name} failed: {result.error}")
     if result.checkpoint is None:

@@ -28,6 +28,7 @@ from qlp_ray.data.capsules import load_capsules
 from qlp_ray.data.format import routing_text, to_prompt_completion
 from qlp_ray.models.base import resolve_base_path
 from qlp_ray.train.peft_setup import build_peft_config
+from qlp_ray.train.placement import failure_config, placed_workers
 from qlp_ray.train.sft import ADAPTER_FILES, run_sft
 
 logger = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def train_adapter(
     steps: int | None = None,
 ) -> TrainResult:
     """Train one adapter for ``domain`` on Ray Train; return its directory and metrics."""
-    from ray.train import RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import RunConfig, ScalingConfig, TrainingFailedError  # lazy: loads torch
     from ray.train.torch import TorchTrainer
 
     train_cfg = effective_train_config(cfg, method=method, workers=workers, steps=steps)
@@ -234,31 +235,43 @@ def train_adapter(
         "use_gpu": use_gpu,
     }
     cfg.paths.runs.mkdir(parents=True, exist_ok=True)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=train_cfg.workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": train_cfg.cpus_per_worker},
-        ),
-        run_config=RunConfig(storage_path=str(cfg.paths.runs), name=run_name),
-    )
-    logger.info(
-        "Ray Train run %s: %s on %d train / %d held-out records (%s), %d worker(s), %d steps",
-        run_name,
-        train_cfg.method,
-        len(data.train),
-        len(data.heldout),
-        data.heldout_source,
-        train_cfg.workers,
-        train_cfg.steps,
-    )
     t0 = time.perf_counter()
-    try:
-        result = trainer.fit()
-    except TrainingFailedError as exc:
-        raise TrainingError(f"Ray Train run {run_name} failed: {exc}") from exc
+    with placed_workers(
+        "training",
+        train_cfg.workers,
+        train_cfg.cpus_per_worker,
+        use_gpu,
+        timeout_s=train_cfg.placement_timeout_s,
+        hardware=cfg.hardware,
+    ) as n_workers:
+        train_cfg = train_cfg.model_copy(update={"workers": n_workers})
+        loop_config["train"] = train_cfg.model_dump(mode="json")
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(
+                num_workers=n_workers,
+                use_gpu=use_gpu,
+                resources_per_worker={"CPU": train_cfg.cpus_per_worker},
+            ),
+            run_config=RunConfig(
+                storage_path=str(cfg.paths.runs), name=run_name, failure_config=failure_config()
+            ),
+        )
+        logger.info(
+            "Ray Train run %s: %s on %d train / %d held-out records (%s), %d worker(s), %d steps",
+            run_name,
+            train_cfg.method,
+            len(data.train),
+            len(data.heldout),
+            data.heldout_source,
+            n_workers,
+            train_cfg.steps,
+        )
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as exc:
+            raise TrainingError(f"Ray Train run {run_name} failed: {exc}") from exc
     if result.error is not None:
         raise TrainingError(f"Ray Train run {run_name} failed: {result.error}")
     if result.checkpoint is None or not isinstance(result.return_value, dict):

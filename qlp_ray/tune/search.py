@@ -25,6 +25,7 @@ from qlp_ray.data.capsules import load_capsules, sample_path
 from qlp_ray.data.format import to_prompt_completion
 from qlp_ray.models.base import resolve_base_path
 from qlp_ray.train.pipeline import TrainedAdapter
+from qlp_ray.train.placement import failure_config, placed_workers
 from qlp_ray.train.ray_rlhf import RLHFOptions, rlhf_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def make_trainable(
                 storage_path=storage_path,
                 callbacks=[TuneReportCallback()],
                 checkpoint_config=CheckpointConfig(num_to_keep=1),
+                failure_config=failure_config(),
             ),
         )
         trainer.fit()
@@ -195,26 +197,35 @@ def run_tune(
         {"CPU": 0, "memory": 1 << 20},
     )
     max_t = max(1, cfg.tune.steps // cfg.tune.eval_every) + 1  # + the final report
-    tuner = tune.Tuner(
-        trainable,
-        param_space=space,
-        tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode="min",
-            search_alg=OptunaSearch(seed=cfg.tune.seed),
-            scheduler=ASHAScheduler(
-                max_t=max_t, grace_period=cfg.tune.grace_period, reduction_factor=2
-            ),
-            num_samples=n,
-            max_concurrent_trials=cfg.tune.max_concurrent,
-            # a fresh trial process per trial: a second TorchTrainer in a reused trial
-            # actor was seen to wait forever for its workers
-            reuse_actors=False,
-        ),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage)),
+    placement = placed_workers(
+        "tune",
+        cfg.tune.max_concurrent,
+        cfg.tune.cpus_per_trial,
+        False,
+        timeout_s=cfg.train.placement_timeout_s,
+        hardware=cfg.hardware,
     )
-    logger.info("tuning %s: %d trials over %s", domain, n, sorted(space))
-    grid = tuner.fit()
+    with placement as concurrent:  # trials at once = trial workers that fit now
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode="min",
+                search_alg=OptunaSearch(seed=cfg.tune.seed),
+                scheduler=ASHAScheduler(
+                    max_t=max_t, grace_period=cfg.tune.grace_period, reduction_factor=2
+                ),
+                num_samples=n,
+                max_concurrent_trials=concurrent,
+                # a fresh trial process per trial: a second TorchTrainer in a reused trial
+                # actor was seen to wait forever for its workers
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage)),
+        )
+        logger.info("tuning %s: %d trials over %s", domain, n, sorted(space))
+        grid = tuner.fit()
     rows = []
     for r in grid:
         rows.append(

@@ -1,10 +1,10 @@
-"""`ray job submit -- qlp train ...` (the real `ray` CLI) and the Python Client's job methods."""
+"""Ray jobs on the session cluster: an unplaceable `qlp train` job, the Python Client's job
+methods and the REST fine-tuning job route."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,26 +58,37 @@ def _job_env(home: Path) -> dict[str, str]:
     }
 
 
-def test_ray_job_submit_qlp_train_registers_a_signed_adapter(dashboard, qlp_home):
-    env = _job_env(qlp_home)
-    cmd = [
-        str(VENV_BIN / "ray"), "job", "submit", "--address", dashboard,
-        "--runtime-env-json", json.dumps({"env_vars": env}),
-        "--", "qlp", "train", "--domain", "api", "--data", str(API_TRAIN),
-        "--steps", "5", "--workers", "1", "--adapter-id", "api-job",
-    ]  # fmt: skip
-    # `ray job submit` waits for the job and exits non-zero when it fails
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=200, env={**os.environ})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "succeeded" in done.stdout.lower(), done.stdout[-2000:]
+def test_unplaceable_training_job_fails_fast_with_the_reason(dashboard, qlp_home):
+    """A run asking for more CPUs than any node has waits with the reason (the scheduler's
+    placements show it), then fails with it after train.placement_timeout_s; it never
+    hangs in Ray Train's start-up retries. (`ray job submit -- qlp train` succeeding:
+    tests/e2e/test_train_while_serving.py.)"""
+    from actors.launch import placements
+    from qlp_ray.core.jobs import JobsClient
 
-    from qlp_ray.registry.store import Registry
-
-    cfg = load_config(environ={"QLP_HOME": str(qlp_home), **TINY_ENV})
-    record = Registry(cfg).get("api-job")
-    assert record.version == 1 and record.signed, record.problem
-    assert record.metadata["metrics"]["steps"] == 5
-    assert Registry(cfg).verify("api-job", 1).signed
+    env = {**_job_env(qlp_home), "QLP_TRAIN__CPUS_PER_WORKER": "100",
+           "QLP_TRAIN__PLACEMENT_TIMEOUT_S": "20"}  # fmt: skip
+    client = JobsClient(dashboard)
+    t0 = time.monotonic()
+    job = client.submit_job(
+        ["train", "--domain", "api", "--data", str(API_TRAIN), "--steps", "5"], env=env
+    )
+    waiting = None
+    while (status := client.job_status(job)) not in TERMINAL and time.monotonic() - t0 < 180:
+        for run_id, record in placements().items():
+            if run_id.endswith(f":{job}"):
+                waiting = record
+        time.sleep(0.5)
+    elapsed = time.monotonic() - t0
+    logs = client.job_logs(job)
+    assert status == "FAILED", logs[-3000:]
+    assert elapsed < 120, f"an unplaceable job took {elapsed:.0f} s to fail"
+    need = "needs 100 CPU per worker"
+    assert waiting is not None and waiting["state"] == "waiting", waiting
+    assert waiting["reason"].startswith(need) and "CPU free on the freest node" in waiting["reason"]
+    assert f"cannot place training: {need}" in logs, logs[-3000:]
+    assert "waited 20 s" in logs
+    assert not any(r.endswith(f":{job}") for r in placements())  # released
 
 
 def test_client_job_methods(dashboard, qlp_home):

@@ -11,15 +11,14 @@ Ray: left alone, ``qlp serve`` reuses any Ray it finds (``ray.init(address="auto
 back to any raylet on the machine, e.g. this session's), so the test starts a private head
 from the new venv (own temp dir, free ports, its own auth token) and hands ``qlp`` its
 address in ``RAY_ADDRESS``; the head's workers run the new venv's Python, hence the wheel.
-Stopping it ends only its own processes (``ray start --block`` + SIGTERM), never ``ray stop``.
+(tests/helpers/private_ray.py).
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,8 +29,9 @@ import zipfile
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
+
+from tests.helpers.private_ray import private_head, user_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -40,7 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 SOURCE_ITEMS = ("qlp_ray", "actors", "cython_ext", "configs", "setup.py", "pyproject.toml",
                 "README.md", "MANIFEST.in")  # fmt: skip
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.c", "*.egg-info", "build")
-RAY_STARTED = "Ray runtime started"
 
 
 def _free_port() -> int:
@@ -89,22 +88,7 @@ def _fresh_venv(tmp: Path, wheel: Path) -> Path:
 
 
 def _env(venv: Path, home: Path, token: str, **extra: str) -> dict[str, str]:
-    """A clean environment: the new venv first on PATH, no PYTHONPATH, a private Ray token
-    (head and clients share it; nothing is written to ~/.ray)."""
-    keep = ("HOME", "LANG", "LC_ALL", "TMPDIR", "QLP_EMBEDDING_CACHE")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
-    env.update(
-        PATH=f"{venv / 'bin'}{os.pathsep}/usr/bin:/bin",
-        QLP_HOME=str(home),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        RAY_USAGE_STATS_ENABLED="0",
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=token,
-    )
-    env.update(extra)
-    return env
+    return user_env(home, token, venv / "bin", **extra)
 
 
 def _home_with_tiny_model(qlp_home: Path, tmp: Path) -> Path:
@@ -113,43 +97,6 @@ def _home_with_tiny_model(qlp_home: Path, tmp: Path) -> Path:
     (home / "models").symlink_to(qlp_home / "models", target_is_directory=True)
     shutil.copytree(qlp_home / "keys", home / "keys")
     return home
-
-
-def _kill_leftovers(marker: str) -> None:
-    """Processes of our private Ray head (their command line names its temp dir), by pid."""
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(marker in part for part in proc.info["cmdline"] or ()):
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-
-
-def _start_head(
-    venv: Path, env: dict[str, str], temp_dir: str, log: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    """`ray start --head --block` from the new venv on free ports; (process, GCS address)."""
-    from qlp_ray.core.config import QLPConfig
-    from qlp_ray.core.runtime import serve_env
-
-    port = _free_port()
-    cmd = [str(venv / "bin" / "python"), "-c", "from ray.scripts.scripts import main; main()",
-           "start", "--head", "--block", f"--port={port}",
-           "--include-dashboard=false", f"--dashboard-agent-listen-port={_free_port()}",
-           f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dir}",
-           "--num-cpus=4", "--disable-usage-stats"]  # fmt: skip
-    # the Serve processes of the head get what `qlp serve`'s own `ray start` would give them
-    head_env = {**env, **serve_env(QLPConfig())}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=head_env,
-                                start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 180
-    while RAY_STARTED not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"private Ray head did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    return proc, f"127.0.0.1:{port}"
 
 
 def test_wheel_installs_into_a_fresh_venv_and_serves(qlp_home: Path):
@@ -183,7 +130,10 @@ def test_wheel_installs_into_a_fresh_venv_and_serves(qlp_home: Path):
                       env=env).stdout  # fmt: skip
         assert dumped == (REPO / "configs" / "default.yaml").read_text()
 
-        head, address = _start_head(venv, env, str(tmp / "ray"), tmp / "ray_head.log")
+        head = contextlib.ExitStack()
+        address = head.enter_context(
+            private_head(env, tmp / "ray", num_cpus=4, python=python)
+        ).address
         port = _free_port()
         env = _env(venv, home, token, RAY_ADDRESS=address, QLP_SERVE__PORT=str(port),
                    QLP_SERVE__HOST="127.0.0.1", QLP_SERVE__HEALTH_TIMEOUT_S="400")  # fmt: skip
@@ -210,12 +160,6 @@ def test_wheel_installs_into_a_fresh_venv_and_serves(qlp_home: Path):
                                env=env, capture_output=True, timeout=120, check=False)  # fmt: skip
         finally:
             if head is not None:
-                head.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes
-                try:
-                    head.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    head.kill()
-                    head.wait(timeout=30)
-            _kill_leftovers(str(tmp / "ray"))
+                head.close()
             shutil.rmtree(tmp, ignore_errors=True)
             print(f"wheel install + serve test: {time.monotonic() - t0:.0f} s")

@@ -126,6 +126,11 @@ class RouterConfig(Section):
         description="Where `model=auto` requests are routed: the Router Serve deployment, or "
         "inside each gateway replica (no deployment hop; every gateway loads the encoder).",
     )
+    embedding_device: str = Field(
+        "CPU",
+        description="OpenVINO device of the router's encoder (NPU, GPU, CPU); the scheduler "
+        "sets it when `serve.place_devices` is on.",
+    )
     embedding_backend: Literal["openvino", "torch"] = Field(
         "openvino",
         description="Encoder of the Serve router: an OpenVINO IR of the embedding model "

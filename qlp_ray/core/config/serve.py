@@ -44,6 +44,34 @@ class ServeConfig(Section):
     compositor_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per compositor.")
     router_num_cpus: float = Field(0.5, ge=0, description="CPUs reserved by the router.")
     gateway_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved by the HTTP gateway.")
+    compositor_num_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs per compositor replica (the scheduler sets 1 for vLLM on a "
+        "cluster with GPUs when place_devices is on).",
+    )
+    compositor_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per compositor replica, e.g. {qlp_npu: 1} (the "
+        "scheduler sets them when place_devices is on).",
+    )
+    router_num_gpus: float = Field(0.0, ge=0, description="GPUs of the router replica.")
+    router_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources of the router replica, e.g. {qlp_npu: 1}.",
+    )
+    place_devices: bool = Field(
+        True,
+        description="The scheduler picks the compositor's and the router's device from "
+        "`hardware.capabilities` and what the cluster advertises (GPU, qlp_npu, qlp_arc...), "
+        "and sets the Ray resources and OpenVINO device above; false = as configured.",
+    )
+    keep_training_slot: bool = Field(
+        True,
+        description="On a small cluster the scheduler shrinks the CPUs the replicas above "
+        "reserve so one training worker (`train.cpus_per_worker`) still fits; the replicas "
+        "keep using every core (see `qlp devices`).",
+    )
     gateway_admission_limit: int = Field(
         64,
         ge=0,

@@ -43,6 +43,12 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warm-up share of steps.")
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP, gloo on CPU).")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Ray Train worker.")
+    placement_timeout_s: float = Field(
+        120.0,
+        ge=0,
+        description="Longest a training run waits for the scheduler to find its CPUs (it "
+        "logs why it waits), then fails with the reason.",
+    )
     use_gpu: bool | None = Field(None, description="Train on GPUs; None = when any is present.")
     eval_fraction: float = Field(
         0.15, gt=0, lt=1, description="Held-out share when the data has no held-out split."

@@ -18,6 +18,7 @@ path on the cluster's file system; the Jobs API runs code, hence admin-only rout
 
 # No `from __future__ import annotations`: FastAPI must see the real types.
 import asyncio
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +35,7 @@ from qlp_ray.registry.store import Registry
 from qlp_ray.serve.http.auth import require_admin
 from qlp_ray.train import PeftMethod
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
 
 # Ray job status → OpenAI fine_tuning.job status
@@ -201,10 +203,29 @@ async def _fine_tuning_info(request: Request, job_id: str) -> tuple[Any, Any]:
     return client, info
 
 
+async def _placement_of(cfg: QLPConfig, job_id: str) -> dict[str, Any] | None:
+    """The scheduler's placement of a running job's training run: waiting (and why) or
+    placed (workers); None when it has none (not started yet, or finished)."""
+    from actors.launch import placements  # lazy: loads ray
+
+    try:
+        live = await asyncio.to_thread(placements, cfg.hardware)
+    except Exception as exc:  # noqa: BLE001 - the job status must not fail for this
+        logger.warning("no placement for job %s: %s", job_id, exc)
+        return None
+    for run_id, record in live.items():
+        if run_id.endswith(f":{job_id}"):
+            keys = ("state", "reason", "workers", "requested_workers", "cpus_per_worker")
+            return {k: record.get(k) for k in keys}
+    return None
+
+
 @router.get("/fine-tuning/jobs/{job_id}")
 async def get_fine_tuning_job(job_id: str, request: Request) -> dict[str, Any]:
     client, info = await _fine_tuning_info(request, job_id)
     out = _job_object(info)
+    if info.status == "RUNNING":
+        out["placement"] = await _placement_of(_cfg(request), job_id)
     if info.status == "FAILED":
         out["logs_tail"] = (await asyncio.to_thread(client.job_logs, job_id))[-2000:]
     return out

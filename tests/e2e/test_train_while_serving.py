@@ -1,0 +1,195 @@
+"""Train while serving on one 2-CPU machine, as a user runs it.
+
+A private Ray head with exactly 2 CPUs (tests/helpers/private_ray.py). ``qlp serve`` with
+the default configuration deploys the app: the scheduler shrinks the replicas' CPU
+reservations so one training worker still fits (qlp_ray/hardware/cpu_share.py). Then,
+while a client keeps sending completions, three training paths each run to a signed
+adapter in the registry: a REST fine-tuning job, ``ray job submit -- qlp train`` and
+``qlp improve --once`` (fed corrections the way the gateway logs them). Not one request
+may fail; the latency ratio busy/idle is printed for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from qlp_ray.core.config import REPO_ROOT, load_config
+from tests.helpers.private_ray import private_head, user_env
+from tests.helpers.ray_start import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
+
+SAMPLES = REPO_ROOT / "qlp_ray" / "data" / "samples"
+BIN = Path(sys.executable).parent
+STEPS = "8"
+
+
+class Load:
+    """One client sending completions back to back; every status and latency is kept."""
+
+    def __init__(self, url: str, model: str) -> None:
+        self.url, self.model = url, model
+        self.results: list[tuple[float, int, float, str]] = []  # (t, status, seconds, detail)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=120) as http:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                body = {"model": self.model, "prompt": "Restart a pod safely.", "max_tokens": 8}
+                try:
+                    r = http.post(f"{self.url}/v1/completions", json=body)
+                    status, detail = r.status_code, "" if r.status_code == 200 else r.text[:300]
+                except httpx.HTTPError as exc:
+                    status, detail = 0, repr(exc)
+                self.results.append((t0, status, time.monotonic() - t0, detail))
+                self._stop.wait(0.2)
+
+    def start(self) -> Load:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=180)
+
+    def latencies(self, since: float, until: float) -> list[float]:
+        return [s for t, code, s, _ in self.results if since <= t < until and code == 200]
+
+    def failures(self) -> list[tuple[float, int, float, str]]:
+        return [r for r in self.results if r[1] != 200]
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, (
+        f"{cmd} -> {done.returncode}\n{done.stdout[-4000:]}\n" + (done.stderr[-4000:])
+    )
+    return done
+
+
+def _seed_corrections(home: Path, domain: str, n: int) -> None:
+    """Requests answered in ``domain`` and corrected by their users, logged as the gateway
+    logs them (the store is the one the running app writes to)."""
+    from qlp_ray.data.capsules import load_capsules, sample_path
+    from qlp_ray.store.database import FeedbackStore
+
+    store = FeedbackStore.from_config(load_config(environ={"QLP_HOME": str(home)}))
+    for s in load_capsules(sample_path(domain, "train"))[:n]:
+        rid = store.record_request(model="auto", domain=domain, prompt=s.instruction,
+                                   response="not sure", latency_ms=50.0)  # fmt: skip
+        store.record_feedback(rid, "thumbs", -1)
+        store.record_feedback(rid, "correction", payload={"text": s.output})
+
+
+def test_rest_job_ray_job_and_improve_train_while_serving_answers(qlp_home: Path):
+    t_start = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="qlp2c_"))  # short: Ray's socket paths live under it
+    home = tmp / "home"
+    home.mkdir()
+    (home / "models").symlink_to(qlp_home / "models", target_is_directory=True)
+    shutil.copytree(qlp_home / "keys", home / "keys")
+    token = secrets.token_hex(32)
+    env = user_env(home, token)
+    try:
+        with private_head(env, tmp / "ray", num_cpus=2, dashboard=True) as head:
+            port = free_port()
+            env = user_env(home, token, RAY_ADDRESS=head.address, QLP_SERVE__PORT=str(port),
+                           QLP_JOBS__DASHBOARD_ADDRESS=head.dashboard_url,
+                           QLP_SERVE__HEALTH_TIMEOUT_S="400")  # fmt: skip
+            served = _run([str(BIN / "qlp"), "serve"], env, timeout=600)
+            out = " ".join(served.stdout.split())
+            assert "placement: 2 CPUs: serving reserves 1 (" in out, out
+            assert "1 CPU free for training" in out, out
+            shown = _run([str(BIN / "qlp"), "devices", "--placements", "--json"], env, 120)
+            serving = json.loads(shown.stdout)["serve"]
+            assert serving["cpus"] == {"compositor": 0.666, "router": 0.333}, serving
+            url = f"http://127.0.0.1:{port}"
+            try:
+                _train_three_ways_while_serving(url, home, head, env, t_start)
+            finally:
+                subprocess.run([str(BIN / "qlp"), "shutdown"], env=env, capture_output=True,
+                               timeout=120, check=False)  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _train_three_ways_while_serving(url, home, head, env, t_start) -> None:
+    models = httpx.get(f"{url}/v1/models", timeout=60).json()["data"]
+    (base,) = [m["id"] for m in models if m["kind"] == "base"]
+    load = Load(url, base).start()
+    time.sleep(8)  # idle latency first
+    t_busy = time.monotonic()
+    try:
+        # 1. REST fine-tuning job (submitted by the gateway to the Ray Jobs API)
+        body = {"model": "devops", "training_file": str(SAMPLES / "devops.train.jsonl"),
+                "hyperparameters": {"n_steps": int(STEPS)}}  # fmt: skip
+        r = httpx.post(f"{url}/v1/fine-tuning/jobs", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 420
+        placements = []
+        while time.monotonic() < deadline:
+            job = httpx.get(f"{url}/v1/fine-tuning/jobs/{job_id}", timeout=60).json()
+            if job.get("placement"):
+                placements.append(job["placement"])
+            if job["status"] not in ("queued", "running"):
+                break
+            time.sleep(2)
+        assert job["status"] == "succeeded", job
+        # while it ran, the job showed where the scheduler put it
+        assert any(p["state"] == "placed" and p["workers"] == 1 for p in placements), placements
+
+        # 2. `ray job submit -- qlp train ...`, as the README writes it
+        done = _run([str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--",
+                     "qlp", "train", "--domain", "api", "--data", str(SAMPLES / "api.train.jsonl"),
+                     "--steps", STEPS, "--adapter-id", "api-job"], env, timeout=420)  # fmt: skip
+        assert "succeeded" in done.stdout.lower(), done.stdout[-2000:]
+
+        # 3. `qlp improve --once` on corrections users sent
+        _seed_corrections(home, "frontend", 24)
+        improve_env = {**env, "QLP_IMPROVE__MIN_NEW_SAMPLES": "10", "QLP_IMPROVE__MARGIN": "0",
+                       "QLP_TRAIN__STEPS": STEPS}  # fmt: skip
+        done = _run([str(BIN / "qlp"), "improve", "--once", "--domain", "frontend", "--json"],
+                    improve_env, timeout=420)  # fmt: skip
+        [outcome] = json.loads(done.stdout)  # --json: only the JSON on stdout
+        assert outcome["action"] == "promoted", outcome
+    finally:
+        t_done = time.monotonic()
+        time.sleep(3)
+        load.stop()
+
+    failures = load.failures()
+    assert not failures, f"{len(failures)} failed requests while training: {failures[:3]}"
+    idle, busy = load.latencies(0, t_busy), load.latencies(t_busy, t_done)
+    assert len(idle) >= 3 and len(busy) >= 20, (len(idle), len(busy))
+
+    from qlp_ray.registry.store import Registry
+
+    registry = Registry(load_config(environ={"QLP_HOME": str(home)}))
+    for adapter_id in ("devops", "api-job", "frontend"):
+        record = registry.get(adapter_id)
+        assert record.signed and registry.verify(adapter_id).signed, (adapter_id, record.problem)
+    p50_idle, p50_busy = statistics.median(idle), statistics.median(busy)
+    p95_idle = statistics.quantiles(idle, n=20)[-1] if len(idle) >= 2 else idle[0]
+    p95_busy = statistics.quantiles(busy, n=20)[-1]
+    print(
+        f"\ntrain while serving (2 CPUs): {len(load.results)} requests, 0 failed; idle "
+        f"p50 {p50_idle * 1000:.0f} ms / p95 {p95_idle * 1000:.0f} ms ({len(idle)}), while the "
+        f"three training paths ran p50 {p50_busy * 1000:.0f} ms / p95 {p95_busy * 1000:.0f} ms "
+        f"({len(busy)}): x{p50_busy / p50_idle:.2f} / x{p95_busy / p95_idle:.2f}; whole test "
+        f"{time.monotonic() - t_start:.0f} s"
+    )

@@ -1,0 +1,50 @@
+"""The scheduler places the Serve replicas at deploy time (``serve.app.placed_config``):
+an OpenVINO router asks Ray for an NPU on a cluster that advertises one and embeds on it;
+a vLLM compositor asks for a GPU; without them both stay on CPU. (Deploying on the
+stand-in accelerator node is not done: this machine has no NPU or GPU to compute on.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from qlp_ray.core.config import load_config
+
+pytestmark = pytest.mark.integration
+
+
+def _options(cfg):
+    from qlp_ray.serve.compositor import compositor_deployment
+    from qlp_ray.serve.router import router_deployment
+
+    return (
+        compositor_deployment(cfg).ray_actor_options,
+        router_deployment(cfg).ray_actor_options,
+    )
+
+
+def test_replicas_ask_for_advertised_accelerators_and_fall_back_to_cpu(ray_session, tmp_path):
+    from qlp_ray.serve.app import placed_config
+
+    cfg = load_config(environ={"QLP_HOME": str(tmp_path)})
+    cfg.serve.backend = "vllm"  # only its options are built here: no engine starts
+    placed, plan = placed_config(cfg)
+    compositor, router = _options(placed)
+    assert "resources" not in router and "num_gpus" not in compositor  # no accelerators
+    assert placed.router.embedding_device == "CPU"
+    assert plan["devices"]["router"]["device_class"] == "cpu"
+
+    node = ray_session.add_node(num_cpus=0, num_gpus=1, resources={"qlp_npu": 1})
+    try:
+        ray_session.cluster.wait_for_nodes()
+        placed, plan = placed_config(cfg)
+        compositor, router = _options(placed)
+        assert router["resources"] == {"qlp_npu": 1} and placed.router.embedding_device == "NPU"
+        assert compositor["num_gpus"] == 1
+        assert plan["devices"]["compositor"]["reason"].startswith("inference on cuda (vllm")
+        # as configured when the scheduler is told not to place devices
+        cfg.serve.place_devices = False
+        placed, _ = placed_config(cfg)
+        compositor, router = _options(placed)
+        assert "resources" not in router and "num_gpus" not in compositor
+    finally:
+        ray_session.cluster.remove_node(node)
