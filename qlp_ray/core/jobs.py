@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qlp_ray.core.config import secret_variables
 from qlp_ray.core.errors import InvalidRequest, NotFound
 from qlp_ray.core.paths import source_checkout
 
@@ -53,7 +54,15 @@ def qlp_entrypoint(args: Sequence[str], *, python: str | None = None) -> str:
 
 
 def _runtime_env(extra_env: dict[str, str] | None) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k.startswith("QLP_")}
+    """The job's ``runtime_env``: this process's ``QLP_*`` settings except secrets.
+
+    A runtime env is visible to anyone who can read the Jobs API (``ray job list``, the
+    dashboard), so keys and passwords never travel in it: a job reads them from its
+    cluster's own environment (``ray start``'s, a Kubernetes secret), as the Serve replicas
+    do. ``extra_env`` is passed as given.
+    """
+    secret = secret_variables()
+    env = {k: v for k, v in os.environ.items() if k.startswith("QLP_") and k not in secret}
     env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     # a source checkout (not installed) reaches the job's workers through PYTHONPATH
     root = source_checkout()

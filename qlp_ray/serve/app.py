@@ -36,10 +36,12 @@ def app_builder(args: dict[str, str]) -> serve.Application:
     """Ray Serve application builder for ``serve run`` / RayService ``import_path``.
 
     ``args`` may name a YAML file (``config: path``); otherwise the defaults, ``QLP_*``
-    environment variables and ``QLP_CONFIG`` apply, exactly as for the CLI.
+    environment variables and ``QLP_CONFIG`` apply, exactly as for the CLI. The replicas
+    are placed by the scheduler as under ``qlp serve`` (:func:`placed_config`).
     """
 
-    return build_app(load_config(args.get("config") if args else None))
+    cfg, _ = placed_config(load_config(args.get("config") if args else None))
+    return build_app(cfg)
 
 
 def base_url(cfg: QLPConfig) -> str:

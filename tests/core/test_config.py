@@ -151,3 +151,17 @@ def test_missing_and_invalid_files(tmp_path: Path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(broken, environ={})
     assert DEFAULT_CONFIG_FILE.is_file()
+
+
+def test_secret_variables_are_every_secret_field():
+    from qlp_ray.core.config import secret_variables
+
+    assert secret_variables() == {
+        "QLP_DB_URL",
+        "QLP_ROUTER__EXTERNAL__API_KEY",
+        "QLP_S3__ACCESS_KEY_ID",
+        "QLP_S3__SECRET_ACCESS_KEY",
+        "QLP_SERVE__ADMIN_KEY",
+        "QLP_SERVE__API_KEY",
+        "QLP_STORE__URL",
+    }

@@ -36,12 +36,21 @@ def test_entrypoint_is_a_quoted_qlp_command():
         qlp_entrypoint(["rm", "-rf", "/"])
 
 
-def test_submit_status_logs_and_cancel(jobs, tmp_path):
+def test_submit_status_logs_and_cancel(jobs, tmp_path, monkeypatch):
+    # the submitter holds secrets: none may reach the job's runtime env, which anyone who
+    # can read the Jobs API sees; plain settings do
+    monkeypatch.setenv("QLP_SERVE__ADMIN_KEY", "adm-secret")
+    monkeypatch.setenv("QLP_S3__SECRET_ACCESS_KEY", "s3-secret")
+    monkeypatch.setenv("QLP_DB_URL", "postgresql://qlp:pw@db/qlp")
+    monkeypatch.setenv("QLP_EVALUATION__MAX_NEW_TOKENS", "4")
     env = {"QLP_HOME": str(tmp_path)}
     job = jobs.submit_job(["eval", "leaderboard", "--json"], env=env)
     assert _wait(jobs, job) == "SUCCEEDED", jobs.job_logs(job)
     assert json.loads(jobs.job_logs(job).strip().splitlines()[-1]) == []
     assert any(j.job_id == job for j in jobs.list_jobs())
+    visible = json.dumps(jobs._client.get_job_info(job).runtime_env)
+    assert "secret" not in visible and "pw@db" not in visible, visible
+    assert "QLP_EVALUATION__MAX_NEW_TOKENS" in visible
 
     # a long job (a 50-trial tune), cancelled while it runs
     slow = jobs.submit_job(

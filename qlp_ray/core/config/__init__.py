@@ -33,7 +33,12 @@ from pydantic import Field, ValidationError, model_validator
 from qlp_ray.core.config.base import Section
 from qlp_ray.core.config.core import JobsConfig, PathsConfig
 from qlp_ray.core.config.demo import DOMAINS, DemoConfig
-from qlp_ray.core.config.dump import DEFAULTS_HEADER, EFFECTIVE_HEADER, dump_yaml
+from qlp_ray.core.config.dump import (
+    DEFAULTS_HEADER,
+    EFFECTIVE_HEADER,
+    dump_yaml,
+    secret_env_vars,
+)
 from qlp_ray.core.config.evaluate import GRADES, EvaluationConfig
 from qlp_ray.core.config.hardware import HW_DEVICE_CLASSES, WORKLOADS, HardwareConfig
 from qlp_ray.core.config.improve import ActiveLearningConfig, ImproveConfig
@@ -207,6 +212,12 @@ def dump_defaults() -> str:
     return dump_yaml(QLPConfig(), header=DEFAULTS_HEADER)
 
 
+def secret_variables() -> set[str]:
+    """Environment variables that carry secrets: every ``QLP_*`` one that sets a field
+    marked secret (API/admin keys, S3 keys, the store URL), and ``QLP_DB_URL``."""
+    return secret_env_vars(QLPConfig) | {"QLP_DB_URL"}
+
+
 def dump_effective(cfg: QLPConfig) -> str:
     """``cfg`` (e.g. :func:`load_config`'s result) as commented YAML, secrets redacted."""
     return dump_yaml(cfg, header=EFFECTIVE_HEADER, redact=True)
@@ -220,6 +231,7 @@ __all__ = [
     "HW_DEVICE_CLASSES",
     "REPO_ROOT",
     "WORKLOADS",
+    "secret_variables",
     "ActiveLearningConfig",
     "AdaLoraConfigSection",
     "DemoConfig",

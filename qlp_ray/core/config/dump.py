@@ -46,6 +46,20 @@ def _is_secret(model: BaseModel, name: str) -> bool:
     return isinstance(extra, dict) and bool(extra.get("secret"))
 
 
+def secret_env_vars(model: type[BaseModel], prefix: str = "QLP_") -> set[str]:
+    """Names of the ``QLP_<SECTION>__<FIELD>`` variables that set a secret field of
+    ``model`` (nested sections included)."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        var = f"{prefix}{name.upper()}"
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            names |= secret_env_vars(sub, f"{var}__")
+        elif isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("secret"):
+            names.add(var)
+    return names
+
+
 def _value_lines(key: str, value: Any, indent: str) -> list[str]:
     inline = f"{indent}{key}: {_scalar(value)}"
     if (
