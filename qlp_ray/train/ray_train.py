@@ -209,9 +209,6 @@ def train_adapter(
     steps: int | None = None,
 ) -> TrainResult:
     """Train one adapter for ``domain`` on Ray Train; return its directory and metrics."""
-    from ray.train import RunConfig, ScalingConfig, TrainingFailedError  # lazy: loads torch
-    from ray.train.torch import TorchTrainer
-
     train_cfg = effective_train_config(cfg, method=method, workers=workers, steps=steps)
     build_peft_config(train_cfg, train_cfg.steps)  # fail here, not in every worker
     data = load_training_data(
@@ -221,11 +218,41 @@ def train_adapter(
         eval_fraction=train_cfg.eval_fraction,
         seed=train_cfg.seed,
     )
-    base_path = resolve_base_path(cfg)  # build the builtin model here, not in every worker
     use_gpu = _use_gpu(train_cfg)
     run_name = (
         f"{domain}-{train_cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     )
+    cfg.paths.runs.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    # placed first: an unplaceable run fails before it builds anything
+    placement = placed_workers(
+        "training",
+        train_cfg.workers,
+        train_cfg.cpus_per_worker,
+        use_gpu,
+        timeout_s=train_cfg.placement_timeout_s,
+        hardware=cfg.hardware,
+    )
+    with placement as n_workers:
+        result = _fit(cfg, train_cfg, data, use_gpu, run_name, n_workers)
+        train_cfg = train_cfg.model_copy(update={"workers": n_workers})
+    return _finish(cfg, train_cfg, data, run_name, result, t0)
+
+
+def _fit(
+    cfg: QLPConfig,
+    train_cfg: TrainConfig,
+    data: TrainingData,
+    use_gpu: bool,
+    run_name: str,
+    n_workers: int,
+) -> Any:
+    """Build the base model (once, here) and run the TorchTrainer on ``n_workers``."""
+    from ray.train import RunConfig, ScalingConfig, TrainingFailedError  # lazy: loads torch
+    from ray.train.torch import TorchTrainer
+
+    base_path = resolve_base_path(cfg)  # build the builtin model here, not in every worker
+    train_cfg = train_cfg.model_copy(update={"workers": n_workers})
     loop_config = {
         "train": train_cfg.model_dump(mode="json"),
         "base_path": base_path,
@@ -234,44 +261,44 @@ def train_adapter(
         "max_seq_len": cfg.model.max_seq_len,
         "use_gpu": use_gpu,
     }
-    cfg.paths.runs.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with placed_workers(
-        "training",
-        train_cfg.workers,
-        train_cfg.cpus_per_worker,
-        use_gpu,
-        timeout_s=train_cfg.placement_timeout_s,
-        hardware=cfg.hardware,
-    ) as n_workers:
-        train_cfg = train_cfg.model_copy(update={"workers": n_workers})
-        loop_config["train"] = train_cfg.model_dump(mode="json")
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config,
-            scaling_config=ScalingConfig(
-                num_workers=n_workers,
-                use_gpu=use_gpu,
-                resources_per_worker={"CPU": train_cfg.cpus_per_worker},
-            ),
-            run_config=RunConfig(
-                storage_path=str(cfg.paths.runs), name=run_name, failure_config=failure_config()
-            ),
-        )
-        logger.info(
-            "Ray Train run %s: %s on %d train / %d held-out records (%s), %d worker(s), %d steps",
-            run_name,
-            train_cfg.method,
-            len(data.train),
-            len(data.heldout),
-            data.heldout_source,
-            n_workers,
-            train_cfg.steps,
-        )
-        try:
-            result = trainer.fit()
-        except TrainingFailedError as exc:
-            raise TrainingError(f"Ray Train run {run_name} failed: {exc}") from exc
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=n_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": train_cfg.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            storage_path=str(cfg.paths.runs), name=run_name, failure_config=failure_config()
+        ),
+    )
+    logger.info(
+        "Ray Train run %s: %s on %d train / %d held-out records (%s), %d worker(s), %d steps",
+        run_name,
+        train_cfg.method,
+        len(data.train),
+        len(data.heldout),
+        data.heldout_source,
+        n_workers,
+        train_cfg.steps,
+    )
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        raise TrainingError(f"Ray Train run {run_name} failed: {exc}") from exc
+    return result
+
+
+def _finish(
+    cfg: QLPConfig,
+    train_cfg: TrainConfig,
+    data: TrainingData,
+    run_name: str,
+    result: Any,
+    t0: float,
+) -> TrainResult:
+    """The adapter out of the run's checkpoint, with its metrics."""
     if result.error is not None:
         raise TrainingError(f"Ray Train run {run_name} failed: {result.error}")
     if result.checkpoint is None or not isinstance(result.return_value, dict):

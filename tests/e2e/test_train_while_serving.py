@@ -152,6 +152,11 @@ def _train_three_ways_while_serving(url, home, head, env, t_start) -> None:
         assert job["status"] == "succeeded", job
         # while it ran, the job showed where the scheduler put it
         assert any(p["state"] == "placed" and p["workers"] == 1 for p in placements), placements
+        listed = httpx.get(f"{url}/v1/fine-tuning/jobs", timeout=60).json()["data"]
+        assert job_id in [j["id"] for j in listed]
+        r = httpx.delete(f"{url}/v1/fine-tuning/jobs/{job_id}", timeout=60)
+        assert r.status_code == 200 and r.json()["cancel_requested"] is False  # finished
+        assert httpx.get(f"{url}/v1/fine-tuning/jobs/nope", timeout=60).status_code == 404
 
         # 2. `ray job submit -- qlp train ...`, as the README writes it
         done = _run([str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--",
@@ -183,6 +188,8 @@ def _train_three_ways_while_serving(url, home, head, env, t_start) -> None:
     for adapter_id in ("devops", "api-job", "frontend"):
         record = registry.get(adapter_id)
         assert record.signed and registry.verify(adapter_id).signed, (adapter_id, record.problem)
+    for adapter_id in ("devops", "api-job"):  # the REST and the Ray job's n_steps arrived
+        assert registry.get(adapter_id).metadata["metrics"]["steps"] == int(STEPS)
     p50_idle, p50_busy = statistics.median(idle), statistics.median(busy)
     p95_idle = statistics.quantiles(idle, n=20)[-1] if len(idle) >= 2 else idle[0]
     p95_busy = statistics.quantiles(busy, n=20)[-1]
