@@ -45,6 +45,14 @@ class InvalidRequest(QLPError, ValueError):
     code = "invalid_request"
 
 
+class PayloadTooLarge(QLPError, ValueError):
+    """The request body is larger than ``serve.max_body_bytes``."""
+
+    http_status = 413
+    error_type = "invalid_request_error"
+    code = "body_too_large"
+
+
 class AuthenticationError(QLPError, PermissionError):
     """Missing or wrong API key."""
 

@@ -99,6 +99,11 @@ def _bad(model: str, why: str) -> InvalidRequest:
     return InvalidRequest(f"invalid adapter stack {model!r}: {why}", param="model")
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts e.g. '²', which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _parse_member(model: str, text: str) -> StackMember:
     match = _MEMBER.match(text.strip())
     if not match:
@@ -108,7 +113,7 @@ def _parse_member(model: str, text: str) -> StackMember:
         raise _bad(model, f"member {adapter_id!r} is not a valid adapter id")
     version = None
     if match["version"] is not None:
-        if not match["version"].isdigit() or int(match["version"]) < 1:
+        if not _is_number(match["version"]) or int(match["version"]) < 1:
             raise _bad(model, f"member {text!r} has a bad version {match['version']!r}")
         version = int(match["version"])
     weight = 1.0
@@ -185,6 +190,6 @@ def parse_multiplex_id(model_id: str) -> tuple[str, int | None]:
     adapter_id, sep, version = model_id.rpartition("@")
     if not sep:
         return model_id, None
-    if not version.isdigit():
+    if not _is_number(version):
         raise InvalidRequest(f"bad adapter version in {model_id!r}", param="model")
     return adapter_id, int(version)

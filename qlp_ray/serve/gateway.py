@@ -28,6 +28,7 @@ from qlp_ray.serve.experiment_hook import ExperimentOutcomeMiddleware, GatewayEx
 from qlp_ray.serve.external import external_fallback
 from qlp_ray.serve.http.auth import ADMIN_PREFIXES, KEY_MESSAGE, check_api_key, key_matches
 from qlp_ray.serve.http.errors import install_error_handlers, qlp_error_response, unwrap
+from qlp_ray.serve.http.limits import BodyLimitMiddleware
 from qlp_ray.serve.http.protocol import (
     AUTO_MODEL,
     ChatChoice,
@@ -82,6 +83,7 @@ async def _api_key_first(request: Request, call_next: Any) -> Any:
 
 install_error_handlers(app)  # added last = outermost: sets request.state.request_id first
 app.add_middleware(ExperimentOutcomeMiddleware)  # sees the final status of every request
+app.add_middleware(BodyLimitMiddleware)  # outermost: an oversized body is refused unread
 
 
 @serve.ingress(app)
@@ -106,6 +108,7 @@ class Gateway:
         self.registry = Registry(self.cfg)
         self.base_model = base_model_id(self.cfg)
         app.state.api_key = self.cfg.serve.api_key
+        app.state.max_body_bytes = self.cfg.serve.max_body_bytes
         app.state.admin_key = self.cfg.serve.admin_key
         app.state.gateway = self  # for the included admin routers
         app.state.admission = AdmissionLimiter.from_config(self.cfg.serve)

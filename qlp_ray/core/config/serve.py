@@ -18,6 +18,9 @@ class ServeConfig(Section):
     route_prefix: str = Field("/", description="HTTP route prefix of the application.")
     max_adapters_per_replica: int = Field(8, ge=1, description="LRU size of loaded adapters.")
     max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts get a 400.")
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest HTTP request body; larger ones get a 413 unread."
+    )
     max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens a request may ask.")
     default_max_tokens: int = Field(32, ge=1, description="max_tokens when a request omits it.")
     api_key: str | None = Field(
@@ -168,6 +171,19 @@ class ServeConfig(Section):
     vllm_gpu_memory_utilization: float = Field(
         0.85, gt=0, le=1, description="vLLM: share of GPU memory the engine may use."
     )
+
+    @model_validator(mode="after")
+    def _keys_not_empty(self) -> ServeConfig:
+        for name in ("api_key", "admin_key"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(
+                    f"`serve.{name}` is empty, which would turn its check off: unset it "
+                    "(no key) or set a key"
+                )
+            if value is not None and not value.isascii():
+                raise ValueError(f"`serve.{name}` must be ASCII (it travels in an HTTP header)")
+        return self
 
     @model_validator(mode="after")
     def _admission_below_serve_limit(self) -> ServeConfig:

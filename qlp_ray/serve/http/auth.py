@@ -21,7 +21,10 @@ ADMIN_PREFIXES = ("/v1/admin/", "/v1/fine-tuning/", "/v1/evaluations", "/v1/opti
 def key_matches(request: Request, expected: str) -> bool:
     """Whether the request carries ``Authorization: Bearer <expected>``."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), expected)
+    # bytes: compare_digest refuses non-ASCII str (a header may carry any byte)
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode("utf-8", "surrogateescape"), expected.encode()
+    )
 
 
 def check_api_key(request: Request, api_key: str | None) -> None:

@@ -34,7 +34,7 @@ class _Request(BaseModel):
     metadata: dict[str, str] | None = Field(
         None, description="Up to 16 string key-value pairs (A/B experiment targeting)."
     )
-    seed: int | None = Field(None, description="Sampling seed.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Sampling seed.")
 
     @field_validator("n")
     @classmethod
