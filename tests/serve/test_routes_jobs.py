@@ -71,9 +71,9 @@ def test_every_route_needs_the_admin_key(http, method, path, body):
     ("body", "param", "needle"),
     [
         (_ft(model="nope"), "model", "must be a domain"),
-        (_ft(training_file="/no/such/file.jsonl"), "training_file", "does not exist"),
+        (_ft(training_file="/no/such/file.jsonl"), "training_file", "not a .jsonl file in"),
         (_ft(training_file=str(REPO_ROOT / "pyproject.toml")), "training_file", ".jsonl"),
-        (_ft(validation_file="/nope.jsonl"), "validation_file", "does not exist"),
+        (_ft(validation_file="/nope.jsonl"), "validation_file", "not a .jsonl file in"),
         (_ft(hyperparameters={"n_steps": 51}), "hyperparameters.n_steps", "at most 50"),
     ],
 )
@@ -132,3 +132,29 @@ def test_leaderboard_reads_the_store(http):
     assert r.status_code == 200 and r.json() == {"object": "list", "metric": "score", "data": []}
     r = http.get("/v1/evaluations/leaderboard?domain=chess", headers=ADMIN)
     assert r.status_code == 400 and r.json()["error"]["param"] == "domain"
+
+
+def test_data_files_must_lie_in_the_job_data_directories(http, cfg, tmp_path):
+    """`..`, a symlink out, or a file elsewhere: refused with the same words as a missing
+    file, so the answer does not tell which paths exist on the server."""
+    outside = tmp_path / "elsewhere" / "secrets.jsonl"
+    outside.parent.mkdir()
+    outside.write_text('{"instruction": "x", "output": "y"}\n')
+    data = cfg.paths.root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "link.jsonl").symlink_to(outside)
+    (data / "mine.jsonl").write_text(API_TRAIN.read_text())
+    messages = set()
+    for path in (
+        str(outside),  # exists, elsewhere
+        str(data / ".." / "elsewhere" / "secrets.jsonl"),  # .. out of data/
+        str(data / "link.jsonl"),  # a symlink out of data/
+        str(data / "missing.jsonl"),  # inside, missing
+    ):
+        r = http.post("/v1/fine-tuning/jobs", json=_ft(training_file=path), headers=ADMIN)
+        assert r.status_code == 400, (path, r.text)
+        messages.add(r.json()["error"]["message"].replace(repr(path), "<path>"))
+    assert len(messages) == 1 and "`jobs.data_dirs`" in messages.pop()
+    # inside the home's data/ (and the bundled samples): accepted as the resolved path
+    command = train_command(cfg, FineTuningRequest(**_ft(training_file=str(data / "mine.jsonl"))))
+    assert command[command.index("--data") + 1] == str((data / "mine.jsonl").resolve())

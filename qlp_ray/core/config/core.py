@@ -42,3 +42,9 @@ class JobsConfig(Section):
         "(empty: RAY_DASHBOARD_ADDRESS / an http RAY_ADDRESS / http://127.0.0.1:8265).",
     )
     max_steps: int = Field(100_000, ge=1, description="Largest n_steps a fine-tuning job takes.")
+    data_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Directories whose .jsonl files a REST job may name (training_file, "
+        "validation_file); [] = <home>/data and the bundled samples. Paths are resolved "
+        "(.., symlinks) before the check.",
+    )

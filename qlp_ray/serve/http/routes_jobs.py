@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qlp_ray.core.config import DOMAINS, QLPConfig
 from qlp_ray.core.errors import AdapterNotFound, InvalidRequest, NotFound, Overloaded
 from qlp_ray.core.jobs import JobsClient, dashboard_address
+from qlp_ray.data.capsules import SAMPLES_DIR
 from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
 from qlp_ray.registry.store import Registry
 from qlp_ray.serve.http.auth import require_admin
@@ -110,13 +111,27 @@ def _check_domain(domain: str) -> None:
         raise InvalidRequest(f"`domain` must be one of {DOMAINS}, got {domain!r}", param="domain")
 
 
-def _check_file(path: str, param: str) -> str:
+def data_dirs(cfg: QLPConfig) -> list[Path]:
+    """Where a REST job's data files may live (``jobs.data_dirs``, resolved)."""
+    dirs = cfg.jobs.data_dirs or [cfg.paths.root / "data", SAMPLES_DIR]
+    return [Path(d).expanduser().resolve() for d in dirs]
+
+
+def _check_file(cfg: QLPConfig, path: str, param: str) -> str:
+    """``path`` resolved, if it is a .jsonl file inside one of :func:`data_dirs`. One message
+    for "missing" and "elsewhere": the answer never tells whether a path exists."""
     p = Path(path)
     if p.suffix != ".jsonl":
         raise InvalidRequest(f"`{param}` must be a .jsonl file, got {path!r}", param=param)
-    if not p.is_file():
-        raise InvalidRequest(f"`{param}` {path!r} does not exist on the server", param=param)
-    return str(p.resolve())
+    real = p.expanduser().resolve()  # follows .. and symlinks
+    dirs = data_dirs(cfg)
+    if not (any(real.is_relative_to(d) for d in dirs) and real.is_file()):
+        raise InvalidRequest(
+            f"`{param}` {path!r} is not a .jsonl file in the job data directories "
+            f"({', '.join(map(str, dirs))}; `jobs.data_dirs`)",
+            param=param,
+        )
+    return str(real)
 
 
 def _domain_of(cfg: QLPConfig, model: str) -> tuple[str, str | None]:
@@ -145,11 +160,11 @@ def train_command(cfg: QLPConfig, body: FineTuningRequest) -> list[str]:
             f"`hyperparameters.n_steps` is {hp.n_steps}; at most {cfg.jobs.max_steps}",
             param="hyperparameters.n_steps",
         )
-    data = _check_file(body.training_file, "training_file")
+    data = _check_file(cfg, body.training_file, "training_file")
     domain, adapter_id = _domain_of(cfg, body.model)
     command = ["train", "--domain", domain, "--data", data]
     if body.validation_file is not None:
-        command += ["--heldout", _check_file(body.validation_file, "validation_file")]
+        command += ["--heldout", _check_file(cfg, body.validation_file, "validation_file")]
     if hp.n_steps is not None:
         command += ["--steps", str(hp.n_steps)]
     if hp.method is not None:
