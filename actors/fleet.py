@@ -125,6 +125,8 @@ def cpu_holders(timeout_s: float = 5.0) -> dict[str, float]:
         from ray.util.state import list_actors
 
         actors = list_actors(
+            # this cluster's GCS: "auto" is ambiguous when a machine runs several clusters
+            address=ray.get_runtime_context().gcs_address,
             filters=[("state", "=", "ALIVE")],
             detail=True,
             limit=10_000,

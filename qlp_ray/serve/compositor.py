@@ -47,7 +47,8 @@ from qlp_ray.registry.store import Registry
 from qlp_ray.serve.admission import deployment_limits, replica_options
 from qlp_ray.serve.batching import BatchMerger, StepMerger
 from qlp_ray.serve.composition import AdapterLease, PrefetchQueue, StackComposer
-from qlp_ray.serve.swap_board import Ack, SwapBoard, board_dir
+from qlp_ray.serve.swap_board import Ack, SwapBoard
+from qlp_ray.serve.swap_board_actor import RaySwapBoard, make_swap_board
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Compositor:
         else:
             self._merger = BatchMerger(self._generate_rows, self.cfg.serve.max_batch_size)
         self.prewarm_errors = self._prewarm()
-        self._board: SwapBoard | None = None
+        self._board: SwapBoard | RaySwapBoard | None = None
         self._board_done: set[str] = set()  # notices this replica has answered
         self._board_task: asyncio.Task | None = None  # held: the loop keeps weak refs
         if self.cfg.serve.compositor_replicas > 1:  # a swap must reach every replica
@@ -176,7 +177,7 @@ class Compositor:
     def _follow_swap_board(self) -> None:
         """Answer the swap board's notices from now on (polled every ``swap_poll_s``)."""
 
-        self._board = SwapBoard(board_dir(self.cfg.paths.root, self.cfg.serve.app_name))
+        self._board = make_swap_board(self.cfg)
         try:  # a replica's constructor runs on its event loop
             loop = asyncio.get_running_loop()
         except RuntimeError:  # built outside Serve: answer_swap_board() is called by hand
@@ -371,6 +372,7 @@ def compositor_deployment(cfg: QLPConfig) -> Any:
     return serve.deployment(
         name="Compositor",
         num_replicas=cfg.serve.compositor_replicas,
+        max_replicas_per_node=cfg.serve.compositor_max_replicas_per_node,
         ray_actor_options=replica_options(
             cfg.serve.compositor_num_cpus,
             cfg.serve.compositor_num_gpus,

@@ -2,8 +2,11 @@
 
 A Serve handle call lands on one replica and Serve has no public broadcast, so with
 ``serve.compositor_replicas > 1`` the hot-swap and prefetch routes post their work here
-instead: a notice (``warm`` old → new, ``invalidate`` after the switch, ``prefetch``) is
-one JSON file under
+instead. The board is a named Ray actor by default (``serve.swap_board: ray``, see
+``serve/swap_board_actor.py``: it holds a :class:`MemorySwapBoard`), so it reaches replicas
+on every node; ``files`` keeps it as files in one directory shared by the app's processes
+(:class:`SwapBoard`). A notice (``warm`` old → new, ``invalidate`` after the switch,
+``prefetch``) is then one JSON file under
 ``<home>/serve/swaps/<app>/``; every compositor replica polls the board
 (``serve.swap_poll_s``), does the work once per notice and writes an acknowledgement beside
 it, naming itself and what it did (or the error that stopped it). The route waits for as
@@ -140,8 +143,55 @@ class SwapBoard:
         return len(stale)
 
 
+class MemorySwapBoard:
+    """The same board held in one process's memory: what the cluster-wide board actor
+    (:mod:`qlp_ray.serve.swap_board_actor`) keeps. Pure logic, no Ray."""
+
+    def __init__(self, *, max_age_s: float = 600.0) -> None:
+        self.max_age_s = float(max_age_s)
+        self._notices: dict[str, Notice] = {}
+        self._acks: dict[str, dict[str, Ack]] = {}
+
+    def post(self, kind: str, **args: Any) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown swap-board notice {kind!r}; one of {KINDS}")
+        self.prune()
+        notice_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"  # sorts by time
+        self._notices[notice_id] = Notice(notice_id, kind, dict(args), time.time())
+        self._acks[notice_id] = {}
+        return notice_id
+
+    def notices(self, skip: Iterable[str] = ()) -> list[Notice]:
+        skip = set(skip)
+        return [n for i, n in sorted(self._notices.items()) if i not in skip]
+
+    def ack(self, notice_id: str, ack: Ack) -> None:
+        if notice_id in self._acks:  # else the route stopped waiting and removed it
+            self._acks[notice_id][ack.replica] = ack
+
+    def acks(self, notice_id: str) -> list[Ack]:
+        return [a for _, a in sorted(self._acks.get(notice_id, {}).items())]
+
+    def remove(self, notice_id: str) -> None:
+        self._notices.pop(notice_id, None)
+        self._acks.pop(notice_id, None)
+
+    def prune(self) -> int:
+        cutoff = time.time() - self.max_age_s
+        stale = [i for i, n in self._notices.items() if n.posted_at < cutoff]
+        for notice_id in stale:
+            self.remove(notice_id)
+        return len(stale)
+
+
 async def broadcast(
-    board: SwapBoard, kind: str, *, replicas: int, timeout_s: float, poll_s: float, **args: Any
+    board: SwapBoard | MemorySwapBoard | Any,
+    kind: str,
+    *,
+    replicas: int,
+    timeout_s: float,
+    poll_s: float,
+    **args: Any,
 ) -> list[Ack]:
     """Post a notice, wait until ``replicas`` replicas answered it (or ``timeout_s``),
     take it off the board; returns the answers."""
@@ -188,6 +238,7 @@ __all__ = [
     "ACK_SUFFIX",
     "NOTICE_SUFFIX",
     "Ack",
+    "MemorySwapBoard",
     "Notice",
     "SwapBoard",
     "board_dir",

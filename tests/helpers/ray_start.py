@@ -63,9 +63,14 @@ class SessionRay:
         return self.cluster.address
 
     def add_node(self, **node_args: Any) -> Any:
-        """A worker node in the cluster's own temp dir; remove it with
+        """A worker node in the cluster's own temp dir, its processes started with the
+        head's environment (Serve settings, ``RAY_ADDRESS``); remove it with
         ``cluster.remove_node``."""
-        return self.cluster.add_node(temp_dir=self.temp_dir, **node_args)
+        from qlp_ray.core.config import QLPConfig
+        from qlp_ray.core.runtime import cluster_env
+
+        with cluster_env(QLPConfig()), _environ(RAY_ADDRESS=self.address):
+            return self.cluster.add_node(temp_dir=self.temp_dir, **node_args)
 
     def connect(self, namespace: str | None = None) -> None:
         """(Re)connect this process as the cluster's driver, in ``namespace`` if given.

@@ -143,3 +143,38 @@ def test_replica_errors_come_back_as_their_error_class():
     for odd in ("KeyError", "os", None):  # not a QLPError class: a load error (424)
         with pytest.raises(AdapterLoadError, match="boom"):
             raise_first_error([Ack("r3", error="boom", error_type=odd)])
+
+
+def test_memory_board_behaves_like_the_file_board():
+    """What the cluster-wide board actor holds (serve/swap_board_actor.py)."""
+    from qlp_ray.serve.swap_board import MemorySwapBoard
+
+    board = MemorySwapBoard(max_age_s=60)
+    first = board.post("warm", old_id="a@1", new_id="a@2")
+    second = board.post("invalidate", adapter_id="a", version=1, current=2)
+    assert [n.id for n in board.notices()] == [first, second]
+    assert [n.id for n in board.notices(skip=[first])] == [second]
+    board.ack(first, Ack("r1", ["a@2"]))
+    board.ack(first, Ack("r1", ["a@2", "x"]))  # a replica answers once: replaced
+    board.ack(first, Ack("r2", error="bad", error_type="SignatureError"))
+    assert [(a.replica, a.result) for a in board.acks(first)] == [("r1", ["a@2", "x"]), ("r2", [])]
+    board.remove(first)
+    board.ack(first, Ack("late", ["a@2"]))
+    assert board.acks(first) == [] and [n.id for n in board.notices()] == [second]
+    with pytest.raises(ValueError, match="unknown swap-board notice"):
+        board.post("reload")
+    board.remove(second)
+
+    async def run():
+        replicas = [asyncio.create_task(_replica(board, f"r{i}", 0.01)) for i in (1, 2)]
+        acks = await broadcast(board, "warm", replicas=2, timeout_s=10, poll_s=0.01,
+                               old_id="b@1", new_id="b@2")  # fmt: skip
+        for task in replicas:
+            task.cancel()
+        return acks
+
+    assert sorted(a.replica for a in asyncio.run(run())) == ["r1", "r2"]
+    assert board.notices() == []  # broadcast took its notice off
+    stale = board.post("prefetch", model_ids=["a"], priority=0)
+    board._notices[stale] = board._notices[stale].__class__(stale, "prefetch", {}, time.time() - 61)
+    assert board.prune() == 1 and board.notices() == []

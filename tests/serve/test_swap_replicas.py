@@ -1,10 +1,12 @@
-"""A hot-swap reaches every compositor replica (``serve.compositor_replicas: 2``), real HTTP.
+"""A hot-swap reaches every compositor replica (``serve.compositor_replicas: 2``) on two
+nodes, real HTTP.
 
 Tiny base model, real signed PEFT adapters, two compositor replicas on local Ray Serve
-(the session's Serve port). A Serve handle call lands on one replica, so the swap route
-goes through the swap board: the answer must count two acknowledgements, which come from
-two distinct replicas (one acknowledgement file per replica id) after each has loaded the
-new version.
+(the session's Serve port), one on the head and one on a worker node added for the module
+(``compositor_max_replicas_per_node: 1``). A Serve handle call lands on one replica, so
+the swap route goes through the swap board, a named Ray actor: the answer must count two
+acknowledgements, which come from two distinct replicas after each has loaded the new
+version. No file is shared between the replicas.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.ray_start import SERVE_PORT, SERVE_URL, served_app_fixture
+from tests.helpers.ray_start import SERVE_PORT, SERVE_URL, deployed
 from tests.helpers.tiny_lm import save_random_lora, tiny_serve_setup
 
 pytestmark = pytest.mark.integration
@@ -33,6 +35,7 @@ def build(home: Path):
             "app_name": "qlp_swap2",
             "admin_key": "swap-admin",
             "compositor_replicas": 2,
+            "compositor_max_replicas_per_node": 1,
             "compositor_num_cpus": 0.25,
             "router_num_cpus": 0.25,
         },
@@ -46,7 +49,27 @@ def build(home: Path):
     return cfg, registry
 
 
-app = served_app_fixture(build, "qlp_swap2")
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, ray_session):
+    node = ray_session.add_node(num_cpus=2)
+    try:
+        ray_session.cluster.wait_for_nodes()
+        cfg, registry = build(tmp_path_factory.mktemp("qlp_swap2"))
+        with deployed(cfg) as url:
+            assert url == URL
+            yield {"cfg": cfg, "registry": registry}
+    finally:
+        ray_session.cluster.remove_node(node)
+
+
+def test_the_two_replicas_run_on_two_nodes(app, ray_session):
+    from ray.util.state import list_actors
+
+    replicas = list_actors(
+        address=ray_session.address,
+        filters=[("class_name", "=", "ServeReplica:qlp_swap2:Compositor"), ("state", "=", "ALIVE")],
+    )
+    assert len({a.node_id for a in replicas}) == 2, replicas
 
 
 def _swap(body: dict) -> httpx.Response:
@@ -61,18 +84,19 @@ def _served_version() -> int:
 
 
 def test_warm_swap_is_acknowledged_by_both_replicas(app):
-    from qlp_ray.serve.swap_board import board_dir
+    from qlp_ray.serve.swap_board_actor import make_swap_board
 
     assert _served_version() == 1
     r = _swap({"old": "dataeng@1", "new": "dataeng@2", "warm": True})
     assert r.status_code == 200, r.text
     out = r.json()
-    assert out["compositor_replicas"] == 2
-    assert out["acknowledged"] == {"warm": 2, "invalidate": 2}
-    assert out["warmed"] == ["dataeng@2"]
+    assert out["compositor_replicas"] == 2, out
+    assert out["acknowledged"] == {"warm": 2, "invalidate": 2}, out
+    assert out["warmed"] == ["dataeng@2"], out
     assert all(_served_version() == 2 for _ in range(6))
-    board = board_dir(app["cfg"].paths.root, "qlp_swap2")
-    assert list(board.iterdir()) == []  # notices and answers are cleared after the swap
+    board = make_swap_board(app["cfg"])  # the app's board actor
+    assert board.notices() == []  # notices and answers are cleared after the swap
+    assert not (app["cfg"].paths.root / "serve" / "swaps").exists()  # no files
 
 
 def test_a_tampered_new_version_refuses_the_swap(app):

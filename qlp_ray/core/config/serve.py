@@ -32,6 +32,14 @@ class ServeConfig(Section):
         None, description="Bearer key for /v1/admin routes.", json_schema_extra={"secret": True}
     )
     compositor_replicas: int = Field(1, ge=1, description="Replicas of the compositor.")
+    compositor_max_replicas_per_node: int | None = Field(
+        None, ge=1, description="Spread compositor replicas: at most this many on one node."
+    )
+    swap_board: Literal["ray", "files"] = Field(
+        "ray",
+        description="With compositor_replicas > 1, how a hot-swap reaches every replica: a "
+        "named Ray actor (any node) or files under <home>/serve/swaps (one node's replicas).",
+    )
     swap_poll_s: float = Field(
         0.05,
         gt=0,

@@ -44,7 +44,8 @@ from qlp_ray.core.errors import (
 from qlp_ray.models.composition import is_stack, parse_multiplex_id
 from qlp_ray.serve.http.auth import require_admin
 from qlp_ray.serve.http.errors import await_remote
-from qlp_ray.serve.swap_board import SwapBoard, board_dir, broadcast, raise_first_error
+from qlp_ray.serve.swap_board import broadcast, raise_first_error
+from qlp_ray.serve.swap_board_actor import make_swap_board
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ async def _on_compositors(gateway: Any, kind: str, **args: Any) -> tuple[list[st
     if s.compositor_replicas == 1:
         method = getattr(gateway.compositor, kind)
         return await await_remote(method.remote(**args)), 1
-    board = SwapBoard(board_dir(gateway.cfg.paths.root, s.app_name))
+    board = await asyncio.to_thread(make_swap_board, gateway.cfg)
     wait = {"timeout_s": s.swap_warm_timeout_s, "poll_s": s.swap_poll_s}
     acks = await broadcast(board, kind, replicas=s.compositor_replicas, **wait, **args)
     raise_first_error(acks)
