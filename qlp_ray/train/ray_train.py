@@ -30,6 +30,7 @@ from qlp_ray.models.base import resolve_base_path
 from qlp_ray.train.peft_setup import build_peft_config
 from qlp_ray.train.placement import failure_config, placed_workers
 from qlp_ray.train.sft import ADAPTER_FILES, run_sft
+from qlp_ray.train.storage import run_storage
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +253,7 @@ def _fit(
     from ray.train.torch import TorchTrainer
 
     base_path = resolve_base_path(cfg)  # build the builtin model here, not in every worker
+    storage_path, filesystem = run_storage(cfg)
     train_cfg = train_cfg.model_copy(update={"workers": n_workers})
     loop_config = {
         "train": train_cfg.model_dump(mode="json"),
@@ -270,7 +272,10 @@ def _fit(
             resources_per_worker={"CPU": train_cfg.cpus_per_worker},
         ),
         run_config=RunConfig(
-            storage_path=str(cfg.paths.runs), name=run_name, failure_config=failure_config()
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            name=run_name,
+            failure_config=failure_config(),
         ),
     )
     logger.info(

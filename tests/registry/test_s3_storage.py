@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,34 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qlp_ray.core.config import S3Config
 from qlp_ray.core.errors import AdapterNotFound, ConfigError, InvalidRequest, NotFound
 from qlp_ray.registry.local import StorageError
-from qlp_ray.registry.s3 import S3ArtifactStore, S3Storage, make_client, parse_s3_uri
+from qlp_ray.registry.s3 import S3ArtifactStore, S3Storage, parse_s3_uri
+from tests.helpers.moto_s3 import moto_s3
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "qlp-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_cfg():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    cfg = S3Config(
-        endpoint_url=f"http://127.0.0.1:{port}", access_key_id="test", secret_access_key="test"
-    )
-    make_client(cfg).create_bucket(Bucket=BUCKET)
-    yield cfg
-    server.stop()
+    with moto_s3(BUCKET) as cfg:
+        yield cfg
 
 
 @pytest.fixture

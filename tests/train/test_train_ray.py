@@ -61,17 +61,30 @@ def test_ray_train_two_workers_lowers_heldout_loss(ray_local, train_cfg):
 
 
 def test_train_and_register_adalora_signed_with_centroid(ray_local, train_cfg):
+    """AdaLoRA end to end, its Ray Train run storing checkpoints on S3 (train.storage_uri,
+    as a cluster whose workers sit on several nodes does)."""
+    from qlp_ray.registry.s3 import make_client
+    from tests.helpers.moto_s3 import moto_s3
+
     tiny_cfg = train_cfg
     data = sample_path("ml", "train")
     adapter_id = f"ml-it-{uuid.uuid4().hex[:8]}"  # fresh id: QLP_TEST_HOME may be reused
-    record = train_and_register(
-        tiny_cfg,
-        domain="ml",
-        data_path=data,
-        adapter_id=adapter_id,
-        method="adalora",
-        workers=1,
-        steps=20,
+    with moto_s3("qlp-runs") as s3:
+        tiny_cfg.s3 = s3
+        tiny_cfg.train.storage_uri = "s3://qlp-runs/train"
+        record = train_and_register(
+            tiny_cfg,
+            domain="ml",
+            data_path=data,
+            adapter_id=adapter_id,
+            method="adalora",
+            workers=1,
+            steps=20,
+        )
+        keys = [o["Key"] for o in make_client(s3).list_objects_v2(Bucket="qlp-runs")["Contents"]]
+    run = record.metadata["run"]["run_name"]
+    assert any(
+        k.startswith(f"train/{run}/") and k.endswith("adapter_model.safetensors") for k in keys
     )
     assert (record.adapter_id, record.domain, record.version) == (adapter_id, "ml", 1)
     assert record.signed

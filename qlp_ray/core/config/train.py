@@ -43,6 +43,11 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warm-up share of steps.")
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP, gloo on CPU).")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Ray Train worker.")
+    storage_uri: str = Field(
+        "",
+        description="Checkpoints and results of Ray Train / Tune runs: '' = <home>/runs (one "
+        "node), s3://bucket/prefix (the s3 section's endpoint) or a path every node mounts.",
+    )
     placement_timeout_s: float = Field(
         120.0,
         ge=0,
