@@ -44,7 +44,9 @@ def free_port(preferred: int | None = None) -> int:
 
 
 # Serve's HTTP port for the whole session (Serve keeps the port it was first started with).
-SERVE_PORT = free_port(8110)
+# Any free port, never a fixed one: Serve's proxy binds with SO_REUSEPORT, so two sessions
+# on one machine that chose the same port would share it and answer each other's requests.
+SERVE_PORT = free_port()
 SERVE_URL = f"http://127.0.0.1:{SERVE_PORT}"
 
 
