@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.core.runtime import connect_existing
 from qlp_ray.hardware.discovery import discover_devices
 
 app = typer.Typer(help="List compute devices (CPU cores, OpenVINO, CUDA/XPU).")
@@ -89,7 +90,6 @@ def _show_placements(as_json: bool) -> None:
     from rich.table import Table
 
     from actors.launch import placements  # lazy: loads ray
-    from qlp_ray.core.runtime import connect_existing
 
     if not connect_existing():
         fail("no running Ray cluster (set RAY_ADDRESS or start one with `qlp serve`)")
