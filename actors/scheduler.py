@@ -386,13 +386,6 @@ class SchedulerActor:
         if not plan.placed:
             holders = await loop.run_in_executor(None, cpu_holders)
             plan = place_training(workers, cpus_per_worker, gpus_per_worker, free, holders)
-        grants: dict[str, float] = {}
-        left = plan.workers
-        for node, res in sorted(free.items(), key=lambda kv: -kv[1].get("CPU", 0.0)):
-            n = min(left, int((res.get("CPU", 0.0) + 1e-6) // cpus_per_worker or 0))
-            if n > 0:
-                grants[node] = n * cpus_per_worker
-                left -= n
         previous = self._placements.get(run_id, {})
         record = {
             "workload": kind,
@@ -402,7 +395,7 @@ class SchedulerActor:
             "cpus_per_worker": cpus_per_worker,
             "gpus_per_worker": gpus_per_worker,
             "reason": plan.reason,
-            "node_grants": grants,
+            "node_grants": plan.node_grants,
             "since": now if plan.placed else previous.get("since", now),
         }
         self._placements[run_id] = record

@@ -72,6 +72,7 @@ class TrainingPlacement:
     gpus_per_worker: float
     reason: str
     holders: dict[str, float] = field(default_factory=dict)
+    node_grants: dict[str, float] = field(default_factory=dict)  # node -> CPUs granted
 
     @property
     def placed(self) -> bool:
@@ -90,11 +91,12 @@ def place_training(
     ``holders`` (who reserves CPUs now, e.g. ``{"compositor": 1.0}``) only feeds the reason.
     """
     holders = dict(holders or {})
-    fits = 0
-    for free in free_per_node.values():
+    per_node = {}  # workers each node can take, freest node first
+    for node, free in sorted(free_per_node.items(), key=lambda kv: -kv[1].get("CPU", 0.0)):
         cpu_fit = int((free.get("CPU", 0.0) + EPS) // cpus_per_worker) if cpus_per_worker else 10**6
         gpu_fit = int((free.get("GPU", 0.0) + EPS) // gpus_per_worker) if gpus_per_worker else 10**6
-        fits += min(cpu_fit, gpu_fit)
+        per_node[node] = min(cpu_fit, gpu_fit)
+    fits = sum(per_node.values())
     need = f"{_fmt(cpus_per_worker)} CPU" + (
         f" + {_fmt(gpus_per_worker)} GPU" if gpus_per_worker else ""
     )
@@ -109,8 +111,14 @@ def place_training(
         reason = f"needs {need} per worker, {free_txt}" + (f"; held by: {held}" if held else "")
         return TrainingPlacement(0, cpus_per_worker, gpus_per_worker, reason, holders)
     placed = min(workers, fits)
+    grants, left = {}, placed
+    for node, n in per_node.items():
+        if left and n:
+            take = min(left, n)
+            grants[node] = take * cpus_per_worker
+            left -= take
     reason = f"{placed} of {workers} worker(s) of {need} placed; {free_txt} before"
-    return TrainingPlacement(placed, cpus_per_worker, gpus_per_worker, reason, holders)
+    return TrainingPlacement(placed, cpus_per_worker, gpus_per_worker, reason, holders, grants)
 
 
 __all__ = ["ServingShare", "TrainingPlacement", "place_training", "share_serving"]

@@ -235,8 +235,8 @@ def train_adapter(
         hardware=cfg.hardware,
     )
     with placement as n_workers:
-        result = _fit(cfg, train_cfg, data, use_gpu, run_name, n_workers)
         train_cfg = train_cfg.model_copy(update={"workers": n_workers})
+        result = _fit(cfg, train_cfg, data, use_gpu, run_name)
     return _finish(cfg, train_cfg, data, run_name, result, t0)
 
 
@@ -246,15 +246,13 @@ def _fit(
     data: TrainingData,
     use_gpu: bool,
     run_name: str,
-    n_workers: int,
 ) -> Any:
-    """Build the base model (once, here) and run the TorchTrainer on ``n_workers``."""
+    """Build the base model (once, here) and run the TorchTrainer on ``train_cfg.workers``."""
     from ray.train import RunConfig, ScalingConfig, TrainingFailedError  # lazy: loads torch
     from ray.train.torch import TorchTrainer
 
     base_path = resolve_base_path(cfg)  # build the builtin model here, not in every worker
     storage_path, filesystem = run_storage(cfg)
-    train_cfg = train_cfg.model_copy(update={"workers": n_workers})
     loop_config = {
         "train": train_cfg.model_dump(mode="json"),
         "base_path": base_path,
@@ -267,7 +265,7 @@ def _fit(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=n_workers,
+            num_workers=train_cfg.workers,
             use_gpu=use_gpu,
             resources_per_worker={"CPU": train_cfg.cpus_per_worker},
         ),
@@ -285,7 +283,7 @@ def _fit(
         len(data.train),
         len(data.heldout),
         data.heldout_source,
-        n_workers,
+        train_cfg.workers,
         train_cfg.steps,
     )
     try:

@@ -44,6 +44,8 @@ def test_training_gets_the_workers_that_fit_across_nodes():
     free = {"a": {"CPU": 1.5}, "b": {"CPU": 3.0}}
     assert place_training(2, 1.0, 0.0, free).workers == 2
     assert place_training(8, 1.0, 0.0, free).workers == 4  # 1 on a, 3 on b
+    assert place_training(2, 1.0, 0.0, free).node_grants == {"b": 2.0}  # freest node first
+    assert place_training(8, 1.0, 0.0, free).node_grants == {"b": 3.0, "a": 1.0}
     assert place_training(2, 2.0, 0.0, free).workers == 1  # bundles do not span nodes
     gpu = place_training(2, 1.0, 1.0, {"a": {"CPU": 4, "GPU": 1}})
     assert gpu.workers == 1
