@@ -11,6 +11,7 @@ from qlp_ray.core.errors import QLPError
 from qlp_ray.core.runtime import ensure_ray
 from qlp_ray.train import PEFT_METHODS, methods_phrase
 from qlp_ray.train.pipeline import train_and_register
+from qlp_ray.train.run_metrics import CURVE_CSV, CURVE_PNG
 
 app = typer.Typer()
 
@@ -30,8 +31,20 @@ def train(
     adapter_id: str | None = typer.Option(
         None, "--adapter-id", help="Registry id (default: the domain)."
     ),
+    rank: int | None = typer.Option(None, "--rank", help="LoRA rank r (default: config)."),
+    alpha: int | None = typer.Option(None, "--alpha", help="LoRA alpha (default: config)."),
+    dropout: float | None = typer.Option(None, "--dropout", help="LoRA dropout (default: config)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Per-worker batch size."),
+    learning_rate: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
+    run_name: str | None = typer.Option(
+        None, "--run-name", help="Run directory name under <home>/runs (default: generated)."
+    ),
 ) -> None:
-    """Train on Ray Train (TRL SFT + PEFT), measure held-out loss, sign and register."""
+    """Train on Ray Train (TRL SFT + PEFT), measure held-out loss, sign and register.
+
+    The run directory (<home>/runs/<run>) receives metrics.jsonl and the loss curve
+    (loss_curve.csv, loss_curve.png).
+    """
     from rich.table import Table
 
     if method is not None and method not in PEFT_METHODS:
@@ -61,7 +74,10 @@ def train(
                 workers=workers,
                 steps=steps,
                 progress=progress,
-            )
+                overrides={"rank": rank, "alpha": alpha, "dropout": dropout,
+                           "batch_size": batch_size, "learning_rate": learning_rate},
+                run_name=run_name,
+            )  # fmt: skip
     except QLPError as exc:
         fail(str(exc))
         return
@@ -85,3 +101,8 @@ def train(
         f"of training; stored at {record.path}",
         soft_wrap=True,
     )
+    run = record.metadata.get("run", {}).get("run_name")
+    if run:
+        curve = cfg.paths.runs / run / CURVE_PNG
+        if curve.is_file():
+            console.print(f"loss curve: {curve} (+ {CURVE_CSV})", soft_wrap=True)

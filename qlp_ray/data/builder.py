@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.data.quality import fingerprint
 from qlp_ray.route.domains import DomainClassifier
 
 if TYPE_CHECKING:
@@ -105,11 +106,6 @@ class BuildReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ready_domains": self.ready_domains()}
-
-
-def _fingerprint(*parts: str) -> str:
-    norm = "\x1f".join(" ".join(p.lower().split()) for p in parts)
-    return hashlib.sha256(norm.encode()).hexdigest()
 
 
 def is_heldout(key: str, fraction: float) -> bool:
@@ -227,7 +223,7 @@ def build_datasets(
             {"prompt": cap.prompt, "context": cap.context, "completion": cap.output,
              "reward": cap.validation_score, "domain": domain, "source": "capsule"}
         )  # fmt: skip
-        key = _fingerprint(cap.prompt, cap.context, cap.output)
+        key = fingerprint(cap.prompt, cap.context, cap.output)
         if key in seen:
             rep.duplicates += 1
             continue

@@ -96,6 +96,8 @@ def train_with_lineage(
     steps: int | None = None,
     progress: ProgressFn | None = None,
     label: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_name: str | None = None,
 ) -> TrainedAdapter:
     """Train on Ray Train (held-out loss measured before and after training), then compute
     the routing centroid of the training prompts.
@@ -103,14 +105,17 @@ def train_with_lineage(
     The metadata holds ``method``, ``data_hash`` (SHA-256 of the training file),
     ``data_file``, ``metrics``, ``train_config``, ``run``, the ``centroid``, the
     ``heldout_hash`` of a held-out file and, for AdaLoRA, the final ``rank_pattern``.
-    ``label`` names the adapter in progress messages (default: the domain).
+    ``label`` names the adapter in progress messages (default: the domain); ``overrides``
+    and ``run_name`` go to :func:`~qlp_ray.train.ray_train.train_adapter`.
     """
     from qlp_ray.train.ray_train import (  # lazy: loads peft, transformers
         effective_train_config,
         train_adapter,
     )
 
-    train_cfg = effective_train_config(cfg, method=method, workers=workers, steps=steps)
+    train_cfg = effective_train_config(
+        cfg, method=method, workers=workers, steps=steps, overrides=overrides
+    )
     what = label or domain
     _say(progress, f"training {what} ({train_cfg.method}, {train_cfg.steps} steps) on Ray Train")
     result = train_adapter(
@@ -121,6 +126,8 @@ def train_with_lineage(
         method=train_cfg.method,
         workers=train_cfg.workers,
         steps=train_cfg.steps,
+        overrides=overrides,
+        run_name=run_name,
     )
     _say(
         progress,
@@ -229,11 +236,14 @@ def train_and_register(
     steps: int | None = None,
     progress: ProgressFn | None = None,
     keep_run_adapter: bool = False,
+    overrides: dict[str, Any] | None = None,
+    run_name: str | None = None,
 ) -> AdapterRecord:
     """Train an adapter on Ray Train, then sign and register it as the next version.
 
     ``qlp.json`` of the new version holds the lineage of :func:`train_with_lineage`.
-    ``progress`` receives short stage messages.
+    ``progress`` receives short stage messages; ``overrides`` (more ``train.*`` fields) and
+    ``run_name`` go to :func:`train_with_lineage`.
     """
     adapter_id = validate_adapter_id(adapter_id or domain)
     validate_adapter_id(domain, "domain")
@@ -251,6 +261,8 @@ def train_and_register(
             steps=steps,
             progress=progress,
             label=adapter_id,
+            overrides=overrides,
+            run_name=run_name,
         ),
         progress=progress,
     )

@@ -26,9 +26,12 @@ from qlp_ray.core.config import QLPConfig, TrainConfig
 from qlp_ray.core.errors import ConfigError, InvalidRequest, TrainingError
 from qlp_ray.data.capsules import load_capsules
 from qlp_ray.data.format import routing_text, to_prompt_completion
+from qlp_ray.data.quality import MIN_TRAIN_RECORDS
 from qlp_ray.models.base import resolve_base_path
+from qlp_ray.registry import validate_adapter_id
 from qlp_ray.train.peft_setup import build_peft_config
 from qlp_ray.train.placement import failure_config, placed_workers
+from qlp_ray.train.run_metrics import METRICS_FILE, append_metrics, write_loss_curve
 from qlp_ray.train.sft import ADAPTER_FILES, run_sft
 from qlp_ray.train.storage import run_storage
 
@@ -61,10 +64,16 @@ def effective_train_config(
     method: str | None = None,
     workers: int | None = None,
     steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """``cfg.train`` with overrides, validated again (``ConfigError`` names the option)."""
+    """``cfg.train`` with overrides, validated again (``ConfigError`` names the option).
+
+    ``overrides`` sets further ``train.*`` fields (``rank``, ``alpha``, ``dropout``,
+    ``batch_size``, ``learning_rate``); None values are ignored.
+    """
     data = cfg.train.model_dump()
-    for key, value in (("method", method), ("workers", workers), ("steps", steps)):
+    extra = [(k, v) for k, v in (overrides or {}).items()]
+    for key, value in (("method", method), ("workers", workers), ("steps", steps), *extra):
         if value is not None:
             data[key] = value
     try:
@@ -107,9 +116,10 @@ def load_training_data(
     train = _load(Path(data_path), domain, "training")
     if heldout_path is not None:
         return TrainingData(train, _load(Path(heldout_path), domain, "held-out"), "file")
-    if len(train) < 2:
+    if len(train) < MIN_TRAIN_RECORDS:
         raise TrainingError(
-            f"training data {data_path} has {len(train)} record(s): need at least 2 to split "
+            f"training data {data_path} has {len(train)} record(s): need at least "
+            f"{MIN_TRAIN_RECORDS} to split "
             "off a held-out part (or pass a held-out file)"
         )
     order = list(range(len(train)))
@@ -131,8 +141,9 @@ def _scalar_metrics(logs: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _ray_report_callback():
-    """A ``TrainerCallback`` that sends every trainer log line to ``ray.train.report``.
+def _ray_report_callback(metrics_file: str | None = None):
+    """A ``TrainerCallback`` that sends every trainer log line to ``ray.train.report``
+    and, given ``metrics_file``, appends it there too (:mod:`qlp_ray.train.run_metrics`).
 
     Every rank logs at the same steps, so every rank reports equally often (the report
     is a barrier across workers).
@@ -147,6 +158,8 @@ def _ray_report_callback():
         def on_log(self, args, state, control, logs=None, **kwargs):
             metrics = _scalar_metrics(logs or {})
             if metrics:
+                if metrics_file is not None:
+                    append_metrics(metrics_file, {**metrics, "step": state.global_step})
                 ray.train.report({**metrics, "step": state.global_step})
                 self.reports += 1
             return control
@@ -163,7 +176,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     rank = ray.train.get_context().get_world_rank()
     train_cfg = TrainConfig.model_validate(config["train"])
-    reporter = _ray_report_callback()
+    reporter = _ray_report_callback(config.get("metrics_file") if rank == 0 else None)
     with tempfile.TemporaryDirectory(prefix="qlp-train-") as tmp:
         result = run_sft(
             config["base_path"],
@@ -208,9 +221,18 @@ def train_adapter(
     method: str | None = None,
     workers: int | None = None,
     steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_name: str | None = None,
 ) -> TrainResult:
-    """Train one adapter for ``domain`` on Ray Train; return its directory and metrics."""
-    train_cfg = effective_train_config(cfg, method=method, workers=workers, steps=steps)
+    """Train one adapter for ``domain`` on Ray Train; return its directory and metrics.
+
+    ``overrides``: more ``train.*`` fields (:func:`effective_train_config`). ``run_name``
+    names the run directory under ``paths.runs`` (default: domain, method, time); a REST
+    job passes its job id so that its metrics can be found while it runs.
+    """
+    train_cfg = effective_train_config(
+        cfg, method=method, workers=workers, steps=steps, overrides=overrides
+    )
     build_peft_config(train_cfg, train_cfg.steps)  # fail here, not in every worker
     data = load_training_data(
         domain,
@@ -220,10 +242,12 @@ def train_adapter(
         seed=train_cfg.seed,
     )
     use_gpu = _use_gpu(train_cfg)
-    run_name = (
+    if run_name is not None:  # a directory name: no path separators, no '..'
+        validate_adapter_id(run_name, "run name")
+    run_name = run_name or (
         f"{domain}-{train_cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     )
-    cfg.paths.runs.mkdir(parents=True, exist_ok=True)
+    (cfg.paths.runs / run_name).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     # placed first: an unplaceable run fails before it builds anything
     placement = placed_workers(
@@ -260,6 +284,7 @@ def _fit(
         "eval_records": [to_prompt_completion(c) for c in data.heldout],
         "max_seq_len": cfg.model.max_seq_len,
         "use_gpu": use_gpu,
+        "metrics_file": str(cfg.paths.runs / run_name / METRICS_FILE),
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -310,6 +335,7 @@ def _finish(
     run_dir = cfg.paths.runs / run_name
     adapter_dir = run_dir / "adapter"
     _copy_adapter(result.checkpoint, adapter_dir)
+    write_loss_curve(run_dir, title=f"{run_name} ({train_cfg.method}, {train_cfg.steps} steps)")
     metrics = dict(result.return_value)
     metrics.update(
         run_seconds=round(time.perf_counter() - t0, 2),

@@ -1,0 +1,134 @@
+"""A training run's reported metrics on disk, and its loss curve (CSV + PNG).
+
+Rank 0 of a Ray Train run appends every trainer log line (the training loss every
+``logging_steps``, the held-out loss measured before and after training) to
+``<run dir>/metrics.jsonl`` while it trains; the HTTP API reads that file to show a running
+job's progress, and the driver turns it into ``loss_curve.csv`` and ``loss_curve.png`` when
+the run ends. The file lives under ``paths.runs``: a gateway shows a job's live metrics when
+it shares that directory with the job (one node, or a shared file system).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+CURVE_CSV = "loss_curve.csv"
+CURVE_PNG = "loss_curve.png"
+
+
+def append_metrics(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one log line (``step`` plus scalar metrics) as a JSON line."""
+    with Path(path).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The log lines written so far; a line still being written (no newline yet) is left out."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    text = path.read_text(encoding="utf-8")
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("skipping a malformed line of %s", path)
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def loss_series(records: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """``{"train": [{step, loss}], "heldout": [{step, loss}]}`` from the log lines, in step
+    order: ``loss`` is the training loss of a logging window, ``eval_loss`` a held-out pass."""
+    series: dict[str, list[dict[str, float]]] = {"train": [], "heldout": []}
+    for rec in records:
+        step = rec.get("step")
+        if not isinstance(step, int | float):
+            continue
+        for key, name in (("loss", "train"), ("eval_loss", "heldout")):
+            value = rec.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                series[name].append({"step": float(step), "loss": float(value)})
+    for points in series.values():
+        points.sort(key=lambda p: p["step"])
+    return series
+
+
+def progress_of(records: list[dict[str, Any]], total_steps: int | None) -> dict[str, Any]:
+    """Last step reached, its share of ``total_steps``, and the last learning rate."""
+    steps = [r["step"] for r in records if isinstance(r.get("step"), int | float)]
+    last = int(max(steps)) if steps else 0
+    lrs = [r["learning_rate"] for r in records if isinstance(r.get("learning_rate"), int | float)]
+    fraction = min(1.0, last / total_steps) if total_steps else None
+    return {"step": last, "total_steps": total_steps, "fraction": fraction,
+            "learning_rate": lrs[-1] if lrs else None}  # fmt: skip
+
+
+def write_loss_curve(run_dir: str | Path, title: str = "") -> tuple[Path, Path] | None:
+    """``loss_curve.csv`` (split, step, loss) and ``loss_curve.png`` in ``run_dir`` from its
+    ``metrics.jsonl``; None when the run reported no loss."""
+    run_dir = Path(run_dir)
+    series = loss_series(read_metrics(run_dir / METRICS_FILE))
+    if not series["train"] and not series["heldout"]:
+        logger.warning("no loss reported in %s: no loss curve written", run_dir)
+        return None
+    csv_path, png_path = run_dir / CURVE_CSV, run_dir / CURVE_PNG
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["split", "step", "loss"])
+        for split, points in series.items():
+            writer.writerows([split, int(p["step"]), p["loss"]] for p in points)
+    plot_loss_curve(series, png_path, title=title)
+    logger.info("loss curve written to %s and %s", csv_path, png_path)
+    return csv_path, png_path
+
+
+def plot_loss_curve(series: dict[str, list[dict[str, float]]], dest: Path, title: str = "") -> Path:
+    """A PNG of the training and held-out loss against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    styles = {"train": ("training loss", "-", "o"), "heldout": ("held-out loss", "--", "s")}
+    for split, (label, line, marker) in styles.items():
+        points = series.get(split) or []
+        if points:
+            ax.plot([p["step"] for p in points], [p["loss"] for p in points],
+                    linestyle=line, marker=marker, label=label)  # fmt: skip
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "loss curve")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(dest)
+    plt.close(fig)
+    return dest
+
+
+__all__ = [
+    "CURVE_CSV",
+    "CURVE_PNG",
+    "METRICS_FILE",
+    "append_metrics",
+    "loss_series",
+    "plot_loss_curve",
+    "progress_of",
+    "read_metrics",
+    "write_loss_curve",
+]
