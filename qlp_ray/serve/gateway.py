@@ -44,11 +44,14 @@ from qlp_ray.serve.http.protocol import (
     check_limits,
     usage_of,
 )
+from qlp_ray.serve.http.routes_adapters import router as adapters_router
 from qlp_ray.serve.http.routes_compositor import router as admin_compositor_router
+from qlp_ray.serve.http.routes_datasets import router as datasets_router
 from qlp_ray.serve.http.routes_experiments import router as experiments_router
 from qlp_ray.serve.http.routes_improve import router as improve_routes_router
 from qlp_ray.serve.http.routes_jobs import router as jobs_router
 from qlp_ray.serve.http.routes_routing import router as routing_router
+from qlp_ray.serve.http.routes_training import router as training_router
 from qlp_ray.serve.local_router import InProcessRouter
 from qlp_ray.serve.model_table import ModelTable, Target
 from qlp_ray.serve.route_client import CoalescingRouter
@@ -63,7 +66,10 @@ BASE_LABEL = "base"
 app = FastAPI(title="qlp_ray", description="OpenAI-compatible API over routed LoRA adapters.")
 app.include_router(admin_compositor_router)
 app.include_router(improve_routes_router)
+app.include_router(training_router)  # before jobs: /jobs/{id}/metrics
 app.include_router(jobs_router)
+app.include_router(datasets_router)
+app.include_router(adapters_router)
 app.include_router(experiments_router)
 app.add_middleware(AdmissionMiddleware)  # first = innermost: auth answers before admission
 app.include_router(routing_router)

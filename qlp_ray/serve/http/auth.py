@@ -15,7 +15,14 @@ from qlp_ray.core.errors import AuthenticationError, PermissionDenied
 KEY_MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>'"
 ADMIN_KEY_MESSAGE = "admin routes need 'Authorization: Bearer <admin key>'"
 # Routes that take the admin key (their routers also require it when one is configured).
-ADMIN_PREFIXES = ("/v1/admin/", "/v1/fine-tuning/", "/v1/evaluations", "/v1/optimizations")
+ADMIN_PREFIXES = (
+    "/v1/admin/",
+    "/v1/fine-tuning/",
+    "/v1/evaluations",
+    "/v1/optimizations",
+    "/v1/datasets/",
+    "/v1/files",
+)
 
 
 def key_matches(request: Request, expected: str) -> bool:

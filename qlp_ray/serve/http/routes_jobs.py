@@ -1,8 +1,10 @@
 """Long operations over HTTP, run as Ray jobs (admin key): fine-tuning, evaluation, optimisation.
 
 ``POST /v1/fine-tuning/jobs``          ``{"model": domain | adapter id, "training_file": path,
-                                        "hyperparameters": {"n_steps", "method"}}`` → a job
-                                        running ``qlp train ...``
+                                        "hyperparameters": {"n_steps" | "n_epochs", "method",
+                                        "batch_size", "learning_rate", "lora_rank",
+                                        "lora_alpha", "lora_dropout"}}`` → a job running
+                                        ``qlp train ... --run-name <job id>``
 ``GET /v1/fine-tuning/jobs``            the fine-tuning jobs of the cluster
 ``GET /v1/fine-tuning/jobs/{id}``       one job (status, logs tail on failure)
 ``DELETE /v1/fine-tuning/jobs/{id}``    cancel it
@@ -30,11 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from qlp_ray.core.config import DOMAINS, QLPConfig
 from qlp_ray.core.errors import AdapterNotFound, InvalidRequest, NotFound, Overloaded
 from qlp_ray.core.jobs import JobsClient, dashboard_address
-from qlp_ray.data.capsules import SAMPLES_DIR
+from qlp_ray.data.capsules import SAMPLES_DIR, load_capsules
 from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
 from qlp_ray.registry.store import Registry
 from qlp_ray.serve.http.auth import require_admin
 from qlp_ray.train import PeftMethod
+from qlp_ray.train.estimate import steps_for_epochs
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
@@ -55,7 +58,31 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_steps: int | None = Field(None, ge=1, description="Optimizer steps (default: config).")
+    n_epochs: float | None = Field(
+        None, gt=0, le=1000, description="Passes over the training records (instead of n_steps)."
+    )
     method: PeftMethod | None = Field(None, description="PEFT method (as `train.method`).")
+    batch_size: int | None = Field(None, ge=1, le=1024, description="Per-worker batch size.")
+    learning_rate: float | None = Field(None, gt=0, le=1, description="Peak learning rate.")
+    lora_rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank r.")
+    lora_alpha: int | None = Field(None, ge=1, le=4096, description="LoRA alpha.")
+    lora_dropout: float | None = Field(None, ge=0, lt=1, description="LoRA dropout.")
+
+    def train_options(self) -> list[str]:
+        """The ``qlp train`` options of the LoRA and optimiser fields that are set."""
+        out: list[str] = []
+        options = [
+            ("--method", self.method),
+            ("--batch-size", self.batch_size),
+            ("--lr", self.learning_rate),
+            ("--rank", self.lora_rank),
+            ("--alpha", self.lora_alpha),
+            ("--dropout", self.lora_dropout),
+        ]
+        for option, value in options:
+            if value is not None:
+                out += [option, str(value)]
+        return out
 
 
 class FineTuningRequest(BaseModel):
@@ -98,9 +125,13 @@ def _jobs_client(cfg: QLPConfig) -> Any:
         raise Overloaded(f"the Ray Jobs API at {address} is unreachable: {exc}") from exc
 
 
-async def _submit(cfg: QLPConfig, command: list[str], prefix: str) -> str:
+def new_job_id(prefix: str) -> str:
+    return f"{prefix}-{time.time_ns():x}"
+
+
+async def _submit(cfg: QLPConfig, command: list[str], prefix: str, job_id: str = "") -> str:
     client = await asyncio.to_thread(_jobs_client, cfg)
-    job_id = f"{prefix}-{time.time_ns():x}"
+    job_id = job_id or new_job_id(prefix)
     # the job writes to the registry/leaderboard this gateway serves from
     env = {"QLP_HOME": str(cfg.paths.root)}
     return await asyncio.to_thread(client.submit_job, command, job_id=job_id, env=env)
@@ -117,7 +148,7 @@ def data_dirs(cfg: QLPConfig) -> list[Path]:
     return [Path(d).expanduser().resolve() for d in dirs]
 
 
-def _check_file(cfg: QLPConfig, path: str, param: str) -> str:
+def check_data_file(cfg: QLPConfig, path: str, param: str) -> str:
     """``path`` resolved, if it is a .jsonl file inside one of :func:`data_dirs`. One message
     for "missing" and "elsewhere": the answer never tells whether a path exists."""
     p = Path(path)
@@ -152,7 +183,36 @@ def _domain_of(cfg: QLPConfig, model: str) -> tuple[str, str | None]:
     return domain, model
 
 
-def train_command(cfg: QLPConfig, body: FineTuningRequest) -> list[str]:
+def training_records(cfg: QLPConfig, data: str, has_validation: bool) -> int:
+    """Records the trainer trains on: the file's, less the held-out split ``qlp train``
+    takes off (``train.eval_fraction``) when no validation file is given."""
+    n = len(load_capsules(data))
+    if has_validation or n < 2:
+        return n
+    return n - min(n - 1, max(1, round(n * cfg.train.eval_fraction)))
+
+
+def planned_steps(cfg: QLPConfig, hp: Hyperparameters, data: str, has_validation: bool) -> int:
+    """The run's optimizer steps: ``n_steps``, from ``n_epochs``, else ``train.steps``;
+    400 above ``jobs.max_steps``."""
+    if hp.n_steps is not None and hp.n_epochs is not None:
+        raise InvalidRequest("give `n_steps` or `n_epochs`, not both", param="hyperparameters")
+    steps, param = hp.n_steps or cfg.train.steps, "hyperparameters.n_steps"
+    if hp.n_epochs is not None:
+        n = training_records(cfg, data, has_validation)
+        batch = hp.batch_size or cfg.train.batch_size
+        steps = steps_for_epochs(hp.n_epochs, n, batch, cfg.train.workers)
+        param = "hyperparameters.n_epochs"
+    if steps > cfg.jobs.max_steps:
+        raise InvalidRequest(
+            f"`{param}` makes {steps} steps; at most {cfg.jobs.max_steps}", param=param
+        )
+    return steps
+
+
+def train_command(
+    cfg: QLPConfig, body: FineTuningRequest, run_name: str | None = None
+) -> list[str]:
     """The ``qlp train`` arguments of a validated fine-tuning request."""
     hp = body.hyperparameters
     if hp.n_steps is not None and hp.n_steps > cfg.jobs.max_steps:
@@ -160,21 +220,23 @@ def train_command(cfg: QLPConfig, body: FineTuningRequest) -> list[str]:
             f"`hyperparameters.n_steps` is {hp.n_steps}; at most {cfg.jobs.max_steps}",
             param="hyperparameters.n_steps",
         )
-    data = _check_file(cfg, body.training_file, "training_file")
+    data = check_data_file(cfg, body.training_file, "training_file")
     domain, adapter_id = _domain_of(cfg, body.model)
     command = ["train", "--domain", domain, "--data", data]
     if body.validation_file is not None:
-        command += ["--heldout", _check_file(cfg, body.validation_file, "validation_file")]
-    if hp.n_steps is not None:
-        command += ["--steps", str(hp.n_steps)]
-    if hp.method is not None:
-        command += ["--method", hp.method]
+        command += ["--heldout", check_data_file(cfg, body.validation_file, "validation_file")]
+    if hp.n_steps is not None or hp.n_epochs is not None:
+        has_validation = body.validation_file is not None
+        command += ["--steps", str(planned_steps(cfg, hp, data, has_validation))]
+    command += hp.train_options()
     if adapter_id is not None:
         command += ["--adapter-id", adapter_id]
+    if run_name is not None:
+        command += ["--run-name", run_name]
     return command
 
 
-def _job_object(info: Any) -> dict[str, Any]:
+def job_object(info: Any) -> dict[str, Any]:
     return {
         "id": info.job_id,
         "object": "fine_tuning.job",
@@ -190,8 +252,9 @@ def _job_object(info: Any) -> dict[str, Any]:
 async def create_fine_tuning_job(body: FineTuningRequest, request: Request) -> dict[str, Any]:
     """Submit ``qlp train ...`` as a Ray job (validated first: 400 names the bad field)."""
     cfg = _cfg(request)
-    command = await asyncio.to_thread(train_command, cfg, body)
-    job_id = await _submit(cfg, command, "ftjob")
+    job_id = new_job_id("ftjob")  # also the run's directory: its metrics are found by it
+    command = await asyncio.to_thread(train_command, cfg, body, job_id)
+    job_id = await _submit(cfg, command, "ftjob", job_id)
     return {
         "id": job_id,
         "object": "fine_tuning.job",
@@ -206,11 +269,11 @@ async def create_fine_tuning_job(body: FineTuningRequest, request: Request) -> d
 async def list_fine_tuning_jobs(request: Request) -> dict[str, Any]:
     client = await asyncio.to_thread(_jobs_client, _cfg(request))
     jobs = await asyncio.to_thread(client.list_jobs)
-    data = [_job_object(j) for j in jobs if _TRAIN_MARK in f"{j.entrypoint} "]
+    data = [job_object(j) for j in jobs if _TRAIN_MARK in f"{j.entrypoint} "]
     return {"object": "list", "data": data}
 
 
-async def _fine_tuning_info(request: Request, job_id: str) -> tuple[Any, Any]:
+async def fine_tuning_info(request: Request, job_id: str) -> tuple[Any, Any]:
     client = await asyncio.to_thread(_jobs_client, _cfg(request))
     info = await asyncio.to_thread(client.job_info, job_id)
     if _TRAIN_MARK not in f"{info.entrypoint} ":
@@ -237,8 +300,8 @@ async def _placement_of(cfg: QLPConfig, job_id: str) -> dict[str, Any] | None:
 
 @router.get("/fine-tuning/jobs/{job_id}")
 async def get_fine_tuning_job(job_id: str, request: Request) -> dict[str, Any]:
-    client, info = await _fine_tuning_info(request, job_id)
-    out = _job_object(info)
+    client, info = await fine_tuning_info(request, job_id)
+    out = job_object(info)
     if info.status == "RUNNING":
         out["placement"] = await _placement_of(_cfg(request), job_id)
     if info.status == "FAILED":
@@ -248,9 +311,9 @@ async def get_fine_tuning_job(job_id: str, request: Request) -> dict[str, Any]:
 
 @router.delete("/fine-tuning/jobs/{job_id}")
 async def cancel_fine_tuning_job(job_id: str, request: Request) -> dict[str, Any]:
-    client, _ = await _fine_tuning_info(request, job_id)
+    client, _ = await fine_tuning_info(request, job_id)
     stopped = await asyncio.to_thread(client.cancel_job, job_id)
-    out = _job_object(await asyncio.to_thread(client.job_info, job_id))
+    out = job_object(await asyncio.to_thread(client.job_info, job_id))
     return {**out, "cancel_requested": stopped}
 
 
@@ -303,4 +366,12 @@ async def create_optimization(body: OptimizationRequest, request: Request) -> di
     return {"id": job_id, "object": "optimization", "status": "queued", **body.model_dump()}
 
 
-__all__ = ["router", "train_command"]
+__all__ = [
+    "Hyperparameters",
+    "check_data_file",
+    "fine_tuning_info",
+    "job_object",
+    "planned_steps",
+    "router",
+    "train_command",
+]

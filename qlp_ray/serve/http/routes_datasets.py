@@ -1,0 +1,90 @@
+"""Training data over HTTP (admin key): check capsule rows, upload a training file.
+
+``POST /v1/datasets/validate``  ``{"rows": [capsule, ...]}`` → every row's checks (invalid,
+                                duplicate, too short, PII: :mod:`qlp_ray.data.quality`),
+                                counts per flag and domain, and the records the trainer
+                                needs (``min_records``) and ``evaluation.min_train_examples``
+``POST /v1/files``              ``{"purpose": "fine-tune", "filename", "rows"}`` → the rows
+                                written as JSONL under the first job data directory
+                                (``<home>/data/uploads/<file id>.jsonl`` by default); its
+                                ``path`` is what ``/v1/fine-tuning/jobs`` takes as
+                                ``training_file``. 400 names the first invalid row.
+
+Rows travel as JSON objects (the UI builds them in a form), so one body limit
+(``serve.max_body_bytes``) bounds an upload like any other request.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real types.
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.data.quality import check_rows
+from qlp_ray.serve.http.auth import require_admin
+from qlp_ray.serve.http.routes_jobs import data_dirs
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
+MAX_ROWS = 100_000
+
+
+class DatasetRows(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: list[Any] = Field(max_length=MAX_ROWS, description="Capsule objects.")
+
+
+class FileUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    purpose: Literal["fine-tune"] = Field("fine-tune", description="What the file is for.")
+    filename: str = Field("dataset.jsonl", min_length=1, max_length=128, description="Label.")
+    rows: list[Any] = Field(min_length=1, max_length=MAX_ROWS, description="Capsule objects.")
+
+
+def _cfg(request: Request) -> QLPConfig:
+    return request.app.state.gateway.cfg
+
+
+def report(cfg: QLPConfig, rows: list[Any]) -> dict[str, Any]:
+    """The quality report of ``rows`` with this deployment's thresholds."""
+    return check_rows(rows, recommended_records=cfg.evaluation.min_train_examples).to_dict()
+
+
+def save_upload(cfg: QLPConfig, body: FileUpload) -> dict[str, Any]:
+    """Write valid rows as JSONL in the uploads directory; 400 names the first bad row."""
+    checked = report(cfg, body.rows)
+    for row in checked["rows"]:
+        if not row["valid"]:
+            i = row["index"]
+            raise InvalidRequest(f"row {i + 1}: {'; '.join(row['errors'])}", param=f"rows.{i}")
+    file_id = f"file-{uuid.uuid4().hex[:16]}"
+    folder = data_dirs(cfg)[0] / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{file_id}.jsonl"
+    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in body.rows)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return {"id": file_id, "object": "file", "purpose": body.purpose, "filename": body.filename,
+            "path": str(path), "bytes": len(text.encode()), "rows": len(body.rows),
+            "domains": checked["domains"], "created_at": int(time.time())}  # fmt: skip
+
+
+@router.post("/datasets/validate")
+async def validate_dataset(body: DatasetRows, request: Request) -> dict[str, Any]:
+    return await asyncio.to_thread(report, _cfg(request), body.rows)
+
+
+@router.post("/files")
+async def upload_file(body: FileUpload, request: Request) -> dict[str, Any]:
+    return await asyncio.to_thread(save_upload, _cfg(request), body)
+
+
+__all__ = ["FileUpload", "report", "router", "save_upload"]
