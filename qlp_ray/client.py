@@ -114,6 +114,51 @@ class Client:
         data = self._request("POST", "/v1/chat/completions", body)
         return ChatCompletionResponse.model_validate(data)
 
+    # -- training data, fine-tuning jobs and the registry over HTTP (admin key) --------
+    def validate_dataset(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """``POST /v1/datasets/validate``: each row's flags (invalid, duplicate, too_short, pii)."""
+        return self._request("POST", "/v1/datasets/validate", {"rows": rows})
+
+    def upload_file(self, rows: list[dict[str, Any]], filename: str = "dataset.jsonl") -> dict:
+        """``POST /v1/files``: store capsule rows; ``["path"]`` is a ``training_file``."""
+        body = {"purpose": "fine-tune", "filename": filename, "rows": rows}
+        return self._request("POST", "/v1/files", body)
+
+    def estimate_fine_tuning(self, training_file: str, **hyperparameters: Any) -> dict[str, Any]:
+        """``POST /v1/fine-tuning/estimate``: steps, tokens, seconds, cost of a planned run."""
+        body = {"training_file": training_file, "hyperparameters": hyperparameters}
+        return self._request("POST", "/v1/fine-tuning/estimate", body)
+
+    def create_fine_tuning_job(
+        self, model: str, training_file: str, validation_file: str | None = None, **hp: Any
+    ) -> dict[str, Any]:
+        """``POST /v1/fine-tuning/jobs``; ``hp``: n_steps | n_epochs, method, batch_size,
+        learning_rate, lora_rank, lora_alpha, lora_dropout."""
+        body: dict[str, Any] = {"model": model, "training_file": training_file,
+                                "hyperparameters": hp}  # fmt: skip
+        if validation_file is not None:
+            body["validation_file"] = validation_file
+        return self._request("POST", "/v1/fine-tuning/jobs", body)
+
+    def fine_tuning_jobs(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/fine-tuning/jobs")["data"]
+
+    def fine_tuning_job(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/fine-tuning/jobs/{job_id}")
+
+    def fine_tuning_metrics(self, job_id: str) -> dict[str, Any]:
+        """Reported metrics so far: ``series`` (train/heldout loss), ``progress``, ``adapter``."""
+        return self._request("GET", f"/v1/fine-tuning/jobs/{job_id}/metrics")
+
+    def cancel_fine_tuning_job(self, job_id: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/v1/fine-tuning/jobs/{job_id}")
+
+    def admin(self, method: str, path: str, json: Any = None) -> dict[str, Any]:
+        """Any admin route, e.g. ``admin("GET", "adapters")``, ``admin("GET", "analytics")``,
+        ``admin("POST", "adapters/api/promote", {"version": 2})``, ``admin("GET",
+        "experiments")``, ``admin("GET", "routes")``, ``admin("GET", "cache")``."""
+        return self._request(method, f"/v1/admin/{path.lstrip('/')}", json)
+
     # -- long operations as Ray jobs (Ray Jobs API on the dashboard, not this HTTP app) --
     def _jobs_client(self) -> Any:
         if self._jobs is None:
