@@ -26,6 +26,7 @@ from qlp_ray.cli import (
     serve,
     train,
     tune,
+    ui,
 )
 from qlp_ray.cli import config as config_group
 from qlp_ray.cli.common import err_console, state
@@ -77,5 +78,6 @@ for _module, _group in [
     (optimize, "optimize"),
     (tune, "tune"),
     (config_group, "config"),
+    (ui, None),  # top-level `qlp ui`
 ]:
     app.add_typer(_module.app, name=_group)

@@ -1,0 +1,49 @@
+"""Admin console: per-adapter analytics (requests, p50/p95/p99, success rate, ratings,
+savings against the reference model) and the A/B experiments (variants, traffic, Wilson
+intervals, chi-square p-value, winner, stop)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from qlp_ray.ui.logic import analytics_rows
+from qlp_ray.ui.session import call, client
+
+st.title("Analytics & experiments")
+report = call(client().admin, "GET", "analytics")
+if report is not None:
+    rows = analytics_rows(report)
+    if rows:
+        st.dataframe(rows, width="stretch")
+        st.bar_chart({r["adapter"]: r["requests"] for r in rows}, x_label="adapter",
+                     y_label="requests")  # fmt: skip
+    else:
+        st.info("No request served since this gateway replica started.")
+    total = (report.get("cost") or {}).get("total") or {}
+    if total.get("requests"):
+        st.caption(f"Cost {total['cost_usd']:.6f} vs {total['reference_cost_usd']:.6f} at "
+                   f"{report['cost']['reference_model']}: saved {total['savings_usd']:.6f} "
+                   f"{report['cost']['currency']}.")  # fmt: skip
+
+st.header("Experiments")
+listing = call(client().admin, "GET", "experiments")
+experiments = (listing or {}).get("data") or []
+if not experiments:
+    st.info("No experiment defined (POST /v1/admin/experiments).")
+    st.stop()
+ids = [e["id"] for e in experiments]
+chosen = st.selectbox("Experiment", ids)
+analysis = call(client().admin, "GET", f"experiments/{chosen}")
+if analysis is not None:
+    variants = analysis.get("variants") or []
+    if variants:
+        st.dataframe(variants, width="stretch")
+    cols = st.columns(3)
+    cols[0].metric("chi-square p", analysis.get("p_value"))
+    cols[1].metric("min sample size", analysis.get("min_sample_size"))
+    cols[2].metric("winner", analysis.get("winner") or "none yet")
+    with st.expander("Full analysis"):
+        st.json(analysis)
+if st.button("Stop experiment", key="stop_experiment"):
+    if call(client().admin, "POST", f"experiments/{chosen}/stop") is not None:
+        st.success(f"{chosen} stopped: no new assignments.")

@@ -1,0 +1,82 @@
+"""Wizard step 2: the run's configuration — what to train, the PEFT method, LoRA rank,
+alpha and dropout, length (epochs or steps), batch size, learning rate — and the API's
+estimate of its tokens, time (at the measured tokens/s) and cost (at the configured price)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from qlp_ray.train import PEFT_METHODS
+from qlp_ray.ui.logic import hyperparameters, main_domain
+from qlp_ray.ui.session import call, client, wizard_state
+from qlp_ray.ui.wizard import uploaded
+
+state = wizard_state()
+st.title("Step 2 of 4 · Configure")
+report = state["report"]
+if not state["rows"] or not report or not report["enough"]:
+    st.warning("Build a dataset with enough valid rows first (step 1).")
+    st.stop()
+
+health = call(client().health)
+if health is None:
+    st.stop()
+config = dict(state["config"])
+st.text_input("Base model (set by the deployment: model.base_model)", health["base_model"],
+              disabled=True)  # fmt: skip
+domain = main_domain(report) or ""
+config["model"] = st.text_input(
+    "Adapter to train (a domain, or a registered adapter id for a new version)",
+    value=config.get("model") or domain,
+)
+methods = list(PEFT_METHODS)
+config["method"] = st.selectbox(
+    "Method", methods, index=methods.index(config.get("method", "lora")),
+    help="qlora needs a CUDA GPU on the cluster.",
+)  # fmt: skip
+cols = st.columns(3)
+config["lora_rank"] = cols[0].number_input("LoRA rank", 1, 256, config.get("lora_rank", 8))
+config["lora_alpha"] = cols[1].number_input("LoRA alpha", 1, 1024, config.get("lora_alpha", 16))
+config["lora_dropout"] = cols[2].number_input(
+    "LoRA dropout", 0.0, 0.9, config.get("lora_dropout", 0.05), step=0.01
+)
+cols = st.columns(4)
+lengths = ["epochs", "steps"]
+config["length"] = cols[0].radio(
+    "Length in", lengths, index=lengths.index(config.get("length", "epochs"))
+)
+if config["length"] == "epochs":
+    config["n_epochs"] = cols[1].number_input("Epochs", 0.1, 100.0, config.get("n_epochs", 1.0))
+else:
+    config["n_steps"] = cols[1].number_input("Steps", 1, 100_000, config.get("n_steps", 60))
+config["batch_size"] = cols[2].number_input("Batch size", 1, 512, config.get("batch_size", 8))
+config["learning_rate"] = cols[3].number_input(
+    "Learning rate", 1e-6, 1.0, config.get("learning_rate", 2e-3), format="%.5f"
+)
+state["config"] = config
+
+if st.button("Estimate cost and time", key="estimate_button"):
+    upload = uploaded()
+    if upload is not None:
+        state["estimate"] = call(
+            client().estimate_fine_tuning, upload["path"], **hyperparameters(config)
+        )
+
+est = state["estimate"]
+if est:
+    cols = st.columns(4)
+    cols[0].metric("Steps", est["steps"])
+    cols[1].metric("Tokens", f"{est['tokens']:,}")
+    if est["seconds"] is None:
+        cols[2].metric("Time", "not measured yet")
+        st.info("No earlier run on this base model recorded a throughput: train once and the "
+                "estimate uses its measured tokens/s.")  # fmt: skip
+    else:
+        cols[2].metric("Time", f"{est['seconds']:.0f} s")
+        src = est["throughput_from"]
+        st.caption(f"At {est['tokens_per_s']:.0f} tokens/s, measured by {src['adapter']} "
+                   f"v{src['version']} ({src['created_at']}).")  # fmt: skip
+    cols[3].metric("Cost", f"{est['cost']:.6f} {est['currency']}")
+    st.caption(f"Priced at the '{est['price_entry']}' entry of prices.yaml: "
+               f"{est['price_per_mtok']} {est['currency']} per million tokens; "
+               f"{est['epochs']} passes over {est['records']} records.")  # fmt: skip
