@@ -1,4 +1,8 @@
-"""Train while serving on one 2-CPU machine, as a user runs it.
+"""Install from the wheel, then train while serving on one 2-CPU machine, as a user runs it.
+
+``pip install .``: the wheel is built from the sdist's files and installed into a fresh
+venv (tests/helpers/wheel_venv.py); every ``qlp`` command and every Ray worker of the test
+runs that venv's Python, hence the installed package, from a directory outside the checkout.
 
 A private Ray head with exactly 2 CPUs (tests/helpers/private_ray.py). ``qlp serve`` with
 the default configuration deploys the app: the scheduler shrinks the replicas' CPU
@@ -20,19 +24,20 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
-from qlp_ray.core.config import REPO_ROOT, load_config
+from qlp_ray.core.config import load_config
 from tests.helpers.private_ray import private_head, user_env
 from tests.helpers.ray_start import free_port
+from tests.helpers.wheel_venv import REPO, SHIPPED, build_wheel, fresh_venv
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-SAMPLES = REPO_ROOT / "qlp_ray" / "data" / "samples"
-BIN = Path(sys.executable).parent
+RAY_CLI = Path(sys.executable).parent / "ray"  # the user's shell: any Ray client will do
 STEPS = "8"
 
 
@@ -73,8 +78,8 @@ class Load:
         return [r for r in self.results if r[1] != 200]
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+def _run(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path):
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     assert done.returncode == 0, (
         f"{cmd} -> {done.returncode}\n{done.stdout[-4000:]}\n" + (done.stderr[-4000:])
     )
@@ -95,39 +100,80 @@ def _seed_corrections(home: Path, domain: str, n: int) -> None:
         store.record_feedback(rid, "correction", payload={"text": s.output})
 
 
-def test_rest_job_ray_job_and_improve_train_while_serving_answers(qlp_home: Path):
+def _install(tmp: Path, env: dict[str, str]) -> tuple[Path, Path]:
+    """The wheel installed into a fresh venv; (its bin dir, its bundled samples dir)."""
+    wheel = build_wheel(tmp)
+    names = zipfile.ZipFile(wheel).namelist()
+    for shipped in SHIPPED:
+        assert shipped in names, f"{shipped} missing from {wheel.name}"
+    venv_bin = fresh_venv(tmp, wheel) / "bin"
+    probe = _run([str(venv_bin / "python"), "-c", (
+        "import qlp_ray, qlp_ray.core.paths as p, qlp_ray.serve.telemetry.cost as c\n"
+        "print(qlp_ray.__file__); print(p.source_checkout()); print(c.DEFAULT_PRICES_FILE)"
+    )], env, 120, tmp / "cwd").stdout.split("\n")  # fmt: skip
+    package = Path(probe[0]).parent
+    assert package.is_relative_to(venv_bin.parent), f"qlp_ray imported from {probe[0]}"
+    assert probe[1] == "None"
+    assert Path(probe[2]).is_relative_to(package) and probe[2].endswith("_configs/prices.yaml")
+    dumped = _run([str(venv_bin / "qlp"), "config", "dump"], env, 120, tmp / "cwd").stdout
+    assert dumped == (REPO / "configs" / "default.yaml").read_text()
+    return venv_bin, package / "data" / "samples"
+
+
+def test_installed_wheel_serves_and_trains_three_ways_while_serving(qlp_home: Path):
     t_start = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="qlp2c_"))  # short: Ray's socket paths live under it
-    home = tmp / "home"
+    home, cwd = tmp / "home", tmp / "cwd"
     home.mkdir()
+    cwd.mkdir()
     (home / "models").symlink_to(qlp_home / "models", target_is_directory=True)
     shutil.copytree(qlp_home / "keys", home / "keys")
     token = secrets.token_hex(32)
-    env = user_env(home, token)
     try:
-        with private_head(env, tmp / "ray", num_cpus=2, dashboard=True) as head:
+        venv_bin, samples = _install(tmp, user_env(home, token))
+        env = user_env(home, token, venv_bin)
+        qlp = str(venv_bin / "qlp")
+        with private_head(env, tmp / "ray", num_cpus=2, dashboard=True,
+                          python=str(venv_bin / "python"), cwd=cwd) as head:  # fmt: skip
             port = free_port()
-            env = user_env(home, token, RAY_ADDRESS=head.address, QLP_SERVE__PORT=str(port),
+            env = user_env(home, token, venv_bin, RAY_ADDRESS=head.address,
+                           QLP_SERVE__PORT=str(port),
                            QLP_JOBS__DASHBOARD_ADDRESS=head.dashboard_url,
                            QLP_SERVE__HEALTH_TIMEOUT_S="400")  # fmt: skip
-            served = _run([str(BIN / "qlp"), "serve"], env, timeout=600)
+            served = _run([qlp, "serve"], env, 600, cwd)
             out = " ".join(served.stdout.split())
             assert "placement: 2 CPUs: serving reserves 1 (" in out, out
             assert "1 CPU free for training" in out, out
-            shown = _run([str(BIN / "qlp"), "devices", "--placements", "--json"], env, 120)
+            shown = _run([qlp, "devices", "--placements", "--json"], env, 120, cwd)
             serving = json.loads(shown.stdout)["serve"]
             assert serving["cpus"] == {"compositor": 0.666, "router": 0.333}, serving
             url = f"http://127.0.0.1:{port}"
             try:
-                _train_three_ways_while_serving(url, home, head, env, t_start)
+                _first_completion(url)
+                _train_three_ways_while_serving(url, home, head, env, cwd, samples, t_start)
             finally:
-                subprocess.run([str(BIN / "qlp"), "shutdown"], env=env, capture_output=True,
+                subprocess.run([qlp, "shutdown"], env=env, cwd=cwd, capture_output=True,
                                timeout=120, check=False)  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _train_three_ways_while_serving(url, home, head, env, t_start) -> None:
+def _first_completion(url: str) -> None:
+    """The installed package answers a completion on the base model."""
+    models = httpx.get(f"{url}/v1/models", timeout=60)
+    assert models.status_code == 200, models.text
+    (base,) = [m["id"] for m in models.json()["data"] if m["kind"] == "base"]
+    r = httpx.post(f"{url}/v1/completions", timeout=120, json={
+        "model": base, "prompt": "Write a SQL query that counts orders per day.",
+        "max_tokens": 8,
+    })  # fmt: skip
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == base and body["choices"][0]["text"].strip(), body
+    assert body["usage"]["completion_tokens"] >= 1
+
+
+def _train_three_ways_while_serving(url, home, head, env, cwd, samples, t_start) -> None:
     models = httpx.get(f"{url}/v1/models", timeout=60).json()["data"]
     (base,) = [m["id"] for m in models if m["kind"] == "base"]
     load = Load(url, base).start()
@@ -135,7 +181,7 @@ def _train_three_ways_while_serving(url, home, head, env, t_start) -> None:
     t_busy = time.monotonic()
     try:
         # 1. REST fine-tuning job (submitted by the gateway to the Ray Jobs API)
-        body = {"model": "devops", "training_file": str(SAMPLES / "devops.train.jsonl"),
+        body = {"model": "devops", "training_file": str(samples / "devops.train.jsonl"),
                 "hyperparameters": {"n_steps": int(STEPS)}}  # fmt: skip
         r = httpx.post(f"{url}/v1/fine-tuning/jobs", json=body, timeout=60)
         assert r.status_code == 200, r.text
@@ -159,17 +205,18 @@ def _train_three_ways_while_serving(url, home, head, env, t_start) -> None:
         assert httpx.get(f"{url}/v1/fine-tuning/jobs/nope", timeout=60).status_code == 404
 
         # 2. `ray job submit -- qlp train ...`, as the README writes it
-        done = _run([str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--",
-                     "qlp", "train", "--domain", "api", "--data", str(SAMPLES / "api.train.jsonl"),
-                     "--steps", STEPS, "--adapter-id", "api-job"], env, timeout=420)  # fmt: skip
+        done = _run([str(RAY_CLI), "job", "submit", "--address", head.dashboard_url, "--",
+                     "qlp", "train", "--domain", "api", "--data", str(samples / "api.train.jsonl"),
+                     "--steps", STEPS, "--adapter-id", "api-job"], env, 420, cwd)  # fmt: skip
         assert "succeeded" in done.stdout.lower(), done.stdout[-2000:]
 
         # 3. `qlp improve --once` on corrections users sent
         _seed_corrections(home, "frontend", 24)
         improve_env = {**env, "QLP_IMPROVE__MIN_NEW_SAMPLES": "10", "QLP_IMPROVE__MARGIN": "0",
                        "QLP_TRAIN__STEPS": STEPS}  # fmt: skip
-        done = _run([str(BIN / "qlp"), "improve", "--once", "--domain", "frontend", "--json"],
-                    improve_env, timeout=420)  # fmt: skip
+        qlp = str(Path(env["PATH"].split(":")[0]) / "qlp")  # the installed one
+        done = _run([qlp, "improve", "--once", "--domain", "frontend", "--json"],
+                    improve_env, 420, cwd)  # fmt: skip
         [outcome] = json.loads(done.stdout)  # --json: only the JSON on stdout
         assert outcome["action"] == "promoted", outcome
     finally:

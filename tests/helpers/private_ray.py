@@ -52,10 +52,12 @@ def private_head(
     num_cpus: int,
     dashboard: bool = False,
     python: str | None = None,
+    cwd: Path | None = None,
     start_timeout_s: float = 180,
 ) -> Iterator[PrivateHead]:
     """A running private head; ``env`` is the environment of its processes (include the
-    Ray token there and in every client's env)."""
+    Ray token there and in every client's env). ``python`` runs it (another venv's, for
+    its workers), from ``cwd`` (outside the checkout, so nothing imports the checkout)."""
     from qlp_ray.core.config import QLPConfig
     from qlp_ray.core.runtime import serve_env
 
@@ -76,7 +78,7 @@ def private_head(
     log = temp_dir.parent / f"{temp_dir.name}_head.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=head_env,
-                                start_new_session=True)  # fmt: skip
+                                cwd=cwd, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + start_timeout_s
         while RAY_STARTED not in log.read_text():
