@@ -38,7 +38,8 @@ def measured_throughput(records: Iterable[Any], base_model: str) -> dict[str, An
         if not isinstance(tps, int | float) or tps <= 0:
             continue
         created = str(rec.metadata.get("created_at", ""))
-        if best is None or created > best["created_at"]:
+        # created_at has seconds: within one second the higher version is the newer
+        if best is None or (created, rec.version) > (best["created_at"], best["version"]):
             best = {"tokens_per_s": float(tps), "adapter": rec.adapter_id,
                     "version": rec.version, "created_at": created}  # fmt: skip
     return best
