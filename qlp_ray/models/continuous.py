@@ -10,7 +10,12 @@ vLLM's schedulers):
   adapter through :class:`~qlp_ray.models.batched_lora.RowLoRA`) and merges their KV cache
   into the running one (both left-padded to the longer length);
 * :meth:`ContinuousDecoder.step` decodes one token for every running row and returns the
-  rows that ended (EOS, their ``max_new_tokens``, or a stop string).
+  rows that ended (EOS, their ``max_new_tokens``, or a stop string);
+* :meth:`ContinuousDecoder.cancel` drops rows whose caller is gone (a disconnected client),
+  freeing their slot and cache columns at once.
+
+Every token a call decodes is also listed in :attr:`ContinuousDecoder.emitted` (``(key,
+token)`` in order), for callers that stream tokens as they come.
 
 Each row gets the tokens, counts and finish reason that ``TransformersBackend.generate``
 gives it alone: positions come from the row's own tokens, padding is masked out. Only
@@ -54,6 +59,7 @@ class ContinuousDecoder:
         self._next = torch.zeros((0,), dtype=torch.long)  # each row's next input token
         self._pos = torch.zeros((0,), dtype=torch.long)  # ... and its position
         self.steps = 0  # forwards run (prefills + decoding steps)
+        self.emitted: list[tuple[Any, int]] = []  # (key, token) decoded by the last call
         for helper in ("merge_cache", "select_cache"):  # compiled now, not on a request
             scripted(helper)
 
@@ -71,6 +77,7 @@ class ContinuousDecoder:
         first token); the others are returned by later :meth:`step` calls.
         """
         b = self.backend
+        self.emitted = []
         done: list[tuple[Any, Generation | Exception]] = []
         joining: list[_Row] = []
         tokens: list[list[int]] = []
@@ -123,6 +130,7 @@ class ContinuousDecoder:
     @torch.inference_mode()
     def step(self) -> list[tuple[Any, Generation | Exception]]:
         """Decode one token for every running row; ``(key, result)`` of rows that ended."""
+        self.emitted = []
         if not self.rows:
             return []
         mask = torch.cat([self._mask, torch.ones((len(self.rows), 1), dtype=torch.long)], 1)
@@ -153,6 +161,7 @@ class ContinuousDecoder:
         tokens = self._next[first:].tolist()
         for i, (row, token) in enumerate(zip(self.rows[first:], tokens, strict=True), first):
             row.new_ids.append(token)
+            self.emitted.append((row.key, token))
             ended = token == eos or len(row.new_ids) >= row.request.max_new_tokens
             if not ended and row.request.stop:
                 text = b.tokenizer.decode(row.new_ids, skip_special_tokens=True)
@@ -167,6 +176,15 @@ class ContinuousDecoder:
         if len(keep) < len(self.rows):
             self._keep(keep)
         return finished
+
+    def cancel(self, keys: list[Any]) -> int:
+        """Drop the running rows of ``keys`` (their callers are gone); how many were dropped."""
+        gone = {id(k) for k in keys}
+        keep = [i for i, row in enumerate(self.rows) if id(row.key) not in gone]
+        dropped = len(self.rows) - len(keep)
+        if dropped:
+            self._keep(keep)
+        return dropped
 
     def _keep(self, keep: list[int]) -> None:
         """Drop every row not in ``keep`` and the cache columns no remaining row uses."""

@@ -38,6 +38,7 @@ from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationReque
 from qlp_ray.models.batched_lora import LoRATables
 from qlp_ray.models.continuous import ContinuousDecoder
 from qlp_ray.models.lean_llama import KVCache, LeanLlama
+from qlp_ray.models.stream_text import cut_at_stop
 
 logger = logging.getLogger(__name__)
 
@@ -625,10 +626,10 @@ class TransformersBackend(InferenceBackend):
         if eos is not None and eos in new_ids:
             new_ids = new_ids[: new_ids.index(eos) + 1]
             finish = "stop"
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        cut = [text.index(s) for s in request.stop if s in text]
-        if cut:
-            text = text[: min(cut)]
+        text, stopped = cut_at_stop(
+            self.tokenizer.decode(new_ids, skip_special_tokens=True), request.stop
+        )
+        if stopped:
             finish = "stop"
         return Generation(
             text=text,

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from qlp_ray.core.errors import InvalidRequest
 
 INSTRUCTION_MARKER = "### Instruction:\n"
@@ -40,3 +42,12 @@ def parse_prompt(text: str) -> tuple[str, str] | None:
     if not sep:
         return instruction.removesuffix("\n\n"), ""
     return instruction, rest.removesuffix("\n\n")
+
+
+def chat_template_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str | None:
+    """The prompt of chat ``messages`` (``{"role", "content"}``, text) rendered by the
+    tokenizer's own chat template, ending where the assistant's turn begins; ``None`` when
+    the tokenizer has no template (the built-in tiny model: the Alpaca-like format above)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return None
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))

@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ray import serve
@@ -42,6 +42,8 @@ from qlp_ray.models.base import base_model_id, load_base, resolve_base_path
 from qlp_ray.models.composition import AdapterStack, is_stack, parse_multiplex_id, parse_stack
 from qlp_ray.models.hf_backend import TransformersBackend
 from qlp_ray.models.openvino_backend import OpenVINOBackend
+from qlp_ray.models.prompt import chat_template_prompt
+from qlp_ray.models.stream_text import TextDeltas
 from qlp_ray.models.vllm_backend import VLLMBackend, vllm_unavailable_reason
 from qlp_ray.registry.store import Registry
 from qlp_ray.serve.admission import deployment_limits, replica_options
@@ -273,9 +275,35 @@ class Compositor:
 
         return load_adapter
 
+    def _request(self, payload: dict[str, Any]) -> GenerationRequest:
+        """The backend request of a gateway payload; chat ``messages`` are rendered with the
+        tokenizer's chat template when it has one (else the gateway's prompt stands)."""
+        payload = dict(payload)
+        messages = payload.pop("messages", None)
+        if messages:
+            templated = chat_template_prompt(getattr(self.backend, "tokenizer", None), messages)
+            if templated is not None:
+                payload["prompt"] = templated
+        return GenerationRequest(**payload)
+
+    def _lease_getter(self) -> tuple[Callable[[], Awaitable[AdapterLease]] | None, str]:
+        """How to lease this call's multiplexed model (None: the base model) and its key."""
+        model_id = serve.get_multiplexed_model_id()
+        if not model_id:
+            return None, ""
+        if is_stack(model_id):
+            composer = self.stacks_required()
+
+            async def stack_lease() -> AdapterLease:
+                stack = await asyncio.to_thread(self._stack, model_id)
+                return await asyncio.to_thread(composer.get, stack)
+
+            return stack_lease, model_id
+        return (lambda: self.get_adapter(model_id)), model_id
+
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         """Generate for the request's multiplexed adapter ('' = base model, no adapter)."""
-        gen_request = GenerationRequest(**request)
+        gen_request = self._request(request)
         model_id = serve.get_multiplexed_model_id()
         if not model_id:
             return dataclasses.asdict(await self._run(gen_request, None))
@@ -290,6 +318,63 @@ class Compositor:
         return dataclasses.asdict(
             await self._run_leased(lambda: self.get_adapter(model_id), gen_request, model_id)
         )
+
+    async def generate_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream one generation (called with ``handle.options(stream=True)``): ``{"text":
+        delta}`` events as tokens are decoded, then a final event with the rest of the text,
+        ``finish_reason`` and the token counts. Rows of the continuous decoder stream token
+        by token; any other row (sampled, request-level batching, a backend without a
+        decoder) comes as the final event alone. Closing the stream early (the client went
+        away) cancels the row in the decoder."""
+        gen_request = self._request(request)
+        get_lease, model_id = self._lease_getter()
+        if get_lease is None:
+            async for event in self._stream_run(gen_request, None):
+                yield event
+            return
+        for _ in range(_LOAD_ATTEMPTS):
+            lease = await get_lease()
+            sent = False
+            try:
+                with lease.use() as name:
+                    async for event in self._stream_run(gen_request, name):
+                        sent = True
+                        yield event
+                return
+            except AdapterNotLoaded:  # evicted between lookup and use: load it again
+                if sent:
+                    raise
+                logger.info("adapter %s evicted before use; reloading", model_id)
+        raise Overloaded(f"adapter {model_id!r} keeps being evicted; retry later")
+
+    async def _stream_run(
+        self, request: GenerationRequest, adapter: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        if not (self.batching and isinstance(self._merger, StepMerger)):
+            yield final_event(await self._run(request, adapter), "")
+            return
+        deltas = TextDeltas(
+            lambda ids: self.backend.tokenizer.decode(ids, skip_special_tokens=True), request.stop
+        )
+        first = True
+        async for item in self._merger.stream(request, adapter):
+            if isinstance(item, Generation):
+                yield final_event(item, deltas.finish(item.text))
+                return
+            delta = deltas.push(item)
+            if delta or first:  # the first event tells the gateway the row is running
+                first = False
+                yield {"text": delta}
+
+    def streaming_stats(self) -> dict[str, Any]:
+        """Rows running in the continuous decoder and rows dropped for a gone caller."""
+        if not isinstance(self._merger, StepMerger):
+            return {"running": 0, "cancelled": 0, "continuous": False}
+        return {
+            "running": self._merger.running,
+            "cancelled": int(self._merger.stats["cancelled"]),
+            "continuous": True,
+        }
 
     async def _run_leased(
         self,
@@ -332,6 +417,17 @@ class Compositor:
             "loads": self.loads,
             "stacks": self.stacks.cache.keys() if self.stacks is not None else [],
         }
+
+
+def final_event(gen: Generation, text: str) -> dict[str, Any]:
+    """The last event of a generation's stream: ``text`` (what is left to send), why it
+    ended and its token counts."""
+    return {
+        "text": text,
+        "finish_reason": gen.finish_reason,
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+    }
 
 
 def create_backend(cfg: QLPConfig) -> InferenceBackend:

@@ -22,7 +22,7 @@ import asyncio
 import time
 from typing import Any
 
-from qlp_ray.core.errors import AdapterNotFound
+from qlp_ray.core.errors import AdapterNotFound, InvalidRequest
 from qlp_ray.models.composition import (
     AdapterStack,
     is_stack,
@@ -134,6 +134,25 @@ class ModelTable:
                 f"model {model!r} does not exist; GET /v1/models lists the models", param="model"
             )
         return Target(record.adapter_id, int(record.version), record.domain)
+
+    async def record_of(self, model: str) -> Any:
+        """The registry record of an adapter id (its current version) or ``adapter@version``;
+        ``AdapterNotFound`` (404) for anything else, stacks included (they are not listed)."""
+        missing = AdapterNotFound(
+            f"model {model!r} does not exist; GET /v1/models lists the models", param="model"
+        )
+        if is_stack(model):
+            raise missing
+        try:
+            adapter_id, version = parse_multiplex_id(model)
+        except InvalidRequest:
+            raise missing from None
+        record = (await self.records_for([adapter_id])).get(adapter_id)
+        if record is None:
+            raise missing
+        if version is not None and version != int(record.version):  # 404 naming the versions
+            record = await asyncio.to_thread(self.registry.get, adapter_id, version)
+        return record
 
     async def stack_key(self, model: str) -> str:
         """The canonical, versioned id of the stack ``model`` (what the compositor serves)."""

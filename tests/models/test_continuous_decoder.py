@@ -107,5 +107,60 @@ def test_step_merger_a_short_request_does_not_wait_for_a_long_one(backend):  # n
     assert st["prefill_s"] + st["step_s"] < wall
 
 
+def test_step_merger_streams_tokens_as_steps_decode_them(backend):  # noqa: F811
+    merger = StepMerger(backend, max_rows=4)
+    row = (GenerationRequest(PROMPTS[0], max_new_tokens=6), "first")
+    sampled = (GenerationRequest(PROMPTS[1], max_new_tokens=3, temperature=0.8, seed=1), None)
+
+    async def collect(request, adapter):
+        items, steps_seen = [], []
+        async for item in merger.stream(request, adapter):
+            items.append(item)
+            steps_seen.append(merger.stats["batches"])
+        return items, steps_seen
+
+    (items, steps_seen), (only, _) = asyncio.run(_both(collect(*row), collect(*sampled)))
+    *tokens, gen = items
+    want = backend.generate(*row)
+    _same(gen, want)
+    assert len(tokens) == want.completion_tokens  # every token, one by one
+    assert steps_seen[:-1] == sorted(steps_seen[:-1]) and steps_seen[0] < steps_seen[-2]
+    assert backend.tokenizer.decode(tokens, skip_special_tokens=True).startswith(want.text)
+    # a row the decoder cannot take (sampled) comes as its result alone
+    assert len(only) == 1
+    _same(only[0], backend.generate(*sampled))
+
+
+async def _both(a, b):
+    return await asyncio.gather(a, b)
+
+
+def test_a_caller_that_goes_away_frees_its_row_at_the_next_step(backend):  # noqa: F811
+    merger = StepMerger(backend, max_rows=2)
+    long = (GenerationRequest(PROMPTS[1], max_new_tokens=45), "wide")
+
+    async def main():
+        stream = merger.stream(*long)
+        first = [await anext(stream) for _ in range(2)]
+        await stream.aclose()  # the streaming client disconnected
+        while merger.running:
+            await asyncio.sleep(0.001)
+        streamed_steps = merger.stats["batches"]
+        # a unary caller cancelled mid-generation (its HTTP client went away) too
+        task = asyncio.ensure_future(merger.submit([long]))
+        while merger.running == 0:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        while merger.running:
+            await asyncio.sleep(0.001)
+        return first, streamed_steps
+
+    first, streamed_steps = asyncio.run(main())
+    assert all(isinstance(t, int) for t in first)
+    assert merger.stats["cancelled"] == 2
+    assert streamed_steps < 10  # dropped right away, not decoded to its 45 tokens
+    assert merger.stats["batches"] < 25
+
+
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -225,8 +226,10 @@ def test_lru_eviction_frees_the_peft_adapter(stack):
         ({"model": "auto", "prompt": "hi", "max_tokens": 0}, "max_tokens"),
         ({"model": "auto", "prompt": "hi", "max_tokens": 65}, "max_tokens"),
         ({"model": "auto", "prompt": "x" * 2001}, "prompt"),
-        ({"model": "auto", "prompt": "hi", "n": 2}, "n"),
-        ({"model": "auto", "prompt": "hi", "stream": True}, "stream"),
+        ({"model": "auto", "prompt": "hi", "n": 9}, "n"),
+        ({"model": "auto", "prompt": "hi", "stream": "yes"}, "stream"),
+        ({"model": "auto", "prompt": "hi", "presence_penalty": 0.5}, "presence_penalty"),
+        ({"model": "auto", "prompt": "hi", "max_completion_tokens": 65}, "max_completion_tokens"),
         ({"model": "auto", "prompt": "hi", "temperature": 3}, "temperature"),
     ],
 )
@@ -308,3 +311,154 @@ def test_router_scores_are_cosines(stack):
     assert r.status_code == 200
     assert -1.0 <= r.json()["qlp"]["confidence"] <= 1.0
     assert np.isfinite(r.json()["qlp"]["latency_ms"])
+
+
+# -- streaming and the OpenAI surface, through the official `openai` client ------------
+def _openai():
+    import openai
+
+    return openai.OpenAI(base_url=URL + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def _until(condition, timeout_s: float = 20.0):
+    """Wait for ``condition()`` to be truthy (polled), then return it."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+    return value
+
+
+@pytest.mark.parametrize("model", ["dataeng", "base"])
+def test_openai_client_streams_what_it_gets_unstreamed(stack, model):
+    client = _openai()
+    if model == "base":
+        model = _get("/health", headers=None).json()["base_model"]
+    prompt = "Write a SQL query that joins orders and customers"
+    whole = client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0)
+    chunks = list(
+        client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0,
+                                  stream=True, stream_options={"include_usage": True})
+    )  # fmt: skip
+    *texts, usage_chunk = chunks
+    assert "".join(c.choices[0].text for c in texts) == whole.choices[0].text
+    assert texts[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert usage_chunk.choices == [] and usage_chunk.usage == whole.usage
+    assert whole.usage.completion_tokens >= 1
+    if whole.usage.completion_tokens >= 3:  # tokens flowed one by one, not as one block
+        assert sum(1 for c in texts if c.choices[0].text) >= 2
+    assert usage_chunk.model_extra["qlp"]["adapter"] == whole.model_extra["qlp"]["adapter"]
+
+    msgs = [{"role": "user", "content": "Center a div with CSS grid"}]
+    chat = client.chat.completions.create(model=model, messages=msgs, max_tokens=10)
+    stream = client.chat.completions.create(
+        model=model, messages=msgs, max_tokens=10, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    parts, usage = [], None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            parts.append(choice.delta.content or "")
+    assert chunks[0].id.startswith("cmpl-") and chunk.id.startswith("chatcmpl-")
+    assert "".join(parts) == chat.choices[0].message.content
+    assert (
+        usage == chat.usage and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    )
+
+
+def test_n_choices_stop_and_max_completion_tokens(stack):
+    client = _openai()
+    prompt = "Design an Airflow DAG that loads Parquet files"
+    two = client.completions.create(model="dataeng", prompt=prompt, max_tokens=10, n=2)
+    assert [c.index for c in two.choices] == [0, 1]
+    assert two.choices[0].text == two.choices[1].text  # greedy: the same generation twice
+    single = client.completions.create(model="dataeng", prompt=prompt, max_tokens=10)
+    assert two.usage.prompt_tokens == single.usage.prompt_tokens
+    assert two.usage.completion_tokens == 2 * single.usage.completion_tokens
+    # sampled choices are independent samples, reproducible with a seed
+    sampled = dict(model="dataeng", prompt=prompt, max_tokens=8, n=2, temperature=1.0, seed=11)
+    again = [c.text for c in client.completions.create(**sampled).choices]
+    assert again == [c.text for c in client.completions.create(**sampled).choices]
+    # stop: the text ends before it, finish_reason "stop", streamed or not
+    text = single.choices[0].text
+    cut = text.strip()[len(text.strip()) // 2 :][:3]
+    if cut:
+        stopped = client.completions.create(model="dataeng", prompt=prompt, max_tokens=10,
+                                            stop=[cut])  # fmt: skip
+        assert stopped.choices[0].text == text[: text.index(cut)]
+        assert stopped.choices[0].finish_reason == "stop"
+        streamed = client.completions.create(model="dataeng", prompt=prompt, max_tokens=10,
+                                             stop=cut, stream=True)  # fmt: skip
+        pieces = [(c.choices[0].text, c.choices[0].finish_reason) for c in streamed]
+        assert "".join(p for p, _ in pieces) == stopped.choices[0].text
+        assert pieces[-1][1] == "stop"
+    # max_completion_tokens bounds the tokens like max_tokens (the smaller wins)
+    short = client.chat.completions.create(
+        model="dataeng", messages=[{"role": "user", "content": prompt}],
+        max_tokens=10, max_completion_tokens=2,
+    )  # fmt: skip
+    assert short.usage.completion_tokens <= 2
+    # streamed n: each choice's chunks carry its index
+    streamed = client.completions.create(model="dataeng", prompt=prompt, max_tokens=6, n=2,
+                                         stream=True)  # fmt: skip
+    by_index = {0: "", 1: ""}
+    for chunk in streamed:
+        for choice in chunk.choices:
+            by_index[choice.index] += choice.text
+    assert by_index[0] == by_index[1] == client.completions.create(
+        model="dataeng", prompt=prompt, max_tokens=6).choices[0].text  # fmt: skip
+
+
+def test_model_retrieve_and_refusals_in_openai_shape(stack):
+    import openai
+
+    client = _openai()
+    card = client.models.retrieve("dataeng")
+    assert card.id == "dataeng" and card.model_extra["domain"] == "dataeng"
+    assert client.models.retrieve("dataeng@1").model_extra["version"] == 1
+    assert client.models.retrieve("auto").model_extra["kind"] == "router"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("nope")
+    assert info.value.body["code"] == "model_not_found"
+    _assert_openai_error(_get("/v1/models/dataeng@99"), 404)
+    # errors before the first byte of a stream are plain JSON errors
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="hi", stream=True)
+    with pytest.raises(openai.BadRequestError, match="logprobs are not available"):
+        client.completions.create(model="dataeng", prompt="hi", logprobs=1)
+    with pytest.raises(openai.BadRequestError, match="unknown field `foo`"):
+        client.completions.create(model="dataeng", prompt="hi", extra_body={"foo": 1})
+    spec = _get("/openapi.json").json()["components"]["schemas"]["CompletionRequest"]
+    assert spec["additionalProperties"] is False
+    assert {"type": "integer", "minimum": 1, "maximum": 64} in spec["properties"]["max_tokens"][
+        "anyOf"
+    ]
+
+
+def test_a_client_that_disconnects_frees_its_slot(stack):
+    compositor = stack["compositor"]
+
+    def stats():
+        return compositor.streaming_stats.remote().result()
+
+    # a prompt the model answers at full length (no early EOS), so the row is still
+    # decoding when its client leaves
+    body = {"model": "dataeng", "max_tokens": 48, "stream": True}
+    for prompt in ("SQL", "hello", "Spark", "a b c", "deploy"):
+        whole = _post("/v1/completions", {**body, "stream": False, "prompt": prompt}).json()
+        if whole["choices"][0]["finish_reason"] == "length":
+            break
+    else:
+        pytest.skip("the tiny model ends every probe early")
+    before = stats()
+    assert before["continuous"] and before["running"] == 0
+    with httpx.stream("POST", URL + "/v1/completions", json={**body, "prompt": prompt},
+                      headers=AUTH, timeout=60) as r:  # fmt: skip
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        next(r.iter_bytes())  # the first chunk is here: the row is decoding
+    # the connection is closed: the row leaves the decoder before its 48 tokens
+    after = _until(lambda: (s := stats())["running"] == 0 and s["cancelled"] > before["cancelled"]
+                   and s)  # fmt: skip
+    assert after["cancelled"] == before["cancelled"] + 1

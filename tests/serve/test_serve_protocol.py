@@ -12,7 +12,12 @@ from pydantic import ValidationError
 from qlp_ray.core.errors import AdapterNotFound, InvalidRequest, SignatureError
 from qlp_ray.models.composition import multiplex_id, parse_multiplex_id
 from qlp_ray.serve.http.errors import install_error_handlers
-from qlp_ray.serve.http.protocol import ChatCompletionRequest, CompletionRequest, check_limits
+from qlp_ray.serve.http.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    check_limits,
+    with_config_limits,
+)
 
 
 def test_completion_request_defaults_and_single_prompt_list():
@@ -34,8 +39,21 @@ def test_completion_request_defaults_and_single_prompt_list():
         ({"model": "auto", "prompt": 42}, "prompt", "got int"),
         ({"model": "auto", "prompt": "p", "stop": [1]}, "stop", "non-empty strings"),
         ({"model": "auto", "prompt": "  "}, "prompt", "empty"),
-        ({"model": "auto", "prompt": "p", "n": 3}, "n", "only n=1"),
-        ({"model": "auto", "prompt": "p", "stream": True}, "stream", "streaming"),
+        ({"model": "auto", "prompt": "p", "n": 9}, "n", "less than or equal to 8"),
+        ({"model": "auto", "prompt": "p", "n": 0}, "n", "greater than or equal to 1"),
+        ({"model": "auto", "prompt": "p", "stream": "yes"}, "stream", "boolean"),
+        ({"model": "auto", "prompt": "p", "best_of": 2}, "best_of", "Extra inputs"),
+        ({"model": "auto", "prompt": "p", "logprobs": 0}, "logprobs", "logprobs are not"),
+        (
+            {"model": "auto", "prompt": "p", "max_completion_tokens": 0},
+            "max_completion_tokens",
+            "greater than or equal to 1",
+        ),  # fmt: skip
+        (
+            {"model": "auto", "prompt": "p", "stream_options": {"x": 1}},
+            "stream_options",
+            "Extra inputs",
+        ),  # fmt: skip
         ({"model": "auto", "prompt": "p", "max_tokens": "5"}, "max_tokens", "integer"),
         ({"model": "auto", "prompt": "p", "top_p": 0}, "top_p", "greater than 0"),
         ({"model": "auto", "prompt": "p", "stop": ["a"] * 5}, "stop", "at most 4"),
@@ -150,3 +168,82 @@ def test_request_id_is_echoed(client):
     # an id set upstream (the Serve proxy) is echoed by the proxy, not a second time here
     r = client.post("/echo", json={"model": "m", "prompt": "p"}, headers={"x-request-id": "abc"})
     assert "x-request-id" not in r.headers
+
+
+def test_openai_options_parse_and_combine():
+    req = CompletionRequest.model_validate(
+        {"model": "m", "prompt": "p", "n": 3, "stream": True, "seed": 7,
+         "stream_options": {"include_usage": True}, "max_tokens": 9,
+         "max_completion_tokens": 5, "stop": ["a", "bb"]}
+    )  # fmt: skip
+    assert req.n == 3 and req.stream and req.include_usage and req.seed == 7
+    assert req.token_budget == (5, "max_completion_tokens")  # the smaller bound wins
+    assert req.stop_tuple == ("a", "bb")
+    only = CompletionRequest.model_validate({"model": "m", "prompt": "p", "max_tokens": 4})
+    assert only.token_budget == (4, "max_tokens") and not only.include_usage
+    assert CompletionRequest.model_validate({"model": "m", "prompt": "p"}).token_budget == (
+        None,
+        "max_tokens",
+    )
+    # include_usage means nothing without stream: true
+    quiet = CompletionRequest.model_validate(
+        {"model": "m", "prompt": "p", "stream_options": {"include_usage": True}}
+    )
+    assert not quiet.include_usage
+
+
+def test_chat_logprobs_and_message_fields():
+    msgs = [{"role": "user", "content": "hi", "name": "ann"}]
+    ok = ChatCompletionRequest.model_validate({"model": "m", "messages": msgs, "logprobs": False})
+    assert ok.chat_turns == [{"role": "user", "content": "hi"}]
+    for extra in ({"logprobs": True}, {"top_logprobs": 2}):
+        with pytest.raises(ValidationError, match="logprobs are not available"):
+            ChatCompletionRequest.model_validate({"model": "m", "messages": msgs, **extra})
+    with pytest.raises(ValidationError, match="unknown field 'tool_calls'"):
+        ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x", "tool_calls": []}]}
+        )
+    text_parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    parts = [{"role": "user", "content": text_parts}]
+    assert ChatCompletionRequest.model_validate({"model": "m", "messages": parts}).chat_turns == [
+        {"role": "user", "content": "a\nb"}
+    ]
+
+
+def test_unknown_field_is_a_400_naming_it(client):
+    err = _error(client.post("/echo", json={"model": "m", "prompt": "p", "tools": []}), 400)
+    assert err["param"] == "tools" and "unknown field `tools`" in err["message"]
+
+
+def test_openapi_says_what_is_validated():
+    """The served schema refuses what validation refuses: unknown fields, the shapes of
+    prompt/stop/messages, the bounds of n, and the config's limits once filled in."""
+    app = FastAPI()
+
+    @app.post("/c")
+    async def c(body: CompletionRequest) -> dict:
+        return {}
+
+    @app.post("/chat")
+    async def chat(body: ChatCompletionRequest) -> dict:
+        return {}
+
+    schema = with_config_limits(app.openapi(), max_tokens_limit=64, max_prompt_chars=2000)
+    comps = schema["components"]["schemas"]
+    completion, chat_req = comps["CompletionRequest"], comps["ChatCompletionRequest"]
+    for model in (completion, chat_req, comps["StreamOptions"]):
+        assert model["additionalProperties"] is False
+    props = completion["properties"]
+    assert props["n"]["minimum"] == 1 and props["n"]["maximum"] == 8
+    assert {"type": "integer", "minimum": 1, "maximum": 64} in props["max_tokens"]["anyOf"]
+    assert {"type": "integer", "minimum": 1, "maximum": 64} in props["max_completion_tokens"][
+        "anyOf"
+    ]
+    string, one_list = props["prompt"]["anyOf"]
+    assert string["maxLength"] == 2000 and string["pattern"] == r"\S"
+    assert one_list["maxItems"] == 1 and one_list["items"]["maxLength"] == 2000
+    assert props["stop"]["anyOf"][1]["maxItems"] == 4
+    assert props["logprobs"]["type"] == "null"
+    message = chat_req["properties"]["messages"]["items"]
+    assert message["properties"]["role"]["enum"] == ["system", "user", "assistant"]
+    assert message["additionalProperties"] is False and message["required"] == ["role", "content"]

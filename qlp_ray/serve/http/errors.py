@@ -95,6 +95,12 @@ def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | N
     param = ".".join(loc) or None
     if first.get("type") == "missing":
         return f"missing required field `{param}`", param
+    if first.get("type") == "extra_forbidden":
+        return (
+            f"unknown field `{param}`: this server refuses fields it does not implement "
+            "(see GET /openapi.json)",
+            param,
+        )
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     bad = first.get("input")
     shown = repr(bad) if not isinstance(bad, dict | list) else type(bad).__name__

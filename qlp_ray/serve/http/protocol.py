@@ -1,65 +1,105 @@
 """Pydantic wire models of the OpenAI-compatible HTTP API (requests, responses, errors).
 
-Requests validate strictly (``"5"`` is not an integer) and reject what this server does
-not do (``n > 1``, ``stream=true``) with a message naming the field. Limits that come
-from the config (prompt length, ``max_tokens``) are checked by :func:`check_limits`.
+Requests validate strictly (``"5"`` is not an integer) and refuse any field this server
+does not implement with a 400 naming it (``extra="forbid"``, as OpenAI's API does), so
+``/openapi.json`` (``additionalProperties: false``) says what the server accepts. Shapes a
+plain type cannot say (``prompt`` as a string or a list of one, ``stop`` as a string or a
+list) carry their JSON schema beside the validator that enforces it. Limits that come from
+the config (prompt length, ``max_tokens``) are checked by :func:`check_limits` and written
+into the served schema by :func:`with_config_limits`.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 
 from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.data.format import validate_messages
 
 AUTO_MODEL = "auto"
+MAX_CHOICES = 8  # largest ``n``: each choice is a generation of its own
+MAX_STOPS = 4
+_NOT_BLANK = r"\S"  # a string with at least one non-space character
+
+_TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+_MESSAGE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "role": {"enum": ["system", "user", "assistant"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]},
+        "name": {"type": "string"},
+    },
+    "required": ["role", "content"],
+    "additionalProperties": False,
+}
+_MESSAGE_KEYS = frozenset(_MESSAGE_SCHEMA["properties"])  # type: ignore[arg-type]
+_STOP_STRING = {"type": "string", "minLength": 1}
+_STOP_SCHEMA = {
+    "anyOf": [
+        _STOP_STRING,
+        {"type": "array", "items": _STOP_STRING, "maxItems": MAX_STOPS},
+        {"type": "null"},
+    ],
+    "description": f"A stop string or up to {MAX_STOPS}: the text ends before the first one.",
+}
+_NO_LOGPROBS = (
+    "logprobs are not available: none of this server's backends returns token "
+    "log-probabilities; leave the field out"
+)
+
+
+class StreamOptions(BaseModel):
+    """``stream_options`` (read only with ``stream: true``)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    include_usage: bool = Field(
+        False, description="Send a last chunk with `usage` and no choices before [DONE]."
+    )
 
 
 class _Request(BaseModel):
-    # strict: no silent "5" -> 5 coercion; unknown OpenAI options are ignored
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     model: str = Field(min_length=1, description="'auto' (routed), an adapter id or the base id.")
     max_tokens: int | None = Field(None, ge=1, description="Tokens to generate (default: config).")
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="Upper bound on generated tokens (with max_tokens: the smaller)."
+    )
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    stop: list[str] | None = Field(None, description="A stop string or up to 4 of them.")
-    n: int = Field(1, description="Number of choices; only 1 is supported.")
-    stream: bool = Field(False, description="Streaming is not supported.")
-    user: str | None = Field(None, max_length=256, description="End-user id, for analytics.")
-    metadata: dict[str, str] | None = Field(
-        None, description="Up to 16 string key-value pairs (A/B experiment targeting)."
+    stop: Annotated[list[str] | None, WithJsonSchema(_STOP_SCHEMA)] = None
+    n: int = Field(
+        1, ge=1, le=MAX_CHOICES, description="Choices: independent generations of the prompt."
     )
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Sampling seed.")
-
-    @field_validator("n")
-    @classmethod
-    def _only_one_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError(f"only n=1 is supported, got {v}")
-        return v
-
-    @field_validator("metadata")
-    @classmethod
-    def _small_metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        if v is not None:
-            if len(v) > 16:
-                raise ValueError(f"metadata allows at most 16 pairs, got {len(v)}")
-            for key, value in v.items():
-                if len(key) > 64 or len(value) > 512:
-                    raise ValueError(f"metadata key {key[:64]!r}: keys <= 64, values <= 512 chars")
-        return v
-
-    @field_validator("stream")
-    @classmethod
-    def _no_streaming(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("streaming is not supported; send stream=false")
-        return v
+    stream: bool = Field(False, description="Answer as server-sent events (OpenAI chunks).")
+    stream_options: StreamOptions | None = Field(None, description="Streaming options.")
+    user: str | None = Field(None, max_length=256, description="End-user id, for analytics.")
+    metadata: (
+        dict[
+            Annotated[str, StringConstraints(max_length=64)],
+            Annotated[str, StringConstraints(max_length=512)],
+        ]
+        | None
+    ) = Field(None, max_length=16, description="Up to 16 string pairs (A/B experiment targeting).")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="Sampling seed (choice i samples with seed + i)."
+    )
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -69,17 +109,54 @@ class _Request(BaseModel):
             return None
         if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
             raise ValueError("stop must be a string or a list of non-empty strings")
-        if len(stops) > 4:
-            raise ValueError(f"stop allows at most 4 strings, got {len(stops)}")
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"stop allows at most {MAX_STOPS} strings, got {len(stops)}")
         return stops
 
     @property
     def stop_tuple(self) -> tuple[str, ...]:
         return tuple(self.stop or ())
 
+    @property
+    def token_budget(self) -> tuple[int | None, str]:
+        """The tokens asked for (the smaller of ``max_tokens`` and ``max_completion_tokens``;
+        None: the server's default) and the field that set it."""
+        asked = [
+            (value, name)
+            for value, name in (
+                (self.max_tokens, "max_tokens"),
+                (self.max_completion_tokens, "max_completion_tokens"),
+            )
+            if value is not None
+        ]
+        return min(asked) if asked else (None, "max_tokens")
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream and self.stream_options is not None and self.stream_options.include_usage
+
 
 class CompletionRequest(_Request):
-    prompt: str = Field(description="The prompt (a string or a 1-element list of strings).")
+    prompt: Annotated[
+        str,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": _NOT_BLANK},
+                    {
+                        "type": "array",
+                        "items": {"type": "string", "pattern": _NOT_BLANK},
+                        "minItems": 1,
+                        "maxItems": 1,
+                    },
+                ],
+                "description": "The prompt: a string or a list of one string.",
+            }
+        ),
+    ]
+    logprobs: Annotated[
+        int | None, WithJsonSchema({"type": "null", "description": "Not available here."})
+    ] = None
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -93,6 +170,13 @@ class CompletionRequest(_Request):
             raise ValueError("prompt must not be empty")
         return v
 
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _no_logprobs(cls, v: Any) -> Any:
+        if v is not None:
+            raise ValueError(_NO_LOGPROBS)
+        return v
+
 
 class ChatMessage(BaseModel):
     """A chat message in a response."""
@@ -102,20 +186,61 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_Request):
-    messages: list[dict[str, Any]] = Field(
-        min_length=1, description="OpenAI chat messages; the last one must be from the user."
-    )
+    messages: Annotated[
+        list[dict[str, Any]],
+        Field(min_length=1),
+        WithJsonSchema(
+            {
+                "type": "array",
+                "items": _MESSAGE_SCHEMA,
+                "minItems": 1,
+                "description": "OpenAI chat messages; the last one must be from the user.",
+            }
+        ),
+    ]
+    logprobs: Annotated[
+        bool | None, WithJsonSchema({"enum": [False, None], "description": "Not available."})
+    ] = None
+    top_logprobs: Annotated[
+        int | None, WithJsonSchema({"type": "null", "description": "Not available here."})
+    ] = None
 
     @field_validator("messages")
     @classmethod
     def _valid_messages(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, message in enumerate(v):
+            unknown = sorted(set(message) - _MESSAGE_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"messages[{i}] has unknown field {unknown[0]!r} (allowed: role, content, name)"
+                )
         validate_messages(v)  # roles, text content parts, last turn from the user
         return v
 
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _no_logprobs(cls, v: Any) -> Any:
+        if v is not None and v is not False:
+            raise ValueError(_NO_LOGPROBS)
+        return v
+
+    @field_validator("top_logprobs", mode="before")
+    @classmethod
+    def _no_top_logprobs(cls, v: Any) -> Any:
+        if v is not None:
+            raise ValueError(_NO_LOGPROBS)
+        return v
+
+    @property
+    def chat_turns(self) -> list[dict[str, str]]:
+        """The messages as ``{"role", "content"}`` with text content (parts joined)."""
+        return [{"role": r, "content": t} for r, t in validate_messages(self.messages)]
+
 
 def check_limits(
-    text: str, max_tokens: int | None, *, max_prompt_chars: int, max_tokens_limit: int
-) -> None:
+    text: str, max_tokens: int | None, *, max_prompt_chars: int, max_tokens_limit: int,
+    param: str = "max_tokens",
+) -> None:  # fmt: skip
     """Raise ``InvalidRequest`` naming the limit when a request exceeds the server's limits."""
     if len(text) > max_prompt_chars:
         raise InvalidRequest(
@@ -125,9 +250,29 @@ def check_limits(
         )
     if max_tokens is not None and max_tokens > max_tokens_limit:
         raise InvalidRequest(
-            f"max_tokens={max_tokens} exceeds the limit serve.max_tokens_limit={max_tokens_limit}",
-            param="max_tokens",
+            f"{param}={max_tokens} exceeds the limit serve.max_tokens_limit={max_tokens_limit}",
+            param=param,
         )
+
+
+def with_config_limits(
+    schema: dict[str, Any], *, max_tokens_limit: int, max_prompt_chars: int
+) -> dict[str, Any]:
+    """The OpenAPI ``schema`` with the config's limits written in (changed in place and
+    returned): the maximum of the token fields, the completion prompt's ``maxLength``. For
+    chat the length limit counts the rendered prompt, which no one field's schema can say."""
+    schemas = schema.get("components", {}).get("schemas", {})
+    prompt = schemas.get("CompletionRequest", {}).get("properties", {}).get("prompt", {})
+    for option in prompt.get("anyOf", []):
+        target = option.get("items", option)
+        target["maxLength"] = max_prompt_chars
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        props = schemas.get(name, {}).get("properties", {})
+        for field in ("max_tokens", "max_completion_tokens"):
+            for option in props.get(field, {}).get("anyOf", []):
+                if option.get("type") == "integer":
+                    option["maximum"] = max_tokens_limit
+    return schema
 
 
 # -- responses ----------------------------------------------------------------------
@@ -218,6 +363,8 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def usage_of(generation: dict[str, Any]) -> Usage:
-    p, c = int(generation["prompt_tokens"]), int(generation["completion_tokens"])
+def usage_of(generations: list[dict[str, Any]]) -> Usage:
+    """Usage of a request's choices: the prompt counted once, the completions summed."""
+    p = int(generations[0]["prompt_tokens"])
+    c = sum(int(g["completion_tokens"]) for g in generations)
     return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
