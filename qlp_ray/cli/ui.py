@@ -36,7 +36,7 @@ def ui(
     command = [
         sys.executable, "-m", "streamlit", "run", str(APP_PATH),
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false", "--global.developmentMode", "false",
+        "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
     ]  # fmt: skip
     console.print(f"qlp ui on http://{host}:{port} → gateway {env[URL_ENV]}")
     raise typer.Exit(subprocess.call(command, env=env))

@@ -135,18 +135,31 @@ def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def loss_frame(series: dict[str, list[dict[str, float]]]) -> Any:
-    """A pandas frame indexed by step with a column per split (training, held-out)."""
+    """A long pandas frame (step, loss, split) of the training and held-out points."""
     import pandas as pd
 
-    frames = []
-    for split, name in (("train", "training loss"), ("heldout", "held-out loss")):
-        points = series.get(split) or []
-        if points:
-            frame = pd.DataFrame(points).drop_duplicates("step", keep="last")
-            frames.append(frame.set_index("step")["loss"].rename(name))
-    if not frames:
-        return pd.DataFrame()
-    return pd.concat(frames, axis=1).sort_index()
+    names = {"train": "training loss", "heldout": "held-out loss"}
+    rows = [{"step": p["step"], "loss": p["loss"], "split": names[split]}
+            for split in names for p in series.get(split) or []]  # fmt: skip
+    return pd.DataFrame(rows, columns=["step", "loss", "split"])
+
+
+def loss_chart(series: dict[str, list[dict[str, float]]]) -> Any:
+    """An Altair line chart with points (the held-out loss has only a few) per split."""
+    import altair as alt
+
+    frame = loss_frame(series)
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("step:Q", title="step"),
+            y=alt.Y("loss:Q", title="loss"),
+            color=alt.Color("split:N", title=None),
+            tooltip=["split", "step", "loss"],
+        )  # fmt: skip
+        .properties(height=320)
+    )
 
 
 def failure_reason(job: dict[str, Any]) -> str:
@@ -204,6 +217,7 @@ __all__ = [
     "friendly_error",
     "hyperparameters",
     "invalid_rows",
+    "loss_chart",
     "loss_frame",
     "main_domain",
     "parse_jsonl",

@@ -17,10 +17,11 @@ if not adapters:
     st.info("The registry holds no adapter yet: train one with the wizard.")
     st.stop()
 
-summary = [{"adapter": a["id"], "domain": a["domain"], "current": a["current_version"],
-            "versions": len(a["versions"]), "retired": a["retired"],
-            "all signed": all(v["signed"] for v in a["versions"])} for a in adapters]  # fmt: skip
-st.dataframe(summary, width="stretch")
+for a in adapters:
+    signed = "all signed" if all(v["signed"] for v in a["versions"]) else "UNSIGNED versions"
+    retired = " · retired" if a["retired"] else ""
+    st.markdown(f"- **{a['id']}** ({a['domain']}) · current v{a['current_version']} of "
+                f"{len(a['versions'])} · {signed}{retired}")  # fmt: skip
 st.subheader("Versions and lineage")
 st.dataframe(adapter_rows(adapters), width="stretch")
 

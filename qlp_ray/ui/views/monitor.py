@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from qlp_ray.ui.logic import FINISHED, failure_reason, loss_frame
+from qlp_ray.ui.logic import FINISHED, failure_reason, loss_chart, loss_frame
 from qlp_ray.ui.session import call, client, wizard_state
 
 REFRESH_S = 2.0
@@ -44,7 +44,7 @@ def show_job(job_id: str) -> bool:
     if frame.empty:
         st.caption("No loss reported yet.")
     else:
-        st.line_chart(frame, x_label="step", y_label="loss")
+        st.altair_chart(loss_chart(metrics["series"]), width="stretch")
     if status == "failed":
         st.error(f"The job failed: {failure_reason(job)}")
     elif status == "cancelled":
