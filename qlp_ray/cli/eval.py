@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import typer
 
 from qlp_ray.cli.common import console, fail, get_config
 from qlp_ray.core.errors import QLPError
+from qlp_ray.evaluate.charts import write_eval_report
 from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
 from qlp_ray.evaluate.suite import run_evaluation
 
@@ -40,13 +42,19 @@ def run(
         True, "--record/--no-record", help="Add the result to the leaderboard."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    report_dir: Path | None = typer.Option(
+        None,
+        "--report-dir",
+        help="Where report.html + metrics.png go (default: <home>/evaluations/reports/<run>).",
+    ),
 ) -> None:
     """Score, grade and (optionally) compare one model on a domain's eval set."""
     from rich.table import Table
 
+    cfg = get_config()
     try:
         result = run_evaluation(
-            get_config(),
+            cfg,
             domain=domain,
             adapter_id=adapter,
             version=version,
@@ -59,6 +67,16 @@ def run(
         fail(str(exc))
         return
     rep = result.report
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    html_path = write_eval_report(
+        report_dir
+        or cfg.paths.root / "evaluations" / "reports" / f"{result.target}-{domain}-{stamp}",
+        rep,
+        target=result.target,
+        domain=domain,
+        dataset=str(result.dataset),
+        baseline_metrics=result.baseline_metrics,
+    )
     if as_json:
         typer.echo(
             json.dumps(
@@ -66,6 +84,7 @@ def run(
                     "target": result.target,
                     "domain": domain,
                     "leaderboard_id": result.leaderboard_id,
+                    "report_html": str(html_path),
                     **rep.to_dict(),
                 },
                 indent=1,
@@ -106,6 +125,7 @@ def run(
         console.print(f"  -> [yellow]{r.code}[/]: {r.message}")
     if result.leaderboard_id is not None:
         console.print(f"recorded on the leaderboard as #{result.leaderboard_id}")
+    console.print(f"report with charts: {html_path}", soft_wrap=True)
 
 
 @app.command("leaderboard")

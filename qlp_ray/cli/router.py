@@ -19,6 +19,7 @@ from qlp_ray.route.evaluation import (
     load_routing_data,
     train_learned,
 )
+from qlp_ray.route.report import write_routing_report
 
 app = typer.Typer(help="Skill-aware routing: train and evaluate the router.", no_args_is_help=True)
 
@@ -84,12 +85,14 @@ def train(
     cfg = get_config()
     try:
         examples = load_routing_data(data)
+        encode = _cached_encoder(cfg)
         with _fit_progress(console) as progress:
             router = train_learned(
-                examples, _cached_encoder(cfg), _options(cfg), cfg.router.embedding_model,
+                examples, encode, _options(cfg), cfg.router.embedding_model,
                 progress=progress,
             )  # fmt: skip
         path = router.save(out or cfg.router.learned_path(cfg.paths.root))
+        report = _training_report(router, examples, encode, Path(path))
     except QLPError as exc:
         fail(str(exc))
         return
@@ -100,7 +103,32 @@ def train(
         f"rows), domains {', '.join(m.labels)}\n"
         f"calibrated temperature {m.temperature:.3f}, threshold {m.threshold:.3f} "
         f"(target accuracy above it: {m.extra['target_accuracy']})\n"
-        f"embedder: {embedder}\nsaved to {path}"
+        f"embedder: {embedder}\nsaved to {path}\nreport with the confusion matrix: {report}"
+    )
+
+
+def _training_report(router, examples, encode, saved: Path) -> Path:
+    """``report.html`` + ``confusion.png`` of the router on the rows it trained on (an
+    in-sample figure; ``qlp router eval`` gives the held-out accuracy)."""
+    texts = [e.text for e in examples]
+    tuned = router.tuned_embedder
+    x = tuned.encode(texts) if tuned is not None else encode(texts)
+    predicted = [router.labels[i] for i in router.probabilities(x, texts).argmax(axis=1)]
+    truth = [e.domain for e in examples]
+    m = router.meta
+    return write_routing_report(
+        (saved if saved.is_dir() else saved.parent) / "report",
+        sorted(set(router.labels) | set(truth)),
+        truth,
+        predicted,
+        title="learned router on its training rows (in-sample)",
+        facts={
+            "rows": len(examples),
+            "temperature": round(m.temperature, 4),
+            "threshold": round(m.threshold, 4),
+            "embedding model": m.embedding_model,
+            "fine-tuned embedder": tuned is not None,
+        },  # fmt: skip
     )
 
 

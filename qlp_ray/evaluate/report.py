@@ -33,7 +33,7 @@ LOWER_IS_BETTER = frozenset(
 )
 #: Counts that describe the run rather than its quality; never compared.
 NOT_COMPARED = frozenset({"n_tokens", "n_examples", "n_train_examples", "generated_tokens"})
-_SCALE = {"bleu": 100.0}  # BLEU is reported 0-100, everything else in the score is 0-1
+SCORE_SCALE = {"bleu": 100.0}  # BLEU is reported 0-100, everything else in the score is 0-1
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class EvaluationReport:
 
 def quality_score(metrics: dict[str, float], cfg: EvaluationConfig) -> float | None:
     """Mean of the configured task metrics present in ``metrics``, each on 0–1."""
-    parts = [metrics[m] / _SCALE.get(m, 1.0) for m in cfg.score_metrics if m in metrics]
+    parts = [metrics[m] / SCORE_SCALE.get(m, 1.0) for m in cfg.score_metrics if m in metrics]
     return sum(parts) / len(parts) if parts else None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -43,6 +44,8 @@ def test_eval_run_records_and_leaderboard_lists(cfg_file):
     assert out["metrics"]["n_examples"] == 3.0
     assert out["metrics"]["perplexity"] > 1.0
     assert out["leaderboard_id"] == 1
+    report = Path(out["report_html"])  # the report with its chart, beside the metrics PNG
+    assert "grade <b>" in report.read_text() and (report.parent / "metrics.png").is_file()
     board = _json(_invoke(cfg_file, "eval", "leaderboard", "--json"))
     assert [(e["adapter_id"], e["domain"]) for e in board] == [("base", "api")]
     table = _invoke(cfg_file, "eval", "leaderboard", "--metric", "perplexity")

@@ -71,6 +71,9 @@ def test_router_train_then_eval_json(runner, data_file, tmp_path, monkeypatch):
     assert meta["head"] == "knn"  # router.learned_head's default reaches the trained router
     # the fine-tuned embedder ships with the router, which names it
     assert meta["embedding_model"] == "embedder" and (out / "embedder" / "config.json").is_file()
+    # the report: confusion matrix of the rows it trained on
+    page = (out / "report" / "report.html").read_text()
+    assert "15 rows, accuracy" in page and (out / "report" / "confusion.png").is_file()
 
     # keys of `eval --json` (the embedder fine-tuning inside every fold is tested elsewhere)
     monkeypatch.setenv("QLP_ROUTER__FINETUNE_EMBEDDER", "false")
