@@ -54,9 +54,11 @@ def training_estimate(
     tokens_per_s: float | None,
     price_per_mtok: float,
     currency: str = "USD",
+    train_records: int | None = None,
 ) -> dict[str, Any]:
     """Tokens the run will process (``steps * batch_size * workers`` records of the mean
-    measured length), its time at ``tokens_per_s`` and its cost at ``price_per_mtok``."""
+    measured length), its time at ``tokens_per_s`` and its cost at ``price_per_mtok``;
+    ``epochs`` counts passes over ``train_records`` (default: every counted record)."""
     if not token_counts:
         raise ValueError("no records to estimate from")
     mean_tokens = sum(token_counts) / len(token_counts)
@@ -66,7 +68,7 @@ def training_estimate(
     return {
         "steps": steps,
         "records_seen": records_seen,
-        "epochs": round(records_seen / len(token_counts), 3),
+        "epochs": round(records_seen / (train_records or len(token_counts)), 3),
         "mean_tokens_per_record": round(mean_tokens, 1),
         "tokens": int(round(tokens)),
         "tokens_per_s": tokens_per_s,

@@ -217,6 +217,7 @@ def test_wizard_trains_an_adapter_the_console_shows(platform, ui_url, browser, t
     # the console lists the new adapter, signed, with its lineage
     page.nav("adapters", "Adapters")
     page.wait_text("api (api) · current v1 of 1 · all signed")
+    page.button("Promote")  # the page has drawn its last element
     page.shot("05_adapters")
     url = f"{platform['url']}/v1/admin/adapters"
     listing = httpx.get(url, headers=admin, timeout=30).json()

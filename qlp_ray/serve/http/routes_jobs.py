@@ -373,5 +373,6 @@ __all__ = [
     "job_object",
     "planned_steps",
     "router",
+    "training_records",
     "train_command",
 ]

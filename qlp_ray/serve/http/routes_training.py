@@ -37,6 +37,7 @@ from qlp_ray.serve.http.routes_jobs import (
     fine_tuning_info,
     job_object,
     planned_steps,
+    training_records,
 )
 from qlp_ray.serve.telemetry.cost import PriceTable
 from qlp_ray.train.estimate import measured_throughput, training_estimate
@@ -139,7 +140,9 @@ def estimate(cfg: QLPConfig, body: EstimateRequest) -> dict[str, Any]:
     if body.validation_file is not None:
         check_data_file(cfg, body.validation_file, "validation_file")
     hp = body.hyperparameters
-    steps = planned_steps(cfg, hp, data, body.validation_file is not None)
+    has_validation = body.validation_file is not None
+    steps = planned_steps(cfg, hp, data, has_validation)
+    n_train = training_records(cfg, data, has_validation)
     base = base_model_id(cfg)
     measured = measured_throughput(Registry(cfg, audit=None).list(all_versions=True), base)
     prices = PriceTable.load()
@@ -156,10 +159,11 @@ def estimate(cfg: QLPConfig, body: EstimateRequest) -> dict[str, Any]:
         tokens_per_s=measured["tokens_per_s"] if measured else None,
         price_per_mtok=price.input_per_mtok,
         currency=prices.currency,
+        train_records=n_train,
     )
     return {"object": "fine_tuning.estimate", **out, "price_entry": entry,
             "base_model": base, "throughput_from": measured,
-            "records": len(counts)}  # fmt: skip
+            "records": n_train}  # fmt: skip
 
 
 @router.post("/estimate")

@@ -68,7 +68,7 @@ if est:
     cols[0].metric("Steps", est["steps"])
     cols[1].metric("Tokens", f"{est['tokens']:,}")
     if est["seconds"] is None:
-        cols[2].metric("Time", "not measured yet")
+        cols[2].metric("Time", "n/a")
         st.info("No earlier run on this base model recorded a throughput: train once and the "
                 "estimate uses its measured tokens/s.")  # fmt: skip
     else:
@@ -79,4 +79,4 @@ if est:
     cols[3].metric("Cost", f"{est['cost']:.6f} {est['currency']}")
     st.caption(f"Priced at the '{est['price_entry']}' entry of prices.yaml: "
                f"{est['price_per_mtok']} {est['currency']} per million tokens; "
-               f"{est['epochs']} passes over {est['records']} records.")  # fmt: skip
+               f"{est['epochs']} passes over {est['records']} training records.")  # fmt: skip
