@@ -56,6 +56,11 @@ def test_ray_train_two_workers_lowers_heldout_loss(ray_local, train_cfg):
     # Only the adapter files came out of the checkpoint, under <home>/runs/<run>.
     assert sorted(p.name for p in result.adapter_dir.iterdir()) == sorted(ADAPTER_FILES)
     assert result.adapter_dir.is_relative_to(tiny_cfg.paths.runs)
+    # rank 0 wrote every log line (held-out loss once before and once after training), and
+    # the driver drew the loss curve
+    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [r["step"] for r in map(json.loads, lines) if "eval_loss" in r] == [0, 30]
+    assert (result.run_dir / "loss_curve.png").stat().st_size > 1000
     config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
 

@@ -100,6 +100,17 @@ def test_training_options_are_validated(overrides, needle):
         effective_train_config(load_config(defaults_file=None, environ={}), **overrides)
 
 
+def test_overrides_set_train_fields_and_are_validated():
+    from qlp_ray.core.config import load_config
+    from qlp_ray.core.errors import ConfigError
+
+    cfg = load_config(defaults_file=None, environ={})
+    out = effective_train_config(cfg, steps=5, overrides={"rank": 4, "alpha": None, "dropout": 0.2})
+    assert (out.rank, out.alpha, out.dropout, out.steps) == (4, cfg.train.alpha, 0.2, 5)
+    with pytest.raises(ConfigError, match=r"train\.learning_rate"):
+        effective_train_config(cfg, overrides={"learning_rate": -1.0})
+
+
 def test_orth_penalty_matches_peft_adalora_regulariser(tiny_cfg):
     """TRL drops the model's own loss; our re-added penalty must equal PEFT's term."""
     import torch

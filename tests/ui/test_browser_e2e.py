@@ -4,12 +4,14 @@ driven by Selenium) against a real Serve app on the session's Ray cluster.
 ``qlp ui`` serves the Streamlit app; the browser imports a JSONL file in step 1, estimates in
 step 2, launches a real fine-tuning job in step 3 (the gateway submits ``qlp train`` to the
 Ray Jobs API; a few steps on the built-in tiny model), watches the loss curve render in
-step 4 until the signed adapter is registered, and finds it in the admin console.
+step 4 until the signed adapter is registered, reads why a second (wrong-domain) job
+failed, and finds the new adapter in the admin console.
 Screenshots go to ``<tmp_path>/screenshots`` (their paths are printed).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from qlp_ray.client import Client
 from qlp_ray.core.config import REPO_ROOT, load_config
 from tests.helpers.ray_start import SERVE_PORT, deployed, free_port
 
@@ -163,6 +166,7 @@ class Page:
 
 def test_wizard_trains_an_adapter_the_console_shows(platform, ui_url, browser, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     page = Page(browser, tmp_path / "screenshots")
     data = tmp_path / "api.jsonl"
@@ -197,6 +201,12 @@ def test_wizard_trains_an_adapter_the_console_shows(platform, ui_url, browser, t
     job_id = page.text().split("Job ", 1)[1].split(" ", 1)[0]
     assert job_id.startswith("ftjob-"), page.text()
     page.shot("03_launch")
+    # a job that fails (api rows, devops adapter), submitted beside it through the API
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    upload = json.loads(data.read_text().splitlines()[0])
+    with Client(platform["url"], api_key=ADMIN_KEY) as client:
+        path = client.upload_file([upload, upload], "wrong-domain.jsonl")["path"]
+        failing = client.create_fine_tuning_job("devops", path, n_steps=1)["id"]
 
     # 4. monitor: the live loss curve, until the signed adapter is registered
     page.nav("monitor", "Step 4 of 4 · Monitor")
@@ -205,7 +215,13 @@ def test_wizard_trains_an_adapter_the_console_shows(platform, ui_url, browser, t
     chart = page.wait(lambda d: d.find_elements(By.CSS_SELECTOR, charts), what="loss chart")
     assert chart[0].size["height"] > 100
     page.shot("04_monitor")
-    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    # the failed job, picked in the job list: its reason, not a stack trace
+    picker = page.d.find_element(By.CSS_SELECTOR, "[data-testid=stSelectbox] input")
+    picker.click()
+    picker.send_keys(failing, Keys.ENTER)
+    page.wait_text("The job failed:", timeout_s=120)
+    assert "not 'devops'" in page.text() and "Traceback" not in page.text()
+    page.shot("05_failed_job")
     url = f"{platform['url']}/v1/fine-tuning/jobs/{job_id}/metrics"
     metrics = httpx.get(url, headers=admin, timeout=30).json()
     series = metrics["series"]
@@ -218,7 +234,7 @@ def test_wizard_trains_an_adapter_the_console_shows(platform, ui_url, browser, t
     page.nav("adapters", "Adapters")
     page.wait_text("api (api) · current v1 of 1 · all signed")
     page.button("Promote")  # the page has drawn its last element
-    page.shot("05_adapters")
+    page.shot("06_adapters")
     url = f"{platform['url']}/v1/admin/adapters"
     listing = httpx.get(url, headers=admin, timeout=30).json()
     [api] = listing["data"]
