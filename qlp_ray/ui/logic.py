@@ -8,6 +8,7 @@ is the API's; these functions only reshape its answers for display.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -162,13 +163,30 @@ def loss_chart(series: dict[str, list[dict[str, float]]]) -> Any:
     )
 
 
+_LOG_RECORD = re.compile(r"^(\d{4}-\d\d-\d\d|\(|\[|INFO|WARNING|DEBUG)")
+
+
 def failure_reason(job: dict[str, Any]) -> str:
-    """Why a job failed, in a line or two: its message and the last error in its log."""
-    lines = [ln.strip() for ln in str(job.get("logs_tail") or "").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error" in ln.lower() or "Error" in ln]
-    parts = [str(job.get("message") or "").strip(), errors[-1] if errors else ""]
-    text = " — ".join(p for p in parts if p)
-    return text[:600] or "the job failed without a message; see `ray job logs`"
+    """Why a job failed, in a few lines: the exit status from its message, and the ``qlp``
+    command's ``error:`` paragraph from its log (a wrapped line joined again), else the
+    log's last line naming an error."""
+    message = str(job.get("message") or "").strip()
+    status = message.splitlines()[0].split(", last available logs")[0] if message else ""
+    lines = str(job.get("logs_tail") or "").splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.lstrip().startswith("error:")]
+    reason = ""
+    if starts:
+        paragraph = []
+        for ln in lines[starts[-1] :]:
+            if paragraph and (not ln.strip() or _LOG_RECORD.match(ln.strip())):
+                break
+            paragraph.append(ln.strip())
+        reason = " ".join(paragraph)
+    else:
+        named = [ln.strip() for ln in lines if "error" in ln.lower()]
+        reason = named[-1] if named else ""
+    text = " — ".join(p for p in (status, reason) if p)
+    return text[:800] or "the job failed without a message; see `ray job logs`"
 
 
 def adapter_rows(adapters: list[dict[str, Any]]) -> list[dict[str, Any]]:

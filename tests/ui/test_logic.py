@@ -79,12 +79,19 @@ def test_loss_frame_is_long_with_both_splits():
     assert loss_frame({"train": [], "heldout": []}).empty
 
 
-def test_failure_reason_keeps_the_last_error_line():
-    job = {"message": "Job entrypoint command failed with exit code 2",
-           "logs_tail": "INFO starting\nerror: training data x.jsonl: 3 of 3 records belong"
-                        " to domain(s) 'api', not 'devops'\n"}  # fmt: skip
-    reason = failure_reason(job)
-    assert reason.startswith("Job entrypoint command failed with exit code 2 — error: training")
+def test_failure_reason_is_the_commands_error_paragraph():
+    job = {"message": "Job entrypoint command failed with exit code 1, last available logs "
+                      "(truncated to 20,000 chars):\n2026-12-07 INFO worker.py: Connected",
+           "logs_tail": "2026-12-07 15:48:48,729 INFO worker.py:2029 -- Connected to Ray\n"
+                        "error: training data /d/f.jsonl: 2 of 2 records belong to domain(s)\n"
+                        "'api', not 'devops'\n"
+                        "2026-12-07 15:48:49,001 INFO worker.py -- shutting down\n"}  # fmt: skip
+    assert failure_reason(job) == (
+        "Job entrypoint command failed with exit code 1 — error: training data /d/f.jsonl: "
+        "2 of 2 records belong to domain(s) 'api', not 'devops'"
+    )
+    crash = {"logs_tail": "Traceback (most recent call last):\n  ...\nValueError: bad\n"}
+    assert failure_reason(crash) == "ValueError: bad"
     assert failure_reason({}).startswith("the job failed without a message")
 
 
