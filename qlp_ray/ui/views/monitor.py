@@ -28,7 +28,7 @@ state["job_id"] = job_id
 
 
 def show_job(job_id: str) -> bool:
-    """Draw the job; True once it has finished."""
+    """Draw the job; True once it has finished (it is then drawn the same way again)."""
     job = call(client().fine_tuning_job, job_id)
     metrics = call(client().fine_tuning_metrics, job_id) if job else None
     if job is None or metrics is None:
@@ -64,15 +64,17 @@ def show_job(job_id: str) -> bool:
 
 @st.fragment(run_every=REFRESH_S)
 def live() -> None:
-    if show_job(state["job_id"]):
-        st.caption("Finished.")
+    """The chosen job and the job history, redrawn every ``REFRESH_S`` seconds."""
+    show_job(state["job_id"])
+    history = call(client().fine_tuning_jobs)
+    if history is not None:
+        st.subheader("Job history")
+        rows = [{k: j.get(k) for k in ("id", "status", "message")} for j in history]
+        st.dataframe(sorted(rows, key=lambda r: r["id"], reverse=True), width="stretch")
 
 
-live()
 if st.button("Cancel job", key="cancel_button"):
     answer = call(client().cancel_fine_tuning_job, job_id)
     if answer is not None:
         st.info("Cancel requested." if answer["cancel_requested"] else "The job had finished.")
-
-st.subheader("Job history")
-st.dataframe([{k: j.get(k) for k in ("id", "status", "message")} for j in jobs], width="stretch")
+live()
