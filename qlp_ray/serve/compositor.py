@@ -21,6 +21,13 @@ batch at the next decoding step and leaves it when done
 backend generates form its next batch (:class:`~qlp_ray.serve.batching.BatchMerger`).
 Each row holds its adapter's lease until it is done, and a row's error fails only that
 request.
+
+``generate_stream`` (a generator method, called through ``handle.options(stream=True)``)
+yields a row's text as the continuous decoder produces it (:meth:`StepMerger.stream`,
+detokenised by :class:`~qlp_ray.models.stream_text.TextDeltas`); other rows come whole, as
+one event. When the caller goes away Serve cancels the generator, and the row leaves the
+decoder before its next step. Chat requests carry their ``messages``: a tokenizer with a
+chat template renders them (:func:`~qlp_ray.models.prompt.chat_template_prompt`).
 """
 
 from __future__ import annotations
