@@ -240,3 +240,13 @@ def test_wizard_trains_an_adapter_the_console_shows(platform, ui_url, browser, t
     [api] = listing["data"]
     assert api["id"] == "api" and api["versions"][0]["signed"] is True
     assert api["versions"][0]["run"]["run_name"] == job_id
+
+    # the rest of the console answers from the live app: no error box on either page
+    page.nav("analytics", "Analytics & experiments")
+    page.wait_text("No experiment defined")
+    page.nav("serving", "Router, cache & audit")
+    page.wait_text("Audit log")
+    page.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=stJson]"), what="json")
+    for phrase in ("The gateway", "Not found", "The platform cannot"):
+        assert phrase not in page.text(), page.text()
+    page.shot("07_serving")
