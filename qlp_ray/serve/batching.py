@@ -112,7 +112,7 @@ class StepMerger:
         # summed over the steps, most rows running at once; wall seconds spent in prefills
         # and in decoding steps (rows the decoder cannot take, run by generate_batch in the
         # same thread, count in neither), and the decoder thread's CPU seconds in each;
-        # rows dropped because their caller was gone
+        # rows dropped because their caller was gone (queued or running)
         self.stats: dict[str, float] = {
             "batches": 0, "prefills": 0, "rows": 0, "row_steps": 0, "largest": 0,
             "prefill_s": 0.0, "step_s": 0.0, "prefill_cpu_s": 0.0, "step_cpu_s": 0.0,
@@ -161,7 +161,9 @@ class StepMerger:
             joining = []
             while self._pending and len(self._decoder) + len(joining) < self.max_rows:
                 row, ticket = self._pending.popleft()
-                if not ticket.future.cancelled():
+                if ticket.future.cancelled():  # its caller left before it was admitted
+                    self.stats["cancelled"] += 1
+                else:
                     joining.append((row, ticket))
             # between ticks the decoder is this task's alone: read its rows here
             gone = [row.key for row in self._decoder.rows if row.key.future.cancelled()]

@@ -463,3 +463,10 @@ def test_a_client_that_disconnects_frees_its_slot(stack):
     after = _until(lambda: (s := stats())["running"] == 0 and s)
     assert after["cancelled"] > before["cancelled"]
     assert after["steps"] - before["steps"] < 4 * 230
+    # a unary request whose client gives up (times out) is cancelled the same way
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(URL + "/v1/completions", json={**body, "stream": False, "prompt": prompt},
+                   headers=AUTH, timeout=httpx.Timeout(60, read=0.3))  # fmt: skip
+    final = _until(lambda: (s := stats())["running"] == 0 and s)
+    assert final["cancelled"] > after["cancelled"]
+    assert final["steps"] - after["steps"] < 4 * 230
