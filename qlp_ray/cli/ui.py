@@ -37,6 +37,7 @@ def ui(
         sys.executable, "-m", "streamlit", "run", str(APP_PATH),
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+        "--runner.magicEnabled", "false",
     ]  # fmt: skip
     console.print(f"qlp ui on http://{host}:{port} → gateway {env[URL_ENV]}")
     raise typer.Exit(subprocess.call(command, env=env))

@@ -29,4 +29,7 @@ if events is not None:
     rows = [{"id": e["id"], "kind": e["kind"], "adapter": e.get("adapter_id"),
              "version": e.get("version"), "actor": e.get("actor"),
              "details": e.get("payload")} for e in reversed(events["data"])]  # fmt: skip
-    st.dataframe(rows, width="stretch") if rows else st.info("No audit event yet.")
+    if rows:
+        st.dataframe(rows, width="stretch")
+    else:
+        st.info("No audit event yet.")
