@@ -29,8 +29,9 @@ from qlp_ray.cli import (
     ui,
 )
 from qlp_ray.cli import config as config_group
-from qlp_ray.cli.common import err_console, state
+from qlp_ray.cli.common import err_console, get_config, state
 from qlp_ray.core.errors import QLPError
+from qlp_ray.core.runtime import prepare_client
 
 app = typer.Typer(
     name="qlp",
@@ -52,10 +53,16 @@ def main(
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False)],
     )
+    if state.console_script:  # the process's environment is ours to set
+        try:
+            prepare_client(get_config())  # before any command imports Ray
+        except QLPError:
+            pass  # a bad config is reported by the command that reads it
 
 
 def run() -> None:
     """Entry point that turns qlp_ray errors into a message and exit code 2."""
+    state.console_script = True
     try:
         app()
     except QLPError as exc:

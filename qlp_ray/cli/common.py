@@ -19,6 +19,7 @@ err_console = Console(stderr=True)
 class _State:
     config_path: Path | None = None
     _config: QLPConfig | None = None
+    console_script: bool = False  # run as `qlp` (a process of its own), not in-process
 
     @property
     def config(self) -> QLPConfig:

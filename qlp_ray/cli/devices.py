@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from qlp_ray.cli.common import console, fail, get_config
-from qlp_ray.core.runtime import connect_existing
+from qlp_ray.core.runtime import cluster_address, connect_existing
 from qlp_ray.hardware.discovery import discover_devices
 
 app = typer.Typer(help="List compute devices (CPU cores, OpenVINO, CUDA/XPU).")
@@ -62,7 +62,10 @@ def cluster_rows(namespace: str) -> list[dict[str, Any]]:
 
     from actors.device import SCHEDULER_NAME  # lazy: loads ray
 
-    ray.init(address="auto", namespace=namespace, log_to_driver=False)
+    address = cluster_address(get_config())
+    if address is None:
+        raise LookupError("no running Ray cluster (set RAY_ADDRESS or start one with `qlp serve`)")
+    ray.init(address=address, namespace=namespace, log_to_driver=False)
     try:
         scheduler = ray.get_actor(SCHEDULER_NAME, namespace=namespace)
     except ValueError as exc:
@@ -91,7 +94,7 @@ def _show_placements(as_json: bool) -> None:
 
     from actors.launch import placements  # lazy: loads ray
 
-    if not connect_existing():
+    if not connect_existing(get_config()):
         fail("no running Ray cluster (set RAY_ADDRESS or start one with `qlp serve`)")
         return
     live = placements(get_config().hardware)

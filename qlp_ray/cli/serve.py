@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from qlp_ray.cli.common import console, get_config
-from qlp_ray.core.runtime import stop_local_cluster
+from qlp_ray.core.runtime import cluster_note, stop_local_cluster
 
 app = typer.Typer(help="Serve the adapters over an OpenAI-compatible HTTP API on Ray Serve.")
 
@@ -33,13 +33,15 @@ def serve_cmd(
         console.print(f"placement: {serving['reason']}")
         for device in serving.get("devices", {}).values():
             console.print(f"placement: {device['reason']}")
-    console.print("stop it with [bold]qlp shutdown[/]")
+    for line in cluster_note(cfg):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print("stop it with [bold]qlp shutdown[/] (and the Ray cluster: --stop-ray)")
 
 
 @app.command("shutdown")
 def shutdown_cmd(
     stop_ray: bool = typer.Option(
-        False, "--stop-ray", help="Also run `ray stop` (stops every Ray process on this machine)."
+        False, "--stop-ray", help="Also stop the Ray cluster `qlp serve` started (only that one)."
     ),
 ) -> None:
     """Delete the app (and Serve when nothing else runs on it)."""
@@ -54,5 +56,7 @@ def shutdown_cmd(
         import ray
 
         ray.shutdown()
-        stop_local_cluster()
-        console.print("Ray stopped")
+        if stop_local_cluster(cfg):
+            console.print("Ray cluster stopped")
+        else:
+            console.print("qlp started no Ray cluster for this home; nothing else is stopped")

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 def join_or_start_ray(cfg: QLPConfig) -> None:
     """Join the running cluster (``RAY_ADDRESS`` or the demo's local one), else start an
     in-process local Ray for the training runs."""
-    if not connect_existing():
+    if not connect_existing(cfg):
         ensure_ray(cfg, persistent=False)
 
 

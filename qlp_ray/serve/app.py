@@ -126,7 +126,7 @@ def deploy(cfg: QLPConfig, *, persistent: bool = True) -> str:
 def shutdown(cfg: QLPConfig) -> bool:
     """Delete the app; stop Serve when no other application is left. False if none ran."""
 
-    if not connect_existing():
+    if not connect_existing(cfg):
         return False
     apps = serve.status().applications
     if cfg.serve.app_name not in apps:

@@ -1,20 +1,23 @@
-"""Install from the wheel, then train while serving on one 2-CPU machine, as a user runs it.
+"""Install from the wheel, let ``qlp serve`` start Ray, train while serving: a user's first run.
 
 ``pip install .``: the wheel is built from the sdist's files and installed into a fresh
-venv (tests/helpers/wheel_venv.py); every ``qlp`` command and every Ray worker of the test
-runs that venv's Python, hence the installed package, from a directory outside the checkout.
+venv (tests/helpers/wheel_venv.py). From a clean shell (own ``HOME``, ``TMPDIR``, no
+``RAY_ADDRESS``, limited to 2 CPUs as on this machine) ``qlp serve`` starts its own Ray
+cluster with token auth (qlp_ray/core/runtime.py) and deploys the default app: the
+scheduler shrinks the replicas' CPU reservations so one training worker still fits
+(qlp_ray/hardware/cpu_share.py). Its HTTP and dashboard ports listen on loopback only, and
+a Ray client without the token is refused.
 
-A private Ray head with exactly 2 CPUs (tests/helpers/private_ray.py). ``qlp serve`` with
-the default configuration deploys the app: the scheduler shrinks the replicas' CPU
-reservations so one training worker still fits (qlp_ray/hardware/cpu_share.py). Then,
-while a client keeps sending completions, three training paths each run to a signed
-adapter in the registry: a REST fine-tuning job, ``ray job submit -- qlp train`` and
-``qlp improve --once`` (fed corrections the way the gateway logs them). Not one request
-may fail; the latency ratio busy/idle is printed for benchmarks/RESULTS.md.
+Then, while a client keeps sending completions, three training paths each run to a signed
+adapter in the registry: a REST fine-tuning job, the README's ``ray job submit`` block run
+verbatim in bash, and ``qlp improve --once`` (fed corrections the way the gateway logs them).
+Not one request may fail; the latency ratio busy/idle is printed for benchmarks/RESULTS.md.
+``qlp shutdown --stop-ray`` ends that cluster and nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -31,14 +34,24 @@ import httpx
 import pytest
 
 from qlp_ray.core.config import load_config
-from tests.helpers.private_ray import private_head, user_env
+from tests.helpers.private_ray import kill_leftovers, user_env
 from tests.helpers.ray_start import free_port
 from tests.helpers.wheel_venv import REPO, SHIPPED, build_wheel, fresh_venv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-RAY_CLI = Path(sys.executable).parent / "ray"  # the user's shell: any Ray client will do
+MAIN_BIN = Path(sys.executable).parent  # the user's shell also has a `ray` client
 STEPS = "8"
+README_DASHBOARD = "http://127.0.0.1:8265"
+
+
+def readme_job_block() -> str:
+    """The bash block of the README's "Submit long jobs to Ray" section, as written."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Submit long jobs to Ray") :]
+    return section[
+        section.index("```bash\n") + 8 : section.index("```", section.index("```bash") + 7)
+    ]
 
 
 class Load:
@@ -120,42 +133,92 @@ def _install(tmp: Path, env: dict[str, str]) -> tuple[Path, Path]:
     return venv_bin, package / "data" / "samples"
 
 
+def _clean_shell(tmp: Path, home: Path, venv_bin: Path, **extra: str) -> dict[str, str]:
+    """A new user's shell: the installed ``qlp`` first on PATH, own HOME (where Ray's token
+    goes) and TMPDIR (where qlp's cluster lives), no Ray variables at all."""
+    env = user_env(home, "", venv_bin, HOME=str(tmp / "user"), TMPDIR=str(tmp), **extra)
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+        env.pop(key, None)
+    env["PATH"] = f"{venv_bin}:{MAIN_BIN}:/usr/bin:/bin"
+    return env
+
+
+def _listeners(marker: str) -> set[tuple[str, int, str]]:
+    """(address, port, process) of every listening socket of the cluster's processes."""
+    import psutil
+
+    pids: set[int] = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or ()):
+                pids.add(proc.pid)
+                pids.update(c.pid for c in proc.children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    out = set()
+    for conn in psutil.net_connections("inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                out.add((conn.laddr.ip, conn.laddr.port, psutil.Process(conn.pid).name()))
+    return out
+
+
 def test_installed_wheel_serves_and_trains_three_ways_while_serving(qlp_home: Path):
     t_start = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="qlp2c_"))  # short: Ray's socket paths live under it
     home, cwd = tmp / "home", tmp / "cwd"
-    home.mkdir()
-    cwd.mkdir()
+    for d in (home, cwd, tmp / "user"):
+        d.mkdir()
     (home / "models").symlink_to(qlp_home / "models", target_is_directory=True)
     shutil.copytree(qlp_home / "keys", home / "keys")
-    token = secrets.token_hex(32)
+    port = free_port()
+    dash_port = free_port(8265)  # the README's, unless something else holds it
+    dashboard = f"http://127.0.0.1:{dash_port}"
     try:
-        venv_bin, samples = _install(tmp, user_env(home, token))
-        env = user_env(home, token, venv_bin)
-        qlp = str(venv_bin / "qlp")
-        with private_head(env, tmp / "ray", num_cpus=2, dashboard=True,
-                          python=str(venv_bin / "python"), cwd=cwd) as head:  # fmt: skip
-            port = free_port()
-            env = user_env(home, token, venv_bin, RAY_ADDRESS=head.address,
-                           QLP_SERVE__PORT=str(port),
-                           QLP_JOBS__DASHBOARD_ADDRESS=head.dashboard_url,
+        venv_bin, samples = _install(tmp, user_env(home, secrets.token_hex(8)))
+        env = _clean_shell(tmp, home, venv_bin, QLP_SERVE__PORT=str(port),
+                           QLP_CLUSTER__NUM_CPUS="2", QLP_CLUSTER__DASHBOARD_PORT=str(dash_port),
+                           QLP_JOBS__DASHBOARD_ADDRESS=dashboard, QLP_TRAIN__STEPS=STEPS,
                            QLP_SERVE__HEALTH_TIMEOUT_S="400")  # fmt: skip
+        qlp = str(venv_bin / "qlp")
+        try:
             served = _run([qlp, "serve"], env, 600, cwd)
             out = " ".join(served.stdout.split())
             assert "placement: 2 CPUs: serving reserves 1 (" in out, out
             assert "1 CPU free for training" in out, out
+            assert "export RAY_AUTH_MODE=token" in served.stdout.splitlines(), out
+            assert (tmp / "user" / ".ray" / "auth_token").is_file()
+            [own] = tmp.glob("qlp-ray-*")  # qlp's cluster, in the user's TMPDIR
+            _check_the_cluster_is_closed(own, env, port, dash_port, cwd)
             shown = _run([qlp, "devices", "--placements", "--json"], env, 120, cwd)
             serving = json.loads(shown.stdout)["serve"]
             assert serving["cpus"] == {"compositor": 0.666, "router": 0.333}, serving
             url = f"http://127.0.0.1:{port}"
-            try:
-                _first_completion(url)
-                _train_three_ways_while_serving(url, home, head, env, cwd, samples, t_start)
-            finally:
-                subprocess.run([qlp, "shutdown"], env=env, cwd=cwd, capture_output=True,
-                               timeout=120, check=False)  # fmt: skip
+            _first_completion(url)
+            _train_three_ways_while_serving(url, home, dashboard, env, tmp / "src", samples,
+                                            t_start)  # fmt: skip
+            stopped = _run([qlp, "shutdown", "--stop-ray"], env, 180, cwd)
+            assert "Ray cluster stopped" in stopped.stdout, stopped.stdout
+            assert not _listeners(str(own)), "qlp shutdown --stop-ray left processes behind"
+        finally:
+            for leftover in tmp.glob("qlp-ray-*"):
+                kill_leftovers(str(leftover))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_the_cluster_is_closed(own: Path, env, port: int, dash_port: int, cwd: Path) -> None:
+    """HTTP and the dashboard listen on loopback only; without the token Ray refuses."""
+    listening = _listeners(str(own))
+    for wanted in (port, dash_port):
+        addresses = {ip for ip, p, _ in listening if p == wanted}
+        assert addresses == {"127.0.0.1"}, (wanted, sorted(listening))
+    others = sorted((ip, p, name) for ip, p, name in listening if ip not in ("127.0.0.1", "::1"))
+    print(f"\nRay's own listeners on all interfaces (token-protected): {others}")
+    refused = subprocess.run([str(MAIN_BIN / "ray"), "job", "list", "--address",
+                              f"http://127.0.0.1:{dash_port}"], env=env, cwd=cwd,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower()
 
 
 def _first_completion(url: str) -> None:
@@ -173,7 +236,7 @@ def _first_completion(url: str) -> None:
     assert body["usage"]["completion_tokens"] >= 1
 
 
-def _train_three_ways_while_serving(url, home, head, env, cwd, samples, t_start) -> None:
+def _train_three_ways_while_serving(url, home, dashboard, env, src, samples, t_start) -> None:
     models = httpx.get(f"{url}/v1/models", timeout=60).json()["data"]
     (base,) = [m["id"] for m in models if m["kind"] == "base"]
     load = Load(url, base).start()
@@ -204,10 +267,12 @@ def _train_three_ways_while_serving(url, home, head, env, cwd, samples, t_start)
         assert r.status_code == 200 and r.json()["cancel_requested"] is False  # finished
         assert httpx.get(f"{url}/v1/fine-tuning/jobs/nope", timeout=60).status_code == 404
 
-        # 2. `ray job submit -- qlp train ...`, as the README writes it
-        done = _run([str(RAY_CLI), "job", "submit", "--address", head.dashboard_url, "--",
-                     "qlp", "train", "--domain", "api", "--data", str(samples / "api.train.jsonl"),
-                     "--steps", STEPS, "--adapter-id", "api-job"], env, 420, cwd)  # fmt: skip
+        # 2. the README's `ray job submit` block, run verbatim by bash in a source tree
+        block = readme_job_block()
+        assert "export RAY_AUTH_MODE=token" in block and "ray job submit" in block, block
+        if dashboard != README_DASHBOARD:  # port 8265 was taken on this machine
+            block = block.replace(README_DASHBOARD, dashboard)
+        done = _run(["bash", "-euc", block], env, 420, src)
         assert "succeeded" in done.stdout.lower(), done.stdout[-2000:]
 
         # 3. `qlp improve --once` on corrections users sent
@@ -216,7 +281,7 @@ def _train_three_ways_while_serving(url, home, head, env, cwd, samples, t_start)
                        "QLP_TRAIN__STEPS": STEPS}  # fmt: skip
         qlp = str(Path(env["PATH"].split(":")[0]) / "qlp")  # the installed one
         done = _run([qlp, "improve", "--once", "--domain", "frontend", "--json"],
-                    improve_env, 420, cwd)  # fmt: skip
+                    improve_env, 420, src)  # fmt: skip
         [outcome] = json.loads(done.stdout)  # --json: only the JSON on stdout
         assert outcome["action"] == "promoted", outcome
     finally:
@@ -232,10 +297,10 @@ def _train_three_ways_while_serving(url, home, head, env, cwd, samples, t_start)
     from qlp_ray.registry.store import Registry
 
     registry = Registry(load_config(environ={"QLP_HOME": str(home)}))
-    for adapter_id in ("devops", "api-job", "frontend"):
+    for adapter_id in ("devops", "api", "frontend"):
         record = registry.get(adapter_id)
         assert record.signed and registry.verify(adapter_id).signed, (adapter_id, record.problem)
-    for adapter_id in ("devops", "api-job"):  # the REST and the Ray job's n_steps arrived
+    for adapter_id in ("devops", "api"):  # the REST job's n_steps and train.steps arrived
         assert registry.get(adapter_id).metadata["metrics"]["steps"] == int(STEPS)
     p50_idle, p50_busy = statistics.median(idle), statistics.median(busy)
     p95_idle = statistics.quantiles(idle, n=20)[-1] if len(idle) >= 2 else idle[0]

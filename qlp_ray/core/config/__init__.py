@@ -31,7 +31,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from qlp_ray.core.config.base import Section
-from qlp_ray.core.config.core import JobsConfig, PathsConfig
+from qlp_ray.core.config.core import ClusterConfig, JobsConfig, PathsConfig
 from qlp_ray.core.config.demo import DOMAINS, DemoConfig
 from qlp_ray.core.config.dump import (
     DEFAULTS_HEADER,
@@ -110,6 +110,10 @@ class QLPConfig(Section):
     )
     jobs: JobsConfig = Field(
         default_factory=JobsConfig, description="Ray Jobs API of long operations."
+    )
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig,
+        description="The local Ray cluster `qlp serve` starts when none is running.",
     )
 
     @model_validator(mode="after")
@@ -240,6 +244,7 @@ __all__ = [
     "ExternalEndpointConfig",
     "HardwareConfig",
     "ImproveConfig",
+    "ClusterConfig",
     "JobsConfig",
     "ModelConfig",
     "OptimizeConfig",

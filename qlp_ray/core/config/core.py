@@ -1,5 +1,6 @@
-"""Sections read by ``qlp_ray.core`` itself: where qlp_ray writes (``paths``) and the Ray
-Jobs API long operations are submitted to (``jobs``)."""
+"""Sections read by ``qlp_ray.core`` itself: where qlp_ray writes (``paths``), the Ray
+Jobs API long operations are submitted to (``jobs``) and the local Ray cluster qlp starts
+when there is none (``cluster``)."""
 
 from __future__ import annotations
 
@@ -47,4 +48,19 @@ class JobsConfig(Section):
         description="Directories whose .jsonl files a REST job may name (training_file, "
         "validation_file); [] = <home>/data and the bundled samples. Paths are resolved "
         "(.., symlinks) before the check.",
+    )
+
+
+class ClusterConfig(Section):
+    token_auth: bool = Field(
+        True,
+        description="A Ray cluster qlp starts requires Ray's token auth (RAY_AUTH_MODE=token; "
+        "the token is ~/.ray/auth_token, created if missing). Off: anyone who reaches its "
+        "ports can run code.",
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs a cluster qlp starts offers Ray (null: all of them)."
+    )
+    dashboard_port: int = Field(
+        8265, ge=1, le=65535, description="Dashboard and Jobs API port of a cluster qlp starts."
     )
