@@ -1,4 +1,4 @@
-"""Iteration-level ("continuous") batching of greedy rows with mixed adapters.
+"""Iteration-level ("continuous") batching of rows with mixed adapters.
 
 Request-level batching runs a batch to its end before the next one starts, so under a
 closed loop the load splits into cohorts that never merge: rows arriving while a batch
@@ -17,19 +17,31 @@ vLLM's schedulers):
 Every token a call decodes is also listed in :attr:`ContinuousDecoder.emitted` (``(key,
 token)`` in order), for callers that stream tokens as they come.
 
-Each row gets the tokens, counts and finish reason that ``TransformersBackend.generate``
-gives it alone: positions come from the row's own tokens, padding is masked out. Only
-greedy rows of plain-LoRA adapters (or the base model) run here; the backend decides
-which (``TransformersBackend.continuous_ok``). Not thread-safe: one caller drives it.
+A greedy row gets the tokens, counts and finish reason that
+``TransformersBackend.generate`` gives it alone: positions come from the row's own tokens,
+padding is masked out. A sampled row (``temperature > 0``) draws each token from its own
+``torch.Generator`` (seeded with the request's ``seed``, else at random) after the
+temperature, top-k (the model's ``generation_config``) and top-p warpers of transformers'
+``generate``: the same distribution, and with a seed the same sample whatever the rows
+beside it (not the same draw as ``generate``, whose generator is global). Only rows of
+plain-LoRA adapters (or the base model) run here; the backend decides which
+(``TransformersBackend.continuous_ok``). Not thread-safe: one caller drives it.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationRequest
 from qlp_ray.models.lean_decoder import left_pad, scripted
@@ -38,18 +50,42 @@ if TYPE_CHECKING:
     from qlp_ray.models.hf_backend import TransformersBackend
 
 
+class RowSampler:
+    """One sampled row's warpers (as ``generate`` applies them) and random generator."""
+
+    def __init__(self, request: GenerationRequest, top_k: int | None) -> None:
+        warpers: list[Any] = [TemperatureLogitsWarper(request.temperature)]
+        if top_k:
+            warpers.append(TopKLogitsWarper(top_k))
+        if request.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(request.top_p))
+        self.warpers = LogitsProcessorList(warpers)
+        seed = request.seed if request.seed is not None else random.getrandbits(63)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def draw(self, logits: torch.Tensor) -> int:
+        """A token drawn from one row's last-position ``logits`` ``[vocab]``."""
+        scores = self.warpers(_NO_IDS, logits.float().view(1, -1))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+_NO_IDS = torch.zeros((1, 0), dtype=torch.long)  # the warpers above do not read input ids
+
+
 @dataclass
 class _Row:
     request: GenerationRequest
     adapter: str | None
     prompt_len: int
     key: Any  # the caller's handle for this row
+    sampler: RowSampler | None = None  # None: greedy
     new_ids: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
 
 class ContinuousDecoder:
-    """Running greedy rows of one backend; rows join (:meth:`admit`) and leave at steps."""
+    """Running rows of one backend; rows join (:meth:`admit`) and leave at steps."""
 
     def __init__(self, backend: TransformersBackend) -> None:
         self.backend = backend
@@ -59,6 +95,8 @@ class ContinuousDecoder:
         self._next = torch.zeros((0,), dtype=torch.long)  # each row's next input token
         self._pos = torch.zeros((0,), dtype=torch.long)  # ... and its position
         self.steps = 0  # forwards run (prefills + decoding steps)
+        config = getattr(getattr(backend, "_base", None), "generation_config", None)
+        self._top_k: int | None = getattr(config, "top_k", None)  # as generate() samples
         self.emitted: list[tuple[Any, int]] = []  # (key, token) decoded by the last call
         for helper in ("merge_cache", "select_cache"):  # compiled now, not on a request
             scripted(helper)
@@ -90,7 +128,8 @@ class ContinuousDecoder:
             except Exception as exc:  # returned to that row's caller
                 done.append((key, exc))
                 continue
-            joining.append(_Row(request, adapter, len(ids), key))
+            sampler = RowSampler(request, self._top_k) if request.temperature > 0 else None
+            joining.append(_Row(request, adapter, len(ids), key, sampler))
             tokens.append(ids)
         if not joining:
             return done
@@ -107,7 +146,7 @@ class ContinuousDecoder:
         first_new = len(self.rows)
         self._merge(cache, mask)
         self.rows += joining
-        self._next = torch.cat([self._next, logits.argmax(-1)])
+        self._next = torch.cat([self._next, _pick(logits, joining)])
         self._pos = torch.cat([self._pos, torch.tensor([r.prompt_len for r in joining])])
         return done + self._collect(first_new)
 
@@ -148,7 +187,7 @@ class ContinuousDecoder:
             return failed
         self._mask = mask
         self._pos = self._pos + 1
-        self._next = logits.argmax(-1)
+        self._next = _pick(logits, self.rows)
         return self._collect()
 
     def _collect(self, first: int = 0) -> list[tuple[Any, Generation | Exception]]:
@@ -211,10 +250,19 @@ class ContinuousDecoder:
         self._pos = self._pos.index_select(0, idx)
 
 
+def _pick(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+    """Each row's next token: the argmax, or a draw for sampled rows."""
+    tokens = logits.argmax(-1)
+    for i, row in enumerate(rows):
+        if row.sampler is not None:
+            tokens[i] = row.sampler.draw(logits[i])
+    return tokens
+
+
 def _assign(layers: list[Any], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
     """Set each cache layer's keys and values (lean ``KVCache`` or ``DynamicCache`` alike)."""
     for layer, k, v in zip(layers, keys, values, strict=True):
         layer.keys, layer.values = k, v
 
 
-__all__ = ["ContinuousDecoder"]
+__all__ = ["ContinuousDecoder", "RowSampler"]

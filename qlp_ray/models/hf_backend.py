@@ -485,9 +485,7 @@ class TransformersBackend(InferenceBackend):
     # -- step-level access for continuous batching (models/continuous.py) -------------
     def continuous_ok(self, request: GenerationRequest, adapter: str | None) -> bool:
         """Whether the row can join a :class:`~qlp_ray.models.continuous.ContinuousDecoder`:
-        greedy, with the base model or a loaded plain-LoRA adapter."""
-        if request.temperature > 0:
-            return False
+        greedy or sampled, with the base model or a loaded plain-LoRA adapter."""
         with self._lock:
             if adapter is None:
                 return True

@@ -95,8 +95,8 @@ class StepMerger:
     """Runs queued ``(request, adapter)`` rows through a backend's continuous decoder.
 
     One worker task alternates, in a thread, "admit what is queued (up to ``max_rows``
-    running) + one decoding step". Rows the decoder cannot take (sampled rows, adapters
-    that are not plain LoRA) run through ``backend.generate_batch`` at that point instead.
+    running) + one decoding step". Rows the decoder cannot take (adapters that are not plain
+    LoRA) run through ``backend.generate_batch`` at that point instead.
     :meth:`stream` hands out a row's tokens as the steps decode them. A row whose caller
     went away (its ``submit``/``stream`` cancelled or closed) leaves the decoder before the
     next step, so a disconnected client stops costing a slot.

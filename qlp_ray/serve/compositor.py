@@ -15,7 +15,7 @@ through the handle; with ``serve.compositor_replicas > 1`` every replica takes t
 the swap board (``serve/swap_board.py``). The backend comes from ``serve.backend``.
 
 Concurrent requests are generated together (up to ``serve.max_batch_size``) whatever their
-adapters. With ``serve.continuous_batching`` (default) a greedy request joins the running
+adapters. With ``serve.continuous_batching`` (default) a request joins the running
 batch at the next decoding step and leaves it when done
 (:class:`~qlp_ray.serve.batching.StepMerger`); otherwise requests that arrive while the
 backend generates form its next batch (:class:`~qlp_ray.serve.batching.BatchMerger`).
@@ -330,7 +330,7 @@ class Compositor:
         """Stream one generation (called with ``handle.options(stream=True)``): ``{"text":
         delta}`` events as tokens are decoded, then a final event with the rest of the text,
         ``finish_reason`` and the token counts. Rows of the continuous decoder stream token
-        by token; any other row (sampled, request-level batching, a backend without a
+        by token; any other row (not plain LoRA, request-level batching, a backend without a
         decoder) comes as the final event alone. Closing the stream early (the client went
         away) cancels the row in the decoder."""
         gen_request = self._request(request)

@@ -65,11 +65,31 @@ def test_a_bad_row_fails_alone(backend):  # noqa: F811
     _same(got["ok"], backend.generate(items[0][0], "first"))
 
 
-def test_only_greedy_plain_lora_rows_are_continuous(backend):  # noqa: F811
+def test_plain_lora_rows_greedy_or_sampled_are_continuous(backend):  # noqa: F811
     assert backend.continuous_ok(GenerationRequest("x"), "first")
     assert backend.continuous_ok(GenerationRequest("x"), None)
-    assert not backend.continuous_ok(GenerationRequest("x", temperature=0.7), "first")
+    assert backend.continuous_ok(GenerationRequest("x", temperature=0.7), "first")
     assert not backend.continuous_ok(GenerationRequest("x"), "not-loaded")
+
+
+def test_sampled_rows_keep_their_seeded_sample_whatever_runs_beside_them(backend):  # noqa: F811
+    seeded = GenerationRequest(PROMPTS[0], max_new_tokens=8, temperature=1.0, seed=5)
+    alone = _drain(backend.continuous_decoder(), {0: [(seeded, "first", "s")]})["s"]
+    others = [(GenerationRequest(PROMPTS[i], max_new_tokens=6), a, i)
+              for i, a in ((1, "second"), (2, None))]  # fmt: skip
+    mixed = _drain(backend.continuous_decoder(), {0: others, 2: [(seeded, "first", "s")]})
+    assert mixed["s"].text == alone.text and mixed["s"].completion_tokens == 8
+    for request, adapter, key in others:  # the greedy rows beside it are unchanged
+        _same(mixed[key], backend.generate(request, adapter))
+    # another seed, another sample (over 8 tokens of a 30k vocabulary)
+    other = GenerationRequest(PROMPTS[0], max_new_tokens=8, temperature=1.0, seed=6)
+    assert _drain(backend.continuous_decoder(), {0: [(other, "first", "o")]})["o"].text != (
+        alone.text
+    )
+    # top_p so small only the likeliest token is left: sampling is greedy decoding
+    narrow = GenerationRequest(PROMPTS[1], max_new_tokens=6, temperature=1.0, top_p=1e-9)
+    got = _drain(backend.continuous_decoder(), {0: [(narrow, "second", "n")]})["n"]
+    _same(got, backend.generate(GenerationRequest(PROMPTS[1], max_new_tokens=6), "second"))
 
 
 def test_step_merger_a_short_request_does_not_wait_for_a_long_one(backend):  # noqa: F811
@@ -97,10 +117,13 @@ def test_step_merger_a_short_request_does_not_wait_for_a_long_one(backend):  # n
     wall = time.perf_counter() - t0
     assert finished[-1] == "long"  # every later, shorter request finished before it
     _same(got_long, backend.generate(*long))
-    for got, row in zip(got_rest, [*short, sampled], strict=True):
+    for got, row in zip(got_rest[:-1], short, strict=True):
         _same(got, backend.generate(*row))
+    # the sampled row ran in the decoder too: its seed gives its sample there
+    (sampled_alone,) = asyncio.run(StepMerger(backend, max_rows=3).submit([sampled]))
+    assert got_rest[-1].text == sampled_alone.text
     assert merger.stats["largest"] == 3  # max_rows: the long row + 2 short ones at most
-    assert merger.stats["rows"] == 5 and merger.most_adapters == 2
+    assert merger.stats["rows"] == 5 and merger.most_adapters == 3  # the sampled row too
     # the decoder's busy time: prefills and decoding steps, both measured, within the run
     st = merger.stats
     assert st["prefills"] >= 2 and st["prefill_s"] > 0 and st["step_s"] > 0
@@ -126,9 +149,9 @@ def test_step_merger_streams_tokens_as_steps_decode_them(backend):  # noqa: F811
     assert len(tokens) == want.completion_tokens  # every token, one by one
     assert steps_seen[:-1] == sorted(steps_seen[:-1]) and steps_seen[0] < steps_seen[-2]
     assert backend.tokenizer.decode(tokens, skip_special_tokens=True).startswith(want.text)
-    # a row the decoder cannot take (sampled) comes as its result alone
-    assert len(only) == 1
-    _same(only[0], backend.generate(*sampled))
+    # a sampled row streams token by token too
+    *sampled_tokens, sampled_gen = only
+    assert len(sampled_tokens) == sampled_gen.completion_tokens >= 1
 
 
 async def _both(a, b):
