@@ -187,6 +187,8 @@ def test_wizard_trains_an_adapter_the_console_shows(platform, ui_url, browser, t
     page.wait_text("Review")
     page.button("Delete row")  # the page has drawn its last element
     assert "Invalid row" not in page.text()
+    metrics = page.d.find_element(By.CSS_SELECTOR, "[data-testid=stMetric]")
+    page.d.execute_script("arguments[0].scrollIntoView()", metrics)  # counts and the table
     page.shot("01_dataset")
 
     # 2. configure: defaults (LoRA, 1 epoch), the estimate from the API
