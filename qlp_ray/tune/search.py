@@ -27,6 +27,7 @@ from qlp_ray.models.base import resolve_base_path
 from qlp_ray.train.pipeline import TrainedAdapter
 from qlp_ray.train.placement import failure_config, placed_workers
 from qlp_ray.train.ray_rlhf import RLHFOptions, rlhf_loop_per_worker
+from qlp_ray.train.storage import run_storage
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def make_trainable(
     records: list[dict[str, str]],
     eval_records: list[dict[str, str]],
     storage_path: str,
+    storage_filesystem: Any | None = None,
 ):
     """The Tune function trainable: one Ray Train SFT run per sampled config."""
 
@@ -126,6 +128,7 @@ def make_trainable(
             run_config=RunConfig(
                 name=f"trial-{trial}",
                 storage_path=storage_path,
+                storage_filesystem=storage_filesystem,
                 callbacks=[TuneReportCallback()],
                 checkpoint_config=CheckpointConfig(num_to_keep=1),
                 failure_config=failure_config(),
@@ -181,15 +184,15 @@ def run_tune(
         ]
     base_path = resolve_base_path(cfg)  # build the builtin model once, here
     name = f"tune-{domain}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = cfg.paths.runs
-    storage.mkdir(parents=True, exist_ok=True)
+    storage, filesystem = run_storage(cfg)  # <home>/runs, or train.storage_uri (S3)
     trainable = tune.with_resources(
         make_trainable(
             cfg,
             base_path=base_path,
             records=records,
             eval_records=eval_records,
-            storage_path=str(storage / name / "train"),
+            storage_path=f"{storage}/{name}/train",
+            storage_filesystem=filesystem,
         ),
         # The trial process only waits on its TorchTrainer; CPUs are reserved by the trial's
         # Ray Train workers. (A fractional CPU here would leave e.g. 0.99 of 1 CPU free and
@@ -222,7 +225,9 @@ def run_tune(
                 # actor was seen to wait forever for its workers
                 reuse_actors=False,
             ),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage)),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, storage_filesystem=filesystem
+            ),
         )
         logger.info("tuning %s: %d trials over %s", domain, n, sorted(space))
         grid = tuner.fit()
@@ -247,14 +252,26 @@ def run_tune(
     best = min(finished or scored, key=lambda row: row[METRIC])
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
-        _save_best(best, out, domain)
+        _save_best(best, out, domain, filesystem)
     return TuneOutcome(best["params"], float(best[METRIC]), rows, out)
 
 
-def _save_best(best: dict[str, Any], out: Path, domain: str) -> None:
+def _save_best(best: dict[str, Any], out: Path, domain: str, filesystem: Any | None) -> None:
+    """The best trial's adapter (from its checkpoint, local or on ``filesystem``) and its
+    config into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     ckpt = best.get("checkpoint_path")
-    if ckpt and (Path(ckpt) / "adapter").is_dir():
+    if ckpt and filesystem is not None:  # remote storage (S3): download the adapter files
+        from pyarrow import fs
+
+        if filesystem.get_file_info(f"{ckpt}/adapter").type == fs.FileType.Directory:
+            if (out / "adapter").exists():
+                shutil.rmtree(out / "adapter")
+            (out / "adapter").mkdir()
+            fs.copy_files(f"{ckpt}/adapter", str(out / "adapter"),
+                          source_filesystem=filesystem,
+                          destination_filesystem=fs.LocalFileSystem())  # fmt: skip
+    elif ckpt and (Path(ckpt) / "adapter").is_dir():
         if (out / "adapter").exists():
             shutil.rmtree(out / "adapter")
         shutil.copytree(Path(ckpt) / "adapter", out / "adapter")

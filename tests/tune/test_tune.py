@@ -1,4 +1,4 @@
-"""Ray Tune + Optuna + ASHA over LoRA SFT trials, each a Ray Train run."""
+"""Ray Tune + Optuna + ASHA over LoRA SFT trials, each a Ray Train run, checkpoints on S3."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import torch
 
 from qlp_ray.core.config import REPO_ROOT, load_config
 from qlp_ray.core.errors import ConfigError
+from qlp_ray.registry.s3 import make_client
 from qlp_ray.tune.search import load_space, parse_space, run_tune
+from tests.helpers.moto_s3 import moto_s3
 from tests.helpers.tiny_lm import grammar_texts, make_model, make_tokenizer, pretrain
 
 pytestmark = pytest.mark.integration
@@ -55,15 +57,23 @@ def test_four_trials_best_beats_worst(ray_local, tmp_path):
             "rank": {"type": "choice", "values": [2, 8]},
         }
     )
-    out = run_tune(
-        cfg,
-        domain="api",
-        space=space,
-        trials=4,
-        output_dir=tmp_path / "best",
-        records=_records(texts[:48]),
-        eval_records=_records(texts[48:]),
-    )
+    # trial checkpoints on S3 (train.storage_uri), as on a cluster whose nodes share no disk
+    with moto_s3("qlp-tune") as s3:
+        cfg.s3 = s3
+        cfg.train.storage_uri = "s3://qlp-tune/runs"
+        out = run_tune(
+            cfg,
+            domain="api",
+            space=space,
+            trials=4,
+            output_dir=tmp_path / "best",
+            records=_records(texts[:48]),
+            eval_records=_records(texts[48:]),
+        )
+        keys = [o["Key"] for o in make_client(s3).list_objects_v2(Bucket="qlp-tune")["Contents"]]
+    assert any(k.startswith("runs/tune-api-") and k.endswith("adapter_model.safetensors")
+               for k in keys), keys[:20]  # fmt: skip
+    assert not (tmp_path / "home" / "runs").exists()  # nothing on the local disk
     losses = [t["eval_loss"] for t in out.trials if t["eval_loss"] is not None]
     assert len(out.trials) == 4 and len(losses) == 4, out.trials
     finished = [t["eval_loss"] for t in out.trials if t["checkpoint_path"]]
