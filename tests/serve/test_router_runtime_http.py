@@ -214,3 +214,34 @@ def test_routing_table_follows_register_retire_and_promote_without_restart(serve
     assert table["adapters"] == {"dataeng": {"domain": "dataeng", "version": 2},
                                  "frontend": {"domain": "frontend", "version": 1}}  # fmt: skip
     assert table["generation"] == registry.generation()
+
+
+def _sse_chunks(body: dict, path: str = "/v1/completions") -> list:
+    import json
+
+    r = httpx.post(f"{URL}{path}", json={**body, "stream": True}, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [e.removeprefix("data: ") for e in r.text.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_streams_through_the_external_fallback_and_a_routed_stack(served):
+    # the external endpoint answers whole: its text is one chunk, then usage
+    msgs = [{"role": "user", "content": OFF_DOMAIN}]
+    usage_on = {"stream_options": {"include_usage": True}}
+    chunks = _sse_chunks(
+        {"model": "auto", "messages": msgs, "max_tokens": 4, **usage_on}, "/v1/chat/completions"
+    )
+    role, text, usage = chunks
+    assert role["choices"][0]["delta"]["role"] == "assistant"
+    assert text["choices"][0]["delta"]["content"] == ANSWER
+    assert text["choices"][0]["finish_reason"] is not None
+    assert usage["usage"]["total_tokens"] == 20 and usage["qlp"]["external"] == EXTERNAL_MODEL
+    # a request routed to a stack streams what it gets unstreamed
+    body = {"model": "auto", "prompt": BETWEEN, "max_tokens": 8}
+    whole = httpx.post(f"{URL}/v1/completions", json=body, timeout=60).json()
+    assert "+" in whole["qlp"]["adapter"]  # the top-k stack
+    chunks = _sse_chunks(body)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
+    assert chunks[-1]["qlp"]["adapter"] == whole["qlp"]["adapter"]
