@@ -362,3 +362,34 @@ def test_open_storage(tmp_path: Path) -> None:
     assert open_storage(f"file://{tmp_path}").root == tmp_path.resolve()
     with pytest.raises(ConfigError, match="not available yet"):
         open_storage("s3://bucket/prefix")
+
+
+def test_a_serving_home_without_the_private_key_verifies_but_cannot_sign(
+    cfg: QLPConfig, tmp_path: Path
+) -> None:
+    """The private key stays where adapters are trained; a serving node holds only the
+    public key (``registry.trusted_keys``, e.g. mounted from a ConfigMap) and reads the
+    shared registry."""
+    from qlp_ray.core.errors import KeyMissing
+
+    rec = register(Registry(cfg), tmp_path, "dataeng")  # the training side signs
+    public = tmp_path / "distributed" / "qlp-signing.pub.pem"
+    public.parent.mkdir()
+    shutil.copy(cfg.paths.keys / PUBLIC_KEY_FILE, public)
+    serving = load_config(
+        overrides={
+            "paths": {"home": str(tmp_path / "serving-home")},  # no keys/ at all
+            "registry": {"uri": str(cfg.registry_uri), "trusted_keys": [str(public)]},
+        },
+        environ={},
+    )
+    assert not serving.paths.keys.exists()
+    reader = Registry(serving)
+    assert reader.verify("dataeng").path == rec.path and reader.verify("dataeng").signed
+    with pytest.raises(KeyMissing, match="no signing key"):
+        register(reader, tmp_path, "frontend")
+    assert [r.adapter_id for r in reader.list()] == ["dataeng"]  # nothing half-written
+    assert not serving.paths.keys.exists()
+    _change(rec.path)
+    with pytest.raises(SignatureError):
+        reader.verify("dataeng")
