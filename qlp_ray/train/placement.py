@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,6 +61,20 @@ def placed_workers(
         yield int(record["workers"])
 
 
+# Ray Train's controller polls its workers' status every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S:
+# Ray's default (2 s) adds up to that much to every run's start and to its end; measured
+# here, an empty 1-worker run took 19.7 s with 2 s and 13.4 s with 0.5 s.
+CONTROLLER_POLL_S = "0.5"
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+def quick_controller_polls() -> None:
+    """Before a ``TorchTrainer`` is built: its controller polls every 0.5 s, unless the user
+    set ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (Ray Train passes the driver's value on to
+    the controller it starts)."""
+    os.environ.setdefault(POLL_ENV, CONTROLLER_POLL_S)
+
+
 def failure_config(max_failures: int = 0) -> Any:
     """Ray Train's ``FailureConfig`` with bounded controller retries: by default Ray Train
     retries a worker group that cannot start forever (-1); a placed run gets one more try."""
@@ -71,4 +86,4 @@ def failure_config(max_failures: int = 0) -> Any:
         return FailureConfig(max_failures=max_failures)
 
 
-__all__ = ["failure_config", "placed_workers"]
+__all__ = ["failure_config", "placed_workers", "quick_controller_polls"]

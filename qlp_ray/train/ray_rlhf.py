@@ -29,7 +29,7 @@ from qlp_ray.core.errors import InvalidRequest, TrainingError
 from qlp_ray.train._rlhf_common import RunOptions
 from qlp_ray.train.distill import train_distill
 from qlp_ray.train.dpo import train_dpo
-from qlp_ray.train.placement import failure_config, placed_workers
+from qlp_ray.train.placement import failure_config, placed_workers, quick_controller_polls
 from qlp_ray.train.rl import train_rl
 
 logger = logging.getLogger(__name__)
@@ -289,6 +289,7 @@ def train_rlhf_on_ray(
     with placed_workers(
         method, workers, cpus_per_worker, use_gpu, timeout_s=placement_timeout_s
     ) as n_workers:
+        quick_controller_polls()
         trainer = TorchTrainer(
             rlhf_loop_per_worker,
             train_loop_config=config,

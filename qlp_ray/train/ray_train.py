@@ -30,7 +30,7 @@ from qlp_ray.data.quality import MIN_TRAIN_RECORDS
 from qlp_ray.models.base import resolve_base_path
 from qlp_ray.registry import validate_adapter_id
 from qlp_ray.train.peft_setup import build_peft_config
-from qlp_ray.train.placement import failure_config, placed_workers
+from qlp_ray.train.placement import failure_config, placed_workers, quick_controller_polls
 from qlp_ray.train.run_metrics import METRICS_FILE, append_metrics, write_loss_curve
 from qlp_ray.train.sft import ADAPTER_FILES, run_sft
 from qlp_ray.train.storage import run_storage
@@ -286,6 +286,7 @@ def _fit(
         "use_gpu": use_gpu,
         "metrics_file": str(cfg.paths.runs / run_name / METRICS_FILE),
     }
+    quick_controller_polls()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,

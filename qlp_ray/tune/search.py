@@ -25,7 +25,7 @@ from qlp_ray.data.capsules import load_capsules, sample_path
 from qlp_ray.data.format import to_prompt_completion
 from qlp_ray.models.base import resolve_base_path
 from qlp_ray.train.pipeline import TrainedAdapter
-from qlp_ray.train.placement import failure_config, placed_workers
+from qlp_ray.train.placement import failure_config, placed_workers, quick_controller_polls
 from qlp_ray.train.ray_rlhf import RLHFOptions, rlhf_loop_per_worker
 from qlp_ray.train.storage import run_storage
 
@@ -112,6 +112,7 @@ def make_trainable(
         from ray.tune.integration.ray_train import TuneReportCallback
 
         trial = ray.tune.get_context().get_trial_id()
+        quick_controller_polls()
         trainer = TorchTrainer(
             rlhf_loop_per_worker,
             train_loop_config={

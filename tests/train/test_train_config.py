@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from peft import AdaLoraConfig, LoraConfig, TaskType
@@ -130,3 +131,14 @@ def test_one_list_of_peft_methods_and_every_check_derives_from_it():
     bad = TrainConfig.model_construct(method="dora")
     with pytest.raises(ConfigError, match="must be 'lora', 'adalora' or 'qlora', got 'dora'"):
         build_peft_config(bad, total_steps=10)
+
+
+def test_ray_train_controller_polls_quickly_unless_the_user_chose(monkeypatch) -> None:
+    from qlp_ray.train.placement import POLL_ENV, quick_controller_polls
+
+    monkeypatch.delenv(POLL_ENV, raising=False)
+    quick_controller_polls()
+    assert os.environ[POLL_ENV] == "0.5"
+    monkeypatch.setenv(POLL_ENV, "3")
+    quick_controller_polls()
+    assert os.environ[POLL_ENV] == "3"
