@@ -20,9 +20,10 @@ def test_a_tokenizer_with_a_template_renders_the_messages():
     assert chat_template_prompt(tok, MESSAGES) == "<|system|>Be brief.\n<|user|>Hi\n<|assistant|>"
 
 
-def test_without_a_template_the_caller_keeps_its_prompt(tiny_cfg):
-    from qlp_ray.models.base import load_base
+def test_without_a_template_the_caller_keeps_its_prompt():
+    from qlp_ray.models.tiny import corpus_texts, train_tokenizer
 
-    _, tok = load_base(tiny_cfg)  # the built-in tiny model has no chat template
+    # the built-in tiny model's tokenizer, built as build_tiny_model builds it: no template
+    tok = train_tokenizer(corpus_texts()[:20], vocab_size=300)
     assert chat_template_prompt(tok, MESSAGES) is None
     assert chat_template_prompt(None, MESSAGES) is None

@@ -69,3 +69,18 @@ def test_finish_sends_the_rest_when_the_final_text_is_longer():
     deltas = TextDeltas(_decoder({1: "ab"}))
     assert deltas.push(1) == "ab"
     assert deltas.finish("abcd") == "cd"
+
+
+def test_the_tiny_models_byte_level_tokenizer_streams_its_exact_text():
+    from qlp_ray.models.tiny import corpus_texts, train_tokenizer
+
+    tok = train_tokenizer(corpus_texts()[:20], vocab_size=300)
+    text = "Café déjà vu: 日本語 ✓ and\n\nmore text after a blank line"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text) // 2  # multi-byte characters span several tokens
+    decode = lambda t: tok.decode(t, skip_special_tokens=True)  # noqa: E731
+    deltas = TextDeltas(decode, stops=("\n\n",))
+    streamed = "".join(deltas.push(t) for t in ids)
+    final = "Café déjà vu: 日本語 ✓ and"  # what the backend returns: cut before the stop
+    assert "\ufffd" not in streamed and final.startswith(streamed)
+    assert streamed + deltas.finish(final) == final
