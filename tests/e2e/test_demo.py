@@ -39,7 +39,7 @@ def test_demo_end_to_end(tmp_path: Path, qlp_home: Path, ray_session):
             "qlp_ray",
             "demo",
             "--steps",
-            "30",
+            "20",
             "--summary-json",
             str(summary_path),
         ],
