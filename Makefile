@@ -24,7 +24,7 @@ demo: setup
 	$(VENV)/bin/qlp demo $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m pytest -q -ra --timeout=900 --durations=25 tests
+	$(PY) -m pytest -q -ra --timeout=900 --durations=40 tests
 
 test-unit: setup
 	$(PY) -m pytest -q -ra -m "not integration" tests
