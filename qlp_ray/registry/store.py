@@ -110,6 +110,11 @@ class Registry:
         if audit == "config":  # the audit log / rollback guard of the feedback store
             audit = audit_for(cfg)
         self.audit = audit
+        # (adapter_id, version) -> (what the check saw, its record): a listing, or a
+        # verification asked with ``reuse=True``, hashes a version again only when its
+        # files, the trusted keys or the question changed
+        self._listed: dict[tuple[str, int], tuple[Any, AdapterRecord]] = {}
+        self._verified: dict[tuple[str, int], tuple[Any, AdapterRecord]] = {}
 
     # --- writing ------------------------------------------------------------------------
     def register(
@@ -249,19 +254,29 @@ class Registry:
         version: int | None = None,
         *,
         expected_base_model: str | None = None,
+        reuse: bool = False,
     ) -> AdapterRecord:
         """Check signature, key, files and labels; ``SignatureError`` names what is wrong.
 
         With ``registry.require_signature`` false an unsigned adapter passes with a
         warning (``signed=False``); a signed but tampered one is always refused.
+
+        ``reuse``: a version that passed before with the same files (names, sizes, change
+        times), trusted keys and question is not hashed or audited again (the router's
+        table refreshes). Loading an adapter never reuses: it always hashes.
         """
         version = self._resolve(adapter_id, version)
         path = self.storage.fetch(adapter_id, version)
+        trusted = trusted_public_keys(self.cfg)
+        seen = (_files_stamp(path), tuple(sorted(trusted)), expected_base_model,
+                self.cfg.registry.require_signature)  # fmt: skip
+        if reuse:
+            hit = self._verified.get((adapter_id, version))
+            if hit is not None and hit[0] == seen:
+                return hit[1]
         try:
             try:
-                record = check_signed(
-                    adapter_id, version, path, trusted_public_keys(self.cfg), expected_base_model
-                )
+                record = check_signed(adapter_id, version, path, trusted, expected_base_model)
             except UnsignedAdapter as exc:
                 if self.cfg.registry.require_signature:
                     raise
@@ -275,6 +290,7 @@ class Registry:
             key_id = _key_id(path) if record.signed else None
             self.audit.record("verify", adapter_id, version, ok=True, signed=record.signed,
                               key_id=key_id)  # fmt: skip
+        self._verified[(adapter_id, version)] = (seen, record)
         return record
 
     def verified_path(
@@ -333,10 +349,23 @@ class Registry:
         )
 
     def _inspect(self, adapter_id: str, version: int) -> AdapterRecord:
-        """A record whose ``signed`` says whether the signature really verifies."""
+        """A record whose ``signed`` says whether the signature really verifies (hashed
+        again only when the version's files or the trusted keys changed)."""
         path = self.storage.fetch(adapter_id, version)
+        trusted = trusted_public_keys(self.cfg)
+        seen = (_files_stamp(path), tuple(sorted(trusted)))
+        hit = self._listed.get((adapter_id, version))
+        if hit is not None and hit[0] == seen:
+            return hit[1]
+        record = self._check_for_listing(adapter_id, version, path, trusted)
+        self._listed[(adapter_id, version)] = (seen, record)
+        return record
+
+    def _check_for_listing(
+        self, adapter_id: str, version: int, path: Path, trusted: dict[str, Any]
+    ) -> AdapterRecord:
         try:
-            return check_signed(adapter_id, version, path, trusted_public_keys(self.cfg))
+            return check_signed(adapter_id, version, path, trusted)
         except SignatureError as exc:
             try:
                 info = read_metadata(path)
@@ -352,6 +381,20 @@ class Registry:
                 metadata=info,
                 problem=str(exc),
             )
+
+
+def _files_stamp(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, change time) of every file under a version directory: what changes
+    when a file is written, replaced, added or removed."""
+    out = []
+    for file in sorted(path.rglob("*")):
+        try:
+            st = file.stat()
+        except FileNotFoundError:
+            continue
+        if file.is_file():
+            out.append((file.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def _key_id(path: Path) -> str | None:

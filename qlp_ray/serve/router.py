@@ -123,7 +123,11 @@ class RouterDeployment:
         self._rebuild()
 
     def _verify(self, adapter_id: str, version: int) -> Any:
-        return self.registry.verify(adapter_id, version, expected_base_model=self.base_model)
+        # reuse: a table refresh re-hashes (and audits) only versions whose files changed;
+        # the compositor still verifies in full before it loads one
+        return self.registry.verify(
+            adapter_id, version, expected_base_model=self.base_model, reuse=True
+        )
 
     def _rebuild(self) -> dict[str, Any]:
         generation = self._watch.snapshot()  # before listing: a later change is seen later

@@ -393,3 +393,52 @@ def test_a_serving_home_without_the_private_key_verifies_but_cannot_sign(
     _change(rec.path)
     with pytest.raises(SignatureError):
         reader.verify("dataeng")
+
+
+def test_listing_and_router_checks_hash_a_version_again_only_when_it_changed(
+    cfg: QLPConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /v1/models`` and the router's table refreshes list and check every adapter:
+    unchanged versions are not re-hashed or audited each time; loads always are."""
+    from qlp_ray.registry import store as store_module
+    from qlp_ray.registry.audit import audit_for
+
+    registry = Registry(cfg)
+    rec = register(registry, tmp_path, "dataeng")
+    register(registry, tmp_path, "frontend", seed=3)
+    hashed: list[str] = []
+    real = store_module.check_signed
+
+    def counting(adapter_id, *args, **kwargs):
+        hashed.append(adapter_id)
+        return real(adapter_id, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "check_signed", counting)
+    audit = audit_for(cfg)
+    verifies = lambda: len(audit.events("dataeng", kinds=("verify",)))  # noqa: E731
+
+    assert [r.signed for r in registry.list()] == [True, True]
+    assert [r.signed for r in registry.list()] == [True, True]
+    assert sorted(hashed) == ["dataeng", "frontend"]  # the second listing hashed nothing
+    before = verifies()
+    registry.verify("dataeng")  # a load: always hashed and audited
+    assert hashed.count("dataeng") == 2 and verifies() == before + 1
+    for _ in range(3):  # the router's refreshes reuse that check
+        assert registry.verify("dataeng", reuse=True).signed
+    assert hashed.count("dataeng") == 2 and verifies() == before + 1
+    other = registry.verify("dataeng", expected_base_model=BASE, reuse=True)  # another question
+    assert other.signed and hashed.count("dataeng") == 3
+
+    _change(rec.path)  # tampered: the next listing and check see it
+    listed = {r.adapter_id: r for r in registry.list()}
+    assert listed["dataeng"].signed is False and "tampered" in listed["dataeng"].problem
+    with pytest.raises(SignatureError, match="tampered"):
+        registry.verify("dataeng", reuse=True)
+    assert listed["frontend"].signed and hashed.count("frontend") == 1
+
+    init_keys(cfg.paths.keys, force=True)  # the trusted keys changed: checked again
+    assert {r.adapter_id: r.signed for r in registry.list()} == {
+        "dataeng": False,
+        "frontend": False,
+    }
+    assert hashed.count("frontend") == 2
