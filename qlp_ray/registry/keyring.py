@@ -22,6 +22,7 @@ from qlp_ray.registry.signing import (
     key_id_of,
     key_info,
     load_public_key,
+    retired_key_files,
 )
 
 if TYPE_CHECKING:
@@ -44,9 +45,8 @@ def trusted_keys(cfg: QLPConfig) -> list[TrustedKey]:
     own = cfg.paths.keys / PUBLIC_KEY_FILE
     if own.is_file():
         out.append(TrustedKey(key_id_of(load_public_key(own)), "signing", own))
-    retired = cfg.paths.keys / TRUSTED_DIR
-    for path in sorted(retired.glob("*.pem")) if retired.is_dir() else []:
-        out.append(TrustedKey(key_id_of(load_public_key(path)), "retired", path))
+    for path, key in retired_key_files(cfg.paths.keys):
+        out.append(TrustedKey(key_id_of(key), "retired", path))
     for path in cfg.registry.trusted_keys:
         out.append(TrustedKey(key_id_of(load_public_key(path)), "configured", Path(path)))
     return out
@@ -57,9 +57,11 @@ def rotate_keys(cfg: QLPConfig, audit: RegistryAudit | None = None) -> tuple[str
     keys_dir = cfg.paths.keys
     old = key_info(keys_dir)  # KeyMissing if there is nothing to rotate
     retired = keys_dir / TRUSTED_DIR
-    retired.mkdir(parents=True, exist_ok=True)
+    retired.mkdir(mode=0o700, parents=True, exist_ok=True)
+    retired.chmod(0o700)  # only this user may add trusted keys (see retired_key_files)
     kept = retired / f"{old.key_id}.pub.pem"
     shutil.copyfile(old.public_key_path, kept)  # before the old pair is replaced
+    kept.chmod(0o644)
     new = init_keys(keys_dir, force=True)
     logger.info("rotated signing key %s -> %s (old key kept trusted)", old.key_id, new.key_id)
     if audit is not None:

@@ -132,17 +132,56 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
+def _unsafe(path: Path) -> str | None:
+    """Why a key file (or its directory) must not be trusted: another owner, or writable
+    by group or others (anyone who can write there could add a key)."""
+    st = path.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"{path} is owned by uid {st.st_uid}, not by this user"
+    if st.st_mode & 0o022:
+        return f"{path} is writable by group or others (mode {st.st_mode & 0o777:o})"
+    return None
+
+
+def retired_key_files(keys_dir: Path) -> list[tuple[Path, Ed25519PublicKey]]:
+    """The retired keys ``qlp keys rotate`` kept in ``<keys>/trusted/``, with their keys.
+
+    Only files as rotation writes them are trusted: named ``<key id>.pub.pem`` after the
+    key they hold, owned by this user and not writable by group or others, in a
+    directory likewise. Any other file there is ignored with a warning, so a key dropped
+    into the directory does not make its adapters load."""
+    retired = Path(keys_dir) / TRUSTED_DIR
+    if not retired.is_dir():
+        return []
+    problem = _unsafe(retired)
+    if problem:
+        logger.warning("ignoring every retired key in %s: %s", retired, problem)
+        return []
+    out = []
+    for path in sorted(retired.glob("*.pem")):
+        key = load_public_key(path)
+        problem = _unsafe(path)
+        if problem is None and path.name != f"{key_id_of(key)}.pub.pem":
+            problem = f"{path.name} is not named after its key ({key_id_of(key)}.pub.pem)"
+        if problem:
+            logger.warning("not trusting %s: %s", path, problem)
+            continue
+        out.append((path, key))
+    return out
+
+
 def trusted_public_keys(cfg: QLPConfig) -> dict[str, Ed25519PublicKey]:
     """Own public key (when it exists), retired keys kept in ``<keys>/trusted/`` (see
-    ``qlp keys rotate``) and every ``registry.trusted_keys`` file, by key id."""
+    ``qlp keys rotate`` and :func:`retired_key_files`) and every ``registry.trusted_keys``
+    file, by key id."""
     keys: dict[str, Ed25519PublicKey] = {}
     own = cfg.paths.keys / PUBLIC_KEY_FILE
     if own.is_file():
         key = load_public_key(own)
         keys[key_id_of(key)] = key
-    retired = cfg.paths.keys / TRUSTED_DIR
-    extra = sorted(retired.glob("*.pem")) if retired.is_dir() else []
-    for path in [*extra, *cfg.registry.trusted_keys]:
+    for _, key in retired_key_files(cfg.paths.keys):
+        keys[key_id_of(key)] = key
+    for path in cfg.registry.trusted_keys:
         key = load_public_key(path)
         keys[key_id_of(key)] = key
     return keys

@@ -133,3 +133,37 @@ def test_cli_keys_and_improve(cfg, tmp_path, monkeypatch):
     assert [(e["kind"], e["version"], e["payload"]["reason"]) for e in rows] == [
         ("rollback", 1, "test")
     ]
+
+
+def test_a_key_dropped_into_the_trusted_dir_is_not_trusted(cfg, tmp_path, caplog):
+    """Only what rotation writes counts: ``<key id>.pub.pem``, this user's, not writable by
+    group or others, in a directory likewise. Adapters of any other key stay refused."""
+    import logging
+    import shutil
+
+    from qlp_ray.registry.signing import PUBLIC_KEY_FILE, init_keys, key_info
+
+    reg = Registry(cfg)
+    old, _ = rotate_keys(cfg)
+    attacker = init_keys(tmp_path / "attacker")
+    evil = cfg.model_copy(deep=True)
+    evil.paths.home = tmp_path / "attacker-home"
+    shutil.copytree(tmp_path / "attacker", evil.paths.keys)
+    _register(Registry(evil, storage=reg.storage, audit=None), tmp_path, 9)  # signs api v1
+    trusted_dir = cfg.paths.keys / "trusted"
+    assert oct(trusted_dir.stat().st_mode & 0o777) == "0o700"
+    dropped = trusted_dir / "innocent.pub.pem"
+    shutil.copy(tmp_path / "attacker" / PUBLIC_KEY_FILE, dropped)
+    with caplog.at_level(logging.WARNING, logger="qlp_ray.registry.signing"):
+        roles = {k.key_id: k.role for k in trusted_keys(cfg)}
+        with pytest.raises(SignatureError, match=f"untrusted key '{attacker.key_id}'"):
+            reg.verify("api", 1)
+    assert attacker.key_id not in roles and roles[old] == "retired"
+    assert "not named after its key" in caplog.text
+    dropped.rename(trusted_dir / f"{attacker.key_id}.pub.pem")  # named right, but ...
+    (trusted_dir / f"{attacker.key_id}.pub.pem").chmod(0o666)  # ... anyone may rewrite it
+    assert attacker.key_id not in {k.key_id for k in trusted_keys(cfg)}
+    (trusted_dir / f"{attacker.key_id}.pub.pem").chmod(0o644)
+    trusted_dir.chmod(0o777)  # a directory anyone may add to: nothing in it is trusted
+    assert {k.role for k in trusted_keys(cfg)} == {"signing"}
+    assert key_info(cfg.paths.keys).key_id != old
