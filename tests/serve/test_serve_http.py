@@ -235,18 +235,34 @@ def test_official_openai_client(gw):
 
 
 def test_store_failure_never_fails_the_request(gw):
-    """A duplicate request id makes the store insert fail: both requests still answer 200."""
-    headers = {**AUTH, "x-request-id": "dup-request-id-1"}
-    body = {"model": "dataeng", "prompt": "Write a SQL join", "max_tokens": 4}
-    before = httpx.get(URL + "/v1/admin/analytics", headers=AUTH, timeout=30).json()
-    answers = [httpx.post(URL + "/v1/completions", json=body, headers=headers, timeout=60)
-               for _ in range(2)]  # fmt: skip
-    assert [r.status_code for r in answers] == [200, 200]
-    assert {r.json()["qlp"]["request_id"] for r in answers} == {"dup-request-id-1"}
-    after = httpx.get(URL + "/v1/admin/analytics", headers=AUTH, timeout=30).json()
-    assert after["store_errors"] == before["store_errors"] + 1
-    assert after["cost"]["total"]["requests"] == before["cost"]["total"]["requests"] + 2
-    assert committed_request(gw["store"], "dup-request-id-1").prompt == "Write a SQL join"
+    """The store refuses one request's row (a trigger injects the failure): the request
+    still answers 200, the failure is counted, and other rows are stored. Two callers
+    sending the same x-request-id get two requests (the id is the server's)."""
+    from sqlalchemy import text
+
+    engine = gw["store"].engine
+    with engine.begin() as conn:
+        conn.execute(text(
+            "CREATE TRIGGER qlp_test_fail BEFORE INSERT ON requests "
+            "WHEN NEW.prompt = 'store must fail' BEGIN SELECT RAISE(ABORT, 'injected'); END"
+        ))  # fmt: skip
+    try:
+        headers = {**AUTH, "x-request-id": "dup-request-id-1"}
+        before = httpx.get(URL + "/v1/admin/analytics", headers=AUTH, timeout=30).json()
+        answers = [httpx.post(URL + "/v1/completions", headers=headers, timeout=60, json={
+            "model": "dataeng", "prompt": prompt, "max_tokens": 4})
+            for prompt in ("store must fail", "Write a SQL join")]  # fmt: skip
+        assert [r.status_code for r in answers] == [200, 200]
+        ids = [r.json()["qlp"]["request_id"] for r in answers]
+        assert len(set(ids)) == 2 and "dup-request-id-1" not in ids
+        assert [r.headers["x-qlp-request-id"] for r in answers] == ids
+        assert committed_request(gw["store"], ids[1]).prompt == "Write a SQL join"
+        after = httpx.get(URL + "/v1/admin/analytics", headers=AUTH, timeout=30).json()
+        assert after["store_errors"] == before["store_errors"] + 1
+        assert after["cost"]["total"]["requests"] == before["cost"]["total"]["requests"] + 2
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER qlp_test_fail"))
 
 
 def test_feedback_right_after_the_reply_finds_its_request(gw):

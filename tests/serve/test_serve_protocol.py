@@ -162,12 +162,21 @@ def test_error_handlers_map_to_openai_shape(client, caplog):
     assert any("RuntimeError" in (r.exc_text or "") for r in caplog.records)
 
 
-def test_request_id_is_echoed(client):
+def test_request_id_is_the_servers_and_echoed(client):
     r = client.post("/echo", json={"model": "m", "prompt": "p"})
     assert len(r.headers.get_list("x-request-id")) == 1
-    # an id set upstream (the Serve proxy) is echoed by the proxy, not a second time here
-    r = client.post("/echo", json={"model": "m", "prompt": "p"}, headers={"x-request-id": "abc"})
-    assert "x-request-id" not in r.headers
+    assert r.headers["x-qlp-request-id"] == r.headers["x-request-id"]
+    # an id set upstream (the Serve proxy, or a client through it) is echoed by the proxy,
+    # not a second time here, and never becomes the request's id: two callers sending the
+    # same value get two requests
+    ids = set()
+    for _ in range(2):
+        r = client.post(
+            "/echo", json={"model": "m", "prompt": "p"}, headers={"x-request-id": "abc"}
+        )
+        assert "x-request-id" not in r.headers
+        ids.add(r.headers["x-qlp-request-id"])
+    assert len(ids) == 2 and "abc" not in ids
 
 
 def test_openai_options_parse_and_combine():

@@ -24,6 +24,7 @@ from qlp_ray.serve.telemetry import metrics
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+QLP_REQUEST_ID_HEADER = "x-qlp-request-id"  # the server-chosen id of the request
 DEFAULT_RETRY_AFTER_S = 1.0  # when a back-pressure rejection carries no Retry-After
 _STATUS_TYPES = {
     400: ("invalid_request_error", "invalid_request"),
@@ -138,10 +139,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.middleware("http")
     async def _request_id_and_crash_guard(request: Request, call_next: Any) -> Any:
-        # Behind Serve the proxy sets x-request-id on the request and echoes it on the
-        # response itself; only a request without one gets an id (and header) from here.
+        # The request's id (the key of its stored row and of the feedback on it) is always
+        # the server's: a client's x-request-id (Serve's proxy passes it on, or sets its
+        # own) is kept for log correlation only, so two clients sending the same value
+        # never share a row. The proxy echoes x-request-id on the response itself; only a
+        # request without one gets that header from here. x-qlp-request-id is ours.
         incoming = request.headers.get(REQUEST_ID_HEADER)
-        request.state.request_id = (incoming or uuid.uuid4().hex)[:64]
+        request.state.request_id = f"req-{uuid.uuid4().hex}"
+        request.state.client_request_id = incoming[:128] if incoming else None
         try:
             response = await call_next(request)
         except Exception as exc:  # the last line of defence: log it, send no details
@@ -153,6 +158,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 response = internal_error_response(request.state.request_id)
         if incoming is None:
             response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        response.headers[QLP_REQUEST_ID_HEADER] = request.state.request_id
         return response
 
 
