@@ -63,14 +63,19 @@ def ray_session():
     See tests/helpers/ray_start.py: a head with the dashboard (Jobs API), a metrics export
     port and 8 logical CPUs. Modules never restart it: a module removes what it added
     (its Serve app, worker nodes, detached actors). Never `ray start` / `ray stop`.
+    While it runs, ``RAY_ADDRESS`` names it (qlp code in this process and the ``qlp``
+    commands tests start join it, as a user's shell with ``RAY_ADDRESS`` would) and
+    ``RAY_AUTH_MODE=disabled`` (:func:`tests.helpers.ray_start.session_environ`).
     """
-    from tests.helpers.ray_start import start_session_cluster
+    from tests.helpers.ray_start import session_environ, start_session_cluster
 
-    session = start_session_cluster()
-    try:
-        yield session
-    finally:
-        session.shutdown()
+    with session_environ():
+        session = start_session_cluster()
+        os.environ["RAY_ADDRESS"] = session.address
+        try:
+            yield session
+        finally:
+            session.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -174,6 +174,18 @@ def start_session_cluster() -> SessionRay:
 
 
 @contextlib.contextmanager
+def session_environ() -> Iterator[None]:
+    """The session cluster runs without Ray's token auth, and so must every node added to it
+    and every client in this process: ``RAY_AUTH_MODE=disabled`` explicitly. Left unset,
+    Ray switches a process to token mode in ``os.environ`` the first time it starts or
+    auto-finds a local cluster while ~/.ray/auth_token exists, and a node added after that
+    inherits token mode and cannot talk to the head. Private heads (tests/helpers/
+    private_ray.py) and ``qlp``'s own clusters get their tokens explicitly."""
+    with _environ(RAY_AUTH_MODE="disabled"):
+        yield
+
+
+@contextlib.contextmanager
 def _environ(**values: str) -> Iterator[None]:
     """``values`` in ``os.environ`` for the block, then as before."""
     before = {k: os.environ.get(k) for k in values}
