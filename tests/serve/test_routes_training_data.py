@@ -4,42 +4,28 @@ adapter console (over HTTP through FastAPI's TestClient, no Ray)."""
 from __future__ import annotations
 
 import json
-import socket
 from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from qlp_ray.core.config import REPO_ROOT, load_config
+from qlp_ray.core.config import REPO_ROOT
 from qlp_ray.serve.http.errors import install_error_handlers
 from qlp_ray.serve.http.routes_adapters import router as adapters_router
 from qlp_ray.serve.http.routes_datasets import router as datasets_router
 from qlp_ray.serve.http.routes_jobs import FineTuningRequest, train_command
 from qlp_ray.serve.http.routes_training import router as training_router
+from tests.helpers.jobs_api import ADMIN, jobs_config
 
-ADMIN = {"authorization": "Bearer admin-secret"}
 API_TRAIN = REPO_ROOT / "qlp_ray" / "data" / "samples" / "api.train.jsonl"
 ROW = {"instruction": "Paginate GET /orders with a cursor", "output": "Return next_cursor.",
        "domain": "api"}  # fmt: skip
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def cfg(tmp_path):
-    return load_config(
-        overrides={
-            "paths": {"home": str(tmp_path)},
-            "serve": {"api_key": "user-key", "admin_key": "admin-secret"},
-            "jobs": {"dashboard_address": f"http://127.0.0.1:{_closed_port()}", "max_steps": 50},
-        },
-        environ={},
-    )
+    return jobs_config(tmp_path)
 
 
 @pytest.fixture()
