@@ -120,7 +120,8 @@ class AdmissionMiddleware:
 
 
 def deployment_limits(serve_cfg: ServeConfig, deployment: str) -> dict[str, Any]:
-    """``serve.deployment`` options bounding one deployment's concurrency and queue."""
+    """``serve.deployment`` options bounding one deployment's concurrency and queue, and
+    how its stopping replicas poll for requests still in flight."""
     if deployment not in DEPLOYMENTS:
         raise ValueError(f"unknown deployment {deployment!r}; expected one of {DEPLOYMENTS}")
     return {
@@ -129,6 +130,7 @@ def deployment_limits(serve_cfg: ServeConfig, deployment: str) -> dict[str, Any]
         "backpressure_config": BackpressureConfig(
             status_code=503, retry_after_s=serve_cfg.retry_after_s
         ),
+        "graceful_shutdown_wait_loop_s": serve_cfg.shutdown_poll_s,
     }
 
 

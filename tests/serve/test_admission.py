@@ -133,6 +133,7 @@ def test_deployment_limits_come_from_config():
     assert opts["max_ongoing_requests"] == 3 and opts["max_queued_requests"] == 7
     assert opts["backpressure_config"] == BackpressureConfig(status_code=503, retry_after_s=5)
     assert deployment_limits(s, "gateway")["max_queued_requests"] == -1
+    assert opts["graceful_shutdown_wait_loop_s"] == 0.5  # not Serve's 2 s per stop
     with pytest.raises(ValueError, match="unknown deployment"):
         deployment_limits(s, "proxy")
 

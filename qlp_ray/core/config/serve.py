@@ -148,6 +148,13 @@ class ServeConfig(Section):
     health_timeout_s: float = Field(
         300.0, gt=0, description="How long `qlp serve` waits for the app to become healthy."
     )
+    shutdown_poll_s: float = Field(
+        0.5,
+        gt=0,
+        description="How often a stopping replica checks for requests still in flight before "
+        "it exits (it waits for them up to 20 s). Ray Serve's 2 s default makes every "
+        "redeploy and `qlp shutdown` wait at least that long.",
+    )
     backend: Literal["transformers", "openvino", "vllm"] = Field(
         "transformers",
         description="Inference backend of the compositor (openvino: IR on serve.openvino_device; "
