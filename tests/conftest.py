@@ -106,10 +106,11 @@ def _refuse_ray(*_args, **_kwargs):
 @pytest.fixture(autouse=True)
 def _unit_tests_run_without_ray(request: pytest.FixtureRequest, monkeypatch):
     """Unit tests never start Ray, and never see the session's cluster if it is up: for
-    them ``ray.init`` refuses (a ConnectionError, as when there is no cluster to join) and
-    ``ray.is_initialized()`` is False."""
+    them ``ray.init`` refuses (a ConnectionError, as when there is no cluster to join),
+    ``ray.is_initialized()`` is False and ``RAY_ADDRESS`` is unset."""
     if request.node.get_closest_marker("integration") is not None:
         return
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # set while the session cluster runs
     ray = sys.modules.get("ray")
     if ray is None:
         try:

@@ -240,7 +240,7 @@ def _train_three_ways_while_serving(url, home, dashboard, env, src, samples, t_s
     models = httpx.get(f"{url}/v1/models", timeout=60).json()["data"]
     (base,) = [m["id"] for m in models if m["kind"] == "base"]
     load = Load(url, base).start()
-    time.sleep(8)  # idle latency first
+    time.sleep(5)  # idle latency first
     t_busy = time.monotonic()
     try:
         # 1. REST fine-tuning job (submitted by the gateway to the Ray Jobs API)
@@ -257,7 +257,7 @@ def _train_three_ways_while_serving(url, home, dashboard, env, src, samples, t_s
                 placements.append(job["placement"])
             if job["status"] not in ("queued", "running"):
                 break
-            time.sleep(2)
+            time.sleep(1)
         assert job["status"] == "succeeded", job
         # while it ran, the job showed where the scheduler put it
         assert any(p["state"] == "placed" and p["workers"] == 1 for p in placements), placements
