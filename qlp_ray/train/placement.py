@@ -62,8 +62,8 @@ def placed_workers(
 
 
 # Ray Train's controller polls its workers' status every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S:
-# Ray's default (2 s) adds up to that much to every run's start and to its end; measured
-# here, an empty 1-worker run took 19.7 s with 2 s and 13.4 s with 0.5 s.
+# Ray's default (2 s) adds up to that much to every run's start and to its end; an empty
+# 1-worker run took 13.6 s with 2 s and 10.5 s with 0.5 s (benchmarks/train_controller_poll.py).
 CONTROLLER_POLL_S = "0.5"
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
