@@ -104,7 +104,7 @@ def own_cluster_address(cfg: QLPConfig) -> str | None:
     if not address_file.is_file():
         return None
     procs = _alive(_own_processes(cfg))
-    if not any(p.cmdline()[:1] and p.cmdline()[0].endswith("gcs_server") for p in procs):
+    if not any((p.cmdline() or [""])[0].endswith("gcs_server") for p in procs):
         return None  # the file outlived its cluster
     return address_file.read_text().strip() or None
 

@@ -233,6 +233,7 @@ class Registry:
         """The current version of each adapter not retired (or every version of every
         adapter), with honest ``signed``."""
         records = []
+        trusted = trusted_public_keys(self.cfg)  # read once per listing, not per adapter
         for adapter_id in self.storage.adapter_ids():
             if all_versions:
                 versions = self.storage.versions(adapter_id)
@@ -240,13 +241,13 @@ class Registry:
                 continue
             else:
                 versions = [self._current_version(adapter_id)]
-            records.extend(self._inspect(adapter_id, v) for v in versions)
+            records.extend(self._inspect(adapter_id, v, trusted) for v in versions)
         return records
 
     def get(self, adapter_id: str, version: int | None = None) -> AdapterRecord:
         """One adapter version (default: current); ``AdapterNotFound`` names the known ids."""
         version = self._resolve(adapter_id, version)
-        return self._inspect(adapter_id, version)
+        return self._inspect(adapter_id, version, trusted_public_keys(self.cfg))
 
     def verify(
         self,
@@ -348,11 +349,10 @@ class Registry:
             f"unknown adapter {adapter_id!r} (known: {known})", param="adapter_id"
         )
 
-    def _inspect(self, adapter_id: str, version: int) -> AdapterRecord:
+    def _inspect(self, adapter_id: str, version: int, trusted: dict[str, Any]) -> AdapterRecord:
         """A record whose ``signed`` says whether the signature really verifies (hashed
         again only when the version's files or the trusted keys changed)."""
         path = self.storage.fetch(adapter_id, version)
-        trusted = trusted_public_keys(self.cfg)
         seen = (_files_stamp(path), tuple(sorted(trusted)))
         hit = self._listed.get((adapter_id, version))
         if hit is not None and hit[0] == seen:

@@ -72,8 +72,8 @@ def effective_train_config(
     ``batch_size``, ``learning_rate``); None values are ignored.
     """
     data = cfg.train.model_dump()
-    extra = [(k, v) for k, v in (overrides or {}).items()]
-    for key, value in (("method", method), ("workers", workers), ("steps", steps), *extra):
+    given = (("method", method), ("workers", workers), ("steps", steps))
+    for key, value in (*given, *(overrides or {}).items()):
         if value is not None:
             data[key] = value
     try:
