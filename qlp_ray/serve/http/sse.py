@@ -1,4 +1,4 @@
-"""Server-sent events in OpenAI's streaming format (pure: no Ray, no FastAPI).
+"""Server-sent events in OpenAI's streaming format (pure: no Ray).
 
 A stream is ``data: <chunk JSON>\\n\\n`` events ending with ``data: [DONE]\\n\\n``:
 
@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from qlp_ray.serve.http.errors import error_body
+
 DONE = b"data: [DONE]\n\n"
 MEDIA_TYPE = "text/event-stream"
 
@@ -31,8 +33,8 @@ def sse(data: dict[str, Any]) -> bytes:
 
 
 def error_event(message: str, type_: str, param: str | None, code: str | None) -> bytes:
-    """The event that ends a stream on an error (OpenAI error body)."""
-    return sse({"error": {"message": message, "type": type_, "param": param, "code": code}})
+    """The event that ends a stream on an error (the OpenAI error body of JSON answers)."""
+    return sse(error_body(message, type_, param, code))
 
 
 @dataclass(frozen=True)
