@@ -1,0 +1,387 @@
+"""PPO for a causal LM: policy = base + LoRA (PEFT), a linear value head on the last hidden
+state, the frozen reference = the same model with the adapter disabled (PEFT's
+``disable_adapter()``; no second copy of the weights).
+
+One step: sample completions for a batch of prompts, score them with a reward function
+(``f(prompts=, completions=) -> list[float | None]``, see :mod:`qlp_ray.train.rewards`),
+compute per-token KL-penalised rewards and GAE (:mod:`qlp_ray.train.ppo`), then
+``ppo_epochs`` passes of shuffled minibatches with the clipped policy and value losses.
+With several workers (Ray Train, :mod:`qlp_ray.train.ray_ppo`) each samples its own
+prompts and the gradients are averaged across workers before every optimiser step.
+The in-process loop here is the plain baseline the Ray run is measured against.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.train.ppo import (
+    AdaptiveKLController,
+    Rollout,
+    gae,
+    masked_mean,
+    per_token_rewards,
+    policy_loss,
+    value_loss,
+    whiten_advantages,
+)
+
+logger = logging.getLogger(__name__)
+
+VALUE_HEAD_FILE = "value_head.pt"
+STATE_FILE = "ppo_state.pt"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class PPOOptions:
+    """PPO hyper-parameters (per worker where it says so)."""
+
+    steps: int = 30
+    batch_size: int = 8  # prompts sampled per step, per worker
+    max_new_tokens: int = 8
+    temperature: float = 1.0
+    learning_rate: float = 3e-3
+    ppo_epochs: int = 2
+    minibatch_size: int = 4
+    clip: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = 0.05
+    kl_target: float | None = None  # set: adaptive KL control towards this per-sequence KL
+    kl_horizon: int = 10_000
+    max_grad_norm: float = 1.0
+    rank: int = 8
+    alpha: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    checkpoint_every: int = 10
+    eval_samples: int = 4  # completions per held-out prompt in evaluate()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "max_new_tokens", "ppo_epochs", "minibatch_size"):
+            if getattr(self, name) < 1:
+                raise InvalidRequest(f"ppo option {name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 1:
+            raise InvalidRequest(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if not 0 < self.clip < 1 or self.kl_coef < 0 or self.temperature <= 0:
+            raise InvalidRequest("ppo needs 0 < clip < 1, kl_coef >= 0 and temperature > 0")
+
+
+class ValueHead(torch.nn.Module):
+    """V(s_t) = w . h_t + b on the policy's last hidden state (initialised to 0)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden).squeeze(-1)
+
+
+def make_policy(base: Any, opts: PPOOptions) -> tuple[Any, ValueHead]:
+    """The LoRA policy on ``base`` (seeded, so every worker starts identical) + value head."""
+    from peft import get_peft_model
+    from trl.trainer.utils import disable_dropout_in_model
+
+    from qlp_ray.train._rlhf_common import lora_config
+
+    torch.manual_seed(opts.seed)
+    disable_dropout_in_model(base)
+    policy = get_peft_model(
+        base,
+        lora_config(rank=opts.rank, alpha=opts.alpha, target_modules=opts.target_modules),
+    )
+    return policy, ValueHead(base.config.hidden_size)
+
+
+def _forward(
+    model: Any,
+    value_head: ValueHead | None,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    n_completion: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Log-probs ``[B, T]`` of the last ``T`` tokens, their values (or None) and the
+    logits that predicted them (temperature-scaled, ``[B, T, V]``)."""
+    from trl.trainer.utils import selective_log_softmax
+
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=value_head is not None,
+    )
+    logits = out.logits[:, -n_completion - 1 : -1].float() / temperature
+    logprobs = selective_log_softmax(logits, input_ids[:, -n_completion:])
+    values = None
+    if value_head is not None:
+        values = value_head(out.hidden_states[-1][:, -n_completion - 1 : -1].float())
+    return logprobs, values, logits
+
+
+def sample(
+    model: Any, tokenizer: Any, prompts: Sequence[str], opts: PPOOptions, *, n: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """``n`` sampled completions per prompt: (ids, attention mask, completion mask,
+    the prompt of each row, the decoded completions)."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    with torch.no_grad():
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=opts.temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=opts.max_new_tokens,
+            num_return_sequences=n,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    p_len = enc["input_ids"].shape[1]
+    completion = out[:, p_len:]
+    is_eos = completion == tokenizer.eos_token_id
+    # 1 up to and including the first EOS; 0 on the padding generate() adds after it
+    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+    mask = (~after_eos).long()
+    attn = torch.cat([enc["attention_mask"].repeat_interleave(n, 0), mask], dim=1)
+    texts = tokenizer.batch_decode(completion * mask, skip_special_tokens=True)
+    rows = [p for p in prompts for _ in range(n)]
+    return out, attn, mask.float(), rows, texts
+
+
+def score(reward: Callable[..., list[float | None]], prompts: list[str], texts: list[str]):
+    values = reward(prompts=prompts, completions=texts)
+    if len(values) != len(texts):
+        raise InvalidRequest(f"reward returned {len(values)} scores for {len(texts)} completions")
+    return torch.tensor([0.0 if v is None else float(v) for v in values])
+
+
+@dataclass
+class PPOLearner:
+    """Policy, value head, optimiser and KL controller of one worker."""
+
+    policy: Any
+    value_head: ValueHead
+    tokenizer: Any
+    reward: Callable[..., list[float | None]]
+    opts: PPOOptions
+    grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None
+    step: int = 0
+    kl_ctl: AdaptiveKLController = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kl_ctl = AdaptiveKLController(
+            self.opts.kl_coef, self.opts.kl_target, self.opts.kl_horizon
+        )
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.params += list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.opts.learning_rate)
+
+    def rollout(self, prompts: Sequence[str]) -> tuple[Rollout, dict[str, float]]:
+        o = self.opts
+        self.policy.eval()
+        ids, attn, mask, rows, texts = sample(self.policy, self.tokenizer, prompts, o)
+        scores = score(self.reward, rows, texts)
+        t = mask.shape[1]
+        with torch.no_grad():
+            logp, values, _ = _forward(self.policy, self.value_head, ids, attn, t, o.temperature)
+            with self.policy.disable_adapter():
+                ref_logp, _, _ = _forward(self.policy, None, ids, attn, t, o.temperature)
+        rewards, kl = per_token_rewards(scores, logp, ref_logp, mask, self.kl_ctl.value)
+        adv, returns = gae(rewards, values, mask, o.gamma, o.lam)
+        batch = Rollout(ids, attn, mask, logp, values * mask, whiten_advantages(adv, mask), returns)
+        seq_kl = kl.sum(1)
+        stats = {
+            "reward": float(scores.mean()),
+            "kl": float(seq_kl.mean()),
+            "kl_coef": self.kl_ctl.value,
+            "completion_tokens": float(mask.sum(1).mean()),
+        }
+        return batch, stats
+
+    def update(self, batch: Rollout) -> dict[str, float]:
+        o = self.opts
+        self.policy.train()
+        gen = torch.Generator().manual_seed(o.seed * 100_003 + self.step)
+        totals: dict[str, float] = {}
+        n = 0
+        t = batch.mask.shape[1]
+        for _ in range(o.ppo_epochs):
+            for mb in batch.minibatches(o.minibatch_size, gen):
+                logp, values, _ = _forward(
+                    self.policy, self.value_head, mb.input_ids, mb.attention_mask, t, o.temperature
+                )
+                pl, stats = policy_loss(logp, mb.logprobs, mb.advantages, mb.mask, o.clip)
+                vl = value_loss(values, mb.values, mb.returns, mb.mask, o.value_clip)
+                loss = pl + o.vf_coef * vl
+                self.optimizer.zero_grad(set_to_none=False)
+                loss.backward()
+                if self.grad_sync is not None:
+                    self.grad_sync(self.params)
+                torch.nn.utils.clip_grad_norm_(self.params, o.max_grad_norm)
+                self.optimizer.step()
+                for k, v in {
+                    "policy_loss": float(pl.detach()),
+                    "value_loss": float(vl.detach()),
+                    **stats,
+                }.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                n += 1
+        return {k: v / n for k, v in totals.items()}
+
+    def train_step(self, prompts: Sequence[str]) -> dict[str, float]:
+        """One PPO iteration: seeded sampling (seed, step), rollout, minibatch epochs."""
+        torch.manual_seed(self.opts.seed * 1_000_003 + self.step * 7919 + _rank_offset())
+        batch, stats = self.rollout(prompts)
+        stats.update(self.update(batch))
+        self.kl_ctl.update(stats["kl"], len(batch))
+        self.step += 1
+        return stats
+
+    # --- checkpoints: adapter + value head + optimiser + step + KL controller ------------
+
+    def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.policy.save_pretrained(str(path / ADAPTER_DIR), safe_serialization=True)
+        torch.save(self.value_head.state_dict(), path / VALUE_HEAD_FILE)
+        torch.save(
+            {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "kl_coef": self.kl_ctl.value,
+                "torch_rng": torch.get_rng_state(),
+            },
+            path / STATE_FILE,
+        )
+        meta = {"step": self.step, "options": asdict(self.opts), **(extra or {})}
+        (path / "ppo.json").write_text(json.dumps(meta, default=list))
+
+    def load(self, path: Path) -> dict[str, Any]:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / ADAPTER_DIR / "adapter_model.safetensors"))
+        set_peft_model_state_dict(self.policy, weights)
+        self.value_head.load_state_dict(torch.load(path / VALUE_HEAD_FILE))
+        state = torch.load(path / STATE_FILE, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.value = float(state["kl_coef"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        return json.loads((path / "ppo.json").read_text())
+
+
+def _rank_offset() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def prompt_batch(prompts: Sequence[str], step: int, batch_size: int, seed: int, rank: int):
+    """The prompts of ``step`` on worker ``rank``: a seeded draw, reproducible on resume."""
+    gen = torch.Generator().manual_seed(seed * 65_537 + step * 31 + rank)
+    idx = torch.randint(0, len(prompts), (batch_size,), generator=gen)
+    return [prompts[int(i)] for i in idx]
+
+
+def evaluate(
+    policy: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    reward: Callable[..., list[float | None]],
+    opts: PPOOptions,
+    *,
+    seed: int = 1234,
+) -> dict[str, float]:
+    """Held-out mean reward of sampled completions, and KL(policy || reference) per
+    completion: the exact per-token KL over the vocabulary, summed over its tokens."""
+    if not prompts:
+        raise InvalidRequest("no held-out prompts to evaluate")
+    policy.eval()
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        ids, attn, mask, rows, texts = sample(policy, tokenizer, prompts, opts, n=opts.eval_samples)
+    finally:
+        torch.set_rng_state(state)
+    t = mask.shape[1]
+    with torch.no_grad():
+        _, _, logits = _forward(policy, None, ids, attn, t, opts.temperature)
+        with policy.disable_adapter():
+            _, _, ref_logits = _forward(policy, None, ids, attn, t, opts.temperature)
+    logp, ref = torch.log_softmax(logits, -1), torch.log_softmax(ref_logits, -1)
+    token_kl = (logp.exp() * (logp - ref)).sum(-1)
+    return {
+        "reward": float(score(reward, rows, texts).mean()),
+        "kl": float((token_kl * mask).sum(1).mean()),
+        "kl_per_token": float(masked_mean(token_kl, mask)),
+    }
+
+
+@dataclass
+class PPOResult:
+    policy: Any  # PeftModel with the trained adapter
+    value_head: ValueHead
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+
+
+def train_ppo(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    reward: Callable[..., list[float | None]],
+    opts: PPOOptions,
+    *,
+    eval_prompts: Sequence[str] = (),
+) -> PPOResult:
+    """The plain in-process PPO loop (one worker, no checkpoints)."""
+    if not prompts:
+        raise InvalidRequest("PPO needs at least one prompt")
+    policy, head = make_policy(model, opts)
+    learner = PPOLearner(policy, head, tokenizer, reward, opts)
+    before = evaluate(policy, tokenizer, eval_prompts, reward, opts) if eval_prompts else {}
+    history = []
+    while learner.step < opts.steps:
+        batch = prompt_batch(prompts, learner.step, opts.batch_size, opts.seed, 0)
+        history.append(learner.train_step(batch))
+    metrics = {"train_reward_last": history[-1]["reward"], "steps": float(learner.step)}
+    if eval_prompts:
+        after = evaluate(policy, tokenizer, eval_prompts, reward, opts)
+        metrics.update(
+            reward_before=before["reward"], reward_after=after["reward"], kl_after=after["kl"]
+        )
+    return PPOResult(policy, head, metrics, history)
+
+
+__all__ = [
+    "PPOLearner",
+    "PPOOptions",
+    "PPOResult",
+    "ValueHead",
+    "evaluate",
+    "make_policy",
+    "prompt_batch",
+    "sample",
+    "train_ppo",
+]

@@ -1,0 +1,267 @@
+"""PPO on Ray Train: data-parallel workers (gloo on CPU), checkpoints and FailureConfig resume.
+
+Each worker runs :class:`~qlp_ray.train.ppo_loop.PPOLearner` on its own seeded draw of
+prompts; the gradients of the LoRA weights and the value head are averaged across the
+workers (``all_reduce``) before every optimiser step, so all workers hold the same
+policy (OpenRLHF's layout minus its separate actor/critic/reference actors: here the
+reference is the adapter-disabled policy and the critic a head on the policy).
+
+Every ``checkpoint_every`` steps rank 0 saves adapter + value head + optimiser + step +
+KL coefficient + RNG and reports it with ``ray.train.report``; a restarted worker group
+(``FailureConfig(max_failures)``) resumes from ``ray.train.get_checkpoint()``. Rank 0
+evaluates the held-out prompts before the first step (kept in the checkpoints) and after
+the last: mean reward and KL to the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.errors import InvalidRequest, TrainingError
+from qlp_ray.train.placement import failure_config, placed_workers, quick_controller_polls
+from qlp_ray.train.ppo_loop import ADAPTER_DIR, PPOOptions
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = "ppo"  # inside each reported checkpoint
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class PPORayResult:
+    adapter_dir: Path
+    metrics: dict[str, float]  # reward_before/after, kl_after, resumed_from_step, ...
+
+
+def _average_grads(params: list[Any]) -> None:
+    """Mean of each gradient over the workers, as one flat all_reduce."""
+    import torch
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _mean_over_workers(stats: dict[str, float]) -> dict[str, float]:
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return stats
+    keys = sorted(stats)
+    t = torch.tensor([stats[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def _maybe_kill(config: dict[str, Any], step: int, rank: int) -> None:
+    """Test hook: SIGKILL worker ``kill_rank`` once at ``kill_at_step`` (a marker file
+    remembers it across the restart), after ``grace_s`` so the controller has collected
+    the checkpoint reported before."""
+    marker = config.get("kill_marker")
+    if not marker or step != config["kill_at_step"] or rank != config["kill_rank"]:
+        return
+    if Path(marker).exists():
+        return
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(config.get("kill_grace_s", 3.0))
+    logger.warning("test hook: killing PPO worker pid %d at step %d", os.getpid(), step)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def ppo_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: PPO steps, periodic checkpoints, resume, final adapter report."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import ray.train
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qlp_ray.train.ppo_loop import PPOLearner, evaluate, make_policy, prompt_batch
+
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    opts: PPOOptions = config["options"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    tokenizer = AutoTokenizer.from_pretrained(config["base_path"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base = AutoModelForCausalLM.from_pretrained(config["base_path"], dtype=torch.float32)
+    policy, head = make_policy(base, opts)
+    learner = PPOLearner(
+        policy,
+        head,
+        tokenizer,
+        config["reward"],
+        opts,
+        grad_sync=_average_grads if world > 1 else None,
+    )
+    meta: dict[str, Any] = {}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            meta = learner.load(Path(d) / STATE_DIR)
+        logger.info("rank %d resumed PPO at step %d", rank, learner.step)
+    resumed_from = learner.step
+    eval_prompts = config.get("eval_prompts") or []
+    before = meta.get("eval_before")
+    if before is None and eval_prompts and rank == 0:
+        before = evaluate(policy, tokenizer, eval_prompts, config["reward"], opts)
+    history: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="qlp-ppo-") as tmp:
+        while learner.step < opts.steps:
+            batch = prompt_batch(config["prompts"], learner.step, opts.batch_size, opts.seed, rank)
+            stats = _mean_over_workers(learner.train_step(batch))
+            history.append(stats)
+            if learner.step % opts.checkpoint_every == 0 and learner.step < opts.steps:
+                checkpoint = None
+                if rank == 0:
+                    path = Path(tmp) / f"step-{learner.step}"
+                    learner.save(path / STATE_DIR, extra={"eval_before": before})
+                    checkpoint = ray.train.Checkpoint.from_directory(str(path))
+                ray.train.report({**stats, "step": float(learner.step)}, checkpoint=checkpoint)
+            if config.get("kill_marker"):
+                _maybe_kill(config, learner.step, rank)
+        metrics: dict[str, float] = {
+            "steps": float(learner.step),
+            "resumed_from_step": float(resumed_from),
+            "workers": float(world),
+            "kl_coef": learner.kl_ctl.value,
+            "finished": 1.0,
+        }
+        if history:
+            metrics["train_reward_first"] = history[0]["reward"]
+            metrics["train_reward_last"] = history[-1]["reward"]
+        checkpoint = None
+        if rank == 0:
+            if eval_prompts:
+                after = evaluate(policy, tokenizer, eval_prompts, config["reward"], opts)
+                metrics.update(
+                    reward_before=before["reward"],
+                    kl_before=before["kl"],
+                    reward_after=after["reward"],
+                    kl_after=after["kl"],
+                    kl_per_token_after=after["kl_per_token"],
+                )
+            final = Path(tmp) / "final"
+            learner.save(final / STATE_DIR, extra={"eval_before": before})
+            (final / METRICS_FILE).write_text(json.dumps(metrics))
+            checkpoint = ray.train.Checkpoint.from_directory(str(final))
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_ppo_on_ray(
+    cfg: QLPConfig,
+    *,
+    prompts: Sequence[str],
+    reward: Callable[..., list[float | None]],
+    eval_prompts: Sequence[str] = (),
+    options: PPOOptions | None = None,
+    steps: int | None = None,
+    workers: int | None = None,
+    output_dir: str | Path | None = None,
+    run_name: str | None = None,
+    cpus_per_worker: float | None = None,
+    max_failures: int | None = None,
+    _kill_at_step: int | None = None,
+    _kill_rank: int = 0,
+) -> PPORayResult:
+    """PPO of a LoRA adapter on ``cfg``'s base model with ``workers`` Ray Train workers.
+
+    ``reward`` is a reward function (``f(prompts=, completions=)``, picklable: it runs in
+    the workers); ``eval_prompts`` are held out for the before/after reward and KL.
+    The adapter lands in ``output_dir`` (default ``<runs>/<run_name>/adapter``).
+    """
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from qlp_ray.models.base import resolve_base_path
+
+    if not prompts:
+        raise InvalidRequest("PPO needs at least one training prompt", param="prompts")
+    if not callable(reward):
+        raise InvalidRequest("PPO needs a reward function", param="reward")
+    opts = options or PPOOptions()
+    if steps is not None:
+        opts = replace(opts, steps=steps)
+    n_workers = workers or cfg.train.workers
+    cpus = cpus_per_worker or cfg.train.cpus_per_worker
+    run_name = run_name or f"ppo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage = cfg.paths.runs
+    storage.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {
+        "base_path": resolve_base_path(cfg),
+        "prompts": list(prompts),
+        "eval_prompts": list(eval_prompts),
+        "reward": reward,
+        "options": opts,
+        "threads": max(1, int(cpus)),
+    }
+    if _kill_at_step is not None:
+        config.update(
+            kill_at_step=_kill_at_step,
+            kill_rank=_kill_rank,
+            kill_marker=str(storage / f"{run_name}.killed"),
+        )
+    with placed_workers(
+        "ppo",
+        n_workers,
+        cpus,
+        False,
+        timeout_s=cfg.train.placement_timeout_s,
+        hardware=cfg.hardware,
+    ) as placed:
+        quick_controller_polls()
+        trainer = TorchTrainer(
+            ppo_loop_per_worker,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(
+                num_workers=placed, use_gpu=False, resources_per_worker={"CPU": cpus}
+            ),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=str(storage),
+                failure_config=failure_config(
+                    cfg.train.max_failures if max_failures is None else max_failures
+                ),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        logger.info("Ray Train PPO run %s: %d worker(s), %d steps", run_name, placed, opts.steps)
+        result = trainer.fit()
+    if result.error is not None:
+        raise TrainingError(f"PPO run {run_name} failed: {result.error}")
+    if result.checkpoint is None:
+        raise TrainingError(f"PPO run {run_name} reported no final adapter")
+    dest = Path(output_dir) if output_dir is not None else storage / run_name / ADAPTER_DIR
+    with result.checkpoint.as_directory() as d:
+        src = Path(d) / STATE_DIR / ADAPTER_DIR
+        if not (Path(d) / METRICS_FILE).is_file() or not src.is_dir():
+            raise TrainingError(f"PPO run {run_name}: the last checkpoint is not the final one")
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest)
+        metrics = json.loads((Path(d) / METRICS_FILE).read_text())
+    logger.info("PPO run %s finished: %s", run_name, metrics)
+    return PPORayResult(dest, metrics)
+
+
+__all__ = ["PPORayResult", "ppo_loop_per_worker", "train_ppo_on_ray"]
