@@ -1,6 +1,7 @@
 """PPO for a causal LM: policy = base + LoRA (PEFT), a linear value head on the last hidden
 state, the frozen reference = the same model with the adapter disabled (PEFT's
-``disable_adapter()``; no second copy of the weights).
+``disable_adapter()``; no second copy of the weights), or, when PPO continues a parent
+adapter, a frozen copy of that adapter (TRL's ``use_adapter``).
 
 One step: sample completions for a batch of prompts, score them with a reward function
 (``f(prompts=, completions=) -> list[float | None]``, see :mod:`qlp_ray.train.rewards`),
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 VALUE_HEAD_FILE = "value_head.pt"
 STATE_FILE = "ppo_state.pt"
 ADAPTER_DIR = "adapter"
+REF_ADAPTER = "ref"  # the frozen parent adapter, when PPO continues one
 
 
 @dataclass
@@ -91,20 +94,40 @@ class ValueHead(torch.nn.Module):
         return self.linear(hidden).squeeze(-1)
 
 
-def make_policy(base: Any, opts: PPOOptions) -> tuple[Any, ValueHead]:
-    """The LoRA policy on ``base`` (seeded, so every worker starts identical) + value head."""
-    from peft import get_peft_model
+def make_policy(
+    base: Any, opts: PPOOptions, parent_path: str | None = None
+) -> tuple[Any, ValueHead]:
+    """The LoRA policy on ``base`` (seeded, so every worker starts identical) + value head.
+
+    With ``parent_path`` (a LoRA adapter directory) the policy continues that adapter and
+    a frozen copy of it is loaded as adapter ``"ref"``: the reference is then the parent
+    policy; without it the reference is the base (the adapter disabled).
+    """
+    from peft import PeftModel, get_peft_model
     from trl.trainer.utils import disable_dropout_in_model
 
     from qlp_ray.train._rlhf_common import lora_config
 
     torch.manual_seed(opts.seed)
     disable_dropout_in_model(base)
-    policy = get_peft_model(
-        base,
-        lora_config(rank=opts.rank, alpha=opts.alpha, target_modules=opts.target_modules),
-    )
+    if parent_path is None:
+        policy = get_peft_model(
+            base,
+            lora_config(rank=opts.rank, alpha=opts.alpha, target_modules=opts.target_modules),
+        )
+    else:
+        policy = PeftModel.from_pretrained(base, parent_path, is_trainable=True)
+        policy.load_adapter(parent_path, adapter_name=REF_ADAPTER, is_trainable=False)
+        policy.set_adapter("default")
     return policy, ValueHead(base.config.hidden_size)
+
+
+def reference(policy: Any) -> Any:
+    """Context: ``policy`` acts as the reference (the parent adapter, or none)."""
+    from trl.trainer.utils import use_adapter
+
+    ref = REF_ADAPTER if REF_ADAPTER in policy.peft_config else None
+    return use_adapter(policy, ref)
 
 
 def _forward(
@@ -205,7 +228,7 @@ class PPOLearner:
         t = mask.shape[1]
         with torch.no_grad():
             logp, values, _ = _forward(self.policy, self.value_head, ids, attn, t, o.temperature)
-            with self.policy.disable_adapter():
+            with reference(self.policy):
                 ref_logp, _, _ = _forward(self.policy, None, ids, attn, t, o.temperature)
         rewards, kl = per_token_rewards(scores, logp, ref_logp, mask, self.kl_ctl.value)
         adv, returns = gae(rewards, values, mask, o.gamma, o.lam)
@@ -262,7 +285,9 @@ class PPOLearner:
 
     def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(str(path / ADAPTER_DIR), safe_serialization=True)
+        self.policy.save_pretrained(
+            str(path / ADAPTER_DIR), safe_serialization=True, selected_adapters=["default"]
+        )
         torch.save(self.value_head.state_dict(), path / VALUE_HEAD_FILE)
         torch.save(
             {
@@ -327,7 +352,7 @@ def evaluate(
     t = mask.shape[1]
     with torch.no_grad():
         _, _, logits = _forward(policy, None, ids, attn, t, opts.temperature)
-        with policy.disable_adapter():
+        with reference(policy):
             _, _, ref_logits = _forward(policy, None, ids, attn, t, opts.temperature)
     logp, ref = torch.log_softmax(logits, -1), torch.log_softmax(ref_logits, -1)
     token_kl = (logp.exp() * (logp - ref)).sum(-1)
@@ -354,18 +379,24 @@ def train_ppo(
     opts: PPOOptions,
     *,
     eval_prompts: Sequence[str] = (),
+    parent_path: str | None = None,
 ) -> PPOResult:
     """The plain in-process PPO loop (one worker, no checkpoints)."""
     if not prompts:
         raise InvalidRequest("PPO needs at least one prompt")
-    policy, head = make_policy(model, opts)
+    policy, head = make_policy(model, opts, parent_path)
     learner = PPOLearner(policy, head, tokenizer, reward, opts)
     before = evaluate(policy, tokenizer, eval_prompts, reward, opts) if eval_prompts else {}
     history = []
+    t0 = time.perf_counter()
     while learner.step < opts.steps:
         batch = prompt_batch(prompts, learner.step, opts.batch_size, opts.seed, 0)
         history.append(learner.train_step(batch))
-    metrics = {"train_reward_last": history[-1]["reward"], "steps": float(learner.step)}
+    metrics = {
+        "train_reward_last": history[-1]["reward"],
+        "steps": float(learner.step),
+        "train_seconds": time.perf_counter() - t0,
+    }
     if eval_prompts:
         after = evaluate(policy, tokenizer, eval_prompts, reward, opts)
         metrics.update(

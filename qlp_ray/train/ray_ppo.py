@@ -105,7 +105,7 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     base = AutoModelForCausalLM.from_pretrained(config["base_path"], dtype=torch.float32)
-    policy, head = make_policy(base, opts)
+    policy, head = make_policy(base, opts, config.get("parent_path"))
     learner = PPOLearner(
         policy,
         head,
@@ -126,6 +126,7 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
     if before is None and eval_prompts and rank == 0:
         before = evaluate(policy, tokenizer, eval_prompts, config["reward"], opts)
     history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="qlp-ppo-") as tmp:
         while learner.step < opts.steps:
             batch = prompt_batch(config["prompts"], learner.step, opts.batch_size, opts.seed, rank)
@@ -146,6 +147,7 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
             "workers": float(world),
             "kl_coef": learner.kl_ctl.value,
             "finished": 1.0,
+            "train_seconds": time.perf_counter() - t0,  # the steps of this (last) attempt
         }
         if history:
             metrics["train_reward_first"] = history[0]["reward"]
@@ -181,6 +183,7 @@ def train_ppo_on_ray(
     run_name: str | None = None,
     cpus_per_worker: float | None = None,
     max_failures: int | None = None,
+    parent_path: str | None = None,
     _kill_at_step: int | None = None,
     _kill_rank: int = 0,
 ) -> PPORayResult:
@@ -188,6 +191,7 @@ def train_ppo_on_ray(
 
     ``reward`` is a reward function (``f(prompts=, completions=)``, picklable: it runs in
     the workers); ``eval_prompts`` are held out for the before/after reward and KL.
+    ``parent_path``: a (verified) adapter directory to continue; it is also the reference.
     The adapter lands in ``output_dir`` (default ``<runs>/<run_name>/adapter``).
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -213,6 +217,7 @@ def train_ppo_on_ray(
         "eval_prompts": list(eval_prompts),
         "reward": reward,
         "options": opts,
+        "parent_path": parent_path,
         "threads": max(1, int(cpus)),
     }
     if _kill_at_step is not None:

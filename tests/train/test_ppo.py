@@ -110,7 +110,7 @@ def _prompts(split: str, n: int) -> list[str]:
 
 
 def test_learner_resumes_exactly_and_keeps_the_reference(tiny, tmp_path):
-    from qlp_ray.train.ppo_loop import PPOLearner, PPOOptions, _forward, make_policy
+    from qlp_ray.train.ppo_loop import PPOLearner, PPOOptions, _forward, evaluate, make_policy
     from qlp_ray.train.rewards import keyword_reward
 
     _, tok, load = tiny
@@ -139,6 +139,12 @@ def test_learner_resumes_exactly_and_keeps_the_reference(tiny, tmp_path):
     policy_now, _, _ = _forward(policy, None, ids, attn, ids.shape[1] - 1, 1.0)
     assert torch.allclose(ref_before, ref_after, atol=1e-5)
     assert not torch.allclose(policy_now, ref_after, atol=1e-3)  # the adapter did train
+
+    # continuing that adapter: the policy starts as the parent, which is also the reference
+    child, child_head = make_policy(load(), opts, str(tmp_path / "ckpt" / "adapter"))
+    trainable = [n for n, p in child.named_parameters() if p.requires_grad]
+    assert trainable and all(".default." in n for n in trainable)
+    assert evaluate(child, tok, prompts[:2], reward, opts)["kl"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_sample_masks_tokens_after_eos(tiny):
