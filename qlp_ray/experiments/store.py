@@ -164,7 +164,7 @@ class ExperimentStore:
         def latest(kinds: tuple[str, ...], *cols: Any) -> Any:
             ids = select(r.c.id).where(mine)
             last = select(f.c.request_id, func.max(f.c.id).label("fid"))
-            last = last.where(f.c.kind.in_(kinds), f.c.request_id.in_(ids))
+            last = last.where(f.c.kind.in_(kinds), f.c.request_id.in_(ids), f.c.trusted == 1)
             last = last.group_by(f.c.request_id).subquery()
             src = r.join(last, last.c.request_id == r.c.id).join(f, f.c.id == last.c.fid)
             return select(r.c.variant, *cols).select_from(src).group_by(r.c.variant)

@@ -32,7 +32,7 @@ from qlp_ray.registry.store import Registry
 from qlp_ray.serve.admission import AdmissionLimiter, AdmissionMiddleware, deployment_limits
 from qlp_ray.serve.experiment_hook import ExperimentOutcomeMiddleware, GatewayExperiments
 from qlp_ray.serve.external import external_fallback
-from qlp_ray.serve.http.auth import ADMIN_PREFIXES, KEY_MESSAGE, check_api_key, key_matches
+from qlp_ray.serve.http.auth import caller_of, check_api_key
 from qlp_ray.serve.http.errors import install_error_handlers, qlp_error_response, unwrap
 from qlp_ray.serve.http.limits import BodyLimitMiddleware
 from qlp_ray.serve.http.protocol import (
@@ -103,13 +103,13 @@ app.include_router(routing_router)
 
 @app.middleware("http")
 async def _api_key_first(request: Request, call_next: Any) -> Any:
-    """401 before body validation; the routes check the key again (fail closed)."""
-    expected = getattr(request.app.state, "api_key", None)
+    """401 before body validation; the routes check the key (and its role) again."""
     path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/"))
-    if expected and path != "/health" and not key_matches(request, expected):
-        admin_key = getattr(request.app.state, "admin_key", None)  # admin routes: admin key
-        if not (path.startswith(ADMIN_PREFIXES) and admin_key and key_matches(request, admin_key)):
-            return qlp_error_response(AuthenticationError(KEY_MESSAGE))
+    if path != "/health" and getattr(request.app.state, "gateway", None) is not None:
+        try:
+            caller_of(request)
+        except AuthenticationError as exc:
+            return qlp_error_response(exc)
     return await call_next(request)
 
 
@@ -173,10 +173,15 @@ class Gateway:
         self.compositor = compositor
         self.registry = Registry(self.cfg)
         self.base_model = base_model_id(self.cfg)
-        app.state.api_key = self.cfg.serve.api_key
         app.state.max_body_bytes = self.cfg.serve.max_body_bytes
-        app.state.admin_key = self.cfg.serve.admin_key
         app.state.gateway = self  # for the included admin routers
+        app.state.keyring = None  # built from this config on first use (http/auth.py)
+        if self.cfg.serve.insecure_open_admin:
+            logger.warning(
+                "serve.insecure_open_admin is ON: admin, training and review routes need no "
+                "key on %s (development only)",
+                self.cfg.serve.host,
+            )
         app.state.admission = AdmissionLimiter.from_config(self.cfg.serve)
         self._openapi: dict[str, Any] | None = None
         self.models = ModelTable(
@@ -197,7 +202,7 @@ class Gateway:
 
     # -- helpers ----------------------------------------------------------------------
     def _check_key(self, request: Request) -> None:
-        check_api_key(request, self.cfg.serve.api_key)
+        check_api_key(request)
 
     def _payload(self, body: Any, prompt: str, choice: int) -> dict[str, Any]:
         """The compositor's request for choice ``choice`` (choice i samples with seed + i)."""
@@ -311,6 +316,7 @@ class Gateway:
         await self.recorder.record(
             request_id=request.state.request_id, target=target, prompt=prompt, gen=gen,
             latency_s=time.perf_counter() - t0, user=(body.user or None) and body.user[:128],
+            caller=caller_of(request).key_id,
         )  # fmt: skip
 
     def _label(self, target: Target) -> str:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, case, create_engine, event, func, select
+from sqlalchemy import Engine, and_, case, create_engine, event, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 
@@ -128,13 +129,67 @@ class FeedbackStore:
                 conn.execute(schema.requests.insert(), rows)
         return len(rows)
 
-    def record_feedback(self, request_id: str, kind: str, value: float | None = None, **kw: Any):
-        """Attach validated feedback to an existing request; return the feedback id."""
-        rec = build(FeedbackRecord, request_id=request_id, kind=kind, value=value, **kw)
+    def record_feedback(
+        self,
+        request_id: str,
+        kind: str,
+        value: float | None = None,
+        *,
+        caller: str | None = None,
+        bound_only: bool = False,
+        review: bool = False,
+        **kw: Any,
+    ) -> int:
+        """Attach validated feedback to an existing request; return the feedback id.
+
+        ``caller``: id of the API key posting it. The feedback is *trusted* when that is
+        the key that made the request (both None: a store write with no keys involved).
+        ``bound_only``: anything else is a 404, worded as for an unknown id (the HTTP
+        route: nobody learns whether someone else's request exists). ``review``: a
+        correction waits for a reviewer (``review_feedback``) before it is training data.
+        """
+        rec = build(FeedbackRecord, request_id=request_id, kind=kind, value=value,
+                    caller=caller, **kw)  # fmt: skip
         with self.engine.begin() as conn:
-            self._require_request(conn, rec.request_id)
-            row = rec.model_dump(exclude={"id"})
+            owner = self._require_request(conn, rec.request_id)
+            trusted = owner == caller
+            if bound_only and not trusted:
+                raise NotFound(_unknown_request(rec.request_id))
+            pending = "pending" if review else "accepted"
+            rec = rec.model_copy(update={
+                "trusted": trusted, "review": pending if rec.kind == "correction" else None,
+            })  # fmt: skip
+            row = rec.model_dump(exclude={"id"}) | {"trusted": int(trusted)}
             return int(conn.execute(schema.feedback.insert().values(**row)).inserted_primary_key[0])
+
+    def corrections(self, review: str | None = "pending", limit: int = 100) -> list[tuple]:
+        """Corrections (with their request) in review state ``review`` (None: any), oldest
+        first: the review queue."""
+        pairs = self.feedback_with_requests(kinds=["correction"], trusted_only=False)
+        out = [(req, fb) for req, fb in pairs if review is None or fb.review == review]
+        return out[:limit]
+
+    def review_feedback(self, feedback_id: int, *, accept: bool, reviewer: str | None) -> Any:
+        """Accept or reject a correction; the audit log records who. Returns the record."""
+        f = schema.feedback
+        decision = "accepted" if accept else "rejected"
+        with self.engine.begin() as conn:
+            row = conn.execute(select(f).where(f.c.id == feedback_id)).first()
+            if row is None or row._mapping["kind"] != "correction":
+                raise NotFound(f"no correction with id {feedback_id}")
+            conn.execute(
+                f.update().where(f.c.id == feedback_id).values(
+                    review=decision, reviewed_by=reviewer, reviewed_at=time.time()
+                )
+            )  # fmt: skip
+        self.record_event(
+            "review", actor=reviewer,
+            payload={"feedback_id": feedback_id, "request_id": row._mapping["request_id"],
+                     "decision": decision, "trusted": bool(row._mapping["trusted"])},
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            done = conn.execute(select(f).where(f.c.id == feedback_id)).one()
+        return FeedbackRecord(**done._mapping)
 
     def record_reward(self, request_id: str, reward: float, source: str, **kw: Any) -> int:
         rec = build(RewardRecord, request_id=request_id, reward=reward, source=source, **kw)
@@ -164,12 +219,13 @@ class FeedbackStore:
         return rec.model_copy(update={"id": int(new_id)})
 
     @staticmethod
-    def _require_request(conn: Any, request_id: str) -> None:
-        found = conn.execute(
-            select(schema.requests.c.id).where(schema.requests.c.id == request_id)
-        ).first()
+    def _require_request(conn: Any, request_id: str) -> str | None:
+        """The caller of request ``request_id``; NotFound if there is no such request."""
+        r = schema.requests
+        found = conn.execute(select(r.c.id, r.c.caller).where(r.c.id == request_id)).first()
         if found is None:
-            raise NotFound(f"no request with id {request_id!r} in the feedback store")
+            raise NotFound(_unknown_request(request_id))
+        return found[1]
 
     # --- reads -------------------------------------------------------------------------
     def get_request(self, request_id: str) -> RequestRecord:
@@ -178,7 +234,7 @@ class FeedbackStore:
                 select(schema.requests).where(schema.requests.c.id == request_id)
             ).first()
         if row is None:
-            raise NotFound(f"no request with id {request_id!r} in the feedback store")
+            raise NotFound(_unknown_request(request_id))
         return RequestRecord(**row._mapping)
 
     def query_requests(
@@ -232,12 +288,21 @@ class FeedbackStore:
         kinds: Iterable[str] | None = None,
         domain: str | None = None,
         experiment: str | None = None,
+        trusted_only: bool = True,
     ) -> list[tuple[RequestRecord, FeedbackRecord]]:
-        """Feedback joined to its request (for preference pairs and corrections)."""
+        """Feedback joined to its request (for preference pairs and corrections).
+
+        ``trusted_only`` (the default, what training and promotion read): only feedback
+        from the key that made the request, and corrections only once accepted.
+        """
         r, f = schema.requests, schema.feedback
         q = select(r, f.c.id.label("fb_id"), f.c.ts.label("fb_ts"), f.c.kind, f.c.value)
         q = q.add_columns(f.c.payload, f.c.user_id.label("fb_user_id"))
+        q = q.add_columns(f.c.caller.label("fb_caller"), f.c.trusted, f.c.review)
+        q = q.add_columns(f.c.reviewed_by, f.c.reviewed_at)
         q = q.join(f, f.c.request_id == r.c.id).order_by(f.c.id)
+        if trusted_only:
+            q = q.where(trusted_feedback())
         if kinds is not None:
             q = q.where(f.c.kind.in_(list(kinds)))
         if domain is not None:
@@ -257,6 +322,11 @@ class FeedbackStore:
                     value=m["value"],
                     payload=m["payload"],
                     user_id=m["fb_user_id"],
+                    caller=m["fb_caller"],
+                    trusted=bool(m["trusted"]),
+                    review=m["review"],
+                    reviewed_by=m["reviewed_by"],
+                    reviewed_at=m["reviewed_at"],
                 )
                 out.append((req, fb))
         return out
@@ -314,7 +384,7 @@ class FeedbackStore:
 
         def _feedback_avg(kind: str, expr: Any) -> Any:
             q = select(r.c.adapter_id, r.c.domain, func.avg(expr).label("v"))
-            q = q.join(f, f.c.request_id == r.c.id).where(f.c.kind == kind)
+            q = q.join(f, f.c.request_id == r.c.id).where(f.c.kind == kind, trusted_feedback())
             if since is not None:
                 q = q.where(r.c.ts >= since)
             return q.group_by(r.c.adapter_id, r.c.domain)
@@ -333,6 +403,17 @@ class FeedbackStore:
                 counts.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))
             )
         ]
+
+
+def _unknown_request(request_id: str) -> str:
+    return f"no request with id {request_id!r} in the feedback store"
+
+
+def trusted_feedback() -> Any:
+    """The SQL condition of feedback that training and promotion may use: posted by the
+    key that made the request; a correction also accepted by a reviewer."""
+    f = schema.feedback
+    return and_(f.c.trusted == 1, or_(f.c.kind != "correction", f.c.review == "accepted"))
 
 
 def _install_sqlite_pragmas(engine: Engine, synchronous: str, busy_timeout_ms: int) -> None:

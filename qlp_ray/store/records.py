@@ -28,6 +28,7 @@ EventKind = Literal[
     "decision",
     "key_rotate",
     "retire",
+    "review",
 ]
 
 
@@ -53,6 +54,7 @@ class RequestRecord(_Record):
     experiment: str | None = Field(None, max_length=128)
     variant: str | None = Field(None, max_length=128)
     user_id: str | None = Field(None, max_length=128)
+    caller: str | None = Field(None, max_length=64)
 
     @model_validator(mode="after")
     def _variant_needs_experiment(self) -> RequestRecord:
@@ -79,6 +81,11 @@ class FeedbackRecord(_Record):
     value: float | None = None
     payload: dict[str, Any] | None = None
     user_id: str | None = Field(None, max_length=128)
+    caller: str | None = Field(None, max_length=64)
+    trusted: bool = False
+    review: Literal["pending", "accepted", "rejected"] | None = None
+    reviewed_by: str | None = Field(None, max_length=64)
+    reviewed_at: float | None = None
 
     @model_validator(mode="after")
     def _check_kind(self) -> FeedbackRecord:

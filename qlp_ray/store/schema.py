@@ -60,6 +60,7 @@ requests = Table(
     Column("experiment", String(128)),
     Column("variant", String(128)),
     Column("user_id", String(128)),
+    Column("caller", String(64)),  # id of the API key that made the request (None: no key)
 )
 
 feedback = Table(
@@ -72,6 +73,13 @@ feedback = Table(
     Column("value", Float),
     Column("payload", JSON),
     Column("user_id", String(128)),
+    Column("caller", String(64)),  # id of the API key that posted it
+    # 1 when posted by the key that made the request (only these count for training and
+    # promotion); corrections additionally need review == "accepted"
+    Column("trusted", Integer, nullable=False, server_default="0"),
+    Column("review", String(16)),  # corrections: pending | accepted | rejected
+    Column("reviewed_by", String(64)),
+    Column("reviewed_at", Float),
 )
 
 rewards = Table(
@@ -159,10 +167,35 @@ def _v3_experiments(conn: Connection) -> None:
     metadata.create_all(conn, tables=[experiments, experiment_failures])  # with their index
 
 
+_V4_COLUMNS = (
+    (requests, requests.c.caller),
+    (feedback, feedback.c.caller),
+    (feedback, feedback.c.trusted),
+    (feedback, feedback.c.review),
+    (feedback, feedback.c.reviewed_by),
+    (feedback, feedback.c.reviewed_at),
+)
+
+
+def _v4_trust(conn: Connection) -> None:
+    """Callers of requests and feedback, trust and review of feedback. Feedback stored
+    before this has no caller to check: it stays untrusted (trusted = 0)."""
+    for table, col in _V4_COLUMNS:
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        if col.name in present:  # a fresh database got it from the current tables in v1
+            continue
+        ddl = col.type.compile(dialect=conn.dialect)
+        default = f" DEFAULT {col.server_default.arg}" if col.server_default is not None else ""
+        null = " NOT NULL" if not col.nullable else ""
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {ddl}{default}{null}")
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_feedback_review ON feedback (review)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables: requests, feedback, rewards, events", _v1_initial),
     Migration(2, "query indexes", _v2_indexes),
     Migration(3, "A/B experiments: definitions and failed requests", _v3_experiments),
+    Migration(4, "callers of requests and feedback; trusted and reviewed feedback", _v4_trust),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -179,7 +179,9 @@ def test_installed_wheel_serves_and_trains_three_ways_while_serving(qlp_home: Pa
         env = _clean_shell(tmp, home, venv_bin, QLP_SERVE__PORT=str(port),
                            QLP_CLUSTER__NUM_CPUS="2", QLP_CLUSTER__DASHBOARD_PORT=str(dash_port),
                            QLP_JOBS__DASHBOARD_ADDRESS=dashboard, QLP_TRAIN__STEPS=STEPS,
-                           QLP_SERVE__HEALTH_TIMEOUT_S="400")  # fmt: skip
+                           QLP_SERVE__HEALTH_TIMEOUT_S="400",
+                           # the job routes below send no key: the loopback opt-out
+                           QLP_SERVE__INSECURE_OPEN_ADMIN="true")  # fmt: skip
         qlp = str(venv_bin / "qlp")
         try:
             served = _run([qlp, "serve"], env, 600, cwd)

@@ -48,7 +48,8 @@ def _build(home: Path, upstream: OpenAIDouble):
             "model": {"tiny": {"pretrain_steps": 10, "hidden_size": 64, "num_layers": 2}},
             "serve": {"port": PORT, "app_name": "qlp_fallback", "max_tokens_limit": 64,
                       "compositor_num_cpus": 0.5, "router_num_cpus": 0.25,
-                      "max_adapters_per_replica": 4},
+                      "max_adapters_per_replica": 4,
+                      "insecure_open_admin": True},  # admin routes without a key (loopback)
             "router": {
                 "threshold": THRESHOLD, "refresh_interval_s": 3600.0, "generation_poll_s": 0.0,
                 "top_k": 2, "stack_min_share": 0.9, "fallback": "external",

@@ -98,6 +98,8 @@ def build_stack(home: Path):
             "compositor_num_cpus": 0.5,
             "router_num_cpus": 0.25,
             "api_key": API_KEY,
+            # admin routes with the user key: the explicit loopback development opt-out
+            "insecure_open_admin": True,
         },
         "router": {"threshold": 0.2, "refresh_interval_s": 2.0},
     }
@@ -199,6 +201,8 @@ def test_requests_recorded_feedback_analytics_label_queue(gw):
     assert r.status_code == 200, r.text
     fb = store.query_feedback(request_id=ids[0])
     assert [(f.kind, f.value) for f in fb] == [("rating", 4.0)]
+    # the row and its feedback name the key that sent them (serve.api_key = "cfg-user")
+    assert first.caller == "cfg-user" and fb[0].caller == "cfg-user" and fb[0].trusted
 
     assert _error(_post("/v1/feedback", {"request_id": "nope", "kind": "thumbs", "value": 1}),
                   404)  # fmt: skip

@@ -10,6 +10,8 @@ from pydantic import Field, model_validator
 
 from qlp_ray.core.config.base import Section
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
 
 class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="HTTP bind address.")
@@ -30,6 +32,15 @@ class ServeConfig(Section):
     )
     admin_key: str | None = Field(
         None, description="Bearer key for /v1/admin routes.", json_schema_extra={"secret": True}
+    )
+    insecure_open_admin: bool = Field(
+        False,
+        description="DEVELOPMENT ONLY: admin, training and review routes need no role key "
+        "(refused unless serve.host is a loopback address; logged as a warning at start). "
+        "Otherwise they are closed until a key with the role exists (`qlp keys api create`).",
+    )
+    feedback_per_minute: int = Field(
+        60, ge=1, description="Feedback posts one API key (or client address) may make a minute."
     )
     compositor_replicas: int = Field(1, ge=1, description="Replicas of the compositor.")
     compositor_max_replicas_per_node: int | None = Field(
@@ -198,6 +209,15 @@ class ServeConfig(Section):
                 )
             if value is not None and not value.isascii():
                 raise ValueError(f"`serve.{name}` must be ASCII (it travels in an HTTP header)")
+        return self
+
+    @model_validator(mode="after")
+    def _open_admin_on_loopback_only(self) -> ServeConfig:
+        if self.insecure_open_admin and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"`serve.insecure_open_admin` opens admin routes to anyone who can connect: it "
+                f"is allowed only with serve.host on loopback (127.0.0.1), not {self.host!r}"
+            )
         return self
 
     @model_validator(mode="after")

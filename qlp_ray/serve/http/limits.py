@@ -8,9 +8,11 @@ disconnect, and its answer is replaced by the 413. The limit comes from
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from typing import Any
 
-from qlp_ray.core.errors import PayloadTooLarge
+from qlp_ray.core.errors import PayloadTooLarge, RateLimited
 from qlp_ray.serve.http.errors import qlp_error_response
 
 
@@ -72,4 +74,31 @@ async def _send_413(send: Any, limit: int) -> None:
     await qlp_error_response(_too_large(limit))({"type": "http"}, None, send)
 
 
-__all__ = ["BodyLimitMiddleware"]
+class PerKeyRate:
+    """At most ``per_minute`` events per key in any 60 s (a sliding window); the next one
+    raises :class:`RateLimited` with the seconds until a slot frees up."""
+
+    def __init__(self, per_minute: int, window_s: float = 60.0, max_keys: int = 100_000):
+        self.per_minute = per_minute
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._seen: dict[str, deque[float]] = {}
+
+    def take(self, key: str) -> None:
+        now = time.monotonic()
+        if len(self._seen) >= self.max_keys:  # bounded memory: forget idle keys
+            self._seen = {k: q for k, q in self._seen.items() if q and q[-1] > now - self.window_s}
+        times = self._seen.setdefault(key, deque())
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if len(times) >= self.per_minute:
+            wait = times[0] + self.window_s - now
+            raise RateLimited(
+                f"too many feedback posts: {self.per_minute} a minute per API key "
+                f"(serve.feedback_per_minute); retry after {wait:.0f} s",
+                retry_after_s=wait,
+            )
+        times.append(now)
+
+
+__all__ = ["BodyLimitMiddleware", "PerKeyRate"]

@@ -1,4 +1,4 @@
-"""Training data over HTTP (admin key): check capsule rows, upload a training file.
+"""Training data over HTTP (trainer or admin key): check capsule rows, upload a training file.
 
 ``POST /v1/datasets/validate``  ``{"rows": [capsule, ...]}`` → every row's checks (invalid,
                                 duplicate, too short, PII: :mod:`qlp_ray.data.quality`),
@@ -27,10 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from qlp_ray.core.config import QLPConfig
 from qlp_ray.core.errors import InvalidRequest
 from qlp_ray.data.quality import check_rows
-from qlp_ray.serve.http.auth import require_admin
+from qlp_ray.serve.http.auth import require_trainer
 from qlp_ray.serve.http.routes_jobs import data_dirs
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_trainer)])
 MAX_ROWS = 100_000
 
 

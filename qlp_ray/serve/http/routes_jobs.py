@@ -1,4 +1,4 @@
-"""Long operations over HTTP, run as Ray jobs (admin key): fine-tuning, evaluation, optimisation.
+"""Long operations over HTTP, run as Ray jobs (trainer key): fine-tuning, evaluation, optimisation.
 
 ``POST /v1/fine-tuning/jobs``          ``{"model": domain | adapter id, "training_file": path,
                                         "hyperparameters": {"n_steps" | "n_epochs", "method",
@@ -15,7 +15,7 @@
                                         ``qlp optimize run ...``
 
 The gateway reaches the Ray Jobs API at ``jobs.dashboard_address``. ``training_file`` is a
-path on the cluster's file system; the Jobs API runs code, hence admin-only routes.
+path on the cluster's file system; the Jobs API runs code, hence trainer/admin-only routes.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real types.
@@ -35,12 +35,12 @@ from qlp_ray.core.jobs import JobsClient, dashboard_address
 from qlp_ray.data.capsules import SAMPLES_DIR, load_capsules
 from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
 from qlp_ray.registry.store import Registry
-from qlp_ray.serve.http.auth import require_admin
+from qlp_ray.serve.http.auth import require_trainer
 from qlp_ray.train import PeftMethod
 from qlp_ray.train.estimate import steps_for_epochs
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_trainer)])
 
 # Ray job status → OpenAI fine_tuning.job status
 _STATUS = {

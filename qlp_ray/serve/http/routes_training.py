@@ -1,4 +1,4 @@
-"""What a fine-tuning job reports and will cost (admin key), beside ``routes_jobs``.
+"""What a fine-tuning job reports and will cost (trainer or admin key), beside ``routes_jobs``.
 
 ``GET /v1/fine-tuning/jobs/{id}/metrics``  the job's reported metrics so far: every trainer
                                            log line, the training and held-out loss series,
@@ -30,7 +30,7 @@ from qlp_ray.data.capsules import load_capsules
 from qlp_ray.data.format import to_prompt_completion
 from qlp_ray.models.base import base_model_id
 from qlp_ray.registry.store import Registry
-from qlp_ray.serve.http.auth import require_admin
+from qlp_ray.serve.http.auth import require_trainer
 from qlp_ray.serve.http.routes_jobs import (
     Hyperparameters,
     check_data_file,
@@ -50,7 +50,7 @@ from qlp_ray.train.run_metrics import (
 )
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/fine-tuning", dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1/fine-tuning", dependencies=[Depends(require_trainer)])
 
 
 class EstimateRequest(BaseModel):

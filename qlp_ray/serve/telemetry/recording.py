@@ -84,6 +84,7 @@ class RequestRecorder:
         gen: dict[str, Any],
         latency_s: float,
         user: str | None,
+        caller: str | None = None,
     ) -> None:
         """Store, count, price and emit one served request; never raises."""
         external = getattr(target, "external", None)
@@ -107,6 +108,7 @@ class RequestRecorder:
             "completion_tokens": gen.get("completion_tokens"),
             "routing": routing,
             "user_id": user,
+            "caller": caller,
             "experiment": getattr(target, "experiment", None),
             "variant": getattr(target, "variant", None),
         }
