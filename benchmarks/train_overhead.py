@@ -1,11 +1,14 @@
 """Ray Train overhead: the same LoRA SFT run in plain TRL (this process) vs inside a
-Ray Train ``TorchTrainer`` with 1 and with 2 workers.
+Ray Train ``TorchTrainer`` with 1 and with 2 workers; and the same PPO run
+(``qlp_ray.train.ppo_loop.train_ppo`` in this process vs ``train_ppo_on_ray``).
 
-Throughput is training tokens per second of the trainer's own ``train_runtime``
-(tokens = samples seen x mean tokens per example), so Ray's start-up cost is
-reported separately as wall time. Target: Ray overhead <= 10 % for >= 300 steps.
+SFT throughput is training tokens per second of the trainer's own ``train_runtime``
+(tokens = samples seen x mean tokens per example); PPO's is PPO steps per second of
+the loop's own ``train_seconds`` (rollouts + updates), so Ray's start-up cost is
+reported separately as wall time. Target: Ray overhead <= 10 % for >= 300 SFT steps.
 
     PYTHONPATH=. python benchmarks/train_overhead.py --steps 300
+    PYTHONPATH=. python benchmarks/train_overhead.py --method ppo --ppo-steps 60 --rounds 2
 """
 
 from __future__ import annotations
@@ -86,8 +89,97 @@ def on_ray(base_path: str, records, args, workers: int) -> tuple[float, float]:
     return float(res.metrics["train_runtime"]), time.perf_counter() - t0
 
 
+PPO_KEYWORD = "steps"  # the reward of the PPO runs: keyword_reward([PPO_KEYWORD])
+
+
+def _ppo_prompts(domain: str) -> list[str]:
+    from qlp_ray.data.capsules import load_capsules, sample_path
+    from qlp_ray.models.prompt import format_prompt
+
+    return [
+        format_prompt(c.instruction, c.input) for c in load_capsules(sample_path(domain, "train"))
+    ]
+
+
+def _ppo_options(args):
+    from qlp_ray.train.ppo_loop import PPOOptions
+
+    # like the plain run: no checkpoints
+    return PPOOptions(steps=args.ppo_steps, batch_size=8, checkpoint_every=args.ppo_steps + 1)
+
+
+def ppo_plain(base_path: str, prompts, args) -> tuple[float, float]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qlp_ray.train.ppo_loop import train_ppo
+    from qlp_ray.train.rewards import keyword_reward
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(base_path)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    res = train_ppo(model, tok, prompts, keyword_reward([PPO_KEYWORD]), _ppo_options(args))
+    return float(res.metrics["train_seconds"]), time.perf_counter() - t0
+
+
+def ppo_on_ray(cfg, prompts, args, workers: int) -> tuple[float, float]:
+    from qlp_ray.train.ray_ppo import train_ppo_on_ray
+    from qlp_ray.train.rewards import keyword_reward
+
+    t0 = time.perf_counter()
+    res = train_ppo_on_ray(
+        cfg,
+        prompts=prompts,
+        reward=keyword_reward([PPO_KEYWORD]),
+        options=_ppo_options(args),
+        workers=workers,
+        cpus_per_worker=1.0,
+        max_failures=0,
+        output_dir=Path(tempfile.mkdtemp()) / "adapter",
+    )
+    return float(res.metrics["train_seconds"]), time.perf_counter() - t0
+
+
+def main_ppo(args) -> None:
+    """Plain PPO loop vs Ray Train (1 worker), interleaved in ``--rounds``; medians."""
+    import statistics
+
+    import ray
+
+    from qlp_ray.core.config import load_config
+    from qlp_ray.models.base import resolve_base_path
+
+    cfg = load_config()
+    base_path = resolve_base_path(cfg)
+    prompts = _ppo_prompts(args.domain)
+    runs: dict[str, list[tuple[float, float]]] = {"plain PPO loop": [], "Ray Train, 1 worker": []}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for _ in range(args.rounds):
+            runs["plain PPO loop"].append(ppo_plain(base_path, prompts, args))
+            runs["Ray Train, 1 worker"].append(ppo_on_ray(cfg, prompts, args, 1))
+    finally:
+        ray.shutdown()
+    print(f"PPO: {args.ppo_steps} steps, 8 prompts/step, {args.rounds} interleaved round(s)")
+    print(f"{'run':<22} {'train s':>8} {'wall s':>8} {'steps/s':>8} {'overhead':>9}")
+    base_s = statistics.median(t for t, _ in runs["plain PPO loop"])
+    for name, rounds in runs.items():
+        train_s = statistics.median(t for t, _ in rounds)
+        wall_s = statistics.median(w for _, w in rounds)
+        print(
+            f"{name:<22} {train_s:8.1f} {wall_s:8.1f} {args.ppo_steps / train_s:8.2f} "
+            f"{100.0 * (train_s / base_s - 1.0):+8.1f}%  (rounds: "
+            + ", ".join(f"{t:.1f}" for t, _ in rounds)
+            + ")"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=("sft", "ppo"), default="sft")
+    parser.add_argument("--ppo-steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=1, help="PPO: interleaved rounds")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
@@ -95,6 +187,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.method == "ppo":
+        main_ppo(args)
+        return
 
     import ray
 
