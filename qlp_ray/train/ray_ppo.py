@@ -245,7 +245,9 @@ def train_ppo_on_ray(
                 name=run_name,
                 storage_path=str(storage),
                 failure_config=failure_config(
-                    cfg.train.max_failures if max_failures is None else max_failures
+                    int(getattr(cfg.train, "max_failures", 1))
+                    if max_failures is None
+                    else max_failures
                 ),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
