@@ -100,8 +100,9 @@ def _bad(model: str, why: str) -> InvalidRequest:
 
 
 def _is_number(text: str) -> bool:
-    """ASCII digits only: ``str.isdigit`` also accepts e.g. '²', which ``int`` refuses."""
-    return text.isascii() and text.isdigit()
+    """ASCII digits only (``str.isdigit`` also accepts e.g. '²', which ``int`` refuses), at
+    most 9 of them: a version fits every integer column that stores it."""
+    return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 def _parse_member(model: str, text: str) -> StackMember:

@@ -6,8 +6,9 @@
                                 needs (``min_records``) and ``evaluation.min_train_examples``
 ``POST /v1/files``              ``{"purpose": "fine-tune", "filename", "rows"}`` → the rows
                                 written as JSONL under the first job data directory
-                                (``<home>/data/uploads/<file id>.jsonl`` by default); its
-                                ``path`` is what ``/v1/fine-tuning/jobs`` takes as
+                                (``<home>/data/uploads/<file id>.jsonl`` by default; the
+                                id is ``file-`` + SHA-256 of the content); its ``id`` (or
+                                ``path``) is what ``/v1/fine-tuning/jobs`` takes as
                                 ``training_file``. 400 names the first invalid row.
 
 Rows travel as JSON objects (the UI builds them in a form), so one body limit
@@ -16,6 +17,7 @@ Rows travel as JSON objects (the UI builds them in a form), so one body limit
 
 # No `from __future__ import annotations`: FastAPI must see the real types.
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -64,14 +66,16 @@ def save_upload(cfg: QLPConfig, body: FileUpload) -> dict[str, Any]:
         if not row["valid"]:
             i = row["index"]
             raise InvalidRequest(f"row {i + 1}: {'; '.join(row['errors'])}", param=f"rows.{i}")
-    file_id = f"file-{uuid.uuid4().hex[:16]}"
+    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in body.rows)
+    # named by its content: the same rows are the same file; nothing is overwritten
+    file_id = f"file-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
     folder = data_dirs(cfg)[0] / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{file_id}.jsonl"
-    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in body.rows)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    if not path.is_file():
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
     return {"id": file_id, "object": "file", "purpose": body.purpose, "filename": body.filename,
             "path": str(path), "bytes": len(text.encode()), "rows": len(body.rows),
             "domains": checked["domains"], "created_at": int(time.time())}  # fmt: skip

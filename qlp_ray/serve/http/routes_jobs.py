@@ -21,6 +21,7 @@ path on the cluster's file system; the Jobs API runs code, hence trainer/admin-o
 # No `from __future__ import annotations`: FastAPI must see the real types.
 import asyncio
 import logging
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -142,6 +143,9 @@ def _check_domain(domain: str) -> None:
         raise InvalidRequest(f"`domain` must be one of {DOMAINS}, got {domain!r}", param="domain")
 
 
+FILE_ID = re.compile(r"file-[0-9a-f]{16,64}")
+
+
 def data_dirs(cfg: QLPConfig) -> list[Path]:
     """Where a REST job's data files may live (``jobs.data_dirs``, resolved)."""
     dirs = cfg.jobs.data_dirs or [cfg.paths.root / "data", SAMPLES_DIR]
@@ -151,15 +155,17 @@ def data_dirs(cfg: QLPConfig) -> list[Path]:
 def check_data_file(cfg: QLPConfig, path: str, param: str) -> str:
     """``path`` resolved, if it is a .jsonl file inside one of :func:`data_dirs`. One message
     for "missing" and "elsewhere": the answer never tells whether a path exists."""
+    dirs = data_dirs(cfg)
+    if FILE_ID.fullmatch(path):  # an upload of POST /v1/files, named by its content hash
+        path = str(dirs[0] / "uploads" / f"{path}.jsonl")
     p = Path(path)
     if p.suffix != ".jsonl":
-        raise InvalidRequest(f"`{param}` must be a .jsonl file, got {path!r}", param=param)
+        raise InvalidRequest(f"`{param}` must be a .jsonl file or a file id", param=param)
     real = p.expanduser().resolve()  # follows .. and symlinks
-    dirs = data_dirs(cfg)
     if not (any(real.is_relative_to(d) for d in dirs) and real.is_file()):
-        raise InvalidRequest(
-            f"`{param}` {path!r} is not a .jsonl file in the job data directories "
-            f"({', '.join(map(str, dirs))}; `jobs.data_dirs`)",
+        raise InvalidRequest(  # names no server path: the client's own value, not the dirs
+            f"`{param}` is not a .jsonl file in the job data directories (`jobs.data_dirs`) "
+            "nor the id of a POST /v1/files upload",
             param=param,
         )
     return str(real)
