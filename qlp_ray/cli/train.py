@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from qlp_ray.cli.common import console, fail, get_config
 from qlp_ray.core.errors import QLPError
 from qlp_ray.core.runtime import ensure_ray
-from qlp_ray.train import PEFT_METHODS, methods_phrase
-from qlp_ray.train.pipeline import train_and_register
+from qlp_ray.train.methods import METHOD_NAMES, METHODS, REWARD_KINDS
 from qlp_ray.train.run_metrics import CURVE_CSV, CURVE_PNG
 
 app = typer.Typer()
@@ -24,7 +24,24 @@ def train(
         None, "--heldout", help="Held-out capsules (JSONL); default: split off train.eval_fraction."
     ),
     method: str | None = typer.Option(
-        None, "--method", help=f"PEFT method: {', '.join(PEFT_METHODS)} (default: config)."
+        None,
+        "--method",
+        help=f"Training method: {', '.join(METHOD_NAMES)} ('lora' = sft; default: the "
+        "config's train.method, an SFT). See the README table for each method's data.",
+    ),
+    reward: str | None = typer.Option(
+        None,
+        "--reward",
+        help=f"grpo/rloo/ppo reward: {' | '.join(REWARD_KINDS)} (keyword:a,b  domain[:name]  "
+        "json  regex:<pattern>  reward-model:<id>[@version]).",
+    ),
+    teacher: str | None = typer.Option(
+        None, "--teacher", help="distill: teacher adapter id[@version], or 'base'."
+    ),
+    parent: str | None = typer.Option(
+        None,
+        "--parent",
+        help="dpo/grpo/rloo/distill: continue this registered adapter (id[@version]).",
     ),
     workers: int | None = typer.Option(None, "--workers", help="Ray Train workers (DDP)."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps."),
@@ -40,22 +57,44 @@ def train(
         None, "--run-name", help="Run directory name under <home>/runs (default: generated)."
     ),
 ) -> None:
-    """Train on Ray Train (TRL SFT + PEFT), measure held-out loss, sign and register.
+    """Train on Ray Train with any method (SFT, DPO, GRPO, RLOO, reward model,
+    distillation), measure its held-out metric before and after, sign and register.
 
-    The run directory (<home>/runs/<run>) receives metrics.jsonl and the loss curve
+    The data file is checked against the method's data shape before Ray starts. An SFT
+    run directory (<home>/runs/<run>) receives metrics.jsonl and the loss curve
     (loss_curve.csv, loss_curve.png).
     """
-    from rich.table import Table
+    from qlp_ray.train.method_runs import prepare_run, train_method_and_register
 
-    if method is not None and method not in PEFT_METHODS:
-        fail(f"--method must be {methods_phrase()}, got {method!r}")
-        return
     for label, path in (("--data", data), ("--heldout", heldout)):
         if path is not None and not path.is_file():
             fail(f"{label} file not found: {path}")
             return
 
     cfg = get_config()
+    name = method or cfg.train.method  # the config's PEFT method: an SFT
+    overrides = {"rank": rank, "alpha": alpha, "dropout": dropout,
+                 "batch_size": batch_size, "learning_rate": learning_rate}  # fmt: skip
+    try:
+        run = prepare_run(
+            cfg,
+            name,
+            domain=domain,
+            data_path=data,
+            heldout_path=heldout,
+            reward=reward,
+            teacher=teacher,
+            parent=parent,
+            workers=workers,
+            steps=steps,
+            overrides=overrides,
+            run_name=run_name or "",
+        )
+    except QLPError as exc:
+        param = getattr(exc, "param", None)
+        option = f"--{param}: " if param in ("method", "reward", "teacher", "parent") else ""
+        fail(f"{option}{exc}")
+        return
     try:
         with console.status("starting Ray", spinner="dots") as status:
             how = ensure_ray(cfg, persistent=False)  # RAY_ADDRESS, else an in-process local Ray
@@ -64,23 +103,16 @@ def train(
             def progress(message: str) -> None:  # the pipeline also logs each stage
                 status.update(message)
 
-            record = train_and_register(
-                cfg,
-                domain=domain,
-                data_path=data,
-                heldout_path=heldout,
-                adapter_id=adapter_id,
-                method=method,
-                workers=workers,
-                steps=steps,
-                progress=progress,
-                overrides={"rank": rank, "alpha": alpha, "dropout": dropout,
-                           "batch_size": batch_size, "learning_rate": learning_rate},
-                run_name=run_name,
-            )  # fmt: skip
+            run.progress = progress
+            record = train_method_and_register(cfg, run, adapter_id=adapter_id)
     except QLPError as exc:
         fail(str(exc))
         return
+    if run.spec.peft is None:
+        _print_method_record(record, run.spec.name)
+        return
+
+    from rich.table import Table
 
     metrics = record.metadata.get("metrics", {})
     table = Table(title="trained adapter")
@@ -106,3 +138,30 @@ def train(
         curve = cfg.paths.runs / run / CURVE_PNG
         if curve.is_file():
             console.print(f"loss curve: {curve} (+ {CURVE_CSV})", soft_wrap=True)
+
+
+def _print_method_record(record: Any, method: str) -> None:
+    """The registered entry of a non-SFT method: its held-out metric before -> after."""
+    from rich.table import Table
+
+    spec = METHODS[method]
+    metrics = record.metadata.get("metrics", {})
+    metric = spec.metric
+    table = Table(title=f"trained {spec.kind.replace('_', ' ')}")
+    for column in ("id", "version", "method", "parent", f"held-out {metric}", "steps", "signed"):
+        table.add_column(column)
+    parent = record.metadata.get("parent") or {}
+    table.add_row(
+        record.adapter_id,
+        f"v{record.version}",
+        method,
+        f"{parent['adapter_id']} v{parent['version']}" if parent else "-",
+        f"{metrics.get(f'{metric}_before', float('nan')):.4f} -> "
+        f"{metrics.get(f'{metric}_after', float('nan')):.4f}",
+        str(metrics.get("steps", "")),
+        "[green]yes[/]" if record.signed else f"[red]no[/] ({record.problem})",
+    )
+    console.print(table)
+    console.print(
+        f"{metrics.get('seconds', 0):.1f} s on Ray Train; stored at {record.path}", soft_wrap=True
+    )

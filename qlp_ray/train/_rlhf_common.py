@@ -103,6 +103,7 @@ class RunOptions:
     extra_args: dict[str, Any] | None = None
     prepare: Callable[[Any], Any] | None = None
     resume_from_checkpoint: str | None = None
+    new_adapter: bool = True  # False: the model already is a trainable PeftModel (a parent)
 
     def trl_args(
         self, *, output_dir: str, steps: int, batch_size: int, learning_rate: float
@@ -123,6 +124,9 @@ class RunOptions:
         }
 
     def lora(self, dropout: float = 0.0) -> Any:
+        """The LoRA config to wrap the model with; None when it already carries its adapter."""
+        if not self.new_adapter:
+            return None
         return lora_config(
             rank=self.rank, alpha=self.alpha, dropout=dropout, target_modules=self.target_modules
         )

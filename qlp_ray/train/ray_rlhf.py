@@ -34,7 +34,7 @@ from qlp_ray.train.rl import train_rl
 
 logger = logging.getLogger(__name__)
 
-RLHFMethod = Literal["dpo", "grpo", "rloo", "distill", "sft"]
+RLHFMethod = Literal["dpo", "grpo", "rloo", "distill", "sft", "reward"]
 ADAPTER_DIR = "adapter"
 HF_CHECKPOINT = "checkpoint"  # RayTrainReportCallback.CHECKPOINT_NAME
 
@@ -62,6 +62,13 @@ class RLHFOptions:
             raise InvalidRequest(f"unsupported lr_scheduler_type {self.lr_scheduler_type!r}")
         if self.checkpoint_every < 1 or self.steps < 1 or self.grad_accum < 1:
             raise InvalidRequest("steps, checkpoint_every and grad_accum must be >= 1")
+
+
+@dataclass
+class _Trained:
+    model: Any
+    train_loss: float
+    metrics: dict[str, float]
 
 
 @dataclass
@@ -148,7 +155,21 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = AutoTokenizer.from_pretrained(config["base_path"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(config["base_path"], dtype=torch.float32)
+    if method == "reward":  # a 1-label scorer on the base backbone (seeded score head)
+        from transformers import AutoModelForSequenceClassification
+
+        torch.manual_seed(opts.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            config["base_path"], num_labels=1, dtype=torch.float32
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(config["base_path"], dtype=torch.float32)
+    if config.get("parent_path"):  # continue a registered adapter (verified by the driver)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, config["parent_path"], is_trainable=True)
+    evaluate = config.get("evaluate")  # (model, tokenizer) -> {metric: value}, rank 0 only
+    before = evaluate(model, tokenizer) if evaluate and _rank() == 0 else {}
     callbacks: list[Any] = [RayTrainReportCallback()]
     has_eval = bool(config.get("eval_data"))
     if opts.early_stopping_patience is not None and has_eval:
@@ -172,6 +193,7 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
             extra_args=_extra_args(method, opts, has_eval),
             prepare=prepare_trainer,
             resume_from_checkpoint=resume,
+            new_adapter=not config.get("parent_path"),
         )
         common = dict(
             steps=opts.steps,
@@ -220,8 +242,18 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 eval_texts=config.get("eval_data") or (),
                 **common,
             )
+        elif method == "reward":
+            from qlp_ray.train.rewards import train_reward_lora
+
+            trainer, out = train_reward_lora(model, tokenizer, config["data"], **common)
+            res = _Trained(trainer.model, float(out.training_loss), dict(out.metrics))
         else:
             raise InvalidRequest(f"unknown method {method!r}")
+        if evaluate and _rank() == 0:
+            after = evaluate(res.model, tokenizer)
+            for key in after:
+                res.metrics[f"{key}_before"] = before.get(key, float("nan"))
+                res.metrics[f"{key}_after"] = after[key]
         metrics = {
             **{
                 k: float(v)
@@ -235,7 +267,11 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:
             final = Path(tmp) / "final"
-            res.model.save_pretrained(str(final / ADAPTER_DIR), safe_serialization=True)
+            save_kw = (
+                {"selected_adapters": ["default"]} if hasattr(res.model, "peft_config") else {}
+            )
+            # (DPO from a parent adds a frozen "ref" copy of the adapter: not saved)
+            res.model.save_pretrained(str(final / ADAPTER_DIR), safe_serialization=True, **save_kw)
             (final / "metrics.json").write_text(json.dumps(metrics))
             checkpoint = ray.train.Checkpoint.from_directory(str(final))
         ray.train.report(metrics, checkpoint=checkpoint)
@@ -253,6 +289,8 @@ def train_rlhf_on_ray(
     eval_data: list[Any] | None = None,
     reward_funcs: list[Any] | None = None,
     teacher_path: str | None = None,
+    parent_path: str | None = None,
+    evaluate: Any = None,
     workers: int = 1,
     cpus_per_worker: float = 1.0,
     use_gpu: bool = False,
@@ -261,7 +299,12 @@ def train_rlhf_on_ray(
     ray_callbacks: list[Any] | None = None,
     _kill_at_step: int | None = None,
 ) -> RLHFRayResult:
-    """Run ``method`` on ``workers`` Ray Train workers; copy the adapter to ``output_dir``."""
+    """Run ``method`` on ``workers`` Ray Train workers; copy the adapter to ``output_dir``.
+
+    ``parent_path``: a (verified) adapter directory to continue instead of a new LoRA.
+    ``evaluate``: a picklable ``(model, tokenizer) -> {name: value}`` that rank 0 runs
+    before and after training; the metrics get ``<name>_before`` / ``<name>_after``.
+    """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -278,6 +321,8 @@ def train_rlhf_on_ray(
         "eval_data": eval_data,
         "reward_funcs": reward_funcs,
         "teacher_path": teacher_path,
+        "parent_path": parent_path,
+        "evaluate": evaluate,
         "options": options,
         "threads": max(1, int(cpus_per_worker)),
     }

@@ -249,6 +249,97 @@ def train_reward_model(
     return trainer.model.eval()
 
 
+def train_reward_lora(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[Any],
+    *,
+    output_dir: str,
+    steps: int = 30,
+    batch_size: int = 8,
+    learning_rate: float = 1e-3,
+    run: Any = None,
+) -> Any:
+    """Train a reward model as a LoRA adapter plus its score head (PEFT ``modules_to_save``)
+    on a 1-label sequence-classification ``model``, with TRL ``RewardTrainer``.
+
+    The adapter directory is small and loads on the base model again
+    (:func:`load_reward_lora`); ``run`` is a ``RunOptions`` (schedule, LoRA shape, hooks).
+    Returns ``(trainer, train output)``.
+    """
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import RewardConfig, RewardTrainer
+
+    from qlp_ray.train._rlhf_common import RunOptions
+
+    run = run or RunOptions()
+    if not pairs:
+        raise InvalidRequest("reward model training needs at least one preference pair")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    data = Dataset.from_list(
+        [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    )
+    args = RewardConfig(
+        **run.trl_args(
+            output_dir=output_dir, steps=steps, batch_size=batch_size, learning_rate=learning_rate
+        )
+    )
+    peft_config = None
+    if run.new_adapter:
+        peft_config = LoraConfig(
+            r=run.rank,
+            lora_alpha=run.alpha,
+            target_modules=list(run.target_modules),
+            task_type="SEQ_CLS",
+            modules_to_save=["score"],
+        )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=list(run.callbacks),
+    )
+    trainer, out = run.fit(trainer)
+    logger.info("reward LoRA: %d pairs, %d steps, loss %.4f", len(pairs), steps, out.training_loss)
+    return trainer, out
+
+
+def load_reward_lora(base_path: str, adapter_dir: str) -> tuple[Any, Any]:
+    """A reward model (base + LoRA + score head from :func:`train_reward_lora`) in eval
+    mode, and its tokenizer. Verify ``adapter_dir`` with the registry before calling."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_path, num_labels=1, dtype=torch.float32
+    )
+    base.config.pad_token_id = tokenizer.pad_token_id
+    return PeftModel.from_pretrained(base, adapter_dir).eval(), tokenizer
+
+
+def pair_accuracy(model: Any, tokenizer: Any, pairs: Sequence[Any]) -> tuple[float, float]:
+    """(share of pairs whose chosen text scores above the rejected one, mean score gap)."""
+    if not pairs:
+        raise InvalidRequest("no preference pairs to score")
+    was_training = model.training
+    model.eval()
+    try:
+        chosen = score_with_reward_model(model, tokenizer, [p.prompt + p.chosen for p in pairs])
+        rejected = score_with_reward_model(model, tokenizer, [p.prompt + p.rejected for p in pairs])
+    finally:
+        model.train(was_training)
+    wins = sum(c > r for c, r in zip(chosen, rejected, strict=True))
+    gap = sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
+    return wins / len(pairs), gap
+
+
 def score_with_reward_model(model: Any, tokenizer: Any, texts: Sequence[str]) -> list[float]:
     """Scalar reward of each full text (prompt + completion).
 
@@ -290,10 +381,13 @@ __all__ = [
     "feedback_rewards",
     "json_object_reward",
     "keyword_reward",
+    "load_reward_lora",
+    "pair_accuracy",
     "regex_reward",
     "reward_model_from_causal_lm",
     "reward_model_func",
     "score_with_reward_model",
     "token_share_reward",
+    "train_reward_lora",
     "train_reward_model",
 ]

@@ -108,7 +108,9 @@ def test_cli_train_rejects_bad_arguments_before_starting_ray(tmp_path, monkeypat
     data = _write(tmp_path / "t.jsonl", [_row(i) for i in range(3)])
     bad = runner.invoke(app, ["train", "--domain", "api", "--data", str(data), "--method", "dora"])
     assert bad.exit_code == 1
-    assert "--method must be 'lora', 'adalora' or 'qlora'" in bad.output
+    assert "--method: method must be 'sft', 'adalora', 'qlora', 'dpo'" in " ".join(
+        bad.output.split()
+    )
     assert not (tmp_path / "home" / "runs").exists()
 
 

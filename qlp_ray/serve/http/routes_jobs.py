@@ -1,6 +1,8 @@
 """Long operations over HTTP, run as Ray jobs (trainer key): fine-tuning, evaluation, optimisation.
 
 ``POST /v1/fine-tuning/jobs``          ``{"model": domain | adapter id, "training_file": path,
+                                        "method": sft|dpo|grpo|rloo|reward|distill|...,
+                                        "reward", "teacher", "parent",
                                         "hyperparameters": {"n_steps" | "n_epochs", "method",
                                         "batch_size", "learning_rate", "lora_rank",
                                         "lora_alpha", "lora_dropout"}}`` → a job running
@@ -69,7 +71,7 @@ class Hyperparameters(BaseModel):
     lora_alpha: int | None = Field(None, ge=1, le=4096, description="LoRA alpha.")
     lora_dropout: float | None = Field(None, ge=0, lt=1, description="LoRA dropout.")
 
-    def train_options(self) -> list[str]:
+    def train_options(self, skip: tuple[str, ...] = ()) -> list[str]:
         """The ``qlp train`` options of the LoRA and optimiser fields that are set."""
         out: list[str] = []
         options = [
@@ -81,7 +83,7 @@ class Hyperparameters(BaseModel):
             ("--dropout", self.lora_dropout),
         ]
         for option, value in options:
-            if value is not None:
+            if value is not None and option not in skip:
                 out += [option, str(value)]
         return out
 
@@ -90,9 +92,17 @@ class FineTuningRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, description="A domain, or an adapter id to train anew.")
-    training_file: str = Field(min_length=1, description="Capsules (JSONL) on the cluster.")
-    validation_file: str | None = Field(None, description="Held-out capsules (JSONL).")
+    training_file: str = Field(
+        min_length=1, description="JSONL on the cluster, in the method's data shape."
+    )
+    validation_file: str | None = Field(None, description="Held-out rows (same shape).")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    method: str | None = Field(
+        None, description="Training method (qlp_ray.train.methods.METHODS; default: SFT)."
+    )
+    reward: str | None = Field(None, description="grpo/rloo/ppo: the reward spec (--reward).")
+    teacher: str | None = Field(None, description="distill: teacher adapter id or 'base'.")
+    parent: str | None = Field(None, description="Registered adapter id[@version] to continue.")
 
 
 class EvaluationRequest(BaseModel):
@@ -216,6 +226,35 @@ def planned_steps(cfg: QLPConfig, hp: Hyperparameters, data: str, has_validation
     return steps
 
 
+def method_of(body: FineTuningRequest) -> Any:
+    """The request's training method (``method``, else SFT with ``hyperparameters.method``),
+    its options checked against it: 400 names the field."""
+    from qlp_ray.train.methods import check_options, get_method, require_available
+
+    hp_method = body.hyperparameters.method
+    spec = get_method(body.method or hp_method or "sft", "method")
+    require_available(spec)
+    if body.method is not None and hp_method is not None:
+        if spec.peft is None or get_method(hp_method).name != spec.name:
+            raise InvalidRequest(
+                f"`hyperparameters.method` ({hp_method!r}) contradicts `method` "
+                f"({body.method!r}); give `method` only",
+                param="hyperparameters.method",
+            )
+    check_options(spec, reward=body.reward, teacher=body.teacher, parent=body.parent)
+    return spec
+
+
+def check_shape(spec: Any, path: str, param: str) -> None:
+    """400 naming ``param`` when a row lacks a field of the method's data shape."""
+    from qlp_ray.train.methods import validate_data_file
+
+    try:
+        validate_data_file(spec, path, param)
+    except InvalidRequest as exc:
+        raise InvalidRequest(str(exc), param=param) from exc
+
+
 def train_command(
     cfg: QLPConfig, body: FineTuningRequest, run_name: str | None = None
 ) -> list[str]:
@@ -226,15 +265,32 @@ def train_command(
             f"`hyperparameters.n_steps` is {hp.n_steps}; at most {cfg.jobs.max_steps}",
             param="hyperparameters.n_steps",
         )
+    spec = method_of(body)
     data = check_data_file(cfg, body.training_file, "training_file")
+    check_shape(spec, data, "training_file")
     domain, adapter_id = _domain_of(cfg, body.model)
     command = ["train", "--domain", domain, "--data", data]
     if body.validation_file is not None:
-        command += ["--heldout", check_data_file(cfg, body.validation_file, "validation_file")]
+        heldout = check_data_file(cfg, body.validation_file, "validation_file")
+        check_shape(spec, heldout, "validation_file")
+        command += ["--heldout", heldout]
+    if hp.n_epochs is not None and spec.peft is None:
+        raise InvalidRequest(
+            f"`hyperparameters.n_epochs` applies to SFT methods; give `n_steps` for {spec.name}",
+            param="hyperparameters.n_epochs",
+        )
     if hp.n_steps is not None or hp.n_epochs is not None:
         has_validation = body.validation_file is not None
         command += ["--steps", str(planned_steps(cfg, hp, data, has_validation))]
-    command += hp.train_options()
+    if body.method is not None:
+        command += ["--method", spec.name]
+        command += hp.train_options(skip=("--method",))
+    else:
+        command += hp.train_options()
+    for option, value in (("--reward", body.reward), ("--teacher", body.teacher),
+                          ("--parent", body.parent)):  # fmt: skip
+        if value is not None:
+            command += [option, value]
     if adapter_id is not None:
         command += ["--adapter-id", adapter_id]
     if run_name is not None:

@@ -1,0 +1,135 @@
+"""The one list of training methods, the data-shape checks and the dispatch (no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from qlp_ray import cli
+from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.data.capsules import sample_path
+from qlp_ray.train import PEFT_METHODS
+from qlp_ray.train.methods import (
+    METHOD_NAMES,
+    METHODS,
+    check_options,
+    get_method,
+    methods_table,
+    parse_reward,
+    validate_data_file,
+)
+
+runner = CliRunner()
+
+
+def _write(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_the_method_list_and_its_aliases():
+    assert METHOD_NAMES == ("sft", "adalora", "qlora", "dpo", "ppo", "grpo", "rloo", "reward",
+                            "distill")  # fmt: skip
+    assert get_method("lora") is METHODS["sft"]  # back-compat: the old PEFT name
+    # the SFT entries train with exactly the PEFT methods the config takes
+    assert tuple(sorted(m.peft for m in METHODS.values() if m.peft)) == tuple(sorted(PEFT_METHODS))
+    assert [m.name for m in METHODS.values() if not m.available] == ["ppo"]
+    assert METHODS["reward"].kind == "reward_model"
+    assert {r["method"] for r in methods_table()} == set(METHOD_NAMES)
+    with pytest.raises(InvalidRequest, match=r"method must be 'sft', 'adalora'.* got 'dora'"):
+        get_method("dora")
+
+
+@pytest.mark.parametrize(
+    ("method", "kw", "param", "needle"),
+    [
+        ("grpo", {}, "reward", "needs a reward"),
+        ("dpo", {"reward": "json"}, "reward", "takes no reward"),
+        ("distill", {}, "teacher", "needs a teacher"),
+        ("sft", {"teacher": "base"}, "teacher", "takes no teacher"),
+        ("reward", {"parent": "api"}, "parent", "does not start from a parent"),
+        ("dpo", {"parent": "api@0"}, "parent", "positive integer"),
+        ("rloo", {"reward": "vibes"}, "reward", "must start with 'keyword'"),
+        ("rloo", {"reward": "keyword:"}, "reward", "needs a value"),
+    ],
+)
+def test_option_errors_name_the_option(method, kw, param, needle):
+    with pytest.raises(InvalidRequest, match=needle) as err:
+        check_options(METHODS[method], **kw)
+    assert err.value.param == param
+
+
+def test_reward_specs_parse():
+    assert parse_reward("keyword: deploy , docker").arg == "deploy,docker"
+    spec = parse_reward("reward-model:api-reward@2")
+    assert (spec.kind, spec.arg, spec.version) == ("reward-model", "api-reward", 2)
+    assert spec.as_text() == "reward-model:api-reward@2"
+    assert parse_reward("domain").as_text() == "domain"
+
+
+def test_data_shape_errors_name_the_row_and_the_field(tmp_path):
+    pairs = _write(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"},
+                                          {"prompt": "a", "chosen": "b"}])  # fmt: skip
+    with pytest.raises(InvalidRequest, match=r"p.jsonl:2: missing field 'rejected'"):
+        validate_data_file(METHODS["dpo"], pairs)
+    same = _write(tmp_path / "s.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "b"}])
+    with pytest.raises(InvalidRequest, match=r"s.jsonl:1: chosen and rejected are identical"):
+        validate_data_file(METHODS["reward"], same)
+    prompts = _write(tmp_path / "q.jsonl", [{"prompt": "x"}, {"instruction": "y"}, {"text": 1}])
+    with pytest.raises(InvalidRequest, match=r"q.jsonl:3: missing field 'prompt'"):
+        validate_data_file(METHODS["grpo"], prompts)
+    with pytest.raises(InvalidRequest, match=r"q.jsonl:1: missing field 'instruction'"):
+        validate_data_file(METHODS["distill"], prompts)
+    assert validate_data_file(METHODS["sft"], sample_path("api", "train")) > 100
+    assert validate_data_file(METHODS["rloo"], sample_path("api", "train")) > 100  # capsules
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("QLP_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(cli.state, "_config", None)
+    for console in (cli.console, cli.err_console):
+        monkeypatch.setattr(console, "_width", 400)
+    return tmp_path / "home"
+
+
+def _train(*args: str):
+    cli.state._config = None
+    result = runner.invoke(cli.app, ["train", "--domain", "api", *args])
+    return result, " ".join(result.output.split())
+
+
+def test_cli_refuses_before_ray(home, tmp_path):
+    pairs = _write(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b"}])
+    result, out = _train("--data", str(pairs), "--method", "dpo")
+    assert result.exit_code == 1 and "p.jsonl:1: missing field 'rejected'" in out
+    result, out = _train("--data", str(sample_path("api", "train")), "--method", "ppo",
+                         "--reward", "json")  # fmt: skip
+    assert result.exit_code == 1 and "--method: method 'ppo' is not available yet" in out
+    result, out = _train("--data", str(sample_path("api", "train")), "--method", "grpo")
+    assert result.exit_code == 1 and "--reward: method 'grpo' needs a reward" in out
+    result, out = _train("--data", str(sample_path("api", "train")), "--method", "distill",
+                         "--teacher", "nope")  # fmt: skip
+    assert result.exit_code == 1 and "nope" in out  # not in the registry
+    assert not (home / "runs").exists()  # nothing started
+
+
+def test_sft_family_dispatches_to_the_sft_pipeline(home, monkeypatch):
+    """sft / lora / adalora / qlora reach train_and_register with their PEFT method."""
+    from qlp_ray.train import pipeline
+
+    seen = []
+
+    def fake(cfg, **kw):  # stands in for the Ray Train run only: the dispatch is under test
+        seen.append(kw["method"])
+        raise InvalidRequest("stop here")
+
+    monkeypatch.setattr(pipeline, "train_and_register", fake)
+    monkeypatch.setattr("qlp_ray.cli.train.ensure_ray", lambda *a, **k: "none")
+    for method in ("sft", "lora", "adalora", "qlora"):
+        result, out = _train("--data", str(sample_path("api", "train")), "--method", method)
+        assert result.exit_code == 1 and "stop here" in out
+    assert seen == ["lora", "lora", "adalora", "qlora"]
