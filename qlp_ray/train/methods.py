@@ -15,7 +15,7 @@ dpo        {prompt, chosen, rejected}     Ray Train TRL DPO (``ray_rlhf``)
 grpo/rloo  {prompt} (or capsules)         Ray Train TRL GRPO / RLOO + ``--reward``
 reward     {prompt, chosen, rejected}     Ray Train TRL RewardTrainer (LoRA + score head)
 distill    instruction capsules           Ray Train logit distillation from ``--teacher``
-ppo        {prompt} (or capsules)         not wired yet (raises "not available yet")
+ppo        {prompt} (or capsules)         Ray Train PPO (``ray_ppo``) + ``--reward``
 =========  =============================  ===============================================
 
 ``lora`` is accepted as an alias of ``sft`` (the PEFT method name ``qlp train`` took before).
@@ -112,8 +112,9 @@ METHODS: dict[str, MethodSpec] = {
                    "eval_loss", False, _SFT_RUNNER, peft="qlora"),
         MethodSpec("dpo", "direct preference optimisation", PREFERENCES, "preference_margin",
                    True, _RLHF_RUNNER, accepts_parent=True),
-        MethodSpec("ppo", "PPO with a value head (not wired yet)", PROMPTS, "mean_reward",
-                   True, None, needs_reward=True, accepts_parent=True),
+        MethodSpec("ppo", "PPO: LoRA policy, value head, KL to the reference", PROMPTS,
+                   "mean_reward", True, "qlp_ray.train.ppo_run:run_ppo", needs_reward=True,
+                   accepts_parent=True),
         MethodSpec("grpo", "group-relative policy optimisation", PROMPTS, "mean_reward", True,
                    _RLHF_RUNNER, needs_reward=True, accepts_parent=True),
         MethodSpec("rloo", "REINFORCE leave-one-out", PROMPTS, "mean_reward", True,

@@ -36,7 +36,7 @@ def test_the_method_list_and_its_aliases():
     assert get_method("lora") is METHODS["sft"]  # back-compat: the old PEFT name
     # the SFT entries train with exactly the PEFT methods the config takes
     assert tuple(sorted(m.peft for m in METHODS.values() if m.peft)) == tuple(sorted(PEFT_METHODS))
-    assert [m.name for m in METHODS.values() if not m.available] == ["ppo"]
+    assert [m.name for m in METHODS.values() if not m.available] == []
     assert METHODS["reward"].kind == "reward_model"
     assert {r["method"] for r in methods_table()} == set(METHOD_NAMES)
     with pytest.raises(InvalidRequest, match=r"method must be 'sft', 'adalora'.* got 'dora'"):
@@ -106,9 +106,8 @@ def test_cli_refuses_before_ray(home, tmp_path):
     pairs = _write(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b"}])
     result, out = _train("--data", str(pairs), "--method", "dpo")
     assert result.exit_code == 1 and "p.jsonl:1: missing field 'rejected'" in out
-    result, out = _train("--data", str(sample_path("api", "train")), "--method", "ppo",
-                         "--reward", "json")  # fmt: skip
-    assert result.exit_code == 1 and "--method: method 'ppo' is not available yet" in out
+    result, out = _train("--data", str(sample_path("api", "train")), "--method", "ppo")
+    assert result.exit_code == 1 and "--reward: method 'ppo' needs a reward" in out
     result, out = _train("--data", str(sample_path("api", "train")), "--method", "grpo")
     assert result.exit_code == 1 and "--reward: method 'grpo' needs a reward" in out
     result, out = _train("--data", str(sample_path("api", "train")), "--method", "distill",
