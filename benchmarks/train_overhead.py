@@ -5,7 +5,9 @@ Ray Train ``TorchTrainer`` with 1 and with 2 workers; and the same PPO run
 SFT throughput is training tokens per second of the trainer's own ``train_runtime``
 (tokens = samples seen x mean tokens per example); PPO's is PPO steps per second of
 the loop's own ``train_seconds`` (rollouts + updates), so Ray's start-up cost is
-reported separately as wall time. Target: Ray overhead <= 10 % for >= 300 SFT steps.
+reported separately as wall time. Both SFT sides run the SFT code of ``qlp train``
+(``run_sft``; on Ray its worker ``train_loop_per_worker``). Target: Ray overhead <= 10 %
+for >= 300 SFT steps.
 
     PYTHONPATH=. python benchmarks/train_overhead.py --steps 300
     PYTHONPATH=. python benchmarks/train_overhead.py --method ppo --ppo-steps 60 --rounds 2
@@ -37,56 +39,56 @@ def _mean_tokens(base_path: str, records, max_length: int) -> float:
     return sum(lengths) / len(lengths)
 
 
-def plain(base_path: str, records, args) -> tuple[float, float]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _train_cfg(args):
+    from qlp_ray.core.config import load_config
 
-    from qlp_ray.train.sft import train_sft_trial
+    cfg = load_config()
+    cfg.model.max_seq_len = args.max_length
+    # like the plain run: no checkpoints or held-out evaluations during training
+    train_cfg = cfg.train.model_copy(
+        update={"steps": args.steps, "batch_size": args.batch_size, "warmup_ratio": 0.0,
+                "checkpoint_every": 0, "max_failures": 0}
+    )  # fmt: skip
+    return cfg, train_cfg
+
+
+def plain(base_path: str, records, args) -> tuple[float, float]:
+    """The SFT function of every Ray Train worker (``run_sft``), in this process."""
+    import torch
+
+    from qlp_ray.train.sft import run_sft
 
     torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(base_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    cfg, train_cfg = _train_cfg(args)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        res = train_sft_trial(
-            model,
-            tok,
-            records,
-            output_dir=tmp,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-        )
-    return float(res.metrics["train_runtime"]), time.perf_counter() - t0
+        res = run_sft(base_path, records, records[:16], train_cfg, tmp,
+                      max_seq_len=args.max_length, save_adapter=False)  # fmt: skip
+    return res.tokens / res.tokens_per_s, time.perf_counter() - t0
 
 
 def on_ray(base_path: str, records, args, workers: int) -> tuple[float, float]:
-    from qlp_ray.train.ray_rlhf import RLHFOptions, train_rlhf_on_ray
+    """The SFT worker of ``qlp train`` (``train_loop_per_worker``) on a ``TorchTrainer``."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
+    from qlp_ray.train.ray_train import sft_loop_config, train_loop_per_worker
+
+    cfg, train_cfg = _train_cfg(args)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        res = train_rlhf_on_ray(
-            "sft",
-            base_path=base_path,
-            data=records,
-            options=RLHFOptions(
-                steps=args.steps,
-                batch_size=args.batch_size,
-                learning_rate=2e-3,
-                lr_scheduler_type="linear",
-                warmup_ratio=0.0,
-                checkpoint_every=args.steps + 1,  # like the plain run: no checkpoints
-                method_kwargs={"max_length": args.max_length},
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=sft_loop_config(
+                cfg, train_cfg, base_path=base_path, train_records=records,
+                eval_records=records[:16], use_gpu=False,
             ),
-            output_dir=Path(tmp) / "adapter",
-            storage_path=Path(tmp) / "runs",
-            run_name=f"overhead-{workers}w",
-            workers=workers,
-            max_failures=0,
-        )
-    return float(res.metrics["train_runtime"]), time.perf_counter() - t0
+            scaling_config=ScalingConfig(num_workers=workers),
+            run_config=RunConfig(name=f"overhead-{workers}w", storage_path=str(Path(tmp))),
+        )  # fmt: skip
+        res = trainer.fit()
+    m = res.metrics  # rank 0's final report
+    return m["tokens"] / m["tokens_per_s"], time.perf_counter() - t0
 
 
 PPO_KEYWORD = "steps"  # the reward of the PPO runs: keyword_reward([PPO_KEYWORD])

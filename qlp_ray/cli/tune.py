@@ -61,6 +61,9 @@ def tune(
                     "best_eval_loss": result.best_eval_loss,
                     "trials": result.trials,
                     "output": str(out),
+                    "optuna_study": result.study_name,
+                    "optuna_storage": result.optuna_storage,
+                    "mlflow_run_id": result.tracking_run[1] if result.tracking_run else None,
                     "registered": record.summary() if record else None,
                 },
                 indent=1,
@@ -89,5 +92,11 @@ def tune(
         )
     console.print(table)
     console.print(f"best config saved to {out / 'tune_best.json'}")
+    console.print(
+        f"Optuna study {result.study_name} in {result.optuna_storage} "
+        f"(optuna-dashboard {result.optuna_storage})"
+    )
+    if result.tracking_run is not None:
+        console.print(f"MLflow run {result.tracking_run[1]} at {result.tracking_run[0]}")
     if record is not None:
         console.print(f"registered {record.adapter_id} v{record.version}")

@@ -31,6 +31,7 @@ from qlp_ray.models.base import base_model_id
 from qlp_ray.registry import AdapterRecord, Registry, validate_adapter_id
 from qlp_ray.route.centroid import compute_centroid
 from qlp_ray.route.embeddings import get_embedder
+from qlp_ray.train import tracking
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class TrainedAdapter:
     adapter_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    tracking_run: tuple[str, str] | None = None  # MLflow (URI, run id): tagged when registered
 
 
 class Verdict(Protocol):
@@ -147,7 +149,11 @@ def train_with_lineage(
         metadata["heldout_hash"] = file_sha256(heldout_path)
     if train_cfg.method == "adalora":
         metadata["rank_pattern"] = result.metrics.get("rank_pattern") or {}
-    return TrainedAdapter(Path(result.adapter_dir), dict(result.metrics), metadata)
+    if result.tracking_run is not None:
+        metadata["mlflow_run_id"] = result.tracking_run[1]
+    return TrainedAdapter(
+        Path(result.adapter_dir), dict(result.metrics), metadata, result.tracking_run
+    )
 
 
 def register_adapter(
@@ -221,6 +227,9 @@ def run_pipeline(
             base_model=base_model,
             progress=progress,
         )
+    tracking.tag_run(trained.tracking_run, {"qlp.adapter_id": record.adapter_id,
+                                            "qlp.adapter_version": record.version,
+                                            "qlp.adapter_signed": record.signed})  # fmt: skip
     return PipelineOutcome(trained, verdict, record)
 
 

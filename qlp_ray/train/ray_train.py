@@ -3,12 +3,19 @@
 The driver loads and checks the capsules, resolves the base model once (building the
 builtin one if needed), and ships a plain-dict config to the workers. Each worker runs
 :func:`qlp_ray.train.sft.run_sft` under DDP (``prepare_trainer``), reports the trainer's
-log lines with ``ray.train.report`` (visible in the Ray dashboard), and rank 0 reports the
-final adapter as a Ray Train checkpoint, which the driver copies out.
+log lines with ``ray.train.report`` (visible in the Ray dashboard, logged to MLflow by
+:mod:`qlp_ray.train.tracking`), reports a resumable checkpoint every
+``train.checkpoint_every`` steps, and rank 0 reports the final adapter as the last
+checkpoint, which the driver copies out. ``FailureConfig(train.max_failures)`` restarts a
+failed worker group, which resumes from the latest checkpoint (:mod:`ray_resume`).
+
+:func:`train_loop_per_worker` is the one SFT worker: ``qlp train`` runs it
+(:func:`train_adapter`) and so does every ``qlp tune`` trial (``qlp_ray.tune.search``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -29,9 +36,16 @@ from qlp_ray.data.format import routing_text, to_prompt_completion
 from qlp_ray.data.quality import MIN_TRAIN_RECORDS
 from qlp_ray.models.base import resolve_base_path
 from qlp_ray.registry import validate_adapter_id
+from qlp_ray.train import tracking
 from qlp_ray.train.peft_setup import build_peft_config
 from qlp_ray.train.placement import failure_config, placed_workers, quick_controller_polls
-from qlp_ray.train.run_metrics import METRICS_FILE, append_metrics, write_loss_curve
+from qlp_ray.train.ray_resume import HF_CHECKPOINT, kill_worker_callback, resume_dir
+from qlp_ray.train.run_metrics import (
+    METRICS_FILE,
+    append_metrics,
+    drop_metrics_after,
+    write_loss_curve,
+)
 from qlp_ray.train.sft import ADAPTER_FILES, run_sft
 from qlp_ray.train.storage import run_storage
 
@@ -56,6 +70,7 @@ class TrainResult:
     run_dir: Path | None = None
     routing_texts: list[str] = field(default_factory=list)
     reported: dict[str, Any] = field(default_factory=dict)  # last ``ray.train.report`` of rank 0
+    tracking_run: tuple[str, str] | None = None  # MLflow (tracking URI, run id)
 
 
 def effective_train_config(
@@ -141,12 +156,17 @@ def _scalar_metrics(logs: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _ray_report_callback(metrics_file: str | None = None):
-    """A ``TrainerCallback`` that sends every trainer log line to ``ray.train.report``
-    and, given ``metrics_file``, appends it there too (:mod:`qlp_ray.train.run_metrics`).
+ADAPTER_DIR = "adapter"  # the final checkpoint: adapter/ + metrics.json
+RUN_STATE = "qlp_sft.json"  # in every checkpoint: what a resumed run cannot measure again
 
-    Every rank logs at the same steps, so every rank reports equally often (the report
-    is a barrier across workers).
+
+def _ray_report_callback(metrics_file: str | None, state: dict[str, Any], tmp: str):
+    """A ``TrainerCallback`` that sends every trainer log line to ``ray.train.report`` (given
+    ``metrics_file``, appended there too: :mod:`qlp_ray.train.run_metrics`) and, at every
+    checkpoint the trainer saves, reports it (rank 0; with ``state`` written beside it).
+
+    Every rank logs and saves at the same steps, so every rank reports equally often (the
+    report is a barrier across workers).
     """
     import ray.train
     from transformers import TrainerCallback
@@ -154,21 +174,44 @@ def _ray_report_callback(metrics_file: str | None = None):
     class RayMetricsCallback(TrainerCallback):
         def __init__(self) -> None:
             self.reports = 0
+            self.step_logs: dict[str, float] = {}  # what was logged at the current step
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
+        def on_log(self, args, state_, control, logs=None, **kwargs):
             metrics = _scalar_metrics(logs or {})
             if metrics:
+                if state_.global_step == 0 and "eval_loss" in metrics:
+                    state.setdefault("eval_loss_before", metrics["eval_loss"])
                 if metrics_file is not None:
-                    append_metrics(metrics_file, {**metrics, "step": state.global_step})
-                ray.train.report({**metrics, "step": state.global_step})
+                    append_metrics(metrics_file, {**metrics, "step": state_.global_step})
+                if self.step_logs.get("step") != state_.global_step:
+                    self.step_logs = {"step": state_.global_step}
+                self.step_logs.update(metrics)
+                ray.train.report({**metrics, "step": state_.global_step})
                 self.reports += 1
+            return control
+
+        def on_save(self, args, state_, control, **kwargs):
+            step = state_.global_step
+            checkpoint = None
+            src = Path(args.output_dir) / f"checkpoint-{step}"
+            if ray.train.get_context().get_world_rank() == 0 and src.is_dir():
+                (src / RUN_STATE).write_text(json.dumps(state))
+                dest = Path(tmp) / f"report-{step}"
+                shutil.copytree(src, dest / HF_CHECKPOINT)
+                checkpoint = ray.train.Checkpoint.from_directory(str(dest))
+            metrics = {**self.step_logs, "step": step, "checkpoint_step": step}
+            ray.train.report(metrics, checkpoint=checkpoint)  # uploads synchronously
+            if checkpoint is not None:
+                shutil.rmtree(Path(tmp) / f"report-{step}", ignore_errors=True)
+            self.reports += 1
             return control
 
     return RayMetricsCallback()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train worker: run the SFT loop; rank 0 reports the adapter as a checkpoint."""
+    """Ray Train worker: run (or resume) the SFT loop with checkpoints; rank 0 reports the
+    adapter as the final checkpoint."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray.train
@@ -176,8 +219,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     rank = ray.train.get_context().get_world_rank()
     train_cfg = TrainConfig.model_validate(config["train"])
-    reporter = _ray_report_callback(config.get("metrics_file") if rank == 0 else None)
+    metrics_file = config.get("metrics_file") if rank == 0 else None
     with tempfile.TemporaryDirectory(prefix="qlp-train-") as tmp:
+        resume, resumed_step = resume_dir(tmp)
+        state: dict[str, Any] = {}
+        if resume is not None:
+            state = json.loads((Path(resume) / RUN_STATE).read_text())
+            logger.info("resuming SFT at step %d from %s", resumed_step, resume)
+            if metrics_file is not None:  # the lines logged after the checkpoint come again
+                drop_metrics_after(metrics_file, resumed_step)
+        reporter = _ray_report_callback(metrics_file, state, tmp)
+        callbacks: list[Any] = [reporter]
+        if config.get("kill_at_step"):  # test hook: a worker dies mid-run
+            callbacks.append(kill_worker_callback(config["kill_at_step"], 0, config["kill_marker"]))
         result = run_sft(
             config["base_path"],
             config["train_records"],
@@ -185,18 +239,53 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             train_cfg,
             tmp,
             max_seq_len=config["max_seq_len"],
-            callbacks=[reporter],
+            callbacks=callbacks,
             prepare=prepare_trainer,
             save_adapter=rank == 0,
             use_cpu=not config["use_gpu"],
+            checkpoints=train_cfg.checkpoint_every > 0,
+            resume_from=resume,
+            eval_loss_before=state.get("eval_loss_before"),
         )
-        metrics = {**result.metrics(), "log_reports": reporter.reports}
-        final = {**_scalar_metrics(metrics), "done": 1.0}
+        metrics = {
+            **result.metrics(),
+            "log_reports": reporter.reports,
+            "resumed_from_step": resumed_step,
+        }
+        # "finished", not "done": Tune reads "done" as "stop this trial"; "eval_loss" is
+        # the metric Tune searches on
+        final = {**_scalar_metrics(metrics), "eval_loss": result.eval_loss_after,
+                 "step": result.steps, "finished": 1.0}  # fmt: skip
         checkpoint = None
         if rank == 0 and result.adapter_dir is not None:
-            checkpoint = ray.train.Checkpoint.from_directory(str(result.adapter_dir))
+            out = Path(tmp) / "final"
+            shutil.copytree(result.adapter_dir, out / ADAPTER_DIR)
+            (out / "metrics.json").write_text(json.dumps(metrics))
+            checkpoint = ray.train.Checkpoint.from_directory(str(out))
         ray.train.report(final, checkpoint=checkpoint)  # uploads synchronously
     return metrics
+
+
+def sft_loop_config(
+    cfg: QLPConfig,
+    train_cfg: TrainConfig,
+    *,
+    base_path: str,
+    train_records: list[dict[str, str]],
+    eval_records: list[dict[str, str]],
+    use_gpu: bool,
+    metrics_file: str | None = None,
+) -> dict[str, Any]:
+    """The ``train_loop_config`` of :func:`train_loop_per_worker`."""
+    return {
+        "train": train_cfg.model_dump(mode="json"),
+        "base_path": base_path,
+        "train_records": train_records,
+        "eval_records": eval_records,
+        "max_seq_len": cfg.model.max_seq_len,
+        "use_gpu": use_gpu,
+        "metrics_file": metrics_file,
+    }
 
 
 def _use_gpu(train_cfg: TrainConfig) -> bool:
@@ -223,12 +312,15 @@ def train_adapter(
     steps: int | None = None,
     overrides: dict[str, Any] | None = None,
     run_name: str | None = None,
+    _kill_at_step: int | None = None,
 ) -> TrainResult:
     """Train one adapter for ``domain`` on Ray Train; return its directory and metrics.
 
     ``overrides``: more ``train.*`` fields (:func:`effective_train_config`). ``run_name``
     names the run directory under ``paths.runs`` (default: domain, method, time); a REST
-    job passes its job id so that its metrics can be found while it runs.
+    job passes its job id so that its metrics can be found while it runs. The run is an
+    MLflow run of the same name (``tracking.*``). ``_kill_at_step``: test hook, rank 0
+    dies once at that step (the run resumes from its last checkpoint).
     """
     train_cfg = effective_train_config(
         cfg, method=method, workers=workers, steps=steps, overrides=overrides
@@ -260,8 +352,22 @@ def train_adapter(
     )
     with placement as n_workers:
         train_cfg = train_cfg.model_copy(update={"workers": n_workers})
-        result = _fit(cfg, train_cfg, data, use_gpu, run_name)
-    return _finish(cfg, train_cfg, data, run_name, result, t0)
+        run = tracking.start_run(
+            cfg,
+            run_name,
+            {"train": train_cfg.model_dump(mode="json"), "domain": domain,
+             "base_model": cfg.model.base_model, "data_path": str(data_path)},
+            tags={"qlp.domain": domain, "qlp.method": train_cfg.method},
+        )  # fmt: skip
+        try:
+            result = _fit(cfg, train_cfg, data, use_gpu, run_name, run, _kill_at_step)
+            trained = _finish(cfg, train_cfg, data, run_name, result, t0)
+        except BaseException:
+            tracking.finish_run(run, failed=True)
+            raise
+    tracking.finish_run(run, metrics=trained.metrics)
+    trained.tracking_run = run
+    return trained
 
 
 def _fit(
@@ -270,22 +376,32 @@ def _fit(
     data: TrainingData,
     use_gpu: bool,
     run_name: str,
+    tracking_run: tuple[str, str] | None = None,
+    kill_at_step: int | None = None,
 ) -> Any:
     """Build the base model (once, here) and run the TorchTrainer on ``train_cfg.workers``."""
-    from ray.train import RunConfig, ScalingConfig, TrainingFailedError  # lazy: loads torch
+    from ray.train import (  # lazy: loads torch
+        CheckpointConfig,
+        RunConfig,
+        ScalingConfig,
+        TrainingFailedError,
+    )
     from ray.train.torch import TorchTrainer
 
     base_path = resolve_base_path(cfg)  # build the builtin model here, not in every worker
     storage_path, filesystem = run_storage(cfg)
-    loop_config = {
-        "train": train_cfg.model_dump(mode="json"),
-        "base_path": base_path,
-        "train_records": [to_prompt_completion(c) for c in data.train],
-        "eval_records": [to_prompt_completion(c) for c in data.heldout],
-        "max_seq_len": cfg.model.max_seq_len,
-        "use_gpu": use_gpu,
-        "metrics_file": str(cfg.paths.runs / run_name / METRICS_FILE),
-    }
+    loop_config = sft_loop_config(
+        cfg,
+        train_cfg,
+        base_path=base_path,
+        train_records=[to_prompt_completion(c) for c in data.train],
+        eval_records=[to_prompt_completion(c) for c in data.heldout],
+        use_gpu=use_gpu,
+        metrics_file=str(cfg.paths.runs / run_name / METRICS_FILE),
+    )
+    if kill_at_step is not None:
+        marker = cfg.paths.runs / run_name / "killed"
+        loop_config.update(kill_at_step=kill_at_step, kill_marker=str(marker))
     quick_controller_polls()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -299,7 +415,9 @@ def _fit(
             storage_path=storage_path,
             storage_filesystem=filesystem,
             name=run_name,
-            failure_config=failure_config(),
+            failure_config=failure_config(train_cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=tracking.report_callback(tracking_run) or None,
         ),
     )
     logger.info(
@@ -366,7 +484,7 @@ def _copy_adapter(checkpoint: Any, dest: Path) -> None:
     """Copy only the adapter files out of a Ray Train checkpoint into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as ckpt_dir:
-        src = Path(ckpt_dir)
+        src = Path(ckpt_dir) / ADAPTER_DIR
         missing = [name for name in ADAPTER_FILES if not (src / name).is_file()]
         if missing:
             raise TrainingError(f"checkpoint {src} lacks {', '.join(missing)}")
@@ -379,6 +497,7 @@ __all__ = [
     "TrainingData",
     "effective_train_config",
     "load_training_data",
+    "sft_loop_config",
     "train_adapter",
     "train_loop_per_worker",
 ]

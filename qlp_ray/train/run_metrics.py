@@ -50,6 +50,16 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def drop_metrics_after(path: str | Path, step: int) -> None:
+    """Keep only the log lines up to ``step``: a run resumed from the checkpoint of ``step``
+    logs the later steps again."""
+    path = Path(path)
+    kept = [r for r in read_metrics(path) if not (isinstance(r.get("step"), int | float)
+                                                  and r["step"] > step)]  # fmt: skip
+    if path.is_file():
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), "utf-8")
+
+
 def loss_series(records: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
     """``{"train": [{step, loss}], "heldout": [{step, loss}]}`` from the log lines, in step
     order: ``loss`` is the training loss of a logging window, ``eval_loss`` a held-out pass."""
@@ -126,6 +136,7 @@ __all__ = [
     "CURVE_PNG",
     "METRICS_FILE",
     "append_metrics",
+    "drop_metrics_after",
     "loss_series",
     "plot_loss_curve",
     "progress_of",

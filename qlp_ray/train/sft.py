@@ -1,15 +1,15 @@
 """Supervised fine-tuning of one adapter with TRL's ``SFTTrainer`` (no Ray in here).
 
 The same function runs in a plain process (unit tests) and inside every Ray Train worker
-(``ray_train``), where the caller passes ``prepare`` (Ray's ``prepare_trainer``) and a
-metrics-reporting callback. A Ray Tune trial (``train_sft_trial``, run by ``ray_rlhf``)
-builds the same trainer and differs only in its callbacks and evaluation cadence. Data is
-TRL's prompt-completion format, so the loss covers the completion only and TRL appends the
-tokenizer's EOS to every completion.
+(``ray_train``: ``qlp train`` and every ``qlp tune`` trial), where the caller passes
+``prepare`` (Ray's ``prepare_trainer``), a metrics-reporting callback, checkpoints and the
+checkpoint to resume from. Data is TRL's prompt-completion format, so the loss covers the
+completion only and TRL appends the tokenizer's EOS to every completion.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -20,7 +20,6 @@ from typing import Any
 
 from qlp_ray.core.config import TrainConfig
 from qlp_ray.core.errors import TrainingError
-from qlp_ray.train._rlhf_common import RunOptions
 from qlp_ray.train.peft_setup import (
     AdaLoraAllocateCallback,
     build_peft_config,
@@ -75,18 +74,51 @@ def records_to_dataset(records: Sequence[dict[str, str]], what: str):
     return Dataset.from_list(rows)
 
 
+# train.lr_scheduler -> transformers' scheduler name (all with a linear warm-up)
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def bf16_supported(use_cpu: bool) -> bool:
+    """Whether this device trains in bf16: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 / AMX (torch's CPU capability AVX512 and up)."""
+    import torch
+
+    if not use_cpu and torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, use_cpu: bool) -> str:
+    """``train.precision`` -> ``"bf16"`` or ``"fp32"``; ``TrainingError`` when bf16 is asked
+    for on a device without it. ``auto`` means bf16 on a capable GPU only: on CPU bf16
+    autocast measured slower than fp32 (benchmarks/sft_precision.py)."""
+    if precision == "fp32":
+        return "fp32"
+    if precision == "bf16":
+        if not bf16_supported(use_cpu):
+            raise TrainingError(
+                "train.precision=bf16, but this "
+                + ("CPU has no AVX512-BF16/AMX" if use_cpu else "GPU does not support bf16")
+            )
+        return "bf16"
+    return "bf16" if not use_cpu and bf16_supported(use_cpu) else "fp32"
+
+
 def build_sft_args(
     train_cfg: TrainConfig,
     output_dir: Path,
     *,
     max_seq_len: int,
     use_cpu: bool,
+    checkpoints: bool = False,
     overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """CPU-safe, seeded ``SFTConfig``: no checkpoints, no hub, no external loggers.
+    """Seeded ``SFTConfig`` of ``train_cfg``: no hub, no external loggers (MLflow runs are
+    logged by the driver, :mod:`qlp_ray.train.tracking`).
 
-    ``overrides`` replace single ``SFTConfig`` keys (a tuning trial evaluates and saves
-    every few steps so that Ray Tune sees a learning curve).
+    Every ``train.checkpoint_every`` steps the held-out loss is evaluated and, with
+    ``checkpoints``, a resumable checkpoint saved. ``overrides`` replace single keys.
     """
     from trl import SFTConfig
 
@@ -100,14 +132,15 @@ def build_sft_args(
         per_device_train_batch_size=train_cfg.batch_size,
         per_device_eval_batch_size=max(train_cfg.batch_size, 16),
         learning_rate=learning_rate,
+        gradient_accumulation_steps=train_cfg.grad_accum,
         warmup_steps=train_cfg.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps
-        lr_scheduler_type="linear",
+        lr_scheduler_type=SCHEDULERS[train_cfg.lr_scheduler],
         logging_steps=max(1, steps // 10),
-        eval_strategy="no",  # held-out loss is measured explicitly before and after
-        save_strategy="no",  # the adapter is saved once, by us, as safetensors
+        eval_strategy="no",  # held-out loss is also measured explicitly before and after
+        save_strategy="no",  # the final adapter is saved by us, as safetensors
         report_to="none",
         use_cpu=use_cpu,
-        bf16=False,
+        bf16=resolve_precision(train_cfg.precision, use_cpu) == "bf16",
         fp16=False,
         gradient_checkpointing=False,
         max_length=max_seq_len,
@@ -120,7 +153,21 @@ def build_sft_args(
         seed=train_cfg.seed,
         data_seed=train_cfg.seed,
     )
+    every = train_cfg.checkpoint_every
+    if every and every < steps:
+        args.update(eval_strategy="steps", eval_steps=every, metric_for_best_model="eval_loss",
+                    greater_is_better=False)  # fmt: skip
+        if checkpoints:
+            args.update(save_strategy="steps", save_steps=every, save_total_limit=2)
     return SFTConfig(**{**args, **(overrides or {})})
+
+
+def _checkpoint_step(checkpoint: str | None) -> int:
+    """The global step a trainer checkpoint was saved at (0 without one)."""
+    if checkpoint is None:
+        return 0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return int(state.get("global_step", 0))
 
 
 def _finite(value: Any, name: str) -> float:
@@ -209,14 +256,17 @@ def build_sft_trainer(
     max_seq_len: int,
     use_cpu: bool = True,
     callbacks: Sequence[Any] = (),
+    checkpoints: bool = False,
     args_overrides: dict[str, Any] | None = None,
 ) -> tuple[Any, AdaLoraAllocateCallback | None]:
-    """The SFT trainer of every SFT run here (production and tuning trials), and for
+    """The SFT trainer of every SFT run here (``qlp train`` and tuning trials), and for
     AdaLoRA the rank-allocation callback it runs (else None).
 
-    The PEFT config, arguments and trainer class all come from ``train_cfg``; an empty
-    ``eval_records`` leaves the trainer without a held-out set.
+    The PEFT config, arguments, early stopping and trainer class all come from
+    ``train_cfg``; an empty ``eval_records`` leaves the trainer without a held-out set.
     """
+    from transformers import EarlyStoppingCallback
+
     train_ds = records_to_dataset(train_records, "training")
     eval_ds = records_to_dataset(eval_records, "held-out") if eval_records else None
     peft_config = build_peft_config(train_cfg, train_cfg.steps)
@@ -226,8 +276,17 @@ def build_sft_trainer(
         allocator = AdaLoraAllocateCallback()
         all_callbacks.insert(0, allocator)
     args = build_sft_args(
-        train_cfg, output_dir, max_seq_len=max_seq_len, use_cpu=use_cpu, overrides=args_overrides
+        train_cfg,
+        output_dir,
+        max_seq_len=max_seq_len,
+        use_cpu=use_cpu,
+        checkpoints=checkpoints,
+        overrides=args_overrides,
     )
+    if train_cfg.early_stopping_patience is not None and eval_ds is not None:
+        # stops on the held-out loss of the evaluations every checkpoint_every steps; the
+        # last adapter is kept (loading the best one would need rank 0's files on every rank)
+        all_callbacks.append(EarlyStoppingCallback(train_cfg.early_stopping_patience))
     trainer = _trainer_class(train_cfg.method)(
         model=model,
         args=args,
@@ -252,12 +311,18 @@ def run_sft(
     prepare: Callable[[Any], Any] | None = None,
     save_adapter: bool = True,
     use_cpu: bool = True,
+    checkpoints: bool = False,
+    resume_from: str | None = None,
+    eval_loss_before: float | None = None,
 ) -> SFTResult:
     """Fine-tune a LoRA/AdaLoRA adapter on ``base_path``; measure held-out loss before/after.
 
     ``output_dir/adapter`` receives ``adapter_model.safetensors`` + ``adapter_config.json``
     when ``save_adapter`` (in DDP only rank 0 should save). ``prepare`` wraps the trainer
     (e.g. Ray Train's ``prepare_trainer``); ``callbacks`` are extra ``TrainerCallback``s.
+    ``checkpoints`` saves a checkpoint every ``train.checkpoint_every`` steps into
+    ``output_dir/trainer``; ``resume_from`` (a checkpoint directory) continues a run, whose
+    held-out loss before training was ``eval_loss_before`` (not measured again).
     """
     output_dir = Path(output_dir)
     records_to_dataset(train_records, "training")  # bad data fails before the model loads
@@ -274,22 +339,31 @@ def run_sft(
         max_seq_len=max_seq_len,
         use_cpu=use_cpu,
         callbacks=callbacks,
+        checkpoints=checkpoints,
     )
     if prepare is not None:
         trainer = prepare(trainer)
 
     t0 = time.perf_counter()
-    before = _finite(trainer.evaluate()["eval_loss"], "held-out loss before training")
-    out = trainer.train()
-    after = _finite(trainer.evaluate()["eval_loss"], "held-out loss after training")
+    if resume_from is None or eval_loss_before is None:
+        before = _finite(trainer.evaluate()["eval_loss"], "held-out loss before training")
+    else:
+        before = eval_loss_before
+    out = trainer.train(resume_from_checkpoint=resume_from)
+    last_eval = [e for e in trainer.state.log_history if "eval_loss" in e][-1:]
+    if last_eval and last_eval[0].get("step") == out.global_step:  # evaluated at the last step
+        after = _finite(last_eval[0]["eval_loss"], "held-out loss after training")
+    else:
+        after = _finite(trainer.evaluate()["eval_loss"], "held-out loss after training")
     seconds = time.perf_counter() - t0
 
     train_seconds = float(out.metrics.get("train_runtime") or seconds)
     tokens = int(trainer.state.num_input_tokens_seen)
     pattern = rank_pattern(trainer.model) if allocator is not None else None
-    if allocator is not None and allocator.calls != out.global_step:
+    trained_steps = out.global_step - _checkpoint_step(resume_from)
+    if allocator is not None and allocator.calls != trained_steps:
         raise TrainingError(
-            f"AdaLoRA rank allocation ran {allocator.calls} times for {out.global_step} steps"
+            f"AdaLoRA rank allocation ran {allocator.calls} times for {trained_steps} steps"
         )
     result = SFTResult(
         adapter_dir=None,
@@ -317,75 +391,6 @@ def run_sft(
     return result
 
 
-@dataclass
-class SFTTrialResult:
-    """A tuning trial's adapted model, training loss and trainer metrics (incl. ``eval_loss``)."""
-
-    model: Any
-    train_loss: float
-    metrics: dict[str, float]
-
-
-def train_sft_trial(
-    model: Any,
-    tokenizer: Any,
-    records: Sequence[dict[str, str]],
-    *,
-    output_dir: str,
-    eval_records: Sequence[dict[str, str]] = (),
-    steps: int = 40,
-    batch_size: int = 8,
-    learning_rate: float = 2e-3,
-    dropout: float = 0.05,
-    max_length: int = 256,
-    run: RunOptions = RunOptions(),
-) -> SFTTrialResult:
-    """One LoRA SFT tuning trial through :func:`build_sft_trainer`, the trainer of ``run_sft``.
-
-    It differs from a production run only in its hooks: ``run`` brings the Ray Train
-    ``prepare``, the reporting callbacks, checkpoint resume and ``extra_args`` (evaluate and
-    save every few steps, so ASHA can stop weak trials and Optuna sees a learning curve);
-    there is no held-out measurement before training, and the final one only with
-    ``eval_records``.
-    """
-    import torch
-
-    train_cfg = TrainConfig(
-        method="lora",
-        rank=run.rank,
-        alpha=run.alpha,
-        dropout=dropout,
-        target_modules=list(run.target_modules),
-        steps=steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        warmup_ratio=run.warmup_ratio,
-        seed=run.seed,
-    )
-    overrides = {
-        "lr_scheduler_type": run.lr_scheduler_type,
-        "gradient_accumulation_steps": run.grad_accum,
-        **(run.extra_args or {}),
-    }
-    trainer, _ = build_sft_trainer(
-        model,
-        tokenizer,
-        records,
-        eval_records,
-        train_cfg,
-        Path(output_dir),
-        max_seq_len=max_length,
-        use_cpu=not torch.cuda.is_available(),
-        callbacks=run.callbacks,
-        args_overrides=overrides,
-    )
-    trainer, out = run.fit(trainer)
-    metrics = dict(out.metrics)
-    if eval_records:
-        metrics.update(trainer.evaluate())
-    return SFTTrialResult(trainer.model, float(out.training_loss), metrics)
-
-
 def save_adapter_dir(model: Any, dest: Path) -> Path:
     """Save only ``adapter_model.safetensors`` + ``adapter_config.json`` into ``dest``."""
     peft_model = unwrap_peft_model(model)
@@ -404,13 +409,13 @@ def save_adapter_dir(model: Any, dest: Path) -> Path:
 
 __all__ = [
     "ADAPTER_FILES",
+    "SCHEDULERS",
     "SFTResult",
-    "SFTTrialResult",
     "adalora_orth_penalty",
     "build_sft_args",
     "build_sft_trainer",
     "load_sft_model",
     "records_to_dataset",
+    "resolve_precision",
     "run_sft",
-    "train_sft_trial",
 ]

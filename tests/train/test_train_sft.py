@@ -11,7 +11,7 @@ from qlp_ray.data.capsules import load_capsules, sample_path
 from qlp_ray.data.format import to_prompt_completion
 from qlp_ray.models.base import resolve_base_path
 from qlp_ray.train.ray_train import effective_train_config
-from qlp_ray.train.sft import ADAPTER_FILES, run_sft
+from qlp_ray.train.sft import ADAPTER_FILES, build_sft_args, resolve_precision, run_sft
 
 
 def _records(domain: str, split: str, n: int) -> list[dict[str, str]]:
@@ -90,14 +90,78 @@ def test_adalora_reallocates_rank(tiny_cfg, tmp_path):
         ({"steps": 0}, "train.steps"),
         ({"method": "dora"}, "train.method"),
         ({"workers": 0}, "train.workers"),
+        ({"early_stopping_patience": 2, "checkpoint_every": 0}, "train.checkpoint_every"),
+        ({"lr_scheduler": "step"}, "train.lr_scheduler"),
+        ({"grad_accum": 0}, "train.grad_accum"),
+        ({"precision": "fp16"}, "train.precision"),
     ],
 )
 def test_training_options_are_validated(overrides, needle):
     from qlp_ray.core.config import load_config
     from qlp_ray.core.errors import ConfigError
 
+    given = {k: v for k, v in overrides.items() if k in ("method", "steps", "workers")}
+    more = {k: v for k, v in overrides.items() if k not in given}
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
-        effective_train_config(load_config(defaults_file=None, environ={}), **overrides)
+        effective_train_config(
+            load_config(defaults_file=None, environ={}), **given, overrides=more or None
+        )
+
+
+def test_sft_args_follow_the_training_options(tmp_path, monkeypatch):
+    from qlp_ray.core.config import load_config
+    from qlp_ray.core.errors import TrainingError
+    from qlp_ray.train import sft
+
+    cfg = load_config(defaults_file=None, environ={})
+    opts = {"lr_scheduler": "cosine", "grad_accum": 4, "checkpoint_every": 10,
+            "early_stopping_patience": 2, "precision": "fp32"}  # fmt: skip
+    t = effective_train_config(cfg, steps=40, overrides=opts)
+    args = build_sft_args(t, tmp_path, max_seq_len=64, use_cpu=True, checkpoints=True)
+    assert (args.lr_scheduler_type.value, args.gradient_accumulation_steps) == ("cosine", 4)
+    assert (args.eval_strategy.value, args.eval_steps) == ("steps", 10)
+    assert (args.save_strategy.value, args.save_steps) == ("steps", 10)
+    assert args.metric_for_best_model == "eval_loss" and not args.bf16
+    assert args.report_to == [] or args.report_to == "none"
+    # a plain run evaluates but does not save; no held-out evaluations without checkpoint_every
+    plain = build_sft_args(t, tmp_path, max_seq_len=64, use_cpu=True)
+    assert plain.save_strategy.value == "no" and plain.eval_strategy.value == "steps"
+    none = effective_train_config(
+        cfg, overrides={"checkpoint_every": 0, "lr_scheduler": "constant"}
+    )
+    args = build_sft_args(none, tmp_path, max_seq_len=64, use_cpu=True, checkpoints=True)
+    assert args.eval_strategy.value == "no" and args.save_strategy.value == "no"
+    assert args.lr_scheduler_type.value == "constant_with_warmup"
+    # auto is fp32 on CPU (bf16 autocast measured ~2x slower: benchmarks/sft_precision.py)
+    assert resolve_precision("auto", use_cpu=True) == "fp32"
+    monkeypatch.setattr(sft, "bf16_supported", lambda use_cpu: False)
+    with pytest.raises(TrainingError, match="precision=bf16.*AVX512-BF16"):
+        resolve_precision("bf16", use_cpu=True)
+    monkeypatch.setattr(sft, "bf16_supported", lambda use_cpu: True)
+    bf16 = effective_train_config(cfg, overrides={"precision": "bf16"})
+    assert build_sft_args(bf16, tmp_path, max_seq_len=64, use_cpu=True).bf16
+
+
+def test_early_stopping_ends_a_diverging_run(tiny_cfg, tmp_path):
+    """A constant, far too high learning rate makes the held-out loss rise: with an
+    evaluation every 4 steps and patience 2 the run stops long before its 40 steps."""
+    train_cfg = effective_train_config(
+        tiny_cfg,
+        steps=40,
+        overrides={"learning_rate": 0.03, "lr_scheduler": "constant", "checkpoint_every": 4,
+                   "early_stopping_patience": 2, "grad_accum": 2, "batch_size": 4},
+    )  # fmt: skip
+    result = run_sft(
+        resolve_base_path(tiny_cfg),
+        _records("devops", "train", 160),
+        _records("devops", "heldout", 24),
+        train_cfg,
+        tmp_path / "run",
+        max_seq_len=tiny_cfg.model.max_seq_len,
+        save_adapter=False,
+    )
+    assert result.steps < 40 and result.steps % 4 == 0, result
+    assert result.eval_loss_after > result.eval_loss_before, result
 
 
 def test_overrides_set_train_fields_and_are_validated():

@@ -1,4 +1,6 @@
-"""Ray Tune + Optuna + ASHA over LoRA SFT trials, each a Ray Train run, checkpoints on S3."""
+"""Ray Tune + Optuna + ASHA over LoRA SFT trials, each a Ray Train run of the SFT worker of
+``qlp train``, checkpoints on S3; the study is read back from its Optuna RDB storage and the
+trials from MLflow."""
 
 from __future__ import annotations
 
@@ -82,3 +84,39 @@ def test_three_trials_best_beats_worst(ray_local, tmp_path):
     saved = json.loads((tmp_path / "best" / "tune_best.json").read_text())
     assert saved["config"] == out.best_config and saved["eval_loss"] == out.best_eval_loss
     assert (tmp_path / "best" / "adapter" / "adapter_model.safetensors").is_file()
+    _assert_study_and_runs(cfg, out)
+
+
+def _assert_study_and_runs(cfg, out) -> None:
+    import optuna
+    from mlflow import MlflowClient
+
+    home = cfg.paths.root
+    # the Optuna study, loaded from its default SQLite storage: one trial per Tune trial,
+    # with the held-out loss each trial ended on
+    storage = f"sqlite:///{home / 'optuna.db'}"
+    assert out.optuna_storage == storage and out.study_name.startswith("tune-api-")
+    study = optuna.load_study(study_name=out.study_name, storage=storage)
+    assert len(study.trials) == 3
+    values = sorted(t.value for t in study.trials if t.value is not None)
+    assert values == pytest.approx(sorted(t["eval_loss"] for t in out.trials))
+    assert {tuple(sorted(t.params)) for t in study.trials} == {("learning_rate", "rank")}
+    # MLflow: the search is a run, every trial a child run with its per-step losses
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    parent = client.get_run(out.tracking_run[1])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_eval_loss"] == pytest.approx(out.best_eval_loss)
+    assert parent.data.tags["qlp.optuna_study"] == out.study_name
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    assert len(children) == 3
+    for child in children:
+        assert child.info.status in ("FINISHED", "KILLED")
+        assert child.data.params["train.steps"] == "8"
+        evals = client.get_metric_history(child.info.run_id, "eval_loss")
+        assert [p.step for p in evals][:2] == [0, 4]
+        assert len(client.get_metric_history(child.info.run_id, "loss")) >= 4
+    best = client.get_run(out.best_trial_run[1])
+    assert best.data.metrics["eval_loss"] == pytest.approx(out.best_eval_loss)

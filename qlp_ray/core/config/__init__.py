@@ -46,6 +46,7 @@ from qlp_ray.core.config.model import BUILTIN_TINY, ModelConfig, TinyModelConfig
 from qlp_ray.core.config.router import ExternalEndpointConfig, RouterConfig
 from qlp_ray.core.config.serve import ExperimentsConfig, ServeConfig
 from qlp_ray.core.config.store import RegistryConfig, S3Config, StoreConfig
+from qlp_ray.core.config.tracking import TrackingConfig
 from qlp_ray.core.config.train import AdaLoraConfigSection, TrainConfig
 from qlp_ray.core.config.tune import OptimizeConfig, TuneConfig
 from qlp_ray.core.errors import ConfigError
@@ -107,6 +108,10 @@ class QLPConfig(Section):
     )
     tune: TuneConfig = Field(
         default_factory=TuneConfig, description="`qlp tune` search (qlp_ray.tune)."
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="MLflow logging of training runs and Tune trials (qlp_ray.train.tracking).",
     )
     jobs: JobsConfig = Field(
         default_factory=JobsConfig, description="Ray Jobs API of long operations."
@@ -257,6 +262,7 @@ __all__ = [
     "ServeConfig",
     "StoreConfig",
     "TinyModelConfig",
+    "TrackingConfig",
     "TrainConfig",
     "TuneConfig",
     "dump_defaults",

@@ -41,6 +41,33 @@ class TrainConfig(Section):
     batch_size: int = Field(8, ge=1, description="Per-worker batch size.")
     learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warm-up share of steps.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after the warm-up (constant: none)."
+    )
+    grad_accum: int = Field(
+        1, ge=1, description="Gradient accumulation: micro-batches per optimizer step."
+    )
+    checkpoint_every: int = Field(
+        20,
+        ge=0,
+        description="Steps between checkpoints (adapter, optimizer, scheduler, step) that a "
+        "restarted worker resumes from, and between held-out evaluations; 0 = neither (held-out "
+        "loss only before and after training).",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop when the held-out loss has not improved for this many evaluations "
+        "(every `checkpoint_every` steps); None = train all steps.",
+    )
+    max_failures: int = Field(
+        1, ge=0, description="Restarts of a failed worker group (Ray Train FailureConfig)."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Training precision: bf16 autocast, fp32, or auto (bf16 on a GPU that "
+        "supports it; fp32 on CPU, where bf16 measured slower: benchmarks/sft_precision.py).",
+    )
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP, gloo on CPU).")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Ray Train worker.")
     storage_uri: str = Field(
@@ -62,6 +89,15 @@ class TrainConfig(Section):
     adalora: AdaLoraConfigSection = Field(
         default_factory=AdaLoraConfigSection, description="AdaLoRA runs (method: adalora)."
     )
+
+    @model_validator(mode="after")
+    def _early_stopping_evaluates(self) -> TrainConfig:
+        if self.early_stopping_patience is not None and self.checkpoint_every == 0:
+            raise ValueError(
+                "`train.early_stopping_patience` needs held-out evaluations: set "
+                "`train.checkpoint_every` > 0."
+            )
+        return self
 
     @model_validator(mode="after")
     def _adalora_schedule(self) -> TrainConfig:

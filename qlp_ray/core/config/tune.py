@@ -34,3 +34,8 @@ class TuneConfig(Section):
     )
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs of each trial's Ray Train worker.")
     seed: int = Field(0, description="Seed of the Optuna sampler.")
+    optuna_storage: str = Field(
+        "",
+        description="Optuna RDB storage of the studies (`optuna-dashboard <storage>` shows "
+        "them): '' = sqlite:///<home>/optuna.db, or a PostgreSQL URL on a cluster.",
+    )
