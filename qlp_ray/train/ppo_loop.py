@@ -60,7 +60,7 @@ class PPOOptions:
     vf_coef: float = 0.5
     gamma: float = 1.0
     lam: float = 0.95
-    kl_coef: float = 0.05
+    kl_coef: float = 0.2  # 0.2: the held-out reward rises at ~1 nat of KL (tests/train)
     kl_target: float | None = None  # set: adaptive KL control towards this per-sequence KL
     kl_horizon: int = 10_000
     max_grad_norm: float = 1.0
