@@ -10,6 +10,7 @@ import pytest
 from qlp_ray.train.estimate import measured_throughput, steps_for_epochs, training_estimate
 from qlp_ray.train.run_metrics import (
     append_metrics,
+    drop_metrics_after,
     loss_series,
     progress_of,
     read_metrics,
@@ -68,3 +69,15 @@ def test_measured_throughput_is_the_newest_run_on_the_base():
                rec("d", 1, "b1", None, "2026-01-04T00:00:00")]  # fmt: skip
     assert measured_throughput(records, "b1")["tokens_per_s"] == 200.0
     assert measured_throughput(records, "b3") is None
+
+
+def test_resumed_run_drops_the_lines_after_its_checkpoint(tmp_path):
+    """A run resumed from the step-20 checkpoint logs steps 21.. again: the first attempt's
+    lines after step 20 go, so every step appears once."""
+    path = tmp_path / "metrics.jsonl"
+    for step in (0, 10, 20, 22, 24):
+        append_metrics(path, {"step": step, "loss": 1.0 / (step + 1)})
+    drop_metrics_after(path, 20)
+    assert [r["step"] for r in read_metrics(path)] == [0, 10, 20]
+    append_metrics(path, {"step": 22, "loss": 0.5})
+    assert [r["step"] for r in read_metrics(path)] == [0, 10, 20, 22]
