@@ -1,8 +1,8 @@
 """Schemathesis over the in-process app's /openapi.json: every operation of the gateway's
 routers (admin, corrections, experiments, adapters, jobs, datasets, files, feedback), with
-each role's key and with none, a fixed seed, >= 1,000 generated cases (x 5 keys): no 500, every error in
-the OpenAI shape, no server path or traceback in a body. The one 5xx allowed is the jobs
-routes' 503 "the Ray Jobs API is unreachable": this app runs without a Ray cluster.
+each role's key and with none, a fixed seed, >= 1,000 generated cases (x 5 keys): no 500,
+every error in the OpenAI shape, no server path or traceback in a body. The one 5xx
+allowed is the jobs routes' 503 "the Ray Jobs API is unreachable": no Ray cluster here.
 
 Not covered here: the Serve-only routes (completions, chat, models) and the routes that
 need a compositor or router handle (hot-swap, routing table); tests/serve covers those.
@@ -32,7 +32,9 @@ TRACE = re.compile(r"Traceback|File \"/|\.py\", line|/work/|/tmp/|site-packages"
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory):
     home = tmp_path_factory.mktemp("fuzz")
-    cfg = make_cfg(home, {"max_body_bytes": 65536}, jobs={"dashboard_address": "http://127.0.0.1:9"})
+    cfg = make_cfg(
+        home, {"max_body_bytes": 65536}, jobs={"dashboard_address": "http://127.0.0.1:9"}
+    )
     keys = {role: create_key(key_file(cfg.paths.keys), role, role)[0] for role in ROLES}
     app = build_app(cfg)
     gw = app.state.gateway
@@ -65,6 +67,7 @@ def test_fuzz_every_operation_with_every_role(fuzz_app):
     assert len(operations) >= 25  # every router's operations are in the schema
     with TestClient(app, raise_server_exceptions=False) as client:
         for op in operations:
+
             @settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, database=None,
                       deadline=None, suppress_health_check=list(HealthCheck))  # fmt: skip
             @given(case=op.as_strategy())
