@@ -53,6 +53,18 @@ def train(
     dropout: float | None = typer.Option(None, "--dropout", help="LoRA dropout (default: config)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Per-worker batch size."),
     learning_rate: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
+    grad_accum: int | None = typer.Option(
+        None, "--grad-accum", help="Micro-batches per optimizer step (default: config)."
+    ),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", help="LR decay after warm-up: linear, cosine or constant."
+    ),
+    early_stopping: int | None = typer.Option(
+        None,
+        "--early-stopping",
+        help="SFT: stop after this many held-out evaluations (every train.checkpoint_every "
+        "steps) without improvement.",
+    ),
     run_name: str | None = typer.Option(
         None, "--run-name", help="Run directory name under <home>/runs (default: generated)."
     ),
@@ -65,6 +77,7 @@ def train(
     (loss_curve.csv, loss_curve.png).
     """
     from qlp_ray.train.method_runs import prepare_run, train_method_and_register
+    from qlp_ray.train.ray_train import effective_train_config
 
     for label, path in (("--data", data), ("--heldout", heldout)):
         if path is not None and not path.is_file():
@@ -74,8 +87,11 @@ def train(
     cfg = get_config()
     name = method or cfg.train.method  # the config's PEFT method: an SFT
     overrides = {"rank": rank, "alpha": alpha, "dropout": dropout,
-                 "batch_size": batch_size, "learning_rate": learning_rate}  # fmt: skip
+                 "batch_size": batch_size, "learning_rate": learning_rate,
+                 "grad_accum": grad_accum, "lr_scheduler": scheduler,
+                 "early_stopping_patience": early_stopping}  # fmt: skip
     try:
+        effective_train_config(cfg, method="lora", overrides=overrides)  # before Ray starts
         run = prepare_run(
             cfg,
             name,

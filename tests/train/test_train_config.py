@@ -111,6 +111,12 @@ def test_cli_train_rejects_bad_arguments_before_starting_ray(tmp_path, monkeypat
     assert "--method: method must be 'sft', 'adalora', 'qlora', 'dpo'" in " ".join(
         bad.output.split()
     )
+    sched = runner.invoke(app, ["train", "--domain", "api", "--data", str(data),
+                                "--scheduler", "step", "--grad-accum", "2"])  # fmt: skip
+    assert sched.exit_code == 1
+    assert "`train.lr_scheduler`: Input should be 'linear', 'cosine' or 'constant'" in " ".join(
+        sched.output.split()
+    )
     assert not (tmp_path / "home" / "runs").exists()
 
 
