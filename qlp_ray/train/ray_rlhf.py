@@ -1,4 +1,5 @@
-"""DPO, GRPO/RLOO, distillation and the tuning SFT trials on Ray Train (DDP; gloo on CPU).
+"""DPO, GRPO/RLOO, distillation and reward models on Ray Train (DDP; gloo on CPU); SFT
+(``qlp train`` and the ``qlp tune`` trials) runs in :mod:`qlp_ray.train.ray_train`.
 
 Each worker runs the plain TRL function from :mod:`qlp_ray.train.dpo`, ``rl`` or
 ``distill`` with ``prepare_trainer`` and Ray's ``RayTrainReportCallback``: every
@@ -19,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +30,15 @@ from qlp_ray.train._rlhf_common import RunOptions
 from qlp_ray.train.distill import train_distill
 from qlp_ray.train.dpo import train_dpo
 from qlp_ray.train.placement import failure_config, placed_workers, quick_controller_polls
+from qlp_ray.train.ray_resume import kill_worker_callback as _kill_worker_callback
+from qlp_ray.train.ray_resume import resume_dir as _resume_dir
+from qlp_ray.train.ray_resume import world_rank as _rank
 from qlp_ray.train.rl import train_rl
 
 logger = logging.getLogger(__name__)
 
-RLHFMethod = Literal["dpo", "grpo", "rloo", "distill", "sft", "reward"]
+RLHFMethod = Literal["dpo", "grpo", "rloo", "distill", "reward"]
 ADAPTER_DIR = "adapter"
-HF_CHECKPOINT = "checkpoint"  # RayTrainReportCallback.CHECKPOINT_NAME
 
 
 @dataclass
@@ -77,32 +79,6 @@ class RLHFRayResult:
     metrics: dict[str, Any]
 
 
-def _kill_worker_callback(step: int, rank: int, marker: str, grace_s: float = 6.0) -> Any:
-    """Test hook: a ``TrainerCallback`` that SIGKILLs this worker at ``step`` (once per run,
-    remembered by a marker file), after waiting ``grace_s`` so the Ray Train controller
-    has collected the last reported checkpoint (it polls the workers for reports).
-    """
-    import time
-
-    from transformers import TrainerCallback
-
-    class KillWorker(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == step and _rank() == rank and not Path(marker).exists():
-                Path(marker).write_text(str(os.getpid()))
-                time.sleep(grace_s)
-                logger.warning("test hook: killing worker pid %d at step %d", os.getpid(), step)
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    return KillWorker()
-
-
-def _rank() -> int:
-    import ray.train
-
-    return ray.train.get_context().get_world_rank()
-
-
 def _extra_args(method: str, opts: RLHFOptions, has_eval: bool) -> dict[str, Any]:
     args: dict[str, Any] = {
         "save_strategy": "steps",
@@ -120,24 +96,6 @@ def _extra_args(method: str, opts: RLHFOptions, has_eval: bool) -> dict[str, Any
             load_best_model_at_end=opts.early_stopping_patience is not None,
         )
     return args
-
-
-def _resume_dir(tmp: str) -> tuple[str | None, int]:
-    """Copy the latest Ray checkpoint locally; return (HF checkpoint dir, its global step)."""
-    import ray.train
-
-    ckpt = ray.train.get_checkpoint()
-    logger.info("worker start: latest checkpoint %s", ckpt)
-    if ckpt is None:
-        return None, 0
-    dest = Path(tmp) / "resume"
-    with ckpt.as_directory() as d:
-        src = Path(d) / HF_CHECKPOINT
-        if not src.is_dir():
-            return None, 0
-        shutil.copytree(src, dest)
-    state = json.loads((dest / "trainer_state.json").read_text())
-    return str(dest), int(state.get("global_step", 0))
 
 
 def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
@@ -218,16 +176,6 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 config["data"],
                 config["reward_funcs"],
                 algorithm=method,
-                **common,
-            )
-        elif method == "sft":  # the tuning trial (qlp_ray.tune): the SFT loop of train.sft
-            from qlp_ray.train.sft import train_sft_trial  # lazy: loads peft, transformers
-
-            res = train_sft_trial(
-                model,
-                tokenizer,
-                config["data"],
-                eval_records=config.get("eval_data") or (),
                 **common,
             )
         elif method == "distill":
