@@ -12,6 +12,7 @@ from qlp_ray.core.errors import QLPError
 from qlp_ray.registry.audit import audit_for
 from qlp_ray.registry.keyring import revoke_key, rotate_keys, trusted_keys
 from qlp_ray.registry.signing import init_keys, key_info, trusted_public_keys
+from qlp_ray.registry.store import Registry
 
 app = typer.Typer(help="Ed25519 signing keys for adapter manifests.", no_args_is_help=True)
 
@@ -83,6 +84,7 @@ def revoke(key_id: str = typer.Argument(..., help="Id of a retired key.")) -> No
     cfg = get_config()
     try:
         path = revoke_key(cfg, key_id, audit_for(cfg))
+        Registry(cfg).storage.bump_generation()  # gateways re-list at once: its adapters go
     except QLPError as exc:
         fail(str(exc))
         return

@@ -205,8 +205,9 @@ class Registry:
 
     def retire(self, adapter_id: str, reason: str = "") -> int:
         """Stop serving ``adapter_id``: it leaves the listing and the routing table (its
-        versions stay stored; pinned ``adapter@version`` ids still resolve). Promoting or
-        registering a version serves it again. Returns the version that was current."""
+        versions stay stored). Promoting or
+        registering a version serves it again; pinned ``adapter@version`` ids are refused
+        too). Returns the version that was current."""
         version = self._resolve(adapter_id, None)  # 404 when unknown or already retired
         if self.audit is not None:
             self.audit.record("retire", adapter_id, version, reason=reason)
@@ -248,6 +249,27 @@ class Registry:
         """One adapter version (default: current); ``AdapterNotFound`` names the known ids."""
         version = self._resolve(adapter_id, version)
         return self._inspect(adapter_id, version, trusted_public_keys(self.cfg))
+
+    def servable(self, adapter_id: str, version: int | None = None) -> AdapterRecord:
+        """The record of a version a request may be served, pinned (``adapter@N``) or not:
+        the adapter is not retired, no audited rollback withdrew the version (until it is
+        promoted again), and it verifies with today's trusted keys (a revoked key's
+        adapters are refused at the next request). From the listing's cache: no re-hashing
+        unless the files or the trusted keys changed, and no audit row."""
+        version = self._resolve(adapter_id, version)
+        if self.storage.is_retired(adapter_id):
+            raise AdapterNotFound(
+                f"adapter {adapter_id!r} is retired; promote a version to serve it again",
+                param="model",
+            )
+        if self.audit is not None:
+            self.audit.check_pinned(adapter_id, version)
+        record = self._inspect(adapter_id, version, trusted_public_keys(self.cfg))
+        if not record.signed and self.cfg.registry.require_signature:
+            raise SignatureError(
+                f"adapter {adapter_id!r} v{version} does not verify: {record.problem}"
+            )
+        return record
 
     def verify(
         self,

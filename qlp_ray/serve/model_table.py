@@ -22,7 +22,7 @@ import asyncio
 import time
 from typing import Any
 
-from qlp_ray.core.errors import AdapterNotFound, InvalidRequest
+from qlp_ray.core.errors import AdapterNotFound, InvalidRequest, SignatureError
 from qlp_ray.models.composition import (
     AdapterStack,
     is_stack,
@@ -124,15 +124,18 @@ class ModelTable:
             return Target(None)
         if is_stack(model):  # composed by the compositor under its canonical id
             return Target(await self.stack_key(model))
-        if "@" in model:  # a pinned version
+        if "@" in model:  # a pinned version: retirement, rollbacks and revoked keys apply
             adapter_id, version = parse_multiplex_id(model)
-            record = await asyncio.to_thread(self.registry.get, adapter_id, version)
+            record = await asyncio.to_thread(self.registry.servable, adapter_id, version)
             return Target(adapter_id, int(record.version), record.domain)
         record = (await self.records_for([model])).get(model)
         if record is None:
             raise AdapterNotFound(
                 f"model {model!r} does not exist; GET /v1/models lists the models", param="model"
             )
+        if not record.signed and self.registry.cfg.registry.require_signature:
+            # e.g. its signing key was revoked since it was loaded: refused at every request
+            raise SignatureError(f"adapter {model!r} does not verify: {record.problem}")
         return Target(record.adapter_id, int(record.version), record.domain)
 
     async def record_of(self, model: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,12 +20,14 @@ class _Record:
     adapter_id: str
     version: int
     domain: str
+    signed: bool = True
 
 
 class _Registry:
     """The slice of :class:`~qlp_ray.registry.store.Registry` the table uses."""
 
     def __init__(self) -> None:
+        self.cfg = SimpleNamespace(registry=SimpleNamespace(require_signature=True))
         self.current = {"api": 2, "devops": 1}
         self.versions = {("api", 1), ("api", 2), ("devops", 1)}
         self.lists = 0
@@ -42,6 +45,8 @@ class _Registry:
         if (adapter_id, version) not in self.versions:
             raise AdapterNotFound(f"adapter {adapter_id!r} has no version {version}")
         return _Record(adapter_id, version, adapter_id)
+
+    servable = get  # what a request may be served (retirement etc.: tests/security)
 
 
 class _Method:

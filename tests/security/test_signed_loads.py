@@ -1,0 +1,68 @@
+"""Issue 22, finding 7: pinned ``adapter@N`` requests bypassed retirement, rollback
+protection and key revocation, and a revoked key kept serving what was already listed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from qlp_ray.core.errors import AdapterNotFound, SignatureError
+from qlp_ray.registry.audit import RollbackRefused, audit_for
+from qlp_ray.registry.keyring import revoke_key, rotate_keys
+from qlp_ray.registry.store import Registry
+from qlp_ray.serve.model_table import ModelTable
+from tests.registry.test_registry import cfg, register, registry  # noqa: F401 - fixtures
+
+__all__ = ["cfg", "registry"]
+
+
+def _table(reg: Registry) -> ModelTable:
+    return ModelTable(reg, "base", None, max_stack_size=4, poll_s=0.0)
+
+
+def _resolve(table: ModelTable, model: str):
+    return asyncio.run(table.resolve(model, ""))
+
+
+def test_a_retired_adapter_is_refused_pinned_too(registry: Registry, tmp_path: Path) -> None:
+    register(registry, tmp_path, "sql", domain="dataeng")
+    table = _table(registry)
+    assert _resolve(table, "sql@1").version == 1
+    registry.retire("sql", reason="unsafe")
+    with pytest.raises(AdapterNotFound, match="retired"):
+        _resolve(table, "sql@1")
+    registry.set_current("sql", 1)  # a promotion serves it again
+    assert _resolve(table, "sql@1").version == 1
+
+
+def test_a_version_withdrawn_by_a_rollback_is_refused_pinned(cfg, tmp_path: Path) -> None:  # noqa: F811
+    reg = Registry(cfg, audit=audit_for(cfg))
+    register(reg, tmp_path, "sql", domain="dataeng")
+    register(reg, tmp_path, "sql", seed=1, domain="dataeng")  # v2 current
+    reg.rollback("sql", 1, reason="v2 is poisoned")
+    table = _table(reg)
+    assert _resolve(table, "sql@1").version == 1
+    with pytest.raises(RollbackRefused, match="withdrawn by a rollback"):
+        _resolve(table, "sql@2")
+    reg.set_current("sql", 2)  # promoted again, explicitly and audited
+    assert _resolve(table, "sql@2").version == 2
+
+
+def test_a_revoked_key_stops_serving_pinned_and_listed_adapters(cfg, tmp_path: Path) -> None:  # noqa: F811
+    reg = Registry(cfg, audit=audit_for(cfg))
+    register(reg, tmp_path, "sql", domain="dataeng")  # signed by the first key
+    old, _new = rotate_keys(cfg)
+    table = _table(reg)
+    assert _resolve(table, "sql").version == 1 and _resolve(table, "sql@1").version == 1
+    revoke_key(cfg, old)
+    reg.storage.bump_generation()  # what `qlp keys revoke` does: gateways re-list
+    for model in ("sql@1", "sql"):
+        with pytest.raises(SignatureError):
+            asyncio.run(table.adapters(fresh=True))
+            _resolve(table, model)
+    audited = len(reg.audit.events(kinds=("verify",)))
+    for _ in range(3):  # the listing checks from cached verification: no audit row a call
+        reg.list()
+    assert len(reg.audit.events(kinds=("verify",))) == audited
