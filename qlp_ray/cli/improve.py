@@ -24,6 +24,13 @@ def improve(
     once: bool = typer.Option(False, "--once", help="Run one cycle here and print decisions."),
     domain: list[str] = typer.Option(None, "--domain", help="Only these domains (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the decisions as JSON."),
+    wait: float | None = typer.Option(
+        None,
+        "--wait",
+        min=0,
+        help="Seconds this cycle waits for an experiment it starts to decide "
+        "(default improve.experiment_timeout_s; 0 = decide in a later cycle).",
+    ),  # fmt: skip
 ) -> None:
     """Run one continual-learning cycle with progress and a decision report."""
     if ctx.invoked_subcommand is not None:
@@ -36,6 +43,9 @@ def improve(
     from rich.table import Table
 
     cfg = get_config()
+    if wait is not None:
+        cfg = cfg.model_copy(update={"improve": cfg.improve.model_copy(
+            update={"experiment_timeout_s": wait})})  # fmt: skip
     try:
         with stdout_for_json(as_json):
             orch = build_orchestrator(cfg, progress=lambda m: console.print(f"[dim]•[/] {m}"))

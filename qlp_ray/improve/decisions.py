@@ -4,11 +4,13 @@ Three questions, each answered with the numbers that decided it:
 
 1. *Retrain?* A domain with at least ``min_new_samples`` new high-quality examples
    since its last training, ordered weakest first (analytics weights).
-2. *Register the candidate?* Its held-out metric beats production by at least the
+2. *Which method?* SFT on good examples, or DPO on preference pairs from the production
+   adapter (:func:`choose_method`).
+3. *Register the candidate?* Its held-out metric beats production by at least the
    relative ``margin`` (direction-aware: lower perplexity is better).
-3. *Promote after the experiment?* One-sided two-proportion z-test on the success
+4. *Promote after the experiment?* One-sided two-proportion z-test on the success
    rate (e.g. thumbs-up) of treatment vs control: promote when significantly better,
-   roll back when significantly worse or when the sample budget runs out.
+   roll back when significantly worse or when the sample or time budget runs out.
 
 Idempotency keys name a step by its inputs (domain, data hash, production version),
 so a restarted orchestrator finds the step already recorded and does not repeat it.
@@ -29,6 +31,7 @@ LOWER_IS_BETTER = frozenset({"perplexity", "loss", "eval_loss", "nll", "latency_
                              "p95_ms", "p99_ms", "ttft_ms"})  # fmt: skip
 
 ExperimentOutcome = Literal["promote", "rollback", "continue"]
+Method = Literal["sft", "dpo"]
 
 
 def idempotency_key(step: str, domain: str, *parts: object) -> str:
@@ -60,6 +63,26 @@ def plan_training(
         if n >= min_new_samples
     ]
     return sorted(plans, key=lambda p: (-p.weight, -p.new_samples, p.domain))
+
+
+def choose_method(
+    configured: str, pairs: int, min_pairs: int, has_production: bool
+) -> tuple[Method, str]:
+    """``(method, why)``: ``sft``/``dpo`` as configured; ``auto`` picks DPO when there are
+    ``min_pairs`` training pairs and a production adapter to start from, else SFT."""
+    if configured == "sft":
+        return "sft", "improve.method is sft"
+    if configured == "dpo":
+        if pairs < 1:
+            raise InvalidRequest("improve.method is dpo but the feedback holds no preference pairs")
+        return "dpo", f"improve.method is dpo ({pairs} pairs)"
+    if configured != "auto":
+        raise InvalidRequest(f"improve.method must be sft, dpo or auto, got {configured!r}")
+    if not has_production:
+        return "sft", "auto: no production adapter to start DPO from"
+    if pairs < min_pairs:
+        return "sft", f"auto: {pairs} preference pairs < improve.min_pairs {min_pairs}"
+    return "dpo", f"auto: {pairs} preference pairs >= improve.min_pairs {min_pairs}"
 
 
 @dataclass(frozen=True)
@@ -160,8 +183,11 @@ def judge_experiment(
     alpha: float = 0.05,
     min_trials: int = 30,
     max_trials: int = 1000,
+    elapsed_s: float = 0.0,
+    max_s: float = 0.0,
 ) -> ExperimentVerdict:
-    """promote / rollback / continue from the arms' success counts."""
+    """promote / rollback / continue from the arms' success counts; an experiment older
+    than ``max_s`` (> 0) without a significant gain is rolled back."""
     if not 0 < alpha < 0.5:
         raise InvalidRequest(f"alpha must be in (0, 0.5), got {alpha}")
     c, t = control.rate, treatment.rate
@@ -171,7 +197,12 @@ def judge_experiment(
     def verdict(outcome: ExperimentOutcome, p: float | None, reason: str) -> ExperimentVerdict:
         return ExperimentVerdict(outcome, numbers.get("z"), p, c, t, reason, numbers)
 
+    out_of_time = max_s > 0 and elapsed_s >= max_s
+    numbers["elapsed_s"] = round(elapsed_s, 3)
     if min(control.trials, treatment.trials) < min_trials:
+        if out_of_time:
+            return verdict("rollback", None, f"time budget {max_s:g} s spent before "
+                           f"{min_trials} trials per arm")  # fmt: skip
         return verdict("continue", None, f"waiting for {min_trials} trials per arm")
     z, p_better = two_proportion_z(control, treatment)
     p_worse = 1.0 - p_better
@@ -186,4 +217,6 @@ def judge_experiment(
         )
     if min(control.trials, treatment.trials) >= max_trials:
         return verdict("rollback", p_better, f"no significant gain after {max_trials} trials/arm")
+    if out_of_time:
+        return verdict("rollback", p_better, f"no significant gain within {max_s:g} s")
     return verdict("continue", p_better, f"not significant yet (p={p_better:.3g})")

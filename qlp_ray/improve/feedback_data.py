@@ -4,6 +4,12 @@ A served response becomes an SFT example when its feedback says it was good
 (normalised score above the quality threshold: thumbs up = 1, rating (v-1)/4,
 accuracy as is); a correction becomes an example with the corrected text. The
 split into train / held-out is by content hash, so it is stable across cycles.
+
+The same feedback also yields DPO preference pairs
+(:func:`qlp_ray.train.dpo.pairs_from_feedback`): a correction is preferred over the
+response it corrected, and of two responses to the same prompt the one with the better
+feedback (thumbs, rating) is preferred. Pair prompts are in the model's prompt format,
+as the served request was.
 """
 
 from __future__ import annotations
@@ -11,11 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qlp_ray.data.builder import is_heldout
+from qlp_ray.models.prompt import format_prompt, parse_prompt
+from qlp_ray.train.dpo import PreferencePair, pairs_from_feedback
+from qlp_ray.train.rewards import FeedbackEvent
 
 if TYPE_CHECKING:
     from qlp_ray.store.database import FeedbackStore
@@ -28,12 +37,20 @@ class DomainExamples:
     domain: str
     train: list[dict]
     heldout: list[dict]
+    pairs_train: list[PreferencePair] = field(default_factory=list)
+    pairs_heldout: list[PreferencePair] = field(default_factory=list)
 
     @property
     def data_hash(self) -> str:
-        """SHA-256 over the (sorted) training examples: what a training run saw."""
-        blob = "\n".join(sorted(json.dumps(r, sort_keys=True) for r in self.train))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        """SHA-256 over the (sorted) training examples and pairs: what a training run saw."""
+        rows = [json.dumps(r, sort_keys=True) for r in self.train]
+        rows += [json.dumps(asdict(p), sort_keys=True) for p in self.pairs_train]
+        return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
+
+    @property
+    def size(self) -> int:
+        """Training examples plus training pairs (what "new samples" counts)."""
+        return len(self.train) + len(self.pairs_train)
 
     def write(self, out_dir: Path) -> tuple[Path, Path]:
         """``<d>.train.jsonl`` and ``<d>.heldout.jsonl`` in capsule shape."""
@@ -53,8 +70,12 @@ def collect_examples(
     scores: dict[str, list[float]] = defaultdict(list)
     requests = {}
     rows: dict[str, dict] = {}
+    events: list[FeedbackEvent] = []
     for req, fb in store.feedback_with_requests(domain=domain):
         requests[req.id] = req
+        event = _event(req.prompt, req.response, fb.kind, fb.value, fb.payload)
+        if event is not None:
+            events.append(event)
         if fb.kind == "correction":
             text = (fb.payload or {})["text"]
             row = _row(req.prompt, text, domain, 1.0, f"correction:{fb.id}")
@@ -70,12 +91,33 @@ def collect_examples(
     ordered = [rows[k] for k in sorted(rows)]
     train = [r for r in ordered if not is_heldout(_key(r), heldout_fraction)]
     held = [r for r in ordered if is_heldout(_key(r), heldout_fraction)]
-    return DomainExamples(domain, train, held)
+    pairs = sorted(pairs_from_feedback(events), key=_pair_key)
+    p_train = [p for p in pairs if not is_heldout(_pair_key(p), heldout_fraction)]
+    p_held = [p for p in pairs if is_heldout(_pair_key(p), heldout_fraction)]
+    return DomainExamples(domain, train, held, p_train, p_held)
+
+
+def _event(prompt: str, response: str, kind: str, value, payload) -> FeedbackEvent | None:
+    """A stored feedback row as a :class:`FeedbackEvent` (None: no preference signal)."""
+    prompt = prompt if parse_prompt(prompt) else format_prompt(prompt)
+    if kind == "correction":
+        return FeedbackEvent("correction", prompt, response, correction=(payload or {})["text"])
+    if kind == "thumbs" and value is not None:
+        return FeedbackEvent("thumbs_up" if value > 0 else "thumbs_down", prompt, response)
+    if kind == "rating" and value is not None:
+        return FeedbackEvent("rating", prompt, response, rating=int(value))
+    return None
 
 
 def _row(prompt: str, output: str, domain: str, score: float, source: str) -> dict:
-    return {"instruction": prompt, "input": "", "output": output, "domain": domain,
+    parsed = parse_prompt(prompt)  # a chat request is stored in the model's prompt format
+    instruction, extra = parsed if parsed else (prompt, "")
+    return {"instruction": instruction, "input": extra, "output": output, "domain": domain,
             "validation_score": score, "source": source}  # fmt: skip
+
+
+def _pair_key(pair: PreferencePair) -> str:
+    return hashlib.sha256(f"{pair.prompt}\x1f{pair.chosen}\x1f{pair.rejected}".encode()).hexdigest()
 
 
 def _key(row: dict) -> str:

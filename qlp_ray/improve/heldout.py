@@ -77,3 +77,38 @@ class CompletionPerplexityEvaluator:
         logger.info("held-out %s: ppl %.3f over %d tokens",
                     adapter_dir or "base model", out["perplexity"], ppl.n_tokens)  # fmt: skip
         return out
+
+
+class PreferenceEvaluator(CompletionPerplexityEvaluator):
+    """``evaluate_pairs(adapter_dir | None, pairs) -> {"preference_margin", ...}``: the DPO
+    candidate's gate. ``preference_margin`` is the mean over held-out pairs of
+    log p(chosen | prompt) - log p(rejected | prompt) (nats, higher is better);
+    ``preference_accuracy`` the share of pairs where chosen scores higher."""
+
+    def evaluate_pairs(self, adapter_dir: Path | None, pairs: list[Any]) -> dict[str, float]:
+        from qlp_ray.train._rlhf_common import sequence_logprob  # lazy: loads torch
+
+        if not pairs:
+            raise InvalidRequest("preference evaluation needs at least one held-out pair")
+        model, tok, peft_model = self._model(adapter_dir)
+        t0 = time.perf_counter()
+        model.eval()
+        try:
+            margins = [
+                sequence_logprob(model, tok, p.prompt, p.chosen)
+                - sequence_logprob(model, tok, p.prompt, p.rejected)
+                for p in pairs
+            ]
+        finally:
+            if peft_model is not None:
+                peft_model.unload()
+        out = {
+            "preference_margin": sum(margins) / len(margins),
+            "preference_accuracy": sum(m > 0 for m in margins) / len(margins),
+            "n_pairs": float(len(pairs)),
+            "seconds": time.perf_counter() - t0,
+        }
+        logger.info("held-out pairs %s: margin %.3f, accuracy %.2f over %d pairs",
+                    adapter_dir or "base model", out["preference_margin"],
+                    out["preference_accuracy"], len(pairs))  # fmt: skip
+        return out

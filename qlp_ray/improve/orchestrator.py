@@ -1,5 +1,6 @@
-"""One continual-learning cycle: feedback -> candidate adapter -> held-out check ->
-signed registration -> A/B experiment -> promote or keep production.
+"""One continual-learning cycle: feedback -> candidate adapter (SFT, or DPO from the
+production adapter) -> held-out check -> signed registration -> live A/B experiment ->
+promote or roll back.
 
 The engines sit behind three small protocols (a trainer, a held-out evaluator and a
 traffic splitter), so this module holds only the control flow. Every step is an
@@ -23,6 +24,7 @@ from qlp_ray.data.capsules import bundled_domains, load_capsules, sample_path
 from qlp_ray.data.label_queue import weak_area_weights
 from qlp_ray.improve.decisions import (
     VariantStats,
+    choose_method,
     idempotency_key,
     judge_candidate,
     judge_experiment,
@@ -54,10 +56,21 @@ class HeldoutEvaluator(Protocol):
         ...
 
 
+class PairEvaluator(Protocol):
+    def evaluate_pairs(self, adapter_dir: Path | None, pairs: list[Any]) -> dict[str, float]:
+        """Held-out preference metrics (``preference_margin``, ``preference_accuracy``)."""
+        ...
+
+
 class TrafficSplitter(Protocol):
     def start(self, name: str, adapter_id: str, control: int, treatment: int, share: float): ...
 
     def stop(self, name: str) -> None: ...
+
+    # optional: ``stats(name) -> (control, treatment)``; without it the store is read
+
+
+PREFERENCE_METRIC = "preference_margin"  # the DPO gate: mean held-out log-prob margin
 
 
 @dataclass
@@ -93,10 +106,12 @@ class Orchestrator:
         *,
         base_model: str,
         progress: Callable[[str], None] | None = None,
+        preference_evaluator: PairEvaluator | None = None,
     ) -> None:
         self.cfg, self.imp = cfg, cfg.improve
         self.store, self.registry = store, registry
         self.trainer, self.evaluator, self.splitter = trainer, evaluator, splitter
+        self.pair_evaluator = preference_evaluator
         self.base_model = base_model
         self._progress = progress
 
@@ -144,11 +159,11 @@ class Orchestrator:
                                                         adapter_id=domain)
                      if e.actor == ACTOR and "data_hash" in (e.payload or {})]  # fmt: skip
         if not concluded:
-            return len(ex.train)
+            return ex.size
         last = concluded[-1].payload or {}
         if last["data_hash"] == ex.data_hash:
             return 0
-        return max(0, len(ex.train) - int(last.get("examples", 0)))
+        return max(0, ex.size - int(last.get("examples", 0)))
 
     def _production(self, domain: str) -> int | None:
         try:
@@ -163,26 +178,46 @@ class Orchestrator:
     def improve_domain(self, domain: str, ex: DomainExamples, why: str) -> DomainOutcome:
         """Train → held-out check → register through the one pipeline, then promote the
         candidate or start its experiment; every step is reused when already done."""
-        if not ex.heldout:
-            return DomainOutcome(domain, "skipped", "no held-out examples to evaluate on")
         prod = self._production(domain)
-        parts = (ex.data_hash, prod)
-        self.say(f"{domain}: {why}; production is {f'v{prod}' if prod else 'the base model'}")
+        can_dpo = self.pair_evaluator is not None and hasattr(self.trainer, "train_dpo")
+        pairs = len(ex.pairs_train) if can_dpo else 0
+        method, method_why = choose_method(self.imp.method, pairs, self.imp.min_pairs,
+                                           prod is not None)  # fmt: skip
+        if method == "dpo" and not can_dpo:
+            raise InvalidRequest("improve.method is dpo but this orchestrator has no DPO engines")
+        if method == "sft" and not ex.heldout:
+            return DomainOutcome(domain, "skipped", "no held-out examples to evaluate on")
+        if method == "dpo" and not ex.pairs_heldout:
+            return DomainOutcome(domain, "skipped", "no held-out preference pairs to evaluate on")
+        parts: tuple = (ex.data_hash, prod) if method == "sft" else (ex.data_hash, prod, "dpo")
+        self.say(f"{domain}: {why}; production is {f'v{prod}' if prod else 'the base model'}; "
+                 f"method {method} ({method_why})")  # fmt: skip
 
         experiment = prod is not None and self.splitter is not None
         register_key = idempotency_key("register", domain, *parts)
+        if method == "dpo":
+            train = lambda: self._candidate_dpo(domain, ex, prod, parts)  # noqa: E731
+            evaluate = lambda c: self._evaluate_pairs(domain, ex, c.adapter_dir, prod, parts)  # noqa: E731
+        else:
+            train = lambda: self._candidate(domain, ex, prod, parts)  # noqa: E731
+            evaluate = lambda c: self._evaluate(domain, ex, c.adapter_dir, prod, parts)  # noqa: E731
         result = run_pipeline(
             self.cfg,
             domain=domain,
             adapter_id=domain,
-            train=lambda: self._candidate(domain, ex, prod, parts),
-            evaluate=lambda cand: self._evaluate(domain, ex, cand.adapter_dir, prod, parts),
+            train=train,
+            evaluate=evaluate,
             metadata=lambda cand, verdict: {
                 **cand.metadata,
                 "improve_key": register_key,
-                "metrics": {verdict.metric: verdict.candidate},
+                "metrics": {
+                    verdict.metric: verdict.candidate,
+                    **{k: v for k, v in cand.metrics.items() if k == "train_loss"},
+                },
                 "data_hash": parts[0],
-                "method": "sft",
+                "method": method,
+                "parent": None if prod is None else {"adapter_id": domain, "version": prod},
+                "examples": len(ex.pairs_train) if method == "dpo" else len(ex.train),
             },
             registered=lambda: self._registered(domain, register_key),
             make_current=not experiment,
@@ -192,7 +227,7 @@ class Orchestrator:
         )
         verdict = result.verdict
         numbers = verdict.to_dict()
-        seen = {"data_hash": ex.data_hash, "examples": len(ex.train)}
+        seen = {"data_hash": ex.data_hash, "examples": ex.size, "method": method}
         if result.record is None:
             self._event("decision", idempotency_key("decision", domain, *parts), domain, prod,
                         outcome="keep", **numbers, **seen)  # fmt: skip
@@ -210,7 +245,7 @@ class Orchestrator:
         self.splitter.start(name, domain, prod, version, self.imp.experiment_share)
         self._event("experiment", idempotency_key("experiment", domain, *parts), domain, version,
                     name=name, status="started", control=prod, treatment=version,
-                    share=self.imp.experiment_share, **seen)  # fmt: skip
+                    share=self.imp.experiment_share, gate=numbers, **seen)  # fmt: skip
         self.say(f"{domain}: experiment {name}: v{prod} vs v{version}")
         outcome = DomainOutcome(domain, "experiment_started", verdict.reason, numbers)
         if self.imp.experiment_timeout_s > 0:
@@ -235,6 +270,44 @@ class Orchestrator:
                     heldout=len(ex.heldout), data_hash=ex.data_hash, metrics=trained.metrics,
                     metadata=trained.metadata)  # fmt: skip
         return trained
+
+    def _candidate_dpo(self, domain, ex: DomainExamples, prod, parts) -> TrainedAdapter:
+        """DPO from the production adapter on the training pairs (reused when trained before)."""
+        key = idempotency_key("train", domain, *parts)
+        done = self.store.find_event(key)
+        if done is not None and Path(done.payload["adapter_dir"]).is_dir():
+            self.say(f"{domain}: reusing the DPO candidate {done.payload['adapter_dir']}")
+            return TrainedAdapter(Path(done.payload["adapter_dir"]),
+                                  done.payload.get("metrics", {}),
+                                  done.payload.get("metadata", {}))  # fmt: skip
+        parent = self.registry.verified_path(domain, prod)
+        self.say(f"{domain}: DPO on {len(ex.pairs_train)} preference pairs from v{prod}")
+        run_name = f"improve-dpo-{domain}-{ex.data_hash[:12]}"
+        trained = self.trainer.train_dpo(domain, ex.pairs_train, parent, run_name)  # type: ignore[attr-defined]
+        self._event("train", None if done else key, domain, prod, method="dpo",
+                    adapter_dir=str(trained.adapter_dir), pairs=len(ex.pairs_train),
+                    heldout_pairs=len(ex.pairs_heldout), data_hash=ex.data_hash,
+                    metrics=trained.metrics, metadata=trained.metadata)  # fmt: skip
+        return trained
+
+    def _evaluate_pairs(self, domain, ex: DomainExamples, cand_dir, prod, parts):
+        """The DPO gate: held-out preference margin of the candidate vs production."""
+        key = idempotency_key("evaluate", domain, *parts)
+        done = self.store.find_event(key)
+        if done is not None:
+            cand_m, prod_m = done.payload["candidate"], done.payload["production"]
+        else:
+            pairs = ex.pairs_heldout[: self.imp.max_eval_examples]
+            self.say(f"{domain}: scoring candidate and production on {len(pairs)} held-out pairs")
+            cand_m = self.pair_evaluator.evaluate_pairs(cand_dir, pairs)  # type: ignore[union-attr]
+            prod_dir = self.registry.verified_path(domain, prod) if prod else None
+            prod_m = self.pair_evaluator.evaluate_pairs(prod_dir, pairs)  # type: ignore[union-attr]
+        verdict = judge_candidate(PREFERENCE_METRIC, cand_m, prod_m, self.imp.margin)
+        if done is None:
+            self._event("evaluate", key, domain, prod, method="dpo", candidate=cand_m,
+                        production=prod_m, verdict=verdict.to_dict())  # fmt: skip
+        self.say(f"{domain}: {verdict.reason}")
+        return verdict
 
     def heldout_records(self, domain: str, ex: DomainExamples) -> list[dict]:
         """Feedback held-out examples plus, when configured, the domain's bundled held-out
@@ -286,24 +359,43 @@ class Orchestrator:
             e for e in events if e.payload["status"] == "started" and e.payload["name"] not in ended
         ]
 
+    def experiment_stats(self, name: str) -> tuple[VariantStats, VariantStats]:
+        """The arms' counts from the serving experiments runtime (the splitter), else the store."""
+        read = getattr(self.splitter, "stats", None)
+        return read(name) if read is not None else experiment_stats(self.store, name)
+
     def review_experiment(self, start: EventRecord) -> DomainOutcome:
+        """Read the experiment's stats; promote (candidate current, experiment stopped) or
+        roll back (experiment stopped, production re-pointed, candidate retired), each an
+        audited decision with its numbers; or leave it running."""
         p = start.payload or {}
         name, domain = p["name"], start.adapter_id or ""
-        control, treatment = experiment_stats(self.store, name)
+        control, treatment = self.experiment_stats(name)
         v = judge_experiment(control, treatment, alpha=self.imp.experiment_alpha,
                              min_trials=self.imp.experiment_min_trials,
-                             max_trials=self.imp.experiment_max_trials)  # fmt: skip
+                             max_trials=self.imp.experiment_max_trials,
+                             elapsed_s=time.time() - start.ts,
+                             max_s=self.imp.experiment_max_s)  # fmt: skip
         numbers = {"experiment": name, **v.numbers}
         if v.outcome == "continue":
             return DomainOutcome(domain, "experiment_running", v.reason, numbers)
         key = idempotency_key("experiment-end", domain, name)
-        if v.outcome == "promote":
-            self.registry.set_current(domain, p["treatment"], reason=f"{name}: {v.reason}")
         if self.splitter is not None:
             self.splitter.stop(name)
+        why = f"{name}: {v.reason}"
+        if v.outcome == "promote":
+            self.registry.set_current(domain, p["treatment"], reason=why)
+        else:  # production keeps serving; the audit says the candidate lost and why
+            self.registry.rollback(domain, p["control"], reason=f"{why}; v{p['treatment']} retired")
         end = {"name": name, "status": v.outcome, "control": p["control"],
                "treatment": p["treatment"], "reason": v.reason, **v.numbers}  # fmt: skip
         self._event("experiment", key, domain, p["treatment"], **end)
+        self._event("decision", idempotency_key("decision-end", domain, name), domain,
+                    p["treatment"] if v.outcome == "promote" else p["control"],
+                    outcome=v.outcome, experiment=name, control=p["control"],
+                    treatment=p["treatment"], reason=v.reason, method=p.get("method", "sft"),
+                    retired=None if v.outcome == "promote" else p["treatment"],
+                    **v.numbers)  # fmt: skip
         action = "promoted" if v.outcome == "promote" else "kept"
         kept = p["treatment"] if v.outcome == "promote" else p["control"]
         self.say(f"{domain}: {name}: {v.reason} -> v{kept} serves")

@@ -52,6 +52,32 @@ class ImproveConfig(Section):
     experiment_timeout_s: float = Field(
         0.0, ge=0, description="How long one cycle waits for its experiment (0 = next cycle)."
     )
+    experiment_max_s: float = Field(
+        0.0,
+        ge=0,
+        description="Time budget of an experiment: older without a significant gain means "
+        "rollback (0 = no time limit, only experiment_max_trials).",
+    )
+    live_ab: bool = Field(
+        True,
+        description="Run a candidate that passes the offline gate as a live A/B experiment on "
+        "the running Serve app before promoting it (false: promote on the gate alone).",
+    )
+    experiment_url: str | None = Field(
+        None,
+        description="Base URL of the Serve app the A/B runs on (None = http://serve.host:"
+        "serve.port); its admin key is serve.admin_key.",
+    )
+    method: Literal["sft", "dpo", "auto"] = Field(
+        "auto",
+        description="Candidate training: sft, dpo (preference pairs from feedback, starting "
+        "from the production adapter), auto = dpo when there are >= min_pairs pairs and a "
+        "production adapter, else sft.",
+    )
+    min_pairs: int = Field(16, ge=1, description="Training preference pairs auto needs for DPO.")
+    dpo_steps: int = Field(30, ge=1, description="DPO optimizer steps of a candidate.")
+    dpo_beta: float = Field(0.1, gt=0, description="DPO beta (strength of the reference KL).")
+    dpo_learning_rate: float = Field(5e-3, gt=0, description="DPO learning rate.")
     interval_s: float = Field(600.0, gt=0, description="Seconds between orchestrator cycles.")
     trusted_heldout: bool = Field(
         True,
