@@ -62,6 +62,16 @@ def test_option_errors_name_the_option(method, kw, param, needle):
     assert err.value.param == param
 
 
+def test_an_entry_without_a_runner_is_not_available_yet():
+    from dataclasses import replace
+
+    from qlp_ray.train.methods import require_available
+
+    with pytest.raises(InvalidRequest, match="'ppo' is not available yet") as err:
+        require_available(replace(METHODS["ppo"], runner=None))
+    assert err.value.param == "method"
+
+
 def test_reward_specs_parse():
     assert parse_reward("keyword: deploy , docker").arg == "deploy,docker"
     spec = parse_reward("reward-model:api-reward@2")
@@ -132,3 +142,69 @@ def test_sft_family_dispatches_to_the_sft_pipeline(home, monkeypatch):
         result, out = _train("--data", str(sample_path("api", "train")), "--method", method)
         assert result.exit_code == 1 and "stop here" in out
     assert seen == ["lora", "lora", "adalora", "qlora"]
+
+
+# --- REST: POST /v1/fine-tuning/jobs takes the method and its options ---------------------
+
+
+@pytest.fixture
+def http(tmp_path):
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from qlp_ray.serve.http.errors import install_error_handlers
+    from qlp_ray.serve.http.routes_jobs import router
+    from tests.helpers.jobs_api import jobs_config
+
+    cfg = jobs_config(tmp_path)
+    data = cfg.paths.root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    _write(data / "pairs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}] * 3)
+    app = FastAPI()
+    app.include_router(router)
+    install_error_handlers(app)
+    app.state.gateway = SimpleNamespace(cfg=cfg)
+    return TestClient(app), cfg, data / "pairs.jsonl"
+
+
+API = str(sample_path("api", "train"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "needle"),
+    [
+        ({"method": "nope"}, "method", "method must be 'sft'"),
+        ({"method": "grpo"}, "reward", "needs a reward"),
+        ({"method": "sft", "teacher": "base"}, "teacher", "takes no teacher"),
+        ({"method": "dpo", "training_file": API}, "training_file", "missing field 'prompt'"),
+        ({"method": "dpo", "hyperparameters": {"method": "adalora"}}, "hyperparameters.method",
+         "contradicts"),
+        ({"method": "dpo", "hyperparameters": {"n_epochs": 1}}, "hyperparameters.n_epochs",
+         "applies to SFT"),
+    ],
+)  # fmt: skip
+def test_rest_method_errors_name_the_field(http, extra, param, needle):
+    from tests.helpers.jobs_api import ADMIN
+
+    client, _, pairs = http
+    body = {"model": "api", "training_file": str(pairs), **extra}
+    r = client.post("/v1/fine-tuning/jobs", json=body, headers=ADMIN)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and needle in err["message"], err
+
+
+def test_rest_method_becomes_the_qlp_train_command(http):
+    from qlp_ray.serve.http.routes_jobs import FineTuningRequest, train_command
+
+    _, cfg, pairs = http
+    hp = {"n_steps": 4, "lora_rank": 4}
+    body = FineTuningRequest(model="api", training_file=str(pairs), method="dpo",
+                             parent="api@2", hyperparameters=hp)  # fmt: skip
+    command = train_command(cfg, body)
+    assert command == ["train", "--domain", "api", "--data", str(pairs.resolve()), "--steps",
+                       "4", "--method", "dpo", "--rank", "4", "--parent", "api@2"]  # fmt: skip
+    grpo = FineTuningRequest(model="api", training_file=API, method="grpo", reward="domain")
+    assert train_command(cfg, grpo)[-4:] == ["--method", "grpo", "--reward", "domain"]
