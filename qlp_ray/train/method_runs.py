@@ -93,9 +93,9 @@ def resolve_ref(cfg: QLPConfig, text: str, param: str, kind: str) -> Ref:
     record = Registry(cfg).verify(adapter_id, version, expected_base_model=base_model_id(cfg))
     found = (record.metadata or {}).get("kind", "adapter")
     if found != kind:
+        names = {"adapter": "an adapter", "reward_model": "a reward model"}
         raise InvalidRequest(
-            f"`{param}` {text!r} is a {found.replace('_', ' ')}, not a {kind.replace('_', ' ')}",
-            param=param,
+            f"`{param}` {text!r} is {names.get(found, found)}, not {names[kind]}", param=param
         )
     return Ref(record.adapter_id, int(record.version), str(record.path))
 
