@@ -73,23 +73,6 @@ class RegistryAudit:
             f"(`qlp improve rollback {adapter_id} {version}`)"
         )
 
-    def check_pinned(self, adapter_id: str, version: int) -> None:
-        """Refuse a version an audited rollback withdrew (rolled back *from*), unless a
-        later promote or rollback made it current again: pinning ``adapter@N`` must not
-        bring back what a rollback took out of service."""
-        withdrawn: set[int] = set()
-        for event in self.store.query_events(kinds=POINTER_EVENTS, adapter_id=adapter_id):
-            previous = (event.payload or {}).get("previous")
-            if event.kind == "rollback" and isinstance(previous, int) and previous != event.version:
-                withdrawn.add(previous)
-            if event.version is not None:
-                withdrawn.discard(event.version)
-        if version in withdrawn:
-            raise RollbackRefused(
-                f"adapter {adapter_id!r} v{version} was withdrawn by a rollback; promote it "
-                f"again (`qlp improve promote {adapter_id} {version}`) to serve it"
-            )
-
     def events(self, adapter_id: str | None = None, kinds: tuple[str, ...] | None = None):
         return self.store.query_events(kinds=kinds, adapter_id=adapter_id)
 

@@ -252,18 +252,19 @@ class Registry:
 
     def servable(self, adapter_id: str, version: int | None = None) -> AdapterRecord:
         """The record of a version a request may be served, pinned (``adapter@N``) or not:
-        the adapter is not retired, no audited rollback withdrew the version (until it is
-        promoted again), and it verifies with today's trusted keys (a revoked key's
-        adapters are refused at the next request). From the listing's cache: no re-hashing
-        unless the files or the trusted keys changed, and no audit row."""
+        the adapter is not retired, its current pointer passes rollback protection (a
+        tampered pointer refuses the adapter's pinned versions too), and the version
+        verifies with today's trusted keys (a revoked key's adapters are refused at the
+        next request). From the listing's cache: no re-hashing unless the files or the
+        trusted keys changed, and no audit row (unless a check fails)."""
         version = self._resolve(adapter_id, version)
         if self.storage.is_retired(adapter_id):
             raise AdapterNotFound(
                 f"adapter {adapter_id!r} is retired; promote a version to serve it again",
                 param="model",
             )
-        if self.audit is not None:
-            self.audit.check_pinned(adapter_id, version)
+        if self.audit is not None:  # the audit log's pointer check, for the current version
+            self.audit.check_current(adapter_id, self._current_version(adapter_id))
         record = self._inspect(adapter_id, version, trusted_public_keys(self.cfg))
         if not record.signed and self.cfg.registry.require_signature:
             raise SignatureError(

@@ -37,17 +37,18 @@ def test_a_retired_adapter_is_refused_pinned_too(registry: Registry, tmp_path: P
     assert _resolve(table, "sql@1").version == 1
 
 
-def test_a_version_withdrawn_by_a_rollback_is_refused_pinned(cfg, tmp_path: Path) -> None:  # noqa: F811
+def test_pinned_versions_obey_rollback_protection(cfg, tmp_path: Path) -> None:  # noqa: F811
+    """A current pointer restored behind the audit log's back refuses the pinned ids too."""
     reg = Registry(cfg, audit=audit_for(cfg))
     register(reg, tmp_path, "sql", domain="dataeng")
-    register(reg, tmp_path, "sql", seed=1, domain="dataeng")  # v2 current
-    reg.rollback("sql", 1, reason="v2 is poisoned")
+    register(reg, tmp_path, "sql", seed=1, domain="dataeng")  # v2 current (audited)
     table = _table(reg)
     assert _resolve(table, "sql@1").version == 1
-    with pytest.raises(RollbackRefused, match="withdrawn by a rollback"):
-        _resolve(table, "sql@2")
-    reg.set_current("sql", 2)  # promoted again, explicitly and audited
-    assert _resolve(table, "sql@2").version == 2
+    reg.storage.write_pointer("sql", 1)  # someone restores the old pointer in the storage
+    with pytest.raises(RollbackRefused):
+        _resolve(table, "sql@1")
+    reg.rollback("sql", 1, reason="explicit")  # an explicit, audited rollback is fine
+    assert _resolve(table, "sql@1").version == 1 and _resolve(table, "sql@2").version == 2
 
 
 def test_a_revoked_key_stops_serving_pinned_and_listed_adapters(cfg, tmp_path: Path) -> None:  # noqa: F811

@@ -40,7 +40,7 @@ class ServeConfig(Section):
         "Otherwise they are closed until a key with the role exists (`qlp keys api create`).",
     )
     feedback_per_minute: int = Field(
-        60, ge=1, description="Feedback posts one API key (or client address) may make a minute."
+        600, ge=1, description="Feedback posts one API key (or client address) may make a minute."
     )
     compositor_replicas: int = Field(1, ge=1, description="Replicas of the compositor.")
     compositor_max_replicas_per_node: int | None = Field(
