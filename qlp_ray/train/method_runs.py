@@ -34,6 +34,7 @@ from qlp_ray.core.jsonl import iter_jsonl
 from qlp_ray.data.capsules import file_sha256
 from qlp_ray.models.base import base_model_id, resolve_base_path
 from qlp_ray.registry import AdapterRecord, Registry, validate_adapter_id
+from qlp_ray.train import tracking
 from qlp_ray.train.methods import (
     PREFERENCES,
     MethodSpec,
@@ -367,25 +368,37 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
     label = run.label or run.domain
     _say(run.progress, f"training {label} ({method}, {tc.steps} steps) on Ray Train")
     t0 = time.perf_counter()
-    result = train_rlhf_on_ray(
-        method,  # type: ignore[arg-type]
-        base_path=base_path,
-        data=train,
-        options=options,
-        output_dir=run_dir / "adapter",
-        storage_path=storage,
-        run_name=run.run_name,
-        eval_data=eval_data,
-        reward_funcs=reward_funcs,
-        teacher_path=teacher_path,
-        parent_path=run.parent.path if run.parent else None,
-        evaluate=evaluate,
-        workers=tc.workers,
-        cpus_per_worker=tc.cpus_per_worker,
-        use_gpu=_use_gpu(tc),
-        max_failures=int(getattr(tc, "max_failures", 1)),
-        placement_timeout_s=tc.placement_timeout_s,
-    )
+    tracked = tracking.start_run(  # MLflow: params now, per-checkpoint metrics while it trains
+        cfg,
+        run.run_name,
+        {"train": {**asdict(options), "target_modules": list(options.target_modules)},
+         "method": method, "domain": run.domain, "data_path": str(run.data_path)},
+        tags={"qlp.domain": run.domain, "qlp.method": method},
+    )  # fmt: skip
+    try:
+        result = train_rlhf_on_ray(
+            method,  # type: ignore[arg-type]
+            base_path=base_path,
+            data=train,
+            options=options,
+            output_dir=run_dir / "adapter",
+            storage_path=storage,
+            run_name=run.run_name,
+            eval_data=eval_data,
+            reward_funcs=reward_funcs,
+            teacher_path=teacher_path,
+            parent_path=run.parent.path if run.parent else None,
+            evaluate=evaluate,
+            workers=tc.workers,
+            cpus_per_worker=tc.cpus_per_worker,
+            use_gpu=_use_gpu(tc),
+            max_failures=int(getattr(tc, "max_failures", 1)),
+            placement_timeout_s=tc.placement_timeout_s,
+            ray_callbacks=tracking.report_callback(tracked),
+        )
+    except BaseException:
+        tracking.finish_run(tracked, failed=True)
+        raise
     seconds = round(time.perf_counter() - t0, 2)
     m = result.metrics
     metric = run.spec.metric
@@ -409,7 +422,10 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
         metadata["centroid"] = training_centroid(cfg, routing)
     if teacher_path is not None and run.teacher is not None:
         shutil.rmtree(teacher_path, ignore_errors=True)
-    return TrainedAdapter(result.adapter_dir, metrics, metadata)
+    tracking.finish_run(tracked, metrics=metrics)
+    if tracked is not None:
+        metadata["mlflow_run_id"] = tracked[1]
+    return TrainedAdapter(result.adapter_dir, metrics, metadata, tracked)
 
 
 def _say(progress: ProgressFn | None, message: str) -> None:

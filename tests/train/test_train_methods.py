@@ -145,6 +145,19 @@ def test_dpo_on_top_of_a_parent(home):
     m = info["metrics"]
     assert m["preference_margin_after"] > m["preference_margin_before"], m
     assert "preference_accuracy_after" in m
+    # the run in MLflow (tracking.*): params, a loss series from the checkpoint reports at
+    # steps 2 and 4, the held-out metric, the registered adapter as tags
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home['cfg'].paths.root / 'mlflow.db'}")
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.data.params["method"] == "dpo" and run.data.params["train.steps"] == "4"
+    assert [p.step for p in client.get_metric_history(run.info.run_id, "loss")] == [2, 4]
+    assert run.data.metrics["preference_margin_after"] == pytest.approx(
+        m["preference_margin_after"]
+    )
+    assert run.data.tags["qlp.adapter_id"] == f"api-dpo-{RUN}"
+    assert run.info.status == "FINISHED"
 
 
 def test_reward_model_registered_and_loadable_as_a_reward(home):
