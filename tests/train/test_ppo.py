@@ -88,18 +88,19 @@ def test_masked_whiten_and_minibatches():
 
 @pytest.fixture(scope="module")
 def tiny(qlp_home):
-    import os
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qlp_ray.core.config import load_config
     from qlp_ray.models.base import resolve_base_path
 
-    os.environ["QLP_HOME"] = str(qlp_home)
-    path = resolve_base_path(load_config())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QLP_HOME", str(qlp_home))
+        path = resolve_base_path(load_config())
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(path)
-    return path, tok, lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    yield path, tok, lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    torch.set_num_threads(threads)
 
 
 def _prompts(split: str, n: int) -> list[str]:
