@@ -187,3 +187,26 @@ def test_dpo_candidate_gate_experiment_rollback_audited(tmp_path):
     assert decision["treatment_rate"] == pytest.approx(2 / 15) and decision["p_worse"] < 0.001
     assert orch.running_experiments() == []
     store.close()
+
+
+def test_splitter_names_the_app_and_the_knobs_when_serve_is_down(tmp_path):
+    import socket
+
+    from qlp_ray.core.errors import ExternalEndpointError
+    from qlp_ray.improve.engines import build_orchestrator
+    from qlp_ray.improve.splitter import ServeExperimentSplitter
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    cfg = load_config(overrides={"paths": {"home": str(tmp_path / "home")},
+                                 "improve": {"experiment_url": url}}, environ={})  # fmt: skip
+    splitter = ServeExperimentSplitter(cfg, timeout_s=2)
+    with pytest.raises(ExternalEndpointError, match="improve.live_ab: false") as err:
+        splitter.start("improve-api-v2", "api", 1, 2, 0.5)
+    assert url in str(err.value) and "experiment_url" in str(err.value)
+    splitter.close()
+    off = cfg.model_copy(update={"improve": cfg.improve.model_copy(update={"live_ab": False})})
+    assert build_orchestrator(off).splitter is None
+    assert isinstance(build_orchestrator(cfg).splitter, ServeExperimentSplitter)
