@@ -165,7 +165,8 @@ def main_ppo(args) -> None:
         ray.shutdown()
     print(f"PPO: {args.ppo_steps} steps, 8 prompts/step, {args.rounds} interleaved round(s)")
     print(f"{'run':<22} {'train s':>8} {'wall s':>8} {'steps/s':>8} {'overhead':>9}")
-    base_s = statistics.median(t for t, _ in runs["plain PPO loop"])
+    plain = [t for t, _ in runs["plain PPO loop"]]
+    base_s = statistics.median(plain)
     for name, rounds in runs.items():
         train_s = statistics.median(t for t, _ in rounds)
         wall_s = statistics.median(w for _, w in rounds)
@@ -175,6 +176,13 @@ def main_ppo(args) -> None:
             + ", ".join(f"{t:.1f}" for t, _ in rounds)
             + ")"
         )
+    ray_s = [t for t, _ in runs["Ray Train, 1 worker"]]
+    ratios = [r / p for r, p in zip(ray_s, plain, strict=True)]
+    print(
+        f"Ray / plain per round: {', '.join(f'{x:.2f}' for x in ratios)}; median "
+        f"{100.0 * (statistics.median(ratios) - 1.0):+.1f}%; fastest round vs fastest "
+        f"{100.0 * (min(ray_s) / min(plain) - 1.0):+.1f}%"
+    )
 
 
 def main() -> None:
