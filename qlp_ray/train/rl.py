@@ -1,7 +1,8 @@
 """Reinforcement learning from rewards: TRL ``GRPOTrainer`` and ``RLOOTrainer``.
 
-This is qlp_ray's **PPO-family stage**. TRL no longer ships a PPO trainer; GRPO
-and RLOO keep PPO's clipped policy-ratio objective (``epsilon``) but replace
+Critic-free relatives of PPO (qlp_ray's own PPO, with a value head, is
+:mod:`qlp_ray.train.ppo`; TRL no longer ships one). GRPO and RLOO keep PPO's
+clipped policy-ratio objective (``epsilon``) but replace
 the learned critic with a baseline computed from several sampled completions
 per prompt: the group mean (GRPO, with per-group reward normalisation) or the
 leave-one-out mean of the other samples (RLOO). A KL penalty to the reference
