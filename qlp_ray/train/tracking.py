@@ -137,8 +137,10 @@ def finish_run(
     metrics: dict[str, Any] | None = None,
     tags: dict[str, Any] | None = None,
     failed: bool = False,
+    stopped: bool = False,
 ) -> None:
-    """Log the run's final ``metrics`` (at their ``steps``) and ``tags``; mark it finished."""
+    """Log the run's final ``metrics`` (at their ``steps``) and ``tags``; mark it FINISHED,
+    FAILED, or KILLED when a scheduler (ASHA) ``stopped`` it early."""
     if run is None:
         return
     uri, run_id = run
@@ -148,7 +150,10 @@ def finish_run(
         client = _client(uri)
         for key, value in (tags or {}).items():
             client.set_tag(run_id, key, str(value))
-        client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        if stopped:
+            client.set_tag(run_id, "qlp.stopped_early", "true")
+        status = "KILLED" if stopped else "FAILED" if failed else "FINISHED"
+        client.set_terminated(run_id, status=status)
     except Exception as exc:
         logger.warning("MLflow run %s not finished: %s", run_id, exc)
 
@@ -167,10 +172,13 @@ def tag_run(run: tuple[str, str] | None, tags: dict[str, Any]) -> None:
 
 
 def close_children(
-    parent: tuple[str, str] | None, best_trial_id: str | None
+    parent: tuple[str, str] | None,
+    best_trial_id: str | None,
+    stopped_trial_ids: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[str, str] | None:
-    """After a Tune search: mark the child runs of trials that ASHA stopped (still RUNNING)
-    as KILLED; return the child run of ``best_trial_id``."""
+    """After a Tune search: mark the child runs of trials that ASHA stopped as KILLED (still
+    RUNNING, or ended by the stop itself: Tune listed them without an error in
+    ``stopped_trial_ids``); return the child run of ``best_trial_id``."""
     if parent is None:
         return None
     uri, parent_id = parent
@@ -182,10 +190,12 @@ def close_children(
             [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
         )
         for child in children:
-            if child.info.status == "RUNNING":
+            trial_id = child.data.tags.get("qlp.trial_id")
+            stopped = trial_id in stopped_trial_ids and child.info.status != "FINISHED"
+            if child.info.status == "RUNNING" or stopped:
                 client.set_tag(child.info.run_id, "qlp.stopped_early", "true")
                 client.set_terminated(child.info.run_id, status="KILLED")
-            if best_trial_id and child.data.tags.get("qlp.trial_id") == best_trial_id:
+            if best_trial_id and trial_id == best_trial_id:
                 best = (uri, child.info.run_id)
     except Exception as exc:
         logger.warning("MLflow child runs of %s not closed: %s", parent_id, exc)

@@ -165,8 +165,11 @@ def make_trainable(
         )
         try:
             result = trainer.fit()
+        except SystemExit:  # Tune stops a trial (ASHA) with sys.exit(0) in its next report
+            tracking.finish_run(run, stopped=True)
+            raise
         except BaseException:
-            tracking.finish_run(run, failed=True)  # also when ASHA stops the trial
+            tracking.finish_run(run, failed=True)
             raise
         tracking.finish_run(run, metrics=dict(result.metrics or {}))
 
@@ -319,7 +322,8 @@ def run_tune(
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
         _save_best(best, out, domain, filesystem)
-    best_run = tracking.close_children(parent, best.get("trial_id"))
+    stopped = {r["trial_id"] for r in rows if r["trial_id"] and not (r["error"] or r["finished"])}
+    best_run = tracking.close_children(parent, best.get("trial_id"), stopped)
     tracking.finish_run(
         parent,
         metrics={"best_eval_loss": float(best[METRIC]), "trials": len(rows),

@@ -84,7 +84,7 @@ def test_tune_best_trial_registers_with_its_tuning_metadata(cfg, tmp_path):
                        base_model="builtin:test").record  # fmt: skip
     assert rec.adapter_id == "api-tuned" and rec.domain == "api" and rec.signed
     assert rec.metadata["metrics"] == {"eval_loss": 0.42}
-    assert rec.metadata["tune"] == {"config": {"rank": 8}}
+    assert rec.metadata["tune"] == {"config": {"rank": 8}, "study": ""}
     with pytest.raises(TrainingError, match="the best trial left no adapter to register"):
         TuneOutcome({}, 1.0, [], tmp_path / "empty").best_adapter()
 
