@@ -86,19 +86,14 @@ class PreferenceEvaluator(CompletionPerplexityEvaluator):
     ``preference_accuracy`` the share of pairs where chosen scores higher."""
 
     def evaluate_pairs(self, adapter_dir: Path | None, pairs: list[Any]) -> dict[str, float]:
-        from qlp_ray.train._rlhf_common import sequence_logprob  # lazy: loads torch
+        from qlp_ray.train.dpo import pair_margins  # lazy: loads torch
 
         if not pairs:
             raise InvalidRequest("preference evaluation needs at least one held-out pair")
         model, tok, peft_model = self._model(adapter_dir)
         t0 = time.perf_counter()
-        model.eval()
         try:
-            margins = [
-                sequence_logprob(model, tok, p.prompt, p.chosen)
-                - sequence_logprob(model, tok, p.prompt, p.rejected)
-                for p in pairs
-            ]
+            margins = pair_margins(model, tok, pairs)
         finally:
             if peft_model is not None:
                 peft_model.unload()

@@ -78,20 +78,25 @@ def pairs_from_feedback(events: Iterable[FeedbackEvent]) -> list[PreferencePair]
     return unique
 
 
-def preference_margin(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair]) -> float:
-    """Mean of log p(chosen | prompt) - log p(rejected | prompt) over ``pairs``."""
+def pair_margins(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair]) -> list[float]:
+    """log p(chosen | prompt) - log p(rejected | prompt) of each pair (in eval mode)."""
     if not pairs:
         raise InvalidRequest("no preference pairs to score")
     was_training = model.training
     model.eval()
     try:
-        margins = [
+        return [
             sequence_logprob(model, tokenizer, p.prompt, p.chosen)
             - sequence_logprob(model, tokenizer, p.prompt, p.rejected)
             for p in pairs
         ]
     finally:
         model.train(was_training)
+
+
+def preference_margin(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair]) -> float:
+    """Mean of log p(chosen | prompt) - log p(rejected | prompt) over ``pairs``."""
+    margins = pair_margins(model, tokenizer, pairs)
     return sum(margins) / len(margins)
 
 

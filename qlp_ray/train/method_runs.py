@@ -410,22 +410,43 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
         f"held-out {metric} {metrics.get(f'{metric}_before', float('nan')):.4f} -> "
         f"{metrics.get(f'{metric}_after', float('nan')):.4f}",
     )
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    metadata: dict[str, Any] = {
-        "metrics": metrics,
-        "train_config": {**asdict(options), "target_modules": list(options.target_modules)},
-        "run": {"run_name": run.run_name, "run_seconds": seconds, "workers": tc.workers,
-                "train_records": len(train), "heldout_records": len(held),
-                "resumed_from_step": m.get("resumed_from_step", 0.0)},
-    }  # fmt: skip
-    if run.spec.kind == "adapter":
-        metadata["centroid"] = training_centroid(cfg, routing)
+    metadata = run_metadata(cfg, run, options, metrics, seconds=seconds, workers=tc.workers,
+                            n_train=len(train), n_heldout=len(held), routing=routing,
+                            resumed_from_step=m.get("resumed_from_step", 0.0))  # fmt: skip
     if teacher_path is not None and run.teacher is not None:
         shutil.rmtree(teacher_path, ignore_errors=True)
     tracking.finish_run(tracked, metrics=metrics)
     if tracked is not None:
         metadata["mlflow_run_id"] = tracked[1]
     return TrainedAdapter(result.adapter_dir, metrics, metadata, tracked)
+
+
+def run_metadata(
+    cfg: QLPConfig,
+    run: MethodRun,
+    options: Any,
+    metrics: dict[str, Any],
+    *,
+    seconds: float,
+    workers: int,
+    n_train: int,
+    n_heldout: int,
+    routing: list[str],
+    resumed_from_step: float = 0.0,
+) -> dict[str, Any]:
+    """Write the run's ``metrics.json``; the version's metadata: metrics, the options
+    dataclass it trained with, the run, and the routing centroid of an adapter."""
+    (cfg.paths.runs / run.run_name / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    metadata: dict[str, Any] = {
+        "metrics": metrics,
+        "train_config": {**asdict(options), "target_modules": list(options.target_modules)},
+        "run": {"run_name": run.run_name, "run_seconds": seconds, "workers": workers,
+                "train_records": n_train, "heldout_records": n_heldout,
+                "resumed_from_step": resumed_from_step},
+    }  # fmt: skip
+    if run.spec.kind == "adapter":
+        metadata["centroid"] = training_centroid(cfg, routing)
+    return metadata
 
 
 def _say(progress: ProgressFn | None, message: str) -> None:

@@ -8,14 +8,19 @@ Registration, signing and lineage are done by the caller.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict
 from typing import Any
 
 from qlp_ray.core.config import QLPConfig
-from qlp_ray.train.method_runs import MAX_COMPLETION, MethodRun, _items, _say, reward_function
-from qlp_ray.train.pipeline import TrainedAdapter, training_centroid
+from qlp_ray.train.method_runs import (
+    MAX_COMPLETION,
+    MethodRun,
+    _items,
+    _say,
+    reward_function,
+    run_metadata,
+)
+from qlp_ray.train.pipeline import TrainedAdapter
 from qlp_ray.train.ppo_loop import PPOOptions
 from qlp_ray.train.ray_ppo import train_ppo_on_ray
 
@@ -76,15 +81,9 @@ def run_ppo(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
         f"held-out mean_reward {metrics['mean_reward_before']:.4f} -> "
         f"{metrics['mean_reward_after']:.4f} (KL to the reference {metrics['kl_after']:.3f})",
     )
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    metadata: dict[str, Any] = {
-        "metrics": metrics,
-        "train_config": {**asdict(options), "target_modules": list(options.target_modules)},
-        "run": {"run_name": run.run_name, "run_seconds": seconds, "workers": tc.workers,
-                "train_records": len(train), "heldout_records": len(held),
-                "resumed_from_step": m.get("resumed_from_step", 0.0)},
-        "centroid": training_centroid(cfg, routing),
-    }  # fmt: skip
+    metadata = run_metadata(cfg, run, options, metrics, seconds=seconds, workers=tc.workers,
+                            n_train=len(train), n_heldout=len(held), routing=routing,
+                            resumed_from_step=m.get("resumed_from_step", 0.0))  # fmt: skip
     return TrainedAdapter(result.adapter_dir, metrics, metadata)
 
 

@@ -192,25 +192,15 @@ def test_reward_model_registered_and_loadable_as_a_reward(home):
         prepare_run(cfg, "dpo", domain="api", data_path=f["pairs"], parent=rm_id)
 
 
-def test_rloo_with_a_keyword_reward(home):
+@pytest.mark.parametrize("method", ["rloo", "grpo"])
+def test_reinforce_methods_with_a_keyword_reward(home, method):
     f = home["files"]
-    result, out = qlp_train("--method", "rloo", "--data", str(f["prompts"]), "--heldout",
-                            str(f["prompts_held"]), "--reward", "keyword:the",
-                            "--lr", "1e-2", "--adapter-id", f"api-rloo-{RUN}", steps=8)  # fmt: skip
+    result, out = qlp_train("--method", method, "--data", str(f["prompts"]),
+                            "--heldout", str(f["prompts_held"]), "--reward", "keyword:the",
+                            "--lr", "1e-2", "--adapter-id", f"api-{method}-{RUN}",
+                            steps=8)  # fmt: skip
     assert result.exit_code == 0, out
-    info = _entry(home, f"api-rloo-{RUN}", "rloo", f["prompts"], steps=8)
-    assert info["reward"] == "keyword:the" and info["parent"] is None
-    m = info["metrics"]  # 8 prompts x 4 seeded samples before and after
-    assert m["mean_reward_after"] > m["mean_reward_before"] + 0.1, m
-
-
-def test_grpo_with_a_keyword_reward(home):
-    f = home["files"]
-    result, out = qlp_train("--method", "grpo", "--data", str(f["prompts"]), "--heldout",
-                            str(f["prompts_held"]), "--reward", "keyword:the",
-                            "--lr", "1e-2", "--adapter-id", f"api-grpo-{RUN}", steps=8)  # fmt: skip
-    assert result.exit_code == 0, out
-    info = _entry(home, f"api-grpo-{RUN}", "grpo", f["prompts"], steps=8)
+    info = _entry(home, f"api-{method}-{RUN}", method, f["prompts"], steps=8)
     assert info["reward"] == "keyword:the" and info["parent"] is None
     m = info["metrics"]  # 8 prompts x 4 seeded samples before and after
     assert m["mean_reward_after"] > m["mean_reward_before"] + 0.1, m
