@@ -38,8 +38,8 @@ from qlp_ray.train.ppo import (
 
 logger = logging.getLogger(__name__)
 
-VALUE_HEAD_FILE = "value_head.pt"
-STATE_FILE = "ppo_state.pt"
+VALUE_HEAD_FILE = "value_head.safetensors"
+STATE_FILE = "ppo_state.pt"  # tensors and plain types only: read with weights_only
 ADAPTER_DIR = "adapter"
 REF_ADAPTER = "ref"  # the frozen parent adapter, when PPO continues one
 
@@ -288,7 +288,9 @@ class PPOLearner:
         self.policy.save_pretrained(
             str(path / ADAPTER_DIR), safe_serialization=True, selected_adapters=["default"]
         )
-        torch.save(self.value_head.state_dict(), path / VALUE_HEAD_FILE)
+        from safetensors.torch import save_file
+
+        save_file(self.value_head.state_dict(), str(path / VALUE_HEAD_FILE))
         torch.save(
             {
                 "step": self.step,
@@ -307,8 +309,8 @@ class PPOLearner:
 
         weights = load_file(str(path / ADAPTER_DIR / "adapter_model.safetensors"))
         set_peft_model_state_dict(self.policy, weights)
-        self.value_head.load_state_dict(torch.load(path / VALUE_HEAD_FILE))
-        state = torch.load(path / STATE_FILE, weights_only=False)
+        self.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE)))
+        state = torch.load(path / STATE_FILE, weights_only=True)  # never unpickle code
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_ctl.value = float(state["kl_coef"])
         torch.set_rng_state(state["torch_rng"])
