@@ -26,6 +26,36 @@ class AdaLoraConfigSection(Section):
     )
 
 
+class PPOConfigSection(Section):
+    """PPO (``qlp train --method ppo``); steps, batch size (prompts sampled per step and
+    worker), learning rate, schedule and LoRA shape come from ``train``."""
+
+    kl_coef: float = Field(
+        0.2, ge=0, description="Weight of the per-token KL penalty to the reference policy."
+    )
+    kl_target: float | None = Field(
+        None,
+        gt=0,
+        description="Adaptive KL control: steer the per-completion KL towards this (nats); "
+        "None = a fixed kl_coef.",
+    )
+    kl_horizon: int = Field(10_000, ge=1, description="Horizon of the adaptive KL controller.")
+    clip_range: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip (epsilon).")
+    value_clip: float = Field(
+        0.2, gt=0, description="Clip of the value update around the old value."
+    )
+    vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss.")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount of GAE.")
+    lam: float = Field(0.95, ge=0, le=1, description="Lambda of GAE.")
+    ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
+    minibatch_size: int | None = Field(
+        None, ge=1, description="Sequences per PPO minibatch; None = half the batch."
+    )
+    max_new_tokens: int = Field(16, ge=1, description="Tokens sampled per completion.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip per optimiser step.")
+
+
 class TrainConfig(Section):
     method: Literal["lora", "adalora", "qlora"] = Field(
         "lora", description="PEFT method (qlora: 4-bit base via bitsandbytes, CUDA only)."
@@ -88,6 +118,9 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed for data order and adapter init.")
     adalora: AdaLoraConfigSection = Field(
         default_factory=AdaLoraConfigSection, description="AdaLoRA runs (method: adalora)."
+    )
+    ppo: PPOConfigSection = Field(
+        default_factory=PPOConfigSection, description="PPO runs (qlp train --method ppo)."
     )
 
     @model_validator(mode="after")
