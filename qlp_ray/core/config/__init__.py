@@ -47,7 +47,7 @@ from qlp_ray.core.config.router import ExternalEndpointConfig, RouterConfig
 from qlp_ray.core.config.serve import ExperimentsConfig, ServeConfig
 from qlp_ray.core.config.store import RegistryConfig, S3Config, StoreConfig
 from qlp_ray.core.config.tracking import TrackingConfig
-from qlp_ray.core.config.train import AdaLoraConfigSection, TrainConfig
+from qlp_ray.core.config.train import AdaLoraConfigSection, MetaInitSection, TrainConfig
 from qlp_ray.core.config.tune import OptimizeConfig, TuneConfig
 from qlp_ray.core.errors import ConfigError
 from qlp_ray.core.paths import REPO_ROOT, configs_dir
@@ -251,6 +251,7 @@ __all__ = [
     "ImproveConfig",
     "ClusterConfig",
     "JobsConfig",
+    "MetaInitSection",
     "ModelConfig",
     "OptimizeConfig",
     "PathsConfig",

@@ -56,6 +56,21 @@ class PPOConfigSection(Section):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip per optimiser step.")
 
 
+class MetaInitSection(Section):
+    """``qlp train --init meta``: Reptile over the registry's domains (``train.meta_init``)."""
+
+    rounds: int = Field(24, ge=1, description="Reptile rounds (one domain each, in turn).")
+    inner_steps: int = Field(5, ge=1, description="Adam steps adapting to a domain per round.")
+    inner_lr: float = Field(5e-3, gt=0, description="Learning rate of the inner steps.")
+    meta_lr: float = Field(
+        0.5, gt=0, le=1, description="Reptile step toward the adapted weights (annealed to 0)."
+    )
+    batch_size: int = Field(8, ge=1, description="Texts per inner step.")
+    max_texts_per_domain: int = Field(
+        256, ge=1, description="Training texts read per source domain (the first N)."
+    )
+
+
 class TrainConfig(Section):
     method: Literal["lora", "adalora", "qlora"] = Field(
         "lora", description="PEFT method (qlora: 4-bit base via bitsandbytes, CUDA only)."
@@ -118,6 +133,9 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed for data order and adapter init.")
     adalora: AdaLoraConfigSection = Field(
         default_factory=AdaLoraConfigSection, description="AdaLoRA runs (method: adalora)."
+    )
+    meta_init: MetaInitSection = Field(
+        default_factory=MetaInitSection, description="Meta-learned LoRA init (--init meta)."
     )
     ppo: PPOConfigSection = Field(
         default_factory=PPOConfigSection, description="PPO runs (qlp train --method ppo)."
