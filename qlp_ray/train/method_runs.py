@@ -47,10 +47,13 @@ from qlp_ray.train.methods import (
     validate_data_file,
 )
 from qlp_ray.train.pipeline import ProgressFn, TrainedAdapter, run_pipeline, training_centroid
+from qlp_ray.train.run_metrics import METRICS_FILE, write_loss_curve
 
 logger = logging.getLogger(__name__)
 
 MAX_COMPLETION = 16  # tokens sampled per completion by GRPO / RLOO and their reward metric
+# train.lr_scheduler -> the HF scheduler name (TRL's configs take lr_scheduler_type)
+_HF_SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class MethodRun:
     reward_model: Ref | None = None
     teacher: Ref | None = None  # None with spec.needs_teacher: the base model is the teacher
     progress: ProgressFn | None = None
+    init: str = ""  # --init: "" / "base", "meta" or a meta-init id[@version] (sft, adalora)
 
 
 # --- registry references ----------------------------------------------------------------
@@ -335,10 +339,11 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
         steps=tc.steps,
         batch_size=tc.batch_size,
         learning_rate=tc.learning_rate,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=_HF_SCHEDULERS[tc.lr_scheduler],
         warmup_ratio=tc.warmup_ratio,
-        grad_accum=int(getattr(tc, "grad_accum", 1)),
-        checkpoint_every=max(1, min(10, tc.steps // 2)),
+        grad_accum=tc.grad_accum,
+        checkpoint_every=min(tc.checkpoint_every, tc.steps) if tc.checkpoint_every else tc.steps,
+        early_stopping_patience=tc.early_stopping_patience,
         rank=tc.rank,
         alpha=tc.alpha,
         target_modules=tuple(tc.target_modules),
@@ -363,8 +368,6 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
     else:
         raise InvalidRequest(f"no Ray Train runner for method {method!r}", param="method")
     storage, filesystem = run_storage(cfg)
-    if filesystem is not None:  # ray_rlhf keeps its checkpoints on a path every node sees
-        storage = str(cfg.paths.runs)
     label = run.label or run.domain
     _say(run.progress, f"training {label} ({method}, {tc.steps} steps) on Ray Train")
     t0 = time.perf_counter()
@@ -383,6 +386,8 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
             options=options,
             output_dir=run_dir / "adapter",
             storage_path=storage,
+            storage_filesystem=filesystem,
+            metrics_file=run_dir / METRICS_FILE,
             run_name=run.run_name,
             eval_data=eval_data,
             reward_funcs=reward_funcs,
@@ -392,7 +397,7 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
             workers=tc.workers,
             cpus_per_worker=tc.cpus_per_worker,
             use_gpu=_use_gpu(tc),
-            max_failures=int(getattr(tc, "max_failures", 1)),
+            max_failures=tc.max_failures,
             placement_timeout_s=tc.placement_timeout_s,
             ray_callbacks=tracking.report_callback(tracked),
         )
@@ -415,6 +420,7 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
                             resumed_from_step=m.get("resumed_from_step", 0.0))  # fmt: skip
     if teacher_path is not None and run.teacher is not None:
         shutil.rmtree(teacher_path, ignore_errors=True)
+    write_loss_curve(run_dir, title=f"{run.run_name} ({method}, {tc.steps} steps)")
     tracking.finish_run(tracked, metrics=metrics)
     if tracked is not None:
         metadata["mlflow_run_id"] = tracked[1]
@@ -482,7 +488,8 @@ def prepare_run(
     spec = get_method(method)
     require_available(spec)
     validate_adapter_id(domain, "domain")
-    reward_spec = check_options(spec, reward=reward, teacher=teacher, parent=parent)
+    reward_spec = check_options(spec, reward=reward, teacher=teacher, parent=parent,
+                                init=kw.get("init"))  # fmt: skip
     validate_data_file(spec, data_path, "--data")
     if heldout_path is not None:
         validate_data_file(spec, heldout_path, "--heldout")
@@ -551,6 +558,7 @@ def train_method_and_register(
             keep_run_adapter=keep_run_adapter,
             overrides=run.overrides,
             run_name=run.run_name or None,
+            init=run.init or None,
         )
     runner = load_runner(run.spec)
 

@@ -53,6 +53,8 @@ class PPOOptions:
     max_new_tokens: int = 8
     temperature: float = 1.0
     learning_rate: float = 3e-3
+    lr_scheduler: str = "constant"  # linear / cosine / constant decay after the warm-up
+    warmup_ratio: float = 0.0  # linear warm-up share of the steps
     ppo_epochs: int = 2
     minibatch_size: int = 4
     clip: float = 0.2
@@ -79,6 +81,11 @@ class PPOOptions:
             raise InvalidRequest(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not 0 < self.clip < 1 or self.kl_coef < 0 or self.temperature <= 0:
             raise InvalidRequest("ppo needs 0 < clip < 1, kl_coef >= 0 and temperature > 0")
+        if self.lr_scheduler not in ("linear", "cosine", "constant"):
+            raise InvalidRequest(f"ppo lr_scheduler must be linear, cosine or constant, got "
+                                 f"{self.lr_scheduler!r}")  # fmt: skip
+        if not 0 <= self.warmup_ratio < 1:
+            raise InvalidRequest(f"ppo warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
 class ValueHead(torch.nn.Module):
@@ -101,7 +108,9 @@ def make_policy(
 
     With ``parent_path`` (a LoRA adapter directory) the policy continues that adapter and
     a frozen copy of it is loaded as adapter ``"ref"``: the reference is then the parent
-    policy; without it the reference is the base (the adapter disabled).
+    policy; without it the reference is the base (the adapter disabled). A parent trained
+    by PPO carries its value head (``value_head.safetensors``, signed with the adapter):
+    the critic continues from it, else it starts at zero.
     """
     from peft import PeftModel, get_peft_model
     from trl.trainer.utils import disable_dropout_in_model
@@ -119,7 +128,33 @@ def make_policy(
         policy = PeftModel.from_pretrained(base, parent_path, is_trainable=True)
         policy.load_adapter(parent_path, adapter_name=REF_ADAPTER, is_trainable=False)
         policy.set_adapter("default")
-    return policy, ValueHead(base.config.hidden_size)
+    head = ValueHead(base.config.hidden_size)
+    if parent_path is not None and (Path(parent_path) / VALUE_HEAD_FILE).is_file():
+        from safetensors.torch import load_file  # tensors only: nothing is unpickled
+
+        head.load_state_dict(load_file(str(Path(parent_path) / VALUE_HEAD_FILE)))
+        logger.info("value head continued from %s", parent_path)
+    return policy, head
+
+
+def lr_lambda(opts: PPOOptions) -> Callable[[int], float]:
+    """The learning-rate factor of PPO step ``i``: linear warm-up, then linear / cosine
+    decay to 0 or constant (the same shapes as ``train.lr_scheduler`` for SFT)."""
+    import math
+
+    warmup = int(opts.warmup_ratio * opts.steps)
+
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / (warmup + 1)
+        if opts.lr_scheduler == "constant":
+            return 1.0
+        progress = (i - warmup) / max(1, opts.steps - warmup)
+        if opts.lr_scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
+
+    return factor
 
 
 def reference(policy: Any) -> Any:
@@ -219,6 +254,7 @@ class PPOLearner:
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.params += list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=self.opts.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.opts))
 
     def rollout(self, prompts: Sequence[str]) -> tuple[Rollout, dict[str, float]]:
         o = self.opts
@@ -238,6 +274,7 @@ class PPOLearner:
             "reward": float(scores.mean()),
             "kl": float(seq_kl.mean()),
             "kl_coef": self.kl_ctl.value,
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
             "completion_tokens": float(mask.sum(1).mean()),
         }
         return batch, stats
@@ -278,6 +315,7 @@ class PPOLearner:
         batch, stats = self.rollout(prompts)
         stats.update(self.update(batch))
         self.kl_ctl.update(stats["kl"], len(batch))
+        self.scheduler.step()
         self.step += 1
         return stats
 
@@ -295,6 +333,7 @@ class PPOLearner:
             {
                 "step": self.step,
                 "optimizer": self.optimizer.state_dict(),
+                "scheduler_epoch": self.scheduler.last_epoch,
                 "kl_coef": self.kl_ctl.value,
                 "torch_rng": torch.get_rng_state(),
             },
@@ -312,6 +351,8 @@ class PPOLearner:
         self.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE)))
         state = torch.load(path / STATE_FILE, weights_only=True)  # never unpickle code
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.last_epoch = int(state.get("scheduler_epoch", state["step"]))
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         self.kl_ctl.value = float(state["kl_coef"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])

@@ -2,18 +2,22 @@
 
 Prompts (``{prompt}`` rows or capsules) and the ``--reward`` spec come from the method
 table's checks (:mod:`qlp_ray.train.method_runs`); the run is :func:`train_ppo_on_ray`
-with the ``train`` section's workers, steps, batch size, learning rate and LoRA shape.
-Registration, signing and lineage are done by the caller.
+with the ``train`` section's workers, steps, batch size, learning rate, schedule,
+``checkpoint_every`` and LoRA shape, and the PPO knobs of ``train.ppo`` (:func:`ppo_options`).
+It is an MLflow run (params, per-step reward / KL / losses) and writes its curve into the
+run directory. Registration, signing and lineage are done by the caller.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.config.train import TrainConfig
+from qlp_ray.train import tracking
 from qlp_ray.train.method_runs import (
-    MAX_COMPLETION,
     MethodRun,
     _items,
     _say,
@@ -23,6 +27,39 @@ from qlp_ray.train.method_runs import (
 from qlp_ray.train.pipeline import TrainedAdapter
 from qlp_ray.train.ppo_loop import PPOOptions
 from qlp_ray.train.ray_ppo import train_ppo_on_ray
+from qlp_ray.train.run_metrics import METRICS_FILE, write_loss_curve
+
+
+def ppo_options(tc: TrainConfig) -> PPOOptions:
+    """:class:`PPOOptions` of an effective ``train`` config (``train.ppo`` for the PPO knobs;
+    ``checkpoint_every: 0`` = no checkpoint before the final one)."""
+    p = tc.ppo
+    every = tc.checkpoint_every
+    return PPOOptions(
+        steps=tc.steps,
+        batch_size=tc.batch_size,
+        minibatch_size=p.minibatch_size or max(1, tc.batch_size // 2),
+        learning_rate=tc.learning_rate,
+        lr_scheduler=tc.lr_scheduler,
+        warmup_ratio=tc.warmup_ratio,
+        ppo_epochs=p.ppo_epochs,
+        clip=p.clip_range,
+        value_clip=p.value_clip,
+        vf_coef=p.vf_coef,
+        gamma=p.gamma,
+        lam=p.lam,
+        kl_coef=p.kl_coef,
+        kl_target=p.kl_target,
+        kl_horizon=p.kl_horizon,
+        max_grad_norm=p.max_grad_norm,
+        temperature=p.temperature,
+        max_new_tokens=p.max_new_tokens,
+        checkpoint_every=min(every, tc.steps) if every > 0 else tc.steps,
+        rank=tc.rank,
+        alpha=tc.alpha,
+        target_modules=tuple(tc.target_modules),
+        seed=tc.seed,
+    )
 
 
 def run_ppo(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
@@ -36,35 +73,38 @@ def run_ppo(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
     train, held, routing = _items(run, cfg)
     assert run.reward is not None  # the method table requires --reward
     reward = reward_function(run.reward, run.domain, resolve_base_path(cfg), run.reward_model)
-    options = PPOOptions(
-        steps=tc.steps,
-        batch_size=tc.batch_size,
-        minibatch_size=max(1, tc.batch_size // 2),
-        learning_rate=tc.learning_rate,
-        max_new_tokens=MAX_COMPLETION,
-        checkpoint_every=max(1, min(10, tc.steps // 2)),
-        rank=tc.rank,
-        alpha=tc.alpha,
-        target_modules=tuple(tc.target_modules),
-        seed=tc.seed,
-    )
+    options = ppo_options(tc)
     run_dir = cfg.paths.runs / run.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     _say(run.progress, f"training {run.label or run.domain} (ppo, {tc.steps} steps) on Ray Train")
     t0 = time.perf_counter()
-    result = train_ppo_on_ray(
+    tracked = tracking.start_run(  # MLflow: params now, every step's stats while it trains
         cfg,
-        prompts=train,
-        reward=reward,
-        eval_prompts=held,
-        options=options,
-        workers=tc.workers,
-        output_dir=run_dir / "adapter",
-        run_name=run.run_name,
-        cpus_per_worker=tc.cpus_per_worker,
-        max_failures=int(getattr(tc, "max_failures", 1)),
-        parent_path=run.parent.path if run.parent else None,
-    )
+        run.run_name,
+        {"train": {**asdict(options), "target_modules": list(options.target_modules)},
+         "method": "ppo", "domain": run.domain, "data_path": str(run.data_path),
+         "reward": run.reward.as_text()},
+        tags={"qlp.domain": run.domain, "qlp.method": "ppo"},
+    )  # fmt: skip
+    try:
+        result = train_ppo_on_ray(
+            cfg,
+            prompts=train,
+            reward=reward,
+            eval_prompts=held,
+            options=options,
+            workers=tc.workers,
+            output_dir=run_dir / "adapter",
+            run_name=run.run_name,
+            cpus_per_worker=tc.cpus_per_worker,
+            max_failures=tc.max_failures,
+            parent_path=run.parent.path if run.parent else None,
+            metrics_file=run_dir / METRICS_FILE,
+            ray_callbacks=tracking.report_callback(tracked),
+        )
+    except BaseException:
+        tracking.finish_run(tracked, failed=True)
+        raise
     seconds = round(time.perf_counter() - t0, 2)
     m = result.metrics
     metrics: dict[str, Any] = {
@@ -84,7 +124,12 @@ def run_ppo(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
     metadata = run_metadata(cfg, run, options, metrics, seconds=seconds, workers=tc.workers,
                             n_train=len(train), n_heldout=len(held), routing=routing,
                             resumed_from_step=m.get("resumed_from_step", 0.0))  # fmt: skip
-    return TrainedAdapter(result.adapter_dir, metrics, metadata)
+    title = f"{run.run_name} (ppo, {tc.steps} steps)"
+    write_loss_curve(run_dir, title=title, extra_keys=("reward", "kl"))
+    tracking.finish_run(tracked, metrics=metrics)
+    if tracked is not None:
+        metadata["mlflow_run_id"] = tracked[1]
+    return TrainedAdapter(result.adapter_dir, metrics, metadata, tracked)
 
 
-__all__ = ["run_ppo"]
+__all__ = ["ppo_options", "run_ppo"]

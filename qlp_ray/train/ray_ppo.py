@@ -6,11 +6,15 @@ workers (``all_reduce``) before every optimiser step, so all workers hold the sa
 policy (OpenRLHF's layout minus its separate actor/critic/reference actors: here the
 reference is the adapter-disabled policy and the critic a head on the policy).
 
-Every ``checkpoint_every`` steps rank 0 saves adapter + value head + optimiser + step +
-KL coefficient + RNG and reports it with ``ray.train.report``; a restarted worker group
+Every step is reported to Ray Train (reward, KL, losses: the MLflow callback logs them) and
+appended by rank 0 to the run's ``metrics.jsonl`` (its curve); every ``checkpoint_every``
+steps rank 0 saves adapter + value head + optimiser + scheduler + step + KL coefficient +
+RNG and reports it with the step; a restarted worker group
 (``FailureConfig(max_failures)``) resumes from ``ray.train.get_checkpoint()``. Rank 0
 evaluates the held-out prompts before the first step (kept in the checkpoints) and after
-the last: mean reward and KL to the reference.
+the last: mean reward and KL to the reference. The final adapter directory holds the value
+head (``value_head.safetensors``) beside the LoRA weights, so a registered PPO adapter is
+signed with its critic and ``--parent`` continues both.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from typing import Any
 from qlp_ray.core.config import QLPConfig
 from qlp_ray.core.errors import InvalidRequest, TrainingError
 from qlp_ray.train.placement import failure_config, placed_workers, quick_controller_polls
-from qlp_ray.train.ppo_loop import ADAPTER_DIR, PPOOptions
+from qlp_ray.train.ppo_loop import ADAPTER_DIR, VALUE_HEAD_FILE, PPOOptions
+from qlp_ray.train.run_metrics import append_metrics, drop_metrics_after
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +126,9 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
             meta = learner.load(Path(d) / STATE_DIR)
         logger.info("rank %d resumed PPO at step %d", rank, learner.step)
     resumed_from = learner.step
+    metrics_file = config.get("metrics_file") if rank == 0 else None
+    if metrics_file and resumed_from:  # the steps after the checkpoint come again
+        drop_metrics_after(metrics_file, resumed_from)
     eval_prompts = config.get("eval_prompts") or []
     before = meta.get("eval_before")
     if before is None and eval_prompts and rank == 0:
@@ -132,16 +140,22 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
             batch = prompt_batch(config["prompts"], learner.step, opts.batch_size, opts.seed, rank)
             stats = _mean_over_workers(learner.train_step(batch))
             history.append(stats)
+            # the PPO objective as the run's "loss" (the curve of every method plots it)
+            stats["loss"] = stats["policy_loss"] + opts.vf_coef * stats["value_loss"]
+            if metrics_file:
+                append_metrics(metrics_file, {**stats, "step": learner.step})
+            checkpoint = None
             if learner.step % opts.checkpoint_every == 0 and learner.step < opts.steps:
-                checkpoint = None
                 if rank == 0:
                     path = Path(tmp) / f"step-{learner.step}"
                     learner.save(path / STATE_DIR, extra={"eval_before": before})
                     checkpoint = ray.train.Checkpoint.from_directory(str(path))
+            if learner.step < opts.steps:  # the last step's stats go with the final report
                 ray.train.report({**stats, "step": float(learner.step)}, checkpoint=checkpoint)
             if config.get("kill_marker"):
                 _maybe_kill(config, learner.step, rank)
         metrics: dict[str, float] = {
+            "step": float(learner.step),  # the MLflow callback logs the last step's stats
             "steps": float(learner.step),
             "resumed_from_step": float(resumed_from),
             "workers": float(world),
@@ -152,6 +166,7 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
         if history:
             metrics["train_reward_first"] = history[0]["reward"]
             metrics["train_reward_last"] = history[-1]["reward"]
+            metrics.update({k: v for k, v in history[-1].items() if k not in metrics})
         checkpoint = None
         if rank == 0:
             if eval_prompts:
@@ -184,6 +199,8 @@ def train_ppo_on_ray(
     cpus_per_worker: float | None = None,
     max_failures: int | None = None,
     parent_path: str | None = None,
+    metrics_file: str | Path | None = None,
+    ray_callbacks: list[Any] | None = None,
     _kill_at_step: int | None = None,
     _kill_rank: int = 0,
 ) -> PPORayResult:
@@ -192,12 +209,15 @@ def train_ppo_on_ray(
     ``reward`` is a reward function (``f(prompts=, completions=)``, picklable: it runs in
     the workers); ``eval_prompts`` are held out for the before/after reward and KL.
     ``parent_path``: a (verified) adapter directory to continue; it is also the reference.
-    The adapter lands in ``output_dir`` (default ``<runs>/<run_name>/adapter``).
+    The adapter (with its value head) lands in ``output_dir`` (default
+    ``<runs>/<run_name>/adapter``); rank 0 appends every step's stats to ``metrics_file``.
+    Checkpoints go to ``train.storage_uri`` (:func:`~qlp_ray.train.storage.run_storage`).
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from qlp_ray.models.base import resolve_base_path
+    from qlp_ray.train.storage import run_storage
 
     if not prompts:
         raise InvalidRequest("PPO needs at least one training prompt", param="prompts")
@@ -209,8 +229,9 @@ def train_ppo_on_ray(
     n_workers = workers or cfg.train.workers
     cpus = cpus_per_worker or cfg.train.cpus_per_worker
     run_name = run_name or f"ppo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    storage = cfg.paths.runs
+    storage = cfg.paths.runs  # the driver's run directory (adapter, test hook marker)
     storage.mkdir(parents=True, exist_ok=True)
+    storage_path, filesystem = run_storage(cfg)
     config: dict[str, Any] = {
         "base_path": resolve_base_path(cfg),
         "prompts": list(prompts),
@@ -219,6 +240,7 @@ def train_ppo_on_ray(
         "options": opts,
         "parent_path": parent_path,
         "threads": max(1, int(cpus)),
+        "metrics_file": str(metrics_file) if metrics_file is not None else None,
     }
     if _kill_at_step is not None:
         config.update(
@@ -243,13 +265,13 @@ def train_ppo_on_ray(
             ),
             run_config=RunConfig(
                 name=run_name,
-                storage_path=str(storage),
+                storage_path=storage_path,
+                storage_filesystem=filesystem,
                 failure_config=failure_config(
-                    int(getattr(cfg.train, "max_failures", 1))
-                    if max_failures is None
-                    else max_failures
+                    cfg.train.max_failures if max_failures is None else max_failures
                 ),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=ray_callbacks or None,
             ),
         )
         logger.info("Ray Train PPO run %s: %d worker(s), %d steps", run_name, placed, opts.steps)
@@ -266,6 +288,7 @@ def train_ppo_on_ray(
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(src, dest)
+        shutil.copyfile(Path(d) / STATE_DIR / VALUE_HEAD_FILE, dest / VALUE_HEAD_FILE)
         metrics = json.loads((Path(d) / METRICS_FILE).read_text())
     logger.info("PPO run %s finished: %s", run_name, metrics)
     return PPORayResult(dest, metrics)

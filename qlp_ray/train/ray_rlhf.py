@@ -10,8 +10,10 @@ failed worker group; the restarted workers resume from the latest reported
 checkpoint (``ray.train.get_checkpoint()`` -> ``resume_from_checkpoint``).
 Rank 0 reports the final adapter as the last checkpoint.
 
-Schedules: cosine / linear LR with linear warm-up, gradient accumulation, and
-early stopping on eval loss (DPO, logit distillation) when an eval set is given.
+Schedules: cosine / linear / constant LR with linear warm-up, gradient accumulation, and
+early stopping on eval loss (DPO, logit distillation) when an eval set is given. Rank 0
+appends every trainer log line to the run's ``metrics.jsonl`` (``metrics_file``), from
+which the driver draws the loss curve, as for SFT.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from qlp_ray.train.ray_resume import kill_worker_callback as _kill_worker_callba
 from qlp_ray.train.ray_resume import resume_dir as _resume_dir
 from qlp_ray.train.ray_resume import world_rank as _rank
 from qlp_ray.train.rl import train_rl
+from qlp_ray.train.run_metrics import append_metrics, drop_metrics_after
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ def _extra_args(method: str, opts: RLHFOptions, has_eval: bool) -> dict[str, Any
     args: dict[str, Any] = {
         "save_strategy": "steps",
         "save_steps": opts.checkpoint_every,
-        "logging_steps": opts.checkpoint_every,
+        "logging_steps": 1,  # every step into metrics.jsonl: the curve
         "ddp_find_unused_parameters": False,
     }
     if has_eval:
@@ -96,6 +99,20 @@ def _extra_args(method: str, opts: RLHFOptions, has_eval: bool) -> dict[str, Any
             load_best_model_at_end=opts.early_stopping_patience is not None,
         )
     return args
+
+
+def _metrics_log_callback(path: str) -> Any:
+    """A ``TrainerCallback`` appending each log line (with its step) to ``path``."""
+    from transformers import TrainerCallback
+
+    class LogMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            scalars = {k: v for k, v in (logs or {}).items()
+                       if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+            if scalars:
+                append_metrics(path, {**scalars, "step": state.global_step})
+
+    return LogMetrics()
 
 
 def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
@@ -138,6 +155,11 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
         callbacks.append(_kill_worker_callback(config["kill_at_step"], 0, config["kill_marker"]))
     with tempfile.TemporaryDirectory(prefix=f"qlp-{method}-") as tmp:
         resume, resumed_step = _resume_dir(tmp)
+        metrics_file = config.get("metrics_file") if _rank() == 0 else None
+        if metrics_file:
+            if resumed_step:  # the lines logged after the checkpoint come again
+                drop_metrics_after(metrics_file, resumed_step)
+            callbacks.append(_metrics_log_callback(metrics_file))
         out_dir = str(Path(tmp) / "out")
         run = RunOptions(
             rank=opts.rank,
@@ -234,6 +256,8 @@ def train_rlhf_on_ray(
     output_dir: str | Path,
     storage_path: str | Path,
     run_name: str,
+    storage_filesystem: Any = None,
+    metrics_file: str | Path | None = None,
     eval_data: list[Any] | None = None,
     reward_funcs: list[Any] | None = None,
     teacher_path: str | None = None,
@@ -252,6 +276,8 @@ def train_rlhf_on_ray(
     ``parent_path``: a (verified) adapter directory to continue instead of a new LoRA.
     ``evaluate``: a picklable ``(model, tokenizer) -> {name: value}`` that rank 0 runs
     before and after training; the metrics get ``<name>_before`` / ``<name>_after``.
+    ``storage_path`` / ``storage_filesystem``: Ray's checkpoints (``run_storage``);
+    ``metrics_file``: rank 0's log lines (the run's curve).
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -273,8 +299,9 @@ def train_rlhf_on_ray(
         "evaluate": evaluate,
         "options": options,
         "threads": max(1, int(cpus_per_worker)),
+        "metrics_file": str(metrics_file) if metrics_file is not None else None,
     }
-    if _kill_at_step is not None:
+    if _kill_at_step is not None:  # test hook: a marker on a local storage path
         Path(storage_path).mkdir(parents=True, exist_ok=True)
         config.update(
             kill_at_step=_kill_at_step, kill_marker=str(Path(storage_path) / f"{run_name}.killed")
@@ -294,6 +321,7 @@ def train_rlhf_on_ray(
             run_config=RunConfig(
                 name=run_name,
                 storage_path=str(storage_path),
+                storage_filesystem=storage_filesystem,
                 failure_config=failure_config(max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 callbacks=ray_callbacks or None,

@@ -4,8 +4,11 @@ Rank 0 of a Ray Train run appends every trainer log line (the training loss ever
 ``logging_steps``, the held-out loss measured before and after training) to
 ``<run dir>/metrics.jsonl`` while it trains; the HTTP API reads that file to show a running
 job's progress, and the driver turns it into ``loss_curve.csv`` and ``loss_curve.png`` when
-the run ends. The file lives under ``paths.runs``: a gateway shows a job's live metrics when
-it shares that directory with the job (one node, or a shared file system).
+the run ends. Every method writes it: SFT and the TRL methods (DPO, GRPO, RLOO, reward,
+distill) their trainer's log lines, PPO its per-step stats (``loss`` = the PPO objective, plus
+``reward`` and ``kl``, which its curve shows in a second panel). The file lives under
+``paths.runs``: a gateway shows a job's live metrics when it shares that directory with the
+job (one node, or a shared file system).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import csv
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,44 +91,87 @@ def progress_of(records: list[dict[str, Any]], total_steps: int | None) -> dict[
             "learning_rate": lrs[-1] if lrs else None}  # fmt: skip
 
 
-def write_loss_curve(run_dir: str | Path, title: str = "") -> tuple[Path, Path] | None:
+def metric_series(
+    records: list[dict[str, Any]], keys: Sequence[str]
+) -> dict[str, list[dict[str, float]]]:
+    """``{key: [{step, value}]}`` of the finite values of ``keys`` in the log lines."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for key in keys:
+        points = [
+            {"step": float(r["step"]), "value": float(r[key])}
+            for r in records
+            if isinstance(r.get("step"), int | float)
+            and isinstance(r.get(key), int | float)
+            and math.isfinite(r[key])
+        ]
+        if points:
+            out[key] = sorted(points, key=lambda p: p["step"])
+    return out
+
+
+def write_loss_curve(
+    run_dir: str | Path, title: str = "", extra_keys: Sequence[str] = ()
+) -> tuple[Path, Path] | None:
     """``loss_curve.csv`` (split, step, loss) and ``loss_curve.png`` in ``run_dir`` from its
-    ``metrics.jsonl``; None when the run reported no loss."""
+    ``metrics.jsonl``; None when the run reported nothing to plot. ``extra_keys`` (PPO:
+    ``reward``, ``kl``) become more rows of the CSV, whose third column is then ``value``,
+    and a second panel of the PNG."""
     run_dir = Path(run_dir)
-    series = loss_series(read_metrics(run_dir / METRICS_FILE))
-    if not series["train"] and not series["heldout"]:
+    records = read_metrics(run_dir / METRICS_FILE)
+    series = loss_series(records)
+    extras = metric_series(records, extra_keys)
+    if not series["train"] and not series["heldout"] and not extras:
         logger.warning("no loss reported in %s: no loss curve written", run_dir)
         return None
     csv_path, png_path = run_dir / CURVE_CSV, run_dir / CURVE_PNG
     with csv_path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["split", "step", "loss"])
+        writer.writerow(["split", "step", "value" if extras else "loss"])
         for split, points in series.items():
             writer.writerows([split, int(p["step"]), p["loss"]] for p in points)
-    plot_loss_curve(series, png_path, title=title)
+        for key, points in extras.items():
+            writer.writerows([key, int(p["step"]), p["value"]] for p in points)
+    plot_loss_curve(series, png_path, title=title, extras=extras)
     logger.info("loss curve written to %s and %s", csv_path, png_path)
     return csv_path, png_path
 
 
-def plot_loss_curve(series: dict[str, list[dict[str, float]]], dest: Path, title: str = "") -> Path:
-    """A PNG of the training and held-out loss against the step."""
+def plot_loss_curve(
+    series: dict[str, list[dict[str, float]]],
+    dest: Path,
+    title: str = "",
+    extras: dict[str, list[dict[str, float]]] | None = None,
+) -> Path:
+    """A PNG of the training and held-out loss against the step (and, below it, the
+    ``extras`` series: PPO's reward and KL)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    if extras:
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(6.4, 6.0), dpi=100, sharex=True)
+        for key, points in extras.items():
+            ax2.plot([p["step"] for p in points], [p["value"] for p in points],
+                     marker=".", label=key)  # fmt: skip
+        ax2.set_xlabel("step")
+        ax2.grid(alpha=0.3)
+        ax2.legend()
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     styles = {"train": ("training loss", "-", "o"), "heldout": ("held-out loss", "--", "s")}
     for split, (label, line, marker) in styles.items():
         points = series.get(split) or []
         if points:
             ax.plot([p["step"] for p in points], [p["loss"] for p in points],
                     linestyle=line, marker=marker, label=label)  # fmt: skip
-    ax.set_xlabel("step")
+    if not extras:
+        ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title or "loss curve")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(dest)
     plt.close(fig)
@@ -138,6 +185,7 @@ __all__ = [
     "append_metrics",
     "drop_metrics_after",
     "loss_series",
+    "metric_series",
     "plot_loss_curve",
     "progress_of",
     "read_metrics",
