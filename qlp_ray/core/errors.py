@@ -85,6 +85,14 @@ class NotFound(QLPError, KeyError):
     code = "not_found"
 
 
+class VersionRolledBack(QLPError, KeyError):
+    """A pinned ``adapter@N`` names a version an audited rollback took out of service."""
+
+    http_status = 410
+    error_type = "invalid_request_error"
+    code = "adapter_version_rolled_back"
+
+
 class Conflict(QLPError, ValueError):
     """The resource already exists (e.g. an experiment id that is taken)."""
 
@@ -189,6 +197,7 @@ __all__ = [
     "AdapterNotFound",
     "NotFound",
     "Conflict",
+    "VersionRolledBack",
     "ExternalEndpointError",
     "ExternalEndpointTimeout",
     "SignatureError",

@@ -386,7 +386,8 @@ class Orchestrator:
         if v.outcome == "promote":
             self.registry.set_current(domain, p["treatment"], reason=why)
         else:  # production keeps serving; the audit says the candidate lost and why
-            self.registry.rollback(domain, p["control"], reason=f"{why}; v{p['treatment']} retired")
+            self.registry.rollback(domain, p["control"], reason=f"{why}; v{p['treatment']} retired",
+                                   withdraw=[p["treatment"]])  # fmt: skip
         end = {"name": name, "status": v.outcome, "control": p["control"],
                "treatment": p["treatment"], "reason": v.reason, **v.numbers}  # fmt: skip
         self._event("experiment", key, domain, p["treatment"], **end)

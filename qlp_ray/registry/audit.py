@@ -8,6 +8,12 @@ current*. The registry's pointer may only name a version at least as new as the
 one set by the latest promote/rollback event; an older signed version (e.g. a
 vulnerable release whose pointer someone restored in the storage) is refused
 unless it was made current through an explicit, audited rollback.
+
+Rolled-back versions: an explicit rollback (``Registry.rollback``: the CLI, the admin
+route, the improve loop) lists the versions it takes out of service in its event
+(``withdrawn``). A pinned ``adapter@N`` request for one of them is refused (410) until a
+later promote makes that version current again. A plain ``set_current`` to an older
+version (e.g. staging a hot-swap) withdraws nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from qlp_ray.core.errors import SignatureError
+from qlp_ray.core.errors import SignatureError, VersionRolledBack
 from qlp_ray.store.database import FeedbackStore, resolve_store_url
 
 if TYPE_CHECKING:
@@ -71,6 +77,26 @@ class RegistryAudit:
             f"says v{last.version} was made current ({last.kind} event {last.id}); an older "
             f"version is accepted only through an explicit rollback "
             f"(`qlp improve rollback {adapter_id} {version}`)"
+        )
+
+    def check_pinned(self, adapter_id: str, version: int) -> None:
+        """Refuse a version an explicit rollback withdrew, unless a later pointer event
+        made it current again (an admin re-promoting it)."""
+        withdrawn: dict[int, EventRecord] = {}
+        for event in self.store.query_events(kinds=POINTER_EVENTS, adapter_id=adapter_id):
+            for v in (event.payload or {}).get("withdrawn") or ():
+                withdrawn[int(v)] = event
+            withdrawn.pop(event.version, None)  # made current again
+        event = withdrawn.get(version)
+        if event is None:
+            return
+        reason = (event.payload or {}).get("reason") or "no reason given"
+        raise VersionRolledBack(
+            f"adapter {adapter_id!r} v{version} was rolled back (to v{event.version}, rollback "
+            f"event {event.id}: {reason}); pinned requests for it are refused. An admin "
+            f"re-enables it by promoting it again: `qlp improve promote {adapter_id} {version}` "
+            f"or POST /v1/admin/adapters/{adapter_id}/promote",
+            param="model",
         )
 
     def events(self, adapter_id: str | None = None, kinds: tuple[str, ...] | None = None):

@@ -12,6 +12,7 @@ import logging
 import math
 import shutil
 import tempfile
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -197,11 +198,22 @@ class Registry:
         kind = "rollback" if current is not None and version < current else "promote"
         self._point(adapter_id, version, kind, reason=reason, previous=current)
 
-    def rollback(self, adapter_id: str, version: int, reason: str = "") -> None:
-        """Explicitly make an older ``version`` current (recorded as a rollback)."""
+    def rollback(
+        self, adapter_id: str, version: int, reason: str = "", withdraw: Iterable[int] = ()
+    ) -> None:
+        """Explicitly make an older ``version`` current (recorded as a rollback). The version
+        rolled back from, and ``withdraw`` (e.g. an experiment's losing candidate), are
+        refused for pinned ``adapter@N`` requests until promoted again."""
         self._require_version(adapter_id, version)
         current = self.storage.read_pointer(adapter_id)
-        self._point(adapter_id, version, "rollback", reason=reason, previous=current)
+        extra = set(withdraw)
+        for v in extra:
+            self._require_version(adapter_id, v)
+        if current is not None and current != version:
+            extra.add(current)
+        extra.discard(version)
+        self._point(adapter_id, version, "rollback", reason=reason, previous=current,
+                    withdrawn=sorted(extra))  # fmt: skip
 
     def retire(self, adapter_id: str, reason: str = "") -> int:
         """Stop serving ``adapter_id``: it leaves the listing and the routing table (its
@@ -253,7 +265,8 @@ class Registry:
     def servable(self, adapter_id: str, version: int | None = None) -> AdapterRecord:
         """The record of a version a request may be served, pinned (``adapter@N``) or not:
         the adapter is not retired, its current pointer passes rollback protection (a
-        tampered pointer refuses the adapter's pinned versions too), and the version
+        tampered pointer refuses the adapter's pinned versions too), no explicit rollback
+        withdrew the version (410 until it is promoted again), and the version
         verifies with today's trusted keys (a revoked key's adapters are refused at the
         next request). From the listing's cache: no re-hashing unless the files or the
         trusted keys changed, and no audit row (unless a check fails)."""
@@ -265,6 +278,7 @@ class Registry:
             )
         if self.audit is not None:  # the audit log's pointer check, for the current version
             self.audit.check_current(adapter_id, self._current_version(adapter_id))
+            self.audit.check_pinned(adapter_id, version)  # 410 for a rolled-back version
         record = self._inspect(adapter_id, version, trusted_public_keys(self.cfg))
         if not record.signed and self.cfg.registry.require_signature:
             raise SignatureError(
