@@ -6,8 +6,9 @@ its texts, then moves the meta weights a step toward the adapted ones:
 instead of PEFT's default init (A random, B zero: the base model's function).
 
 In-process (plain PyTorch + PEFT); ``benchmarks/meta_init.py`` compares the two inits on a
-held-out domain with 16 examples. Not wired to ``qlp train`` yet (see the module's README
-entry).
+held-out domain with 16 examples. ``qlp train --init meta`` computes (or reuses) one over the
+registry's domains and registers it signed (:mod:`qlp_ray.train.meta_entry`); every SFT
+worker then loads it with :func:`apply_init` (safetensors, SHA-256 checked: no pickle).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from qlp_ray.core.errors import InvalidRequest
+from qlp_ray.core.errors import InvalidRequest, TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +121,74 @@ def reptile_init(
     return meta
 
 
+def state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 over the names, shapes and fp32 bytes of a LoRA state dict (sorted by name)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(t.shape)}\n".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_init_state(weights_path: str | Path, sha256: str) -> dict[str, Any]:
+    """The tensors of a meta-init's ``adapter_model.safetensors``, if its SHA-256 is the one
+    the driver verified in the registry (``TrainingError`` otherwise)."""
+    import hashlib
+
+    from safetensors.torch import load
+
+    data = Path(weights_path).read_bytes()
+    found = hashlib.sha256(data).hexdigest()
+    if found != sha256:
+        raise TrainingError(
+            f"meta-init weights {weights_path} changed after verification "
+            f"(SHA-256 {found[:12]}, expected {sha256[:12]})"
+        )
+    return load(data)
+
+
+def apply_init(model: Any, weights_path: str | Path, sha256: str) -> str:
+    """Load a meta-init into the LoRA / AdaLoRA weights of ``model`` (a PeftModel, maybe
+    wrapped); every adapter tensor must be in the file with the same shape. Returns the
+    :func:`state_digest` of the model's adapter weights after loading, which equals the
+    file's."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    from qlp_ray.train.peft_setup import unwrap_peft_model
+
+    peft_model = unwrap_peft_model(model)
+    state = read_init_state(weights_path, sha256)
+    own = get_peft_model_state_dict(peft_model)
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or wrong:
+        raise TrainingError(
+            "the meta-init does not fit this run's adapter (rank, target modules or PEFT "
+            f"method differ): missing {missing[:3]}, unexpected {extra[:3]}, shape {wrong[:3]}"
+        )
+    set_peft_model_state_dict(peft_model, state)
+    loaded = state_digest(get_peft_model_state_dict(peft_model))
+    if loaded != state_digest(state):
+        raise TrainingError("the meta-init weights did not load into the adapter")
+    logger.info("adapter initialised from meta-init %s (state %s)", weights_path, loaded[:12])
+    return loaded
+
+
 __all__ = [
     "ReptileOptions",
     "adapt",
+    "apply_init",
     "heldout_loss",
     "lm_loss",
     "load_state",
     "lora_model",
+    "read_init_state",
     "reptile_init",
+    "state_digest",
     "trainable_state",
 ]

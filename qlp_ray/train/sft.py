@@ -47,13 +47,15 @@ class SFTResult:
     seconds: float
     world_size: int = 1
     rank_pattern: dict[str, int] | None = None
+    init_state_sha256: str | None = None  # the adapter's starting weights (--init meta)
 
     def metrics(self) -> dict[str, Any]:
         """JSON-ready metrics (without the adapter path)."""
         out = asdict(self)
         out.pop("adapter_dir")
-        if out["rank_pattern"] is None:
-            out.pop("rank_pattern")
+        for key in ("rank_pattern", "init_state_sha256"):
+            if out[key] is None:
+                out.pop(key)
         return out
 
 
@@ -314,6 +316,7 @@ def run_sft(
     checkpoints: bool = False,
     resume_from: str | None = None,
     eval_loss_before: float | None = None,
+    init: dict[str, str] | None = None,
 ) -> SFTResult:
     """Fine-tune a LoRA/AdaLoRA adapter on ``base_path``; measure held-out loss before/after.
 
@@ -323,6 +326,8 @@ def run_sft(
     ``checkpoints`` saves a checkpoint every ``train.checkpoint_every`` steps into
     ``output_dir/trainer``; ``resume_from`` (a checkpoint directory) continues a run, whose
     held-out loss before training was ``eval_loss_before`` (not measured again).
+    ``init`` (``{"weights", "sha256"}``): start the adapter from these meta-init weights
+    (:func:`qlp_ray.train.meta_init.apply_init`) instead of PEFT's default init.
     """
     output_dir = Path(output_dir)
     records_to_dataset(train_records, "training")  # bad data fails before the model loads
@@ -341,6 +346,11 @@ def run_sft(
         callbacks=callbacks,
         checkpoints=checkpoints,
     )
+    init_state = None
+    if init is not None:  # before the held-out loss "before": it measures the meta-init
+        from qlp_ray.train.meta_init import apply_init
+
+        init_state = apply_init(trainer.model, init["weights"], init["sha256"])
     if prepare is not None:
         trainer = prepare(trainer)
 
@@ -376,6 +386,7 @@ def run_sft(
         seconds=round(seconds, 2),
         world_size=int(trainer.args.world_size),
         rank_pattern=pattern,
+        init_state_sha256=init_state,
     )
     if save_adapter:
         result.adapter_dir = save_adapter_dir(trainer.model, output_dir / "adapter")
