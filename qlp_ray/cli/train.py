@@ -41,7 +41,7 @@ def train(
     parent: str | None = typer.Option(
         None,
         "--parent",
-        help="dpo/grpo/rloo/distill: continue this registered adapter (id[@version]).",
+        help="dpo/ppo/grpo/rloo/distill: continue this registered adapter (id[@version]).",
     ),
     workers: int | None = typer.Option(None, "--workers", help="Ray Train workers (DDP)."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps."),
@@ -65,6 +65,18 @@ def train(
         help="SFT: stop after this many held-out evaluations (every train.checkpoint_every "
         "steps) without improvement.",
     ),
+    kl_coef: float | None = typer.Option(
+        None, "--kl-coef", help="ppo: KL penalty weight (default: train.ppo.kl_coef)."
+    ),
+    kl_target: float | None = typer.Option(
+        None, "--kl-target", help="ppo: adaptive KL control towards this KL per completion."
+    ),
+    clip_range: float | None = typer.Option(
+        None, "--clip-range", help="ppo: ratio clip epsilon (default: train.ppo.clip_range)."
+    ),
+    ppo_epochs: int | None = typer.Option(
+        None, "--ppo-epochs", help="ppo: passes over each rollout batch."
+    ),
     run_name: str | None = typer.Option(
         None, "--run-name", help="Run directory name under <home>/runs (default: generated)."
     ),
@@ -72,9 +84,9 @@ def train(
     """Train on Ray Train with any method (SFT, DPO, GRPO, RLOO, reward model,
     distillation), measure its held-out metric before and after, sign and register.
 
-    The data file is checked against the method's data shape before Ray starts. An SFT
+    The data file is checked against the method's data shape before Ray starts. Every
     run directory (<home>/runs/<run>) receives metrics.jsonl and the loss curve
-    (loss_curve.csv, loss_curve.png).
+    (loss_curve.csv, loss_curve.png; PPO adds reward and KL).
     """
     from qlp_ray.train.method_runs import prepare_run, train_method_and_register
     from qlp_ray.train.ray_train import effective_train_config
@@ -90,6 +102,13 @@ def train(
                  "batch_size": batch_size, "learning_rate": learning_rate,
                  "grad_accum": grad_accum, "lr_scheduler": scheduler,
                  "early_stopping_patience": early_stopping}  # fmt: skip
+    ppo = {"kl_coef": kl_coef, "kl_target": kl_target, "clip_range": clip_range,
+           "ppo_epochs": ppo_epochs}  # fmt: skip
+    given = [f"--{k.replace('_', '-')}" for k, v in ppo.items() if v is not None]
+    if given and name != "ppo":
+        fail(f"{', '.join(given)}: only for --method ppo (this run is {name})")
+        return
+    overrides["ppo"] = ppo
     try:
         effective_train_config(cfg, method="lora", overrides=overrides)  # before Ray starts
         run = prepare_run(
@@ -126,6 +145,7 @@ def train(
         return
     if run.spec.peft is None:
         _print_method_record(record, run.spec.name)
+        _print_curve(cfg, record)
         return
 
     from rich.table import Table
@@ -149,6 +169,10 @@ def train(
         f"of training; stored at {record.path}",
         soft_wrap=True,
     )
+    _print_curve(cfg, record)
+
+
+def _print_curve(cfg: Any, record: Any) -> None:
     run = record.metadata.get("run", {}).get("run_name")
     if run:
         curve = cfg.paths.runs / run / CURVE_PNG
