@@ -9,7 +9,7 @@ their checks and messages from this table; nothing else lists methods.
 method     data rows (JSONL)              runner
 =========  =============================  ===============================================
 sft        instruction capsules           Ray Train TRL SFT (``ray_train``), PEFT LoRA
-adalora    instruction capsules           the same, AdaLoRA
+adalora    instruction capsules           the same, AdaLoRA (both: ``--init meta``)
 qlora      instruction capsules           the same, 4-bit base (CUDA only)
 dpo        {prompt, chosen, rejected}     Ray Train TRL DPO (``ray_rlhf``)
 grpo/rloo  {prompt} (or capsules)         Ray Train TRL GRPO / RLOO + ``--reward``
@@ -79,6 +79,8 @@ class MethodSpec:
     ``kind``: what the run registers, an ``adapter`` (causal LM LoRA, routable) or a
     ``reward_model`` (LoRA + score head, loadable by ``--reward reward-model:<id>``).
     ``peft``: the ``train.method`` an SFT-family entry trains with.
+    ``accepts_init``: ``--init meta`` / ``--init <meta-init id@N>`` can start its LoRA
+    (the meta-learned weights are LoRA / AdaLoRA weights of the run's own shape).
     """
 
     name: str
@@ -92,6 +94,7 @@ class MethodSpec:
     needs_teacher: bool = False
     accepts_parent: bool = False
     peft: str | None = None
+    accepts_init: bool = False
 
     @property
     def available(self) -> bool:
@@ -105,9 +108,9 @@ METHODS: dict[str, MethodSpec] = {
     m.name: m
     for m in (
         MethodSpec("sft", "supervised fine-tuning, LoRA", INSTRUCTIONS, "eval_loss", False,
-                   _SFT_RUNNER, peft="lora"),
+                   _SFT_RUNNER, peft="lora", accepts_init=True),
         MethodSpec("adalora", "supervised fine-tuning, AdaLoRA", INSTRUCTIONS, "eval_loss",
-                   False, _SFT_RUNNER, peft="adalora"),
+                   False, _SFT_RUNNER, peft="adalora", accepts_init=True),
         MethodSpec("qlora", "supervised fine-tuning, 4-bit base + LoRA (CUDA)", INSTRUCTIONS,
                    "eval_loss", False, _SFT_RUNNER, peft="qlora"),
         MethodSpec("dpo", "direct preference optimisation", PREFERENCES, "preference_margin",
@@ -131,6 +134,7 @@ ALIASES: dict[str, str] = {"lora": "sft"}
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 SFT_FAMILY: tuple[str, ...] = tuple(m.name for m in METHODS.values() if m.peft is not None)
 REWARD_KINDS = ("keyword", "domain", "json", "regex", "reward-model")
+INIT_KINDS = ("base", "meta")  # or a registered meta-init: id[@version]
 
 
 def quoted(names: tuple[str, ...] | list[str]) -> str:
@@ -212,15 +216,34 @@ def parse_ref(text: str, param: str = "parent") -> tuple[str, int | None]:
     return adapter_id, int(version)
 
 
+def parse_init(text: str | None, param: str = "init") -> tuple[str, str | None, int | None]:
+    """``--init``: ``base`` (PEFT's default init, the default), ``meta`` (the registry's
+    meta-init for these inputs, computed when missing) or a registered meta-init
+    ``id[@version]`` -> ``("base" | "meta" | "ref", id, version)``."""
+    text = (text or "base").strip()
+    if text in INIT_KINDS:
+        return text, None, None
+    adapter_id, version = parse_ref(text, param)
+    return "ref", adapter_id, version
+
+
 def check_options(
     spec: MethodSpec,
     *,
     reward: str | None = None,
     teacher: str | None = None,
     parent: str | None = None,
+    init: str | None = None,
 ) -> RewardSpec | None:
     """Refuse options the method does not take and missing ones it needs (``param`` names
-    the option: ``reward``, ``teacher``, ``parent``); returns the parsed reward."""
+    the option: ``reward``, ``teacher``, ``parent``, ``init``); returns the parsed reward."""
+    if init and parse_init(init)[0] != "base" and not spec.accepts_init:
+        takes = [m.name for m in METHODS.values() if m.accepts_init]
+        raise InvalidRequest(
+            f"method {spec.name!r} cannot start from a meta-init (init applies to "
+            f"{quoted(takes)}; dpo/ppo/grpo/rloo/distill continue an adapter with parent)",
+            param="init",
+        )
     if spec.needs_reward and not reward:
         raise InvalidRequest(
             f"method {spec.name!r} needs a reward: {quoted(REWARD_KINDS)} "
@@ -313,6 +336,7 @@ def methods_table() -> list[dict[str, str]]:
             ),
             "metric": f"{m.metric} ({'higher' if m.higher else 'lower'} is better)",
             "registers": m.kind.replace("_", " "),
+            "init": "base, meta, <meta-init id@N>" if m.accepts_init else "base",
         }
         for m in METHODS.values()
     ]
@@ -320,6 +344,7 @@ def methods_table() -> list[dict[str, str]]:
 
 __all__ = [
     "ALIASES",
+    "INIT_KINDS",
     "INSTRUCTIONS",
     "METHODS",
     "METHOD_NAMES",
@@ -334,6 +359,7 @@ __all__ = [
     "check_row",
     "get_method",
     "methods_table",
+    "parse_init",
     "parse_ref",
     "parse_reward",
     "prompt_of",

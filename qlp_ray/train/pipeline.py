@@ -100,6 +100,7 @@ def train_with_lineage(
     label: str | None = None,
     overrides: dict[str, Any] | None = None,
     run_name: str | None = None,
+    init: str | None = None,
 ) -> TrainedAdapter:
     """Train on Ray Train (held-out loss measured before and after training), then compute
     the routing centroid of the training prompts.
@@ -108,8 +109,11 @@ def train_with_lineage(
     ``data_file``, ``metrics``, ``train_config``, ``run``, the ``centroid``, the
     ``heldout_hash`` of a held-out file and, for AdaLoRA, the final ``rank_pattern``.
     ``label`` names the adapter in progress messages (default: the domain); ``overrides``
-    and ``run_name`` go to :func:`~qlp_ray.train.ray_train.train_adapter`.
+    and ``run_name`` go to :func:`~qlp_ray.train.ray_train.train_adapter`. ``init``
+    (``base``, ``meta`` or a meta-init ``id@N``): the LoRA the run starts from
+    (:mod:`qlp_ray.train.meta_entry`); the lineage records ``init`` and the ``meta_init``.
     """
+    from qlp_ray.train.meta_entry import init_for_run
     from qlp_ray.train.ray_train import (  # lazy: loads peft, transformers
         effective_train_config,
         train_adapter,
@@ -119,6 +123,7 @@ def train_with_lineage(
         cfg, method=method, workers=workers, steps=steps, overrides=overrides
     )
     what = label or domain
+    init_ref = init_for_run(cfg, init, train_cfg, domain, progress)
     _say(progress, f"training {what} ({train_cfg.method}, {train_cfg.steps} steps) on Ray Train")
     result = train_adapter(
         cfg,
@@ -130,6 +135,7 @@ def train_with_lineage(
         steps=train_cfg.steps,
         overrides=overrides,
         run_name=run_name,
+        init=init_ref.worker_config() if init_ref else None,
     )
     _say(
         progress,
@@ -149,6 +155,10 @@ def train_with_lineage(
         metadata["heldout_hash"] = file_sha256(heldout_path)
     if train_cfg.method == "adalora":
         metadata["rank_pattern"] = result.metrics.get("rank_pattern") or {}
+    metadata["init"] = "meta" if init_ref else "base"
+    if init_ref is not None:
+        state = result.metrics.get("init_state_sha256")  # the worker's weights after loading
+        metadata["meta_init"] = {**init_ref.lineage(), "requested": init, "state_sha256": state}
     if result.tracking_run is not None:
         metadata["mlflow_run_id"] = result.tracking_run[1]
     return TrainedAdapter(
@@ -247,12 +257,13 @@ def train_and_register(
     keep_run_adapter: bool = False,
     overrides: dict[str, Any] | None = None,
     run_name: str | None = None,
+    init: str | None = None,
 ) -> AdapterRecord:
     """Train an adapter on Ray Train, then sign and register it as the next version.
 
     ``qlp.json`` of the new version holds the lineage of :func:`train_with_lineage`.
     ``progress`` receives short stage messages; ``overrides`` (more ``train.*`` fields) and
-    ``run_name`` go to :func:`train_with_lineage`.
+    ``run_name`` and ``init`` go to :func:`train_with_lineage`.
     """
     adapter_id = validate_adapter_id(adapter_id or domain)
     validate_adapter_id(domain, "domain")
@@ -272,6 +283,7 @@ def train_and_register(
             label=adapter_id,
             overrides=overrides,
             run_name=run_name,
+            init=init,
         ),
         progress=progress,
     )

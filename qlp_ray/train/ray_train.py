@@ -249,6 +249,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             checkpoints=train_cfg.checkpoint_every > 0,
             resume_from=resume,
             eval_loss_before=state.get("eval_loss_before"),
+            init=config.get("init"),
         )
         metrics = {
             **result.metrics(),
@@ -315,6 +316,7 @@ def train_adapter(
     steps: int | None = None,
     overrides: dict[str, Any] | None = None,
     run_name: str | None = None,
+    init: dict[str, str] | None = None,
     _kill_at_step: int | None = None,
 ) -> TrainResult:
     """Train one adapter for ``domain`` on Ray Train; return its directory and metrics.
@@ -322,8 +324,9 @@ def train_adapter(
     ``overrides``: more ``train.*`` fields (:func:`effective_train_config`). ``run_name``
     names the run directory under ``paths.runs`` (default: domain, method, time); a REST
     job passes its job id so that its metrics can be found while it runs. The run is an
-    MLflow run of the same name (``tracking.*``). ``_kill_at_step``: test hook, rank 0
-    dies once at that step (the run resumes from its last checkpoint).
+    MLflow run of the same name (``tracking.*``). ``init`` (``{"weights", "sha256"}`` of a
+    verified meta-init): every worker starts its adapter from it. ``_kill_at_step``: test
+    hook, rank 0 dies once at that step (the run resumes from its last checkpoint).
     """
     train_cfg = effective_train_config(
         cfg, method=method, workers=workers, steps=steps, overrides=overrides
@@ -363,7 +366,7 @@ def train_adapter(
             tags={"qlp.domain": domain, "qlp.method": train_cfg.method},
         )  # fmt: skip
         try:
-            result = _fit(cfg, train_cfg, data, use_gpu, run_name, run, _kill_at_step)
+            result = _fit(cfg, train_cfg, data, use_gpu, run_name, run, _kill_at_step, init)
             trained = _finish(cfg, train_cfg, data, run_name, result, t0)
         except BaseException:
             tracking.finish_run(run, failed=True)
@@ -381,6 +384,7 @@ def _fit(
     run_name: str,
     tracking_run: tuple[str, str] | None = None,
     kill_at_step: int | None = None,
+    init: dict[str, str] | None = None,
 ) -> Any:
     """Build the base model (once, here) and run the TorchTrainer on ``train_cfg.workers``."""
     from ray.train import (  # lazy: loads torch
@@ -402,6 +406,8 @@ def _fit(
         use_gpu=use_gpu,
         metrics_file=str(cfg.paths.runs / run_name / METRICS_FILE),
     )
+    if init is not None:
+        loop_config["init"] = init
     if kill_at_step is not None:
         marker = cfg.paths.runs / run_name / "killed"
         loop_config.update(kill_at_step=kill_at_step, kill_marker=str(marker))
