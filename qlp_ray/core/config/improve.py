@@ -66,7 +66,13 @@ class ImproveConfig(Section):
     experiment_url: str | None = Field(
         None,
         description="Base URL of the Serve app the A/B runs on (None = http://serve.host:"
-        "serve.port); its admin key is serve.admin_key.",
+        "serve.port); the loop authenticates with improve.api_key, else serve.admin_key.",
+    )
+    api_key: str | None = Field(
+        None,
+        description="Bearer key the improve loop sends to the Serve app's experiments API "
+        "(needs the admin role: `qlp keys api create --role admin`); None = serve.admin_key.",
+        json_schema_extra={"secret": True},
     )
     method: Literal["sft", "dpo", "auto"] = Field(
         "auto",
@@ -85,6 +91,23 @@ class ImproveConfig(Section):
         "cannot move).",
     )
     max_eval_examples: int = Field(64, ge=1, description="Held-out examples scored per model.")
+    lease_ttl_s: float = Field(
+        120.0,
+        gt=0,
+        description="A round holds a lease per domain in the store, renewed every third of "
+        "this while it runs; another orchestrator takes it over only after it expired.",
+    )
+
+    @model_validator(mode="after")
+    def _key_not_empty(self) -> ImproveConfig:
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError(
+                "`improve.api_key` is empty: unset it (the loop then uses serve.admin_key) "
+                "or set a key with the admin role"
+            )
+        if self.api_key is not None and not self.api_key.isascii():
+            raise ValueError("`improve.api_key` must be ASCII (it travels in an HTTP header)")
+        return self
 
 
 class ActiveLearningConfig(Section):
