@@ -123,7 +123,36 @@ def test_cli_refuses_before_ray(home, tmp_path):
     result, out = _train("--data", str(sample_path("api", "train")), "--method", "distill",
                          "--teacher", "nope")  # fmt: skip
     assert result.exit_code == 1 and "nope" in out  # not in the registry
+    api = str(sample_path("api", "train"))
+    result, out = _train("--data", api, "--method", "dpo", "--kl-coef", "0.1")
+    assert result.exit_code == 1 and "--kl-coef: only for --method ppo (this run is dpo)" in out
+    result, out = _train("--data", api, "--method", "ppo", "--reward", "json", "--kl-coef", "-1")
+    assert result.exit_code == 1 and "`train.ppo.kl_coef`: Input should be greater" in out
+    result, out = _train("--data", api, "--method", "ppo", "--reward", "json", "--clip-range", "1")
+    assert result.exit_code == 1 and "`train.ppo.clip_range`: Input should be less" in out
     assert not (home / "runs").exists()  # nothing started
+
+
+def test_ppo_options_come_from_train_ppo_and_the_flags():
+    """train.ppo + one run's overrides -> PPOOptions (checkpoint_every 0: the final one only)."""
+    from qlp_ray.core.config import ConfigError, load_config
+    from qlp_ray.train.ppo_run import ppo_options
+    from qlp_ray.train.ray_train import effective_train_config
+
+    cfg = load_config(overrides={"train": {"ppo": {"gamma": 0.9, "kl_target": 3.0}}})
+    tc = effective_train_config(cfg, steps=12, overrides={
+        "batch_size": 6, "lr_scheduler": "cosine", "checkpoint_every": 0,
+        "ppo": {"kl_coef": 0.05, "ppo_epochs": 3, "clip_range": None}})  # fmt: skip
+    o = ppo_options(tc)
+    assert (o.kl_coef, o.kl_target, o.gamma, o.ppo_epochs, o.clip) == (0.05, 3.0, 0.9, 3, 0.2)
+    assert (o.steps, o.batch_size, o.minibatch_size) == (12, 6, 3)
+    assert (o.lr_scheduler, o.checkpoint_every, o.max_new_tokens) == ("cosine", 12, 16)
+    tc = effective_train_config(cfg, steps=12, overrides={"checkpoint_every": 5})
+    assert ppo_options(tc).checkpoint_every == 5
+    with pytest.raises(ConfigError, match=r"`train.ppo.ppo_epochs`"):
+        effective_train_config(cfg, overrides={"ppo": {"ppo_epochs": 0}})
+    with pytest.raises(ConfigError, match=r"`train.ppo.lam`"):
+        load_config(overrides={"train": {"ppo": {"lam": 1.5}}})
 
 
 def test_sft_family_dispatches_to_the_sft_pipeline(home, monkeypatch):
@@ -183,6 +212,14 @@ API = str(sample_path("api", "train"))
          "contradicts"),
         ({"method": "dpo", "hyperparameters": {"n_epochs": 1}}, "hyperparameters.n_epochs",
          "applies to SFT"),
+        ({"method": "dpo", "hyperparameters": {"kl_coef": 0.1}}, "hyperparameters.kl_coef",
+         "applies to method 'ppo', not 'dpo'"),
+        ({"hyperparameters": {"ppo_epochs": 2}}, "hyperparameters.ppo_epochs",
+         "applies to method 'ppo', not 'sft'"),
+        ({"method": "ppo", "reward": "json", "training_file": API,
+          "hyperparameters": {"kl_coef": -0.1}}, "hyperparameters.kl_coef", "greater than"),
+        ({"method": "ppo", "reward": "json", "training_file": API,
+          "hyperparameters": {"clip_range": 1.5}}, "hyperparameters.clip_range", "less than"),
     ],
 )  # fmt: skip
 def test_rest_method_errors_name_the_field(http, extra, param, needle):
@@ -208,3 +245,9 @@ def test_rest_method_becomes_the_qlp_train_command(http):
                        "4", "--method", "dpo", "--rank", "4", "--parent", "api@2"]  # fmt: skip
     grpo = FineTuningRequest(model="api", training_file=API, method="grpo", reward="domain")
     assert train_command(cfg, grpo)[-4:] == ["--method", "grpo", "--reward", "domain"]
+    ppo = FineTuningRequest(model="api", training_file=API, method="ppo", reward="json",
+                            hyperparameters={"kl_coef": 0.05, "kl_target": 2.0,
+                                             "clip_range": 0.1, "ppo_epochs": 3})  # fmt: skip
+    assert train_command(cfg, ppo)[-12:] == [
+        "--method", "ppo", "--kl-coef", "0.05", "--kl-target", "2.0", "--clip-range", "0.1",
+        "--ppo-epochs", "3", "--reward", "json"]  # fmt: skip

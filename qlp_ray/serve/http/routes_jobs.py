@@ -5,7 +5,8 @@
                                         "reward", "teacher", "parent",
                                         "hyperparameters": {"n_steps" | "n_epochs", "method",
                                         "batch_size", "learning_rate", "lora_rank",
-                                        "lora_alpha", "lora_dropout"}}`` → a job running
+                                        "lora_alpha", "lora_dropout", ppo: "kl_coef",
+                                        "kl_target", "clip_range", "ppo_epochs"}}`` → a job running
                                         ``qlp train ... --run-name <job id>``
 ``GET /v1/fine-tuning/jobs``            the fine-tuning jobs of the cluster
 ``GET /v1/fine-tuning/jobs/{id}``       one job (status, logs tail on failure)
@@ -70,6 +71,12 @@ class Hyperparameters(BaseModel):
     lora_rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank r.")
     lora_alpha: int | None = Field(None, ge=1, le=4096, description="LoRA alpha.")
     lora_dropout: float | None = Field(None, ge=0, lt=1, description="LoRA dropout.")
+    kl_coef: float | None = Field(None, ge=0, le=100, description="ppo: KL penalty weight.")
+    kl_target: float | None = Field(
+        None, gt=0, le=1000, description="ppo: adaptive KL control towards this KL."
+    )
+    clip_range: float | None = Field(None, gt=0, lt=1, description="ppo: ratio clip epsilon.")
+    ppo_epochs: int | None = Field(None, ge=1, le=64, description="ppo: passes per rollout.")
 
     def train_options(self, skip: tuple[str, ...] = ()) -> list[str]:
         """The ``qlp train`` options of the LoRA and optimiser fields that are set."""
@@ -81,11 +88,15 @@ class Hyperparameters(BaseModel):
             ("--rank", self.lora_rank),
             ("--alpha", self.lora_alpha),
             ("--dropout", self.lora_dropout),
+            *((f"--{name.replace('_', '-')}", getattr(self, name)) for name in PPO_FIELDS),
         ]
         for option, value in options:
             if value is not None and option not in skip:
                 out += [option, str(value)]
         return out
+
+
+PPO_FIELDS = ("kl_coef", "kl_target", "clip_range", "ppo_epochs")
 
 
 class FineTuningRequest(BaseModel):
@@ -242,6 +253,12 @@ def method_of(body: FineTuningRequest) -> Any:
                 param="hyperparameters.method",
             )
     check_options(spec, reward=body.reward, teacher=body.teacher, parent=body.parent)
+    for name in PPO_FIELDS:
+        if getattr(body.hyperparameters, name) is not None and spec.name != "ppo":
+            raise InvalidRequest(
+                f"`hyperparameters.{name}` applies to method 'ppo', not {spec.name!r}",
+                param=f"hyperparameters.{name}",
+            )
     return spec
 
 
