@@ -7,9 +7,11 @@ a store twice (or from two processes) never applies one twice.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -33,6 +35,7 @@ from sqlalchemy import (
 logger = logging.getLogger(__name__)
 
 metadata = MetaData()
+MIGRATION_LOCK_KEY = 0x716C705F6D6967  # "qlp_mig": the advisory lock migrations take
 
 migrations_table = Table(
     "qlp_schema_migrations",
@@ -131,6 +134,16 @@ experiment_failures = Table(
     Index("ix_experiment_failures_variant", "experiment", "variant"),
 )
 
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(128), primary_key=True),  # e.g. improve:<domain>
+    Column("owner", String(256), nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("renewed_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
 _INDEXES = (
     Index("ix_requests_ts", requests.c.ts),
     Index("ix_requests_domain_ts", requests.c.domain, requests.c.ts),
@@ -191,11 +204,16 @@ def _v4_trust(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_feedback_review ON feedback (review)")
 
 
+def _v5_leases(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[leases])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial tables: requests, feedback, rewards, events", _v1_initial),
     Migration(2, "query indexes", _v2_indexes),
     Migration(3, "A/B experiments: definitions and failed requests", _v3_experiments),
     Migration(4, "callers of requests and feedback; trusted and reviewed feedback", _v4_trust),
+    Migration(5, "leases: one orchestrator round per domain at a time", _v5_leases),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -209,28 +227,64 @@ def current_version(engine: Engine) -> int:
     return max(rows, default=0)
 
 
+def _applied(engine: Engine) -> set[int]:
+    if not inspect(engine).has_table(migrations_table.name):
+        return set()
+    with engine.connect() as conn:
+        return set(conn.execute(select(migrations_table.c.version)).scalars().all())
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """One migrating process at a time: a PostgreSQL session advisory lock (released when
+    the holder's connection ends, also when its process dies), or for SQLite an exclusive
+    ``flock`` on ``<database>.migrate.lock`` (SQLite's DDL is not transactional)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+                conn.commit()
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        yield  # one process only
+        return
+    with open(f"{database}.migrate.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def migrate(engine: Engine, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
-    """Apply pending migrations in order, each in its own transaction; return those applied."""
+    """Apply pending migrations in order, each in its own transaction; return those applied.
+
+    Processes opening one fresh store at once (pods starting together) take turns under
+    :func:`migration_lock`: the first applies, the others find every version recorded."""
     versions = [m.version for m in migrations]
     if versions != sorted(set(versions)):
         raise ValueError(f"migration versions must be strictly increasing, got {versions}")
-    metadata.create_all(engine, tables=[migrations_table])
-    applied: list[int] = []
-    for migration in migrations:
-        with engine.begin() as conn:
-            done = conn.execute(
-                select(migrations_table.c.version).where(
-                    migrations_table.c.version == migration.version
-                )
-            ).first()
-            if done is not None:
+    if set(versions) <= _applied(engine):
+        return []  # the common case: up to date, no lock taken
+    with migration_lock(engine):
+        metadata.create_all(engine, tables=[migrations_table])
+        done = _applied(engine)
+        applied: list[int] = []
+        for migration in migrations:
+            if migration.version in done:
                 continue
-            logger.info("applying store migration %d: %s", migration.version, migration.name)
-            migration.apply(conn)
-            conn.execute(
-                migrations_table.insert().values(
-                    version=migration.version, name=migration.name, applied_at=time.time()
+            with engine.begin() as conn:
+                logger.info("applying store migration %d: %s", migration.version, migration.name)
+                migration.apply(conn)
+                conn.execute(
+                    migrations_table.insert().values(
+                        version=migration.version, name=migration.name, applied_at=time.time()
+                    )
                 )
-            )
-        applied.append(migration.version)
+            applied.append(migration.version)
     return applied
