@@ -43,6 +43,13 @@ def train(
         "--parent",
         help="dpo/ppo/grpo/rloo/distill: continue this registered adapter (id[@version]).",
     ),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="sft/adalora: the LoRA to start from: base (PEFT's init, default), meta (a "
+        "Reptile meta-init over the registry's other domains, reused when registered with "
+        "the same inputs) or a registered meta-init id[@version].",
+    ),
     workers: int | None = typer.Option(None, "--workers", help="Ray Train workers (DDP)."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps."),
     adapter_id: str | None = typer.Option(
@@ -120,6 +127,7 @@ def train(
             reward=reward,
             teacher=teacher,
             parent=parent,
+            init=init or "",
             workers=workers,
             steps=steps,
             overrides=overrides,
@@ -127,7 +135,8 @@ def train(
         )
     except QLPError as exc:
         param = getattr(exc, "param", None)
-        option = f"--{param}: " if param in ("method", "reward", "teacher", "parent") else ""
+        named = ("method", "reward", "teacher", "parent", "init")
+        option = f"--{param}: " if param in named else ""
         fail(f"{option}{exc}")
         return
     try:

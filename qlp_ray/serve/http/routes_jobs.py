@@ -2,7 +2,7 @@
 
 ``POST /v1/fine-tuning/jobs``          ``{"model": domain | adapter id, "training_file": path,
                                         "method": sft|dpo|grpo|rloo|reward|distill|...,
-                                        "reward", "teacher", "parent",
+                                        "reward", "teacher", "parent", "init",
                                         "hyperparameters": {"n_steps" | "n_epochs", "method",
                                         "batch_size", "learning_rate", "lora_rank",
                                         "lora_alpha", "lora_dropout", ppo: "kl_coef",
@@ -114,6 +114,9 @@ class FineTuningRequest(BaseModel):
     reward: str | None = Field(None, description="grpo/rloo/ppo: the reward spec (--reward).")
     teacher: str | None = Field(None, description="distill: teacher adapter id or 'base'.")
     parent: str | None = Field(None, description="Registered adapter id[@version] to continue.")
+    init: str | None = Field(
+        None, description="sft/adalora: 'base' (default), 'meta' or a meta-init id[@version]."
+    )
 
 
 class EvaluationRequest(BaseModel):
@@ -252,7 +255,8 @@ def method_of(body: FineTuningRequest) -> Any:
                 f"({body.method!r}); give `method` only",
                 param="hyperparameters.method",
             )
-    check_options(spec, reward=body.reward, teacher=body.teacher, parent=body.parent)
+    check_options(spec, reward=body.reward, teacher=body.teacher, parent=body.parent,
+                  init=body.init)  # fmt: skip
     for name in PPO_FIELDS:
         if getattr(body.hyperparameters, name) is not None and spec.name != "ppo":
             raise InvalidRequest(
@@ -305,7 +309,7 @@ def train_command(
     else:
         command += hp.train_options()
     for option, value in (("--reward", body.reward), ("--teacher", body.teacher),
-                          ("--parent", body.parent)):  # fmt: skip
+                          ("--parent", body.parent), ("--init", body.init)):  # fmt: skip
         if value is not None:
             command += [option, value]
     if adapter_id is not None:
