@@ -9,9 +9,10 @@ Recording is what the gateway does per answered request: in-memory analytics, th
 ledger, the experiment outcome, and the request-log row in the SQLite feedback store
 (``synchronous=FULL``). The row is measured both ways the gateway can write it, on the
 request's path: ``inline`` (the reply waits for the row's commit) and ``background`` (the
-default: the row is queued and a writer thread commits queued rows together after the reply,
+lossy opt-out: the row is queued and a writer thread commits queued rows together after the reply,
 ``serve/request_log.py``); for background the time until every row is committed is printed
-too, so no cost is hidden in the queue.
+too, so no cost is hidden in the queue. The default, ``durable`` (the reply waits for the
+row's group commit), is measured with concurrent clients by ``durable_acks.py``.
 
     PYTHONPATH=. python benchmarks/ab_assignment.py [--calls 200000]
 """
@@ -159,7 +160,7 @@ def main() -> None:
     inline_ratio = (rec_us + log["inline"]) / (request_ms * 1e3)
     print(
         f"overhead ratio: {ratio * 100:.3f}% of request latency with the background request log "
-        f"(default), {inline_ratio * 100:.1f}% inline (claim <= 2%)"
+        f"(lossy opt-out), {inline_ratio * 100:.1f}% inline (claim <= 2%)"
     )
     print(
         f"worst assignment: {worst:.2f} us -> {'PASS' if worst <= 50 else 'FAIL'}; "

@@ -6,8 +6,10 @@ when a running experiment takes the request it returns the target of the assigne
 experiment and variant, counts ``qlp_experiment_assignments_total`` and leaves a pending
 outcome on ``request.state``. An answered request reaches the store through the request
 log (which carries the experiment and variant); :class:`ExperimentOutcomeMiddleware` (pure
-ASGI, outermost) sees the final status of every request and writes an assigned request that
-failed (status, latency since assignment) before its error response goes out.
+ASGI, outermost) sees the final status of every request and logs an assigned request that
+failed (status, latency since assignment) through the same request log writer, before its
+error response goes out: successes and failures reach the store on one path (unbiased
+under crashes).
 """
 
 from __future__ import annotations
@@ -46,10 +48,19 @@ class PendingOutcome:
         failure is logged and counted, never raised."""
         if status < 400:
             return
+        latency_s = time.perf_counter() - self.t0
+        log = getattr(self.hook, "log_failure", None)  # the gateway's request log
         try:
+            if log is not None:
+                a = self.assignment
+                state = await log(self.request_id, a.experiment_id, a.variant,
+                                  status=status, latency_s=latency_s, user=self.user)  # fmt: skip
+                if state == "failed":
+                    self.hook.store_errors += 1
+                return
             await asyncio.to_thread(
                 self.hook.runtime.record_failure, self.request_id, self.assignment,
-                status=status, latency_s=time.perf_counter() - self.t0, user=self.user,
+                status=status, latency_s=latency_s, user=self.user,
             )  # fmt: skip
         except Exception:  # the request is answered; losing its outcome must not fail it
             self.hook.store_errors += 1
@@ -59,7 +70,10 @@ class PendingOutcome:
 class GatewayExperiments:
     """One gateway replica's experiments: the runtime plus the async glue around it."""
 
-    def __init__(self, cfg: QLPConfig, store: FeedbackStore) -> None:
+    def __init__(self, cfg: QLPConfig, store: FeedbackStore, log_failure: Any = None) -> None:
+        """``log_failure``: the request log's ``RequestRecorder.record_failure`` (None: each
+        failure is committed on its own)."""
+        self.log_failure = log_failure
         ec = cfg.experiments
         self.enabled = ec.enabled
         self.runtime = ExperimentRuntime(

@@ -71,6 +71,7 @@ from qlp_ray.serve.telemetry.recording import RequestRecorder
 logger = logging.getLogger(__name__)
 
 ADAPTER_HEADER = "x-qlp-adapter"
+RECORDED_HEADER = "x-qlp-recorded"  # the request row: committed, queued (background), failed
 BASE_LABEL = "base"
 
 # /openapi.json and /docs are Gateway routes: the schema carries this deployment's limits
@@ -192,7 +193,9 @@ class Gateway:
 
         self.recorder = RequestRecorder(self.cfg, self.base_model)
 
-        self.experiments = GatewayExperiments(self.cfg, self.recorder.store)
+        self.experiments = GatewayExperiments(
+            self.cfg, self.recorder.store, log_failure=self.recorder.record_failure
+        )
 
     def __del__(self) -> None:
         """Serve calls this when the replica stops: write the queued request rows."""
@@ -312,8 +315,8 @@ class Gateway:
 
     async def _record(
         self, request: Request, target: Target, body: Any, prompt: str, gen: dict, t0: float
-    ) -> None:
-        await self.recorder.record(
+    ) -> str:
+        return await self.recorder.record(
             request_id=request.state.request_id, target=target, prompt=prompt, gen=gen,
             latency_s=time.perf_counter() - t0, user=(body.user or None) and body.user[:128],
             caller=caller_of(request).key_id,
@@ -345,8 +348,9 @@ class Gateway:
         if body.stream:
             return await self._stream(kind, target, body, prompt, request, t0)
         gens = await _all_or_none([self._generate(target, body, prompt, i) for i in range(body.n)])
-        await self._record(request, target, body, prompt, _combined(gens), t0)
+        recorded = await self._record(request, target, body, prompt, _combined(gens), t0)
         response.headers[ADAPTER_HEADER] = self._label(target)
+        response.headers[RECORDED_HEADER] = recorded  # committed | queued | failed
         model = target.external or target.adapter or self.base_model
         info = self._info(target, t0, request)
         if kind == "chat":

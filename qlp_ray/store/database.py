@@ -24,6 +24,7 @@ from qlp_ray.core.errors import ConfigError, NotFound
 from qlp_ray.store import schema
 from qlp_ray.store.records import (
     EventRecord,
+    FailureRecord,
     FeedbackRecord,
     RequestRecord,
     RewardRecord,
@@ -128,6 +129,21 @@ class FeedbackStore:
             with self.engine.begin() as conn:
                 conn.execute(schema.requests.insert(), rows)
         return len(rows)
+
+    def record_log(self, records: Iterable[RequestRecord | FailureRecord]) -> int:
+        """The request log's group commit: answered requests and A/B-assigned failures in
+        one transaction (all or none); return how many rows."""
+        recs = list(records)
+        answered = [r.model_dump() for r in recs if isinstance(r, RequestRecord)]
+        failed = [r.model_dump(exclude={"id"}) | {"request_id": r.id}
+                  for r in recs if isinstance(r, FailureRecord)]  # fmt: skip
+        if answered or failed:
+            with self.engine.begin() as conn:
+                if answered:
+                    conn.execute(schema.requests.insert(), answered)
+                if failed:
+                    conn.execute(schema.experiment_failures.insert(), failed)
+        return len(recs)
 
     def record_feedback(
         self,

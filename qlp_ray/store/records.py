@@ -29,6 +29,7 @@ EventKind = Literal[
     "key_rotate",
     "retire",
     "review",
+    "lease_takeover",  # another orchestrator took an expired lease over (store.leases)
 ]
 
 
@@ -120,6 +121,20 @@ class RewardRecord(_Record):
         if not math.isfinite(self.reward):
             raise ValueError(f"`reward` must be finite, got {self.reward!r}")
         return self
+
+
+class FailureRecord(_Record):
+    """An A/B-assigned request that failed (``experiment_failures``); ``id`` is the request
+    id, so the request log writer queues it like a :class:`RequestRecord`."""
+
+    id: str = Field(min_length=1, max_length=64)
+    experiment: str = Field(min_length=1, max_length=64)
+    variant: str = Field(min_length=1, max_length=64)
+    ts: float = Field(default_factory=time.time, ge=0)
+    status: int = Field(ge=100, le=599)
+    error: str | None = Field(None, max_length=128)
+    latency_ms: float | None = Field(None, ge=0)
+    user_id: str | None = Field(None, max_length=128)
 
 
 class EventRecord(_Record):

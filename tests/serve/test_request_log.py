@@ -96,3 +96,29 @@ def test_submit_blocks_when_the_writer_falls_behind(store):
     assert done.wait(5)
     assert writer.close(timeout=5)
     assert [store.get_request(f"req-{i}").id for i in range(4)] == [f"req-{i}" for i in range(4)]
+
+
+def test_on_commit_runs_after_the_commit_with_the_rows_outcome(store):
+    store.record_request(_row("dup"))
+    writes = _GatedWrites(store)
+    writer = RequestLogWriter(writes)
+    seen: dict[str, tuple[bool, bool]] = {}
+
+    def on_commit(rid: str):
+        def done(ok: bool) -> None:  # (ok, row visible in the store at that moment)
+            seen[rid] = (ok, _stored(store, rid))
+
+        return done
+
+    for rid in ("req-1", "req-dup", "req-2"):
+        writer.submit(_row(rid.removeprefix("req-")), on_commit(rid))
+    assert seen == {}  # nothing resolves before the commit
+    writes.gate.set()
+    assert writer.flush(timeout=5)
+    assert seen == {"req-1": (True, True), "req-2": (True, True), "req-dup": (False, True)}
+    assert writer.stats()["written"] == 2 and writer.failed == 1
+    writer.close()
+
+
+def _stored(store: FeedbackStore, rid: str) -> bool:
+    return any(r.id == rid for r in store.query_requests(limit=1000))

@@ -31,10 +31,13 @@ class StoreConfig(Section):
         "FULL", description="SQLite synchronous pragma (FULL: committed rows survive power loss)."
     )
     busy_timeout_ms: int = Field(10000, ge=0, description="SQLite wait for a locked database.")
-    request_log_commit: Literal["background", "inline"] = Field(
-        "background",
-        description="background: the gateway replies, then commits request rows in batches "
-        "(concurrent requests share a commit); inline: each reply waits for its row's commit.",
+    request_log_commit: Literal["durable", "background", "inline"] = Field(
+        "durable",
+        description="durable: a reply (or error reply of an A/B-assigned request) goes out "
+        "only after its row is committed; concurrent requests share one commit (group "
+        "commit). background: LOSSY opt-out, the reply goes out first and rows are committed "
+        "after it, so a crash loses rows whose request id clients already hold. inline: each "
+        "reply commits its own row (no sharing).",
     )
     feedback_wait_s: float = Field(
         1.0,

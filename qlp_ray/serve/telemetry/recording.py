@@ -2,12 +2,15 @@
 
 Every served completion/chat request is written to the feedback/trajectory store so
 feedback can refer to it by ``qlp.request_id``; in-memory analytics and the cost ledger
-are updated and the Serve metrics emitted. With ``store.request_log_commit: background``
-(the default) the row goes to a :class:`~qlp_ray.serve.telemetry.request_log.RequestLogWriter`,
-which commits the rows of concurrent requests together after the reply; readers that need
-a row (feedback on a request id, the admin reports) wait for it with :meth:`committed` /
-:meth:`flush`. ``inline`` commits each row before the reply. A failing store never fails
-the request: the error is logged and counted (``store_errors``).
+are updated and the Serve metrics emitted. Rows go through one
+:class:`~qlp_ray.serve.telemetry.request_log.RequestLogWriter`, answered requests and the
+failures of A/B-assigned requests alike (one path: a crash cannot bias an experiment).
+``store.request_log_commit``: ``durable`` (default) waits until the writer committed the
+row's group before the reply goes out, so every request id a client holds is in the store;
+``background`` (lossy opt-out) replies first, and readers that need a row (feedback on a
+request id, the admin reports) wait for it with :meth:`committed` / :meth:`flush`;
+``inline`` commits each row alone. A failing store never fails the request: the error is
+logged and counted (``store_errors``) and :meth:`record` says the row is not recorded.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from qlp_ray.serve.telemetry.analytics import Analytics
 from qlp_ray.serve.telemetry.cost import CostLedger, PriceTable, external_label, price_entry
 from qlp_ray.serve.telemetry.request_log import RequestLogWriter
 from qlp_ray.store.database import FeedbackStore
-from qlp_ray.store.records import RequestRecord, build
+from qlp_ray.store.records import FailureRecord, RequestRecord, build
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +44,10 @@ class RequestRecorder:
         self._store_errors = 0
         self._lock = threading.Lock()  # analytics/ledger are touched from worker threads
         self._embedder: Any = None
+        self.mode = cfg.store.request_log_commit
         self.writer: RequestLogWriter | None = None
-        if cfg.store.request_log_commit == "background":
-            self.writer = RequestLogWriter(self.store.record_requests)
+        if self.mode != "inline":
+            self.writer = RequestLogWriter(self.store.record_log)
 
     @property
     def store_errors(self) -> int:
@@ -85,8 +89,9 @@ class RequestRecorder:
         latency_s: float,
         user: str | None,
         caller: str | None = None,
-    ) -> None:
-        """Store, count, price and emit one served request; never raises."""
+    ) -> str:
+        """Store, count, price and emit one served request; never raises. Returns the row's
+        state: ``committed``, ``queued`` (background mode) or ``failed``."""
         external = getattr(target, "external", None)
         label = external_label(external) if external else target.adapter or self.base_model
         priced_as = price_entry(self.cfg) if external else label  # external: its own price
@@ -112,11 +117,7 @@ class RequestRecorder:
             "experiment": getattr(target, "experiment", None),
             "variant": getattr(target, "variant", None),
         }
-        try:
-            await self._log(build(RequestRecord, **fields))
-        except Exception:  # the request was served; losing its log must not fail it
-            self._store_errors += 1
-            logger.exception("could not record request %s in the feedback store", request_id)
+        state = await self.log(lambda: build(RequestRecord, **fields))
         try:
             with self._lock:
                 self.analytics.record_request(label, latency_s, domain=target.domain)
@@ -130,14 +131,56 @@ class RequestRecorder:
             metrics.set_cost_savings(float(savings))
         except Exception:
             logger.exception("could not update analytics/metrics for request %s", request_id)
+        return state
 
-    async def _log(self, record: RequestRecord) -> None:
-        if self.writer is None:
-            await asyncio.to_thread(self.store.record_request, record)
-        elif self.writer.full():  # the store lags behind: wait for room off the event loop
-            await asyncio.to_thread(self.writer.submit, record)
+    async def record_failure(
+        self,
+        request_id: str,
+        experiment: str,
+        variant: str,
+        *,
+        status: int,
+        latency_s: float | None,
+        user: str | None,
+    ) -> str:
+        """Log an A/B-assigned request that failed, on the same path as answered ones."""
+        return await self.log(lambda: build(
+            FailureRecord, id=request_id, experiment=experiment, variant=variant,
+            status=status, error=f"http_{status}", user_id=user,
+            latency_ms=None if latency_s is None else round(latency_s * 1000, 3),
+        ))  # fmt: skip
+
+    async def log(self, make: Any) -> str:
+        """Write the row ``make()`` builds as the mode says; never raises."""
+        try:
+            row = make()
+            if self.writer is None:
+                await asyncio.to_thread(self.store.record_log, [row])
+                return "committed"
+            if self.mode == "background":
+                await self._submit(row, None)
+                return "queued"
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[bool] = loop.create_future()
+
+            def resolve(ok: bool) -> None:  # on the writer thread, after COMMIT
+                loop.call_soon_threadsafe(_settle, done, ok)
+
+            await self._submit(row, resolve)
+            if await done:
+                return "committed"
+            return "failed"  # the writer counted and logged it
+        except Exception:  # the request was answered; losing its row must not fail it
+            self._store_errors += 1
+            logger.exception("could not record a row in the feedback store")
+            return "failed"
+
+    async def _submit(self, row: Any, on_commit: Any) -> None:
+        assert self.writer is not None
+        if self.writer.full():  # the store lags behind: wait for room off the event loop
+            await asyncio.to_thread(self.writer.submit, row, on_commit)
         else:
-            self.writer.submit(record)
+            self.writer.submit(row, on_commit)
 
     def record_feedback(self, request_id: str, kind: str, value: float | None) -> None:
         """Mirror stored feedback into the per-adapter analytics."""
@@ -163,3 +206,8 @@ class RequestRecorder:
                 "request_log": {"mode": self.cfg.store.request_log_commit}
                 | (self.writer.stats() if self.writer else {}),
             }
+
+
+def _settle(future: asyncio.Future[bool], ok: bool) -> None:
+    if not future.done():  # the waiting request may have been cancelled
+        future.set_result(ok)

@@ -1,10 +1,11 @@
 """The gateway's request log writer: group commits from a background thread.
 
-With SQLite's ``synchronous=FULL`` every commit waits for the disk, about as long as a
-short generation's routing on a small machine. :class:`RequestLogWriter` takes the rows
-off the response path: :meth:`submit` queues a row and returns; one writer thread commits
-whatever is queued in one transaction (``write_many``), so concurrent requests share one
-commit and a lone request's row reaches the disk one commit later (milliseconds).
+With SQLite's ``synchronous=FULL`` every commit waits for the disk. :class:`RequestLogWriter`
+shares that wait: :meth:`submit` queues a row; one writer thread commits whatever is queued
+in one transaction (``write_many``), so concurrent requests share one commit. A row may
+carry ``on_commit(ok)``, called by the writer thread once its transaction committed (or
+failed): the gateway's durable mode replies only then (group commit), the background mode
+replies at once and the row reaches the disk one commit later (milliseconds).
 
 Nothing is dropped silently: a failing batch is retried row by row, so one bad row (a
 duplicate request id) fails alone; rows that still fail are counted in ``failed`` and
@@ -25,6 +26,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+Callback = Callable[[bool], None]
+
 
 class RequestLogWriter:
     """Queue rows (objects with an ``id``), commit them in batches on one thread."""
@@ -40,7 +43,7 @@ class RequestLogWriter:
         self._write_many = write_many
         self.max_batch = max(int(max_batch), 1)
         self.max_pending = max(int(max_pending), 1)
-        self._queue: deque[Any] = deque()
+        self._queue: deque[tuple[Any, Callback | None]] = deque()
         self._pending: dict[str, int] = {}  # id -> rows of that id queued or being written
         self._cond = threading.Condition()
         self._closed = False
@@ -49,14 +52,16 @@ class RequestLogWriter:
         self._thread.start()
 
     # -- producer side --------------------------------------------------------------------
-    def submit(self, row: Any) -> None:
-        """Queue ``row``; blocks only while ``max_pending`` rows wait for the writer."""
+    def submit(self, row: Any, on_commit: Callback | None = None) -> None:
+        """Queue ``row``; blocks only while ``max_pending`` rows wait for the writer.
+        ``on_commit(ok)`` runs on the writer thread once the row is committed (``True``)
+        or failed for good (``False``)."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("the request log writer is closed")
             while len(self._queue) >= self.max_pending and not self._closed:
                 self._cond.wait()  # the writer notifies when it takes a batch
-            self._queue.append(row)
+            self._queue.append((row, on_commit))
             self._pending[row.id] = self._pending.get(row.id, 0) + 1
             self._cond.notify_all()
 
@@ -119,12 +124,18 @@ class RequestLogWriter:
                 size = min(self.max_batch, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(size)]
                 self._cond.notify_all()  # room for blocked producers
-            written, failed = self._commit(batch)
+            oks = self._commit([row for row, _ in batch])
+            for (row, on_commit), ok in zip(batch, oks, strict=True):
+                if on_commit is not None:
+                    try:
+                        on_commit(ok)
+                    except Exception:  # a waiter's problem must not stop the writer
+                        logger.exception("request log callback of %s failed", row.id)
             with self._cond:
-                self.written += written
-                self.failed += failed
+                self.written += sum(oks)
+                self.failed += len(oks) - sum(oks)
                 self.batches += 1
-                for row in batch:
+                for row, _ in batch:
                     left = self._pending.get(row.id, 1) - 1
                     if left > 0:
                         self._pending[row.id] = left
@@ -132,23 +143,25 @@ class RequestLogWriter:
                         self._pending.pop(row.id, None)
                 self._cond.notify_all()
 
-    def _commit(self, batch: list[Any]) -> tuple[int, int]:
-        """Write ``batch`` in one transaction; on failure row by row. ``(written, failed)``."""
+    def _commit(self, batch: list[Any]) -> list[bool]:
+        """Write ``batch`` in one transaction; on failure row by row. Per row: committed?"""
         try:
-            return int(self._write_many(batch)), 0
+            self._write_many(batch)
+            return [True] * len(batch)
         except Exception as exc:
             if len(batch) == 1:
                 logger.error("could not write request %s to the request log: %s", batch[0].id, exc)
-                return 0, 1
+                return [False]
             logger.warning("request log batch of %d failed (%s); row by row now", len(batch), exc)
-        written = failed = 0
+        oks = []
         for row in batch:
             try:
-                written += int(self._write_many([row]))
+                self._write_many([row])
+                oks.append(True)
             except Exception as exc:  # this row alone: keep the others
-                failed += 1
+                oks.append(False)
                 logger.error("could not write request %s to the request log: %s", row.id, exc)
-        return written, failed
+        return oks
 
 
 __all__ = ["RequestLogWriter"]
