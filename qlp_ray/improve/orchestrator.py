@@ -13,7 +13,10 @@ signed ``improve_key`` in the new version's metadata.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,7 @@ from qlp_ray.improve.decisions import (
     plan_training,
 )
 from qlp_ray.improve.feedback_data import DomainExamples, collect_examples
+from qlp_ray.store.leases import HeldLease, LeaseHeld, Leases
 from qlp_ray.train.pipeline import TrainedAdapter, run_pipeline
 
 if TYPE_CHECKING:
@@ -76,7 +80,9 @@ PREFERENCE_METRIC = "preference_margin"  # the DPO gate: mean held-out log-prob 
 @dataclass
 class DomainOutcome:
     domain: str
-    action: str  # skipped | rejected | promoted | experiment_started | experiment_running | kept
+    # skipped | rejected | promoted | experiment_started | experiment_running | kept | busy
+    # (busy: another orchestrator holds the domain's lease; the reason names it)
+    action: str
     reason: str
     numbers: dict[str, Any] = field(default_factory=dict)
 
@@ -107,6 +113,7 @@ class Orchestrator:
         base_model: str,
         progress: Callable[[str], None] | None = None,
         preference_evaluator: PairEvaluator | None = None,
+        owner: str | None = None,
     ) -> None:
         self.cfg, self.imp = cfg, cfg.improve
         self.store, self.registry = store, registry
@@ -114,6 +121,10 @@ class Orchestrator:
         self.pair_evaluator = preference_evaluator
         self.base_model = base_model
         self._progress = progress
+        # who holds a domain's lease while this orchestrator runs its round
+        self.owner = owner or f"{socket.gethostname()}:pid{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.leases = Leases(store)
+        self._lease: HeldLease | None = None
 
     def say(self, message: str) -> None:
         logger.info("%s", message)
@@ -126,8 +137,11 @@ class Orchestrator:
 
     # --- the cycle ------------------------------------------------------------------------
     def run_cycle(self, domains: Sequence[str] | None = None) -> list[DomainOutcome]:
-        """Review running experiments, then improve every due domain (weakest first)."""
-        outcomes = [self.review_experiment(ev) for ev in self.running_experiments()]
+        """Review running experiments, then improve every due domain (weakest first). Each
+        domain's round holds its lease: a domain another orchestrator is working on is
+        ``busy`` (the reason names who and until when)."""
+        outcomes = [self._leased(ev.adapter_id or "", lambda ev=ev: self._review_running(ev))
+                    for ev in self.running_experiments()]  # fmt: skip
         busy = {o.domain for o in outcomes}  # one step per domain and cycle
         names = list(domains or self.imp.domains or self._store_domains())
         examples = {d: self._examples(d) for d in names if d not in busy}
@@ -142,8 +156,48 @@ class Orchestrator:
                 why = f"{new[d]} new samples < {self.imp.min_new_samples}"
                 outcomes.append(DomainOutcome(d, "skipped", why, {"new": new[d]}))
                 continue
-            outcomes.append(self.improve_domain(d, examples[d], due[d].reason))
+            outcomes.append(self._leased(d, lambda d=d: self._improve_if_due(d, due[d].reason)))
         return outcomes
+
+    def _leased(self, domain: str, work: Callable[[], DomainOutcome]) -> DomainOutcome:
+        """``work()`` while holding (and renewing) the domain's lease, or ``busy``."""
+        try:
+            lease = self.leases.hold(f"improve:{domain}", self.owner, self.imp.lease_ttl_s,
+                                     what=f"round for {domain}")  # fmt: skip
+        except LeaseHeld as exc:
+            self.say(str(exc))
+            h = exc.holder
+            return DomainOutcome(domain, "busy", str(exc), {
+                "owner": h.owner, "since": h.acquired_at, "expires_at": h.expires_at})  # fmt: skip
+        self._lease = lease
+        try:
+            with lease:
+                return work()
+        finally:
+            self._lease = None
+
+    def _check_lease(self) -> None:
+        """Before changing the registry or traffic: still this orchestrator's round?"""
+        if self._lease is not None:
+            self._lease.check()
+
+    def _review_running(self, start: EventRecord) -> DomainOutcome:
+        """Review ``start`` if it still runs now that the lease is ours."""
+        name = (start.payload or {}).get("name")
+        if all(e.payload["name"] != name for e in self.running_experiments()):
+            return DomainOutcome(start.adapter_id or "", "skipped",
+                                 f"experiment {name} was decided meanwhile")  # fmt: skip
+        return self.review_experiment(start)
+
+    def _improve_if_due(self, domain: str, why: str) -> DomainOutcome:
+        """``improve_domain`` if the domain is still due now that the lease is ours (a round
+        that just finished elsewhere has consumed its new samples)."""
+        ex = self._examples(domain)
+        new = self._new_samples(domain, ex)
+        if new < self.imp.min_new_samples:
+            return DomainOutcome(domain, "skipped", f"{new} new samples < "
+                                 f"{self.imp.min_new_samples}", {"new": new})  # fmt: skip
+        return self.improve_domain(domain, ex, why)
 
     def _store_domains(self) -> list[str]:
         return sorted({r.domain for r in self.store.query_requests() if r.domain})
@@ -201,6 +255,7 @@ class Orchestrator:
         else:
             train = lambda: self._candidate(domain, ex, prod, parts)  # noqa: E731
             evaluate = lambda c: self._evaluate(domain, ex, c.adapter_dir, prod, parts)  # noqa: E731
+        self._check_lease()
         result = run_pipeline(
             self.cfg,
             domain=domain,
@@ -225,6 +280,7 @@ class Orchestrator:
             base_model=self.base_model,
             progress=self.say,
         )
+        self._check_lease()  # training took a while: still ours before deciding?
         verdict = result.verdict
         numbers = verdict.to_dict()
         seen = {"data_hash": ex.data_hash, "examples": ex.size, "method": method}
@@ -380,6 +436,7 @@ class Orchestrator:
         if v.outcome == "continue":
             return DomainOutcome(domain, "experiment_running", v.reason, numbers)
         key = idempotency_key("experiment-end", domain, name)
+        self._check_lease()
         if self.splitter is not None:
             self.splitter.stop(name)
         why = f"{name}: {v.reason}"
