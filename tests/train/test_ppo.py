@@ -115,7 +115,8 @@ def test_learner_resumes_exactly_and_keeps_the_reference(tiny, tmp_path):
     from qlp_ray.train.rewards import keyword_reward
 
     _, tok, load = tiny
-    opts = PPOOptions(steps=3, batch_size=4, minibatch_size=2, max_new_tokens=6)
+    opts = PPOOptions(steps=3, batch_size=4, minibatch_size=2, max_new_tokens=6,
+                      lr_scheduler="linear", warmup_ratio=0.34)  # fmt: skip
     reward = keyword_reward(["steps"])
     prompts = _prompts("train", 4)
 
@@ -133,7 +134,9 @@ def test_learner_resumes_exactly_and_keeps_the_reference(tiny, tmp_path):
     resumed = PPOLearner(p2, h2, tok, reward, opts)
     resumed.load(tmp_path / "ckpt")
     assert resumed.step == 2
-    assert resumed.train_step(prompts) == pytest.approx(following)  # same step 3, same numbers
+    # same step 3, same numbers (the learning rate too: warm-up 1 step, then linear decay)
+    assert following["learning_rate"] == pytest.approx(opts.learning_rate * 0.5)
+    assert resumed.train_step(prompts) == pytest.approx(following)
 
     with policy.disable_adapter():  # the reference is the untouched base
         ref_after, _, _ = _forward(policy, None, ids, attn, ids.shape[1] - 1, 1.0)
@@ -141,8 +144,21 @@ def test_learner_resumes_exactly_and_keeps_the_reference(tiny, tmp_path):
     assert torch.allclose(ref_before, ref_after, atol=1e-5)
     assert not torch.allclose(policy_now, ref_after, atol=1e-3)  # the adapter did train
 
-    # continuing that adapter: the policy starts as the parent, which is also the reference
-    child, child_head = make_policy(load(), opts, str(tmp_path / "ckpt" / "adapter"))
+    # continuing that adapter: the policy starts as the parent, which is also the reference;
+    # the value head saved beside the adapter (as a registered PPO adapter has it) continues
+    from qlp_ray.train.ppo_loop import VALUE_HEAD_FILE
+
+    parent = tmp_path / "ckpt" / "adapter"
+    _, fresh_head = make_policy(load(), opts, str(parent))  # no value head file: zeros
+    assert float(fresh_head.linear.weight.abs().sum()) == 0.0
+    (parent / VALUE_HEAD_FILE).write_bytes((tmp_path / "ckpt" / VALUE_HEAD_FILE).read_bytes())
+    child, child_head = make_policy(load(), opts, str(parent))
+    saved = resumed.value_head  # == the learner's head at step 2, trained on since
+    assert float(child_head.linear.weight.abs().sum()) > 0
+    assert not torch.equal(child_head.linear.weight, saved.linear.weight)  # step 2, not 3
+    p3, h3 = make_policy(load(), opts)
+    PPOLearner(p3, h3, tok, reward, opts).load(tmp_path / "ckpt")
+    assert torch.equal(child_head.linear.weight, h3.linear.weight)
     trainable = [n for n, p in child.named_parameters() if p.requires_grad]
     assert trainable and all(".default." in n for n in trainable)
     assert evaluate(child, tok, prompts[:2], reward, opts)["kl"] == pytest.approx(0.0, abs=1e-5)
@@ -167,8 +183,26 @@ def test_sample_masks_tokens_after_eos(tiny):
     assert attn[:, -mask.shape[1] :].float().equal(mask)
 
 
+@pytest.mark.parametrize(
+    "kind, factors",
+    [
+        ("constant", [0.5, 1.0, 1.0, 1.0, 1.0]),
+        ("linear", [0.5, 1.0, 0.75, 0.5, 0.25]),
+        ("cosine", [0.5, 1.0, 0.8536, 0.5, 0.1464]),
+    ],
+)
+def test_lr_schedule_warmup_then_decay(kind, factors):
+    from qlp_ray.train.ppo_loop import PPOOptions, lr_lambda
+
+    f = lr_lambda(PPOOptions(steps=5, lr_scheduler=kind, warmup_ratio=0.2))
+    assert [f(i) for i in range(5)] == pytest.approx(factors, abs=1e-4)
+
+
 def test_bad_options_name_the_option():
     from qlp_ray.train.ppo_loop import PPOOptions
+
+    with pytest.raises(InvalidRequest, match="lr_scheduler"):
+        PPOOptions(lr_scheduler="step")
 
     with pytest.raises(InvalidRequest, match="minibatch_size"):
         PPOOptions(minibatch_size=0)
