@@ -1,7 +1,8 @@
 """PPO on Ray Train (2 workers, one killed mid-run): the held-out reward rises, the KL to
 the reference stays bounded, and the restarted worker group resumes from its checkpoint.
 Then ``qlp train --method ppo`` continues that adapter and registers a signed version
-with its lineage. Two Ray Train runs in all."""
+with its lineage, its value head (signed with it), its MLflow run and its curve; a tampered
+value head is refused before anything loads. Two Ray Train runs in all."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import uuid
 
 import pytest
 
-from qlp_ray.train.ppo_loop import PPOOptions
+from qlp_ray.train.ppo_loop import VALUE_HEAD_FILE, PPOOptions
 from qlp_ray.train.ray_ppo import train_ppo_on_ray
 from qlp_ray.train.rewards import keyword_reward
 from tests.train.test_ppo import _prompts
@@ -72,6 +73,7 @@ def test_ppo_two_workers_reward_rises_kl_bounded_and_a_killed_worker_resumes(cfg
     assert 0.0 <= m["kl_after"] < KL_BOUND, m
     assert m["kl_before"] == pytest.approx(0.0, abs=1e-5)  # LoRA starts as the identity
     assert (res.adapter_dir / "adapter_model.safetensors").is_file()
+    assert (res.adapter_dir / VALUE_HEAD_FILE).is_file()  # the critic travels with the adapter
 
 
 def test_qlp_train_method_ppo_continues_a_parent_and_registers_it(cfg, killed_run, tmp_path):
@@ -90,6 +92,7 @@ def test_qlp_train_method_ppo_continues_a_parent_and_registers_it(cfg, killed_ru
         base_model=base_model_id(cfg),
         metadata={"method": "ppo", "kind": "adapter"},
     )
+    assert (parent.path / VALUE_HEAD_FILE).is_file()  # --parent continues it
     data, held = tmp_path / "prompts.jsonl", tmp_path / "held.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in _prompts("train", 16)))
     held.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in _prompts("heldout", 4)))
@@ -98,12 +101,14 @@ def test_qlp_train_method_ppo_continues_a_parent_and_registers_it(cfg, killed_ru
         "train", "--domain", "devops", "--method", "ppo", "--data", str(data), "--heldout",
         str(held), "--reward", "keyword:steps", "--parent", f"devops-ppo-parent@{parent.version}",
         "--steps", "4", "--workers", "1", "--batch-size", "4", "--lr", "1e-3",
-        "--adapter-id", "devops-ppo",
+        "--adapter-id", "devops-ppo", "--kl-coef", "0.15",
     ])  # fmt: skip
     out = " ".join(result.output.split())
     assert result.exit_code == 0, out
     record = Registry(cfg).verify("devops-ppo")  # signature, key, files: or it raises
     assert record.signed
+    manifest = json.loads((record.path / "manifest.json").read_text())
+    assert VALUE_HEAD_FILE in json.dumps(manifest["files"])  # the signature covers the head
     info = json.loads((record.path / "qlp.json").read_text())
     assert info["method"] == "ppo" and info["kind"] == "adapter"
     assert info["parent"] == {"adapter_id": "devops-ppo-parent", "version": parent.version}
@@ -114,3 +119,38 @@ def test_qlp_train_method_ppo_continues_a_parent_and_registers_it(cfg, killed_ru
     assert m["kl_before"] == pytest.approx(0.0, abs=1e-5)  # the reference is the parent
     assert m["mean_reward_before"] >= 0.5, m  # the parent already learnt the keyword
     assert 0.0 <= m["kl_after"] < KL_BOUND, m
+    assert info["train_config"]["kl_coef"] == 0.15  # --kl-coef reached the run
+
+    # MLflow: the options as params, reward and KL at every step, the registered adapter
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{cfg.paths.root / 'mlflow.db'}")
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.data.params["method"] == "ppo" and run.data.params["train.kl_coef"] == "0.15"
+    for key in ("reward", "kl", "policy_loss", "value_loss"):
+        assert [p.step for p in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3, 4]
+    assert run.data.metrics["mean_reward_after"] == pytest.approx(m["mean_reward_after"])
+    assert run.data.tags["qlp.adapter_id"] == "devops-ppo" and run.info.status == "FINISHED"
+
+    # the curve: loss, reward and KL per step, as CSV and PNG in the run directory
+    run_dir = cfg.paths.runs / info["run"]["run_name"]
+    rows = (run_dir / "loss_curve.csv").read_text().splitlines()
+    assert rows[0] == "split,step,value"
+    assert [r.split(",")[:2] for r in rows if r.startswith("reward,")] == [
+        ["reward", str(i)] for i in (1, 2, 3, 4)
+    ]
+    assert (run_dir / "loss_curve.png").stat().st_size > 1000
+    assert f"loss curve: {run_dir / 'loss_curve.png'}" in out
+
+    # a tampered value head: `--parent` refuses the version before anything is loaded
+    head = record.path / VALUE_HEAD_FILE
+    tampered = bytearray(head.read_bytes())
+    tampered[-1] ^= 0xFF  # one bit pattern of the last weight
+    head.write_bytes(bytes(tampered))
+    cli.state._config = None
+    result = CliRunner().invoke(cli.app, [
+        "train", "--domain", "devops", "--method", "ppo", "--data", str(data),
+        "--reward", "keyword:steps", "--parent", f"devops-ppo@{record.version}", "--steps", "2",
+    ])  # fmt: skip
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and VALUE_HEAD_FILE in out, out
