@@ -115,14 +115,29 @@ class Client:
         return ChatCompletionResponse.model_validate(data)
 
     # -- training data, fine-tuning jobs and the registry over HTTP (admin key) --------
-    def validate_dataset(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """``POST /v1/datasets/validate``: each row's flags (invalid, duplicate, too_short, pii)."""
-        return self._request("POST", "/v1/datasets/validate", {"rows": rows})
+    def validate_dataset(
+        self, rows: list[dict[str, Any]], method: str | None = None
+    ) -> dict[str, Any]:
+        """``POST /v1/datasets/validate``: each row's flags (invalid, duplicate, too_short,
+        pii), in ``method``'s data shape when given (default: capsules)."""
+        body: dict[str, Any] = {"rows": rows}
+        if method is not None:
+            body["method"] = method
+        return self._request("POST", "/v1/datasets/validate", body)
 
-    def upload_file(self, rows: list[dict[str, Any]], filename: str = "dataset.jsonl") -> dict:
-        """``POST /v1/files``: store capsule rows; ``["path"]`` is a ``training_file``."""
-        body = {"purpose": "fine-tune", "filename": filename, "rows": rows}
+    def upload_file(
+        self, rows: list[dict[str, Any]], filename: str = "dataset.jsonl", method: str | None = None
+    ) -> dict:
+        """``POST /v1/files``: store rows (capsules, or ``method``'s data shape); ``["path"]``
+        is a ``training_file``."""
+        body: dict[str, Any] = {"purpose": "fine-tune", "filename": filename, "rows": rows}
+        if method is not None:
+            body["method"] = method
         return self._request("POST", "/v1/files", body)
+
+    def fine_tuning_methods(self) -> dict[str, Any]:
+        """``GET /v1/fine-tuning/methods``: every method, its data shape and needed options."""
+        return self._request("GET", "/v1/fine-tuning/methods")
 
     def estimate_fine_tuning(self, training_file: str, **hyperparameters: Any) -> dict[str, Any]:
         """``POST /v1/fine-tuning/estimate``: steps, tokens, seconds, cost of a planned run."""
@@ -130,12 +145,20 @@ class Client:
         return self._request("POST", "/v1/fine-tuning/estimate", body)
 
     def create_fine_tuning_job(
-        self, model: str, training_file: str, validation_file: str | None = None, **hp: Any
+        self,
+        model: str,
+        training_file: str,
+        validation_file: str | None = None,
+        *,
+        options: dict[str, str] | None = None,
+        **hp: Any,
     ) -> dict[str, Any]:
-        """``POST /v1/fine-tuning/jobs``; ``hp``: n_steps | n_epochs, method, batch_size,
-        learning_rate, lora_rank, lora_alpha, lora_dropout."""
+        """``POST /v1/fine-tuning/jobs``; ``options``: the training ``method`` (sft, dpo, ppo,
+        grpo, rloo, reward, distill, ...), ``reward``, ``teacher``, ``parent``; ``hp``:
+        n_steps | n_epochs, method (PEFT), batch_size, learning_rate, lora_rank, lora_alpha,
+        lora_dropout."""
         body: dict[str, Any] = {"model": model, "training_file": training_file,
-                                "hyperparameters": hp}  # fmt: skip
+                                "hyperparameters": hp, **(options or {})}  # fmt: skip
         if validation_file is not None:
             body["validation_file"] = validation_file
         return self._request("POST", "/v1/fine-tuning/jobs", body)

@@ -54,6 +54,7 @@ from qlp_ray.serve.http.protocol import (
 )
 from qlp_ray.serve.http.routes_adapters import router as adapters_router
 from qlp_ray.serve.http.routes_compositor import router as admin_compositor_router
+from qlp_ray.serve.http.routes_console import router as console_router
 from qlp_ray.serve.http.routes_datasets import router as datasets_router
 from qlp_ray.serve.http.routes_experiments import router as experiments_router
 from qlp_ray.serve.http.routes_improve import router as improve_routes_router
@@ -93,6 +94,7 @@ _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 app.include_router(admin_compositor_router)
 app.include_router(improve_routes_router)
+app.include_router(console_router)
 app.include_router(training_router)  # before jobs: /jobs/{id}/metrics
 app.include_router(jobs_router)
 app.include_router(datasets_router)

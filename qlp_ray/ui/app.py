@@ -25,7 +25,10 @@ PAGES = {
     "Admin console": [
         st.Page(VIEWS / "adapters.py", title="Adapters", url_path="adapters"),
         st.Page(VIEWS / "analytics.py", title="Analytics & experiments", url_path="analytics"),
+        st.Page(VIEWS / "router.py", title="Router", url_path="router"),
         st.Page(VIEWS / "serving.py", title="Router, cache & audit", url_path="serving"),
+        st.Page(VIEWS / "devices.py", title="Devices & placements", url_path="devices"),
+        st.Page(VIEWS / "decisions.py", title="Improve decisions", url_path="decisions"),
     ],
 }
 page = st.navigation(PAGES)

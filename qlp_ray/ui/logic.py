@@ -81,8 +81,12 @@ def to_jsonl(rows: Iterable[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def review_table(rows: list[dict[str, Any]], report: dict[str, Any] | None) -> list[dict]:
-    """One display row per capsule: its fields and the API's flags and details."""
+def review_table(
+    rows: list[dict[str, Any]],
+    report: dict[str, Any] | None,
+    fields: tuple[str, ...] | list[str] = CAPSULE_FIELDS,
+) -> list[dict]:
+    """One display row per row: its ``fields`` and the API's flags and details."""
     checks = {r["index"]: r for r in (report or {}).get("rows", [])}
     table = []
     for i, row in enumerate(rows):
@@ -92,21 +96,30 @@ def review_table(rows: list[dict[str, Any]], report: dict[str, Any] | None) -> l
             details.append(f"same as row {check['duplicate_of'] + 1}")
         if check.get("pii"):
             details.append("PII: " + ", ".join(check["pii"]))
-        fields = {f: str(row.get(f, "")) for f in CAPSULE_FIELDS}
+        values = {f: str(row.get(f, "")) for f in fields}
         flags = ", ".join(check.get("flags", []))
-        table.append({**fields, "flags": flags, "details": "; ".join(details)})
+        table.append({**values, "flags": flags, "details": "; ".join(details)})
     return table
 
 
-def rows_from_table(table: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
-    """Capsule rows back from the edited review table (display columns dropped, blank
-    rows the editor adds left out)."""
+def rows_from_table(
+    table: Iterable[dict[str, Any]], fields: tuple[str, ...] | list[str] = CAPSULE_FIELDS
+) -> list[dict[str, str]]:
+    """Rows back from the edited review table (display columns dropped, blank rows the
+    editor adds left out)."""
     out = []
     for row in table:
-        fields = {f: "" if row.get(f) is None else str(row.get(f)) for f in CAPSULE_FIELDS}
-        if any(v.strip() for v in fields.values()):
-            out.append(fields)
+        values = {f: "" if row.get(f) is None else str(row.get(f)) for f in fields}
+        if any(v.strip() for v in values.values()):
+            out.append(values)
     return out
+
+
+def form_row(values: dict[str, str], fields: Iterable[str]) -> dict[str, str]:
+    """A row from a form's text inputs (stripped; empty optional ones left out, except a
+    capsule's ``input``)."""
+    row = {f: str(values.get(f) or "").strip() for f in fields}
+    return {k: v for k, v in row.items() if v or k == "input"}
 
 
 def invalid_rows(report: dict[str, Any] | None) -> list[str]:
@@ -125,14 +138,40 @@ def main_domain(report: dict[str, Any] | None) -> str | None:
 
 
 def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
-    """The ``hyperparameters`` object of a fine-tuning request from the wizard's config."""
-    keys = ("method", "batch_size", "learning_rate", "lora_rank", "lora_alpha", "lora_dropout")
+    """The ``hyperparameters`` object of a fine-tuning request from the wizard's config
+    (the training method travels beside it: :func:`job_options`)."""
+    keys = ("batch_size", "learning_rate", "lora_rank", "lora_alpha", "lora_dropout")
     hp = {k: config[k] for k in keys if config.get(k) is not None}
     if config.get("length") == "steps":
         hp["n_steps"] = int(config["n_steps"])
     else:
         hp["n_epochs"] = float(config["n_epochs"])
     return hp
+
+
+def job_options(config: dict[str, Any], spec: dict[str, Any] | None) -> dict[str, str]:
+    """``method`` and the options the method takes (``reward``, ``teacher``, ``parent``)
+    of a fine-tuning request, from the wizard's config and the method's API entry."""
+    out = {"method": str(config.get("method") or "sft")}
+    spec = spec or {}
+    for option, applies in (("reward", spec.get("needs_reward")),
+                            ("teacher", spec.get("needs_teacher")),
+                            ("parent", spec.get("accepts_parent"))):  # fmt: skip
+        value = str(config.get(option) or "").strip()
+        if applies and value:
+            out[option] = value
+    return out
+
+
+def missing_options(config: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """Sentences for the options ``spec`` needs that the config lacks."""
+    out = []
+    if spec.get("needs_reward") and not str(config.get("reward") or "").strip():
+        out.append(f"{spec['name']} needs a reward (e.g. keyword:deploy,docker or "
+                   "reward-model:<id>).")  # fmt: skip
+    if spec.get("needs_teacher") and not str(config.get("teacher") or "").strip():
+        out.append(f"{spec['name']} needs a teacher: an adapter id[@version] or 'base'.")
+    return out
 
 
 def loss_frame(series: dict[str, list[dict[str, float]]]) -> Any:
@@ -225,8 +264,123 @@ def analytics_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+TIMESERIES_METRICS = {
+    "requests": "requests",
+    "p50_ms": "p50 latency (ms)",
+    "p95_ms": "p95 latency (ms)",
+    "p99_ms": "p99 latency (ms)",
+    "success_rate": "success rate (rated requests)",
+    "mean_rating": "mean rating",
+    "savings_usd": "cost savings",
+}
+
+
+def timeseries_frame(points: list[dict[str, Any]], metric: str) -> Any:
+    """A long pandas frame (time, adapter, value) of one metric of
+    ``GET /v1/admin/analytics/timeseries`` (buckets without a value left out)."""
+    import pandas as pd
+
+    rows = [{"time": pd.Timestamp(p["t"], unit="s", tz="UTC"), "adapter": p["adapter"],
+             "value": p[metric]} for p in points if p.get(metric) is not None]  # fmt: skip
+    return pd.DataFrame(rows, columns=["time", "adapter", "value"])
+
+
+def timeseries_chart(points: list[dict[str, Any]], metric: str) -> Any:
+    """An Altair line chart (points marked) of one metric per adapter over time."""
+    import altair as alt
+
+    title = TIMESERIES_METRICS.get(metric, metric)
+    return (
+        alt.Chart(timeseries_frame(points, metric), title=title)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("time:T", title=None),
+            y=alt.Y("value:Q", title=title),
+            color=alt.Color("adapter:N"),
+            tooltip=["adapter", "time", "value"],
+        )  # fmt: skip
+        .properties(height=220)
+    )
+
+
+def confusion_frame(evaluation: dict[str, Any]) -> Any:
+    """Long frame (labelled, routed, count) of ``POST /v1/admin/routes/evaluate``."""
+    import pandas as pd
+
+    rows = [{"labelled": label, "routed": col, "count": count}
+            for label, counts in zip(evaluation["labels"], evaluation["matrix"], strict=True)
+            for col, count in zip(evaluation["columns"], counts, strict=True)]  # fmt: skip
+    return pd.DataFrame(rows, columns=["labelled", "routed", "count"])
+
+
+def confusion_chart(evaluation: dict[str, Any]) -> Any:
+    """A heat map with the counts written in its cells."""
+    import altair as alt
+
+    frame = confusion_frame(evaluation)
+    base = alt.Chart(frame).encode(
+        x=alt.X("routed:N", sort=evaluation["columns"], title="routed to"),
+        y=alt.Y("labelled:N", sort=evaluation["labels"], title="labelled"),
+    )
+    cells = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")))
+    text = base.mark_text().encode(text="count:Q")
+    return (cells + text).properties(height=60 + 40 * len(evaluation["labels"]))
+
+
+def routing_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """The routing table as rows: routable adapters, then skipped ones with the reason."""
+    rows = [{"adapter": a, "domain": e.get("domain"), "version": e.get("version"),
+             "routable": "yes", "reason": ""}
+            for a, e in sorted((table.get("adapters") or {}).items())]  # fmt: skip
+    skipped = sorted((table.get("skipped") or {}).items())
+    rows += [{"adapter": a, "domain": None, "version": None, "routable": "no",
+              "reason": str(why)} for a, why in skipped]  # fmt: skip
+    return rows
+
+
+def device_rows(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One display row per device of ``GET /v1/admin/devices``."""
+    out = []
+    for d in devices:
+        util = d.get("utilization")
+        out.append({
+            "device": d.get("id"), "node": str(d.get("node_id") or "")[:12],
+            "class": d.get("device_class"), "backend": d.get("backend"),
+            "cores": d.get("cores"), "alive": d.get("alive"),
+            "utilization": None if util is None else f"{100 * util:.0f}%",
+            "queue": d.get("queue"), "in flight": d.get("inflight"),
+            "description": d.get("description"),
+        })  # fmt: skip
+    return out
+
+
+def placement_rows(placements: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One display row per live placement: serving's CPU share or a training run's workers."""
+    out = []
+    for run_id, p in sorted(placements.items()):
+        if p.get("workload") == "serve":
+            res = ", ".join(f"{k} {v:g} CPU" for k, v in (p.get("cpus") or {}).items())
+        else:
+            res = (f"{p.get('workers')}/{p.get('requested_workers')} x "
+                   f"{p.get('cpus_per_worker')} CPU")  # fmt: skip
+        out.append({"id": run_id, "workload": p.get("workload"), "state": p.get("state"),
+                    "resources": res, "reason": p.get("reason") or ""})  # fmt: skip
+    return out
+
+
 __all__ = [
     "CAPSULE_FIELDS",
+    "TIMESERIES_METRICS",
+    "confusion_chart",
+    "confusion_frame",
+    "device_rows",
+    "form_row",
+    "job_options",
+    "missing_options",
+    "placement_rows",
+    "routing_rows",
+    "timeseries_chart",
+    "timeseries_frame",
     "FINISHED",
     "adapter_rows",
     "analytics_rows",

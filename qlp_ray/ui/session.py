@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import streamlit as st
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+DATA_DIRS_ENV = "QLP_UI_DATA_DIRS"
+MAX_DATA_FILES = 200
 TIMEOUT_S = 60.0
 
 
@@ -76,4 +79,27 @@ def wizard_state() -> dict[str, Any]:
     return st.session_state  # type: ignore[return-value]
 
 
-__all__ = ["api_key", "call", "client", "gateway_url", "sidebar", "wizard_state"]
+def data_dirs() -> list[Path]:
+    """Where the UI offers labelled JSONL files from: ``QLP_UI_DATA_DIRS`` (``os.pathsep``
+    separated), else ``../shared/data`` beside the checkout and the bundled samples."""
+    from qlp_ray.core.config import REPO_ROOT
+
+    raw = os.environ.get(DATA_DIRS_ENV)
+    if raw:
+        return [Path(p).expanduser() for p in raw.split(os.pathsep) if p]
+    return [REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "qlp_ray" / "data" / "samples"]
+
+
+def data_files() -> dict[str, Path]:
+    """The ``.jsonl`` files of :func:`data_dirs`, by a short label (at most 200)."""
+    out: dict[str, Path] = {}
+    for d in data_dirs():
+        if d.is_dir():
+            for path in sorted(d.rglob("*.jsonl")):
+                out[f"{d.name}/{path.relative_to(d)}"] = path
+                if len(out) >= MAX_DATA_FILES:
+                    return out
+    return out
+
+
+__all__ = ["api_key", "call", "client", "data_files", "gateway_url", "sidebar", "wizard_state"]

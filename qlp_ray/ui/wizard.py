@@ -12,7 +12,8 @@ from qlp_ray.ui.session import call, client, wizard_state
 def recheck() -> dict[str, Any] | None:
     """Ask the API to check the current rows (``POST /v1/datasets/validate``)."""
     state = wizard_state()
-    state["report"] = call(client().validate_dataset, state["rows"]) if state["rows"] else None
+    rows, method = state["rows"], state["config"].get("method")
+    state["report"] = call(client().validate_dataset, rows, method) if rows else None
     return state["report"]
 
 
@@ -22,11 +23,36 @@ def uploaded() -> dict[str, Any] | None:
     state = wizard_state()
     if not state["rows"]:
         return None
-    digest = hashlib.sha256(to_jsonl(state["rows"]).encode()).hexdigest()
+    shape = str(state["config"].get("method"))
+    digest = hashlib.sha256((shape + to_jsonl(state["rows"])).encode()).hexdigest()
     if state["upload"] is None or state["upload"].get("digest") != digest:
-        answer = call(client().upload_file, state["rows"], "wizard.jsonl")
+        method = state["config"].get("method")
+        answer = call(client().upload_file, state["rows"], "wizard.jsonl", method)
         state["upload"] = None if answer is None else {**answer, "digest": digest}
     return state["upload"]
 
 
-__all__ = ["recheck", "uploaded"]
+def methods() -> dict[str, dict[str, Any]] | None:
+    """The training methods the API offers (``GET /v1/fine-tuning/methods``), by name;
+    read once per session."""
+    state = wizard_state()
+    if state.get("methods") is None:
+        answer = call(client().fine_tuning_methods)
+        if answer is None:
+            return None
+        state["methods"] = {m["name"]: m for m in answer["data"]}
+        state["gpu"] = answer["gpu"]
+    return state["methods"]
+
+
+def method_spec() -> dict[str, Any] | None:
+    """The API's entry of the wizard's chosen method (default sft)."""
+    table = methods()
+    if table is None:
+        return None
+    state = wizard_state()
+    state["config"].setdefault("method", "sft")
+    return table.get(state["config"]["method"]) or table["sft"]
+
+
+__all__ = ["method_spec", "methods", "recheck", "uploaded"]

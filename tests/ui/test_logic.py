@@ -13,13 +13,20 @@ from qlp_ray.core.errors import (
 )
 from qlp_ray.ui.logic import (
     adapter_rows,
+    confusion_frame,
     failure_reason,
+    form_row,
     friendly_error,
     hyperparameters,
+    job_options,
     loss_frame,
+    missing_options,
     parse_jsonl,
+    placement_rows,
     review_table,
+    routing_rows,
     rows_from_table,
+    timeseries_frame,
     to_jsonl,
 )
 
@@ -68,8 +75,60 @@ def test_review_table_merges_flags_and_edits_come_back():
 
 def test_hyperparameters_send_epochs_or_steps():
     config = {"method": "lora", "lora_rank": 4, "length": "epochs", "n_epochs": 2, "n_steps": 9}
-    assert hyperparameters(config) == {"method": "lora", "lora_rank": 4, "n_epochs": 2.0}
+    assert hyperparameters(config) == {"lora_rank": 4, "n_epochs": 2.0}  # method: beside it
     assert hyperparameters({**config, "length": "steps"})["n_steps"] == 9
+
+
+def test_job_options_send_what_the_method_takes():
+    grpo = {"name": "grpo", "needs_reward": True, "needs_teacher": False, "accepts_parent": True}
+    config = {"method": "grpo", "reward": " keyword:deploy ", "teacher": "base", "parent": ""}
+    assert job_options(config, grpo) == {"method": "grpo", "reward": "keyword:deploy"}
+    assert missing_options({"method": "grpo"}, grpo) == [
+        "grpo needs a reward (e.g. keyword:deploy,docker or reward-model:<id>)."
+    ]
+    reward = {"name": "reward", "needs_reward": False, "accepts_parent": False}
+    assert job_options({"method": "reward", "parent": "api@1"}, reward) == {"method": "reward"}
+    distill = {"name": "distill", "needs_teacher": True}
+    assert missing_options({}, distill) == [
+        "distill needs a teacher: an adapter id[@version] or 'base'."
+    ]
+
+
+def test_form_row_keeps_a_capsules_empty_input_only():
+    assert form_row({"prompt": " p ", "domain": ""}, ["prompt", "domain"]) == {"prompt": "p"}
+    capsule = form_row({"instruction": "i", "output": "o"}, ["instruction", "input", "output"])
+    assert capsule == {"instruction": "i", "input": "", "output": "o"}
+
+
+def test_confusion_frame_and_routing_rows():
+    evaluation = {"labels": ["api", "devops"], "columns": ["api", "devops", "fallback"],
+                  "matrix": [[3, 0, 1], [1, 4, 0]]}  # fmt: skip
+    frame = confusion_frame(evaluation)
+    assert len(frame) == 6 and frame["count"].sum() == 9
+    assert frame.query("labelled == 'api' and routed == 'fallback'")["count"].item() == 1
+    rows = routing_rows({"adapters": {"devops": {"domain": "devops", "version": 2}},
+                         "skipped": {"api": "no centroid in qlp.json"}})  # fmt: skip
+    assert [(r["adapter"], r["routable"], r["reason"]) for r in rows] == [
+        ("devops", "yes", ""), ("api", "no", "no centroid in qlp.json")]  # fmt: skip
+
+
+def test_placement_rows_show_serving_share_and_waiting_runs():
+    rows = placement_rows({
+        "serve": {"workload": "serve", "state": "placed", "cpus": {"node-a": 1.5}, "reason": ""},
+        "train:ftjob-1": {"workload": "train", "state": "waiting", "workers": 0,
+                          "requested_workers": 2, "cpus_per_worker": 1.0,
+                          "reason": "needs 2 CPU, 1 free"},
+    })  # fmt: skip
+    assert rows[0]["resources"] == "node-a 1.5 CPU"
+    assert rows[1]["resources"] == "0/2 x 1.0 CPU" and rows[1]["reason"] == "needs 2 CPU, 1 free"
+
+
+def test_timeseries_frame_drops_empty_buckets():
+    points = [{"t": 60, "adapter": "api", "requests": 2, "success_rate": None},
+              {"t": 120, "adapter": "api", "requests": 1, "success_rate": 1.0}]  # fmt: skip
+    assert len(timeseries_frame(points, "requests")) == 2
+    frame = timeseries_frame(points, "success_rate")
+    assert list(frame["value"]) == [1.0] and str(frame["time"][0]) == "1970-01-01 00:02:00+00:00"
 
 
 def test_loss_frame_is_long_with_both_splits():

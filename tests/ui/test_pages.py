@@ -11,56 +11,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from qlp_ray.client import Client
-from qlp_ray.core.config import REPO_ROOT
-from qlp_ray.ui import APP_PATH
-from tests.helpers.tiny_lm import save_random_lora, tiny_serve_setup
-from tests.ui.api_server import free_port, serving
-
-VIEWS = APP_PATH.parent / "views"
-ADMIN_KEY = "admin-secret"
-SAMPLES = REPO_ROOT / "qlp_ray" / "data" / "samples"
-ROW = {"instruction": "Paginate GET /orders with a cursor", "input": "",
-       "output": "Return next_cursor and accept ?cursor=.", "domain": "api"}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory):
-    """Config (built-in tiny base, keys), registry with two signed versions of `api`, URL."""
-    home = tmp_path_factory.mktemp("ui_home")
-    cfg, registry, base = tiny_serve_setup(home, {"api_key": "user-key", "admin_key": ADMIN_KEY})
-    cfg.jobs.dashboard_address = f"http://127.0.0.1:{free_port()}"  # no Jobs API: 503
-    for seed in (1, 2):
-        adapter = save_random_lora(base, home / f"lora{seed}", seed)
-        registry.register(adapter, adapter_id="api", domain="api", base_model=registry_base(cfg),
-                          metadata={"method": "lora", "metrics": {"tokens_per_s": 1000.0 * seed,
-                                    "eval_loss_before": 3.0, "eval_loss_after": 2.5},
-                                    "run": {"run_name": f"run-{seed}"}})  # fmt: skip
-    with serving(cfg) as url:
-        yield {"cfg": cfg, "registry": registry, "url": url}
-
-
-def registry_base(cfg) -> str:
-    from qlp_ray.models.base import base_model_id
-
-    return base_model_id(cfg)
-
-
-def page(name: str, url: str, key: str = ADMIN_KEY, **state) -> AppTest:
-    at = AppTest.from_file(str(VIEWS / f"{name}.py"), default_timeout=60)
-    at.session_state["gateway_url"] = url
-    at.session_state["api_key"] = key
-    for k, v in state.items():
-        at.session_state[k] = v
-    return at.run()
-
-
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
-
-
-def click(at: AppTest, label: str) -> AppTest:
-    [button] = [b for b in at.button if b.label == label]
-    return button.click().run()
+from tests.ui.api_server import free_port
+from tests.ui.conftest import ADMIN_KEY, ROW, SAMPLES, click, errors, page, registry_base
 
 
 def add_example(at: AppTest, instruction: str, output: str, domain: str = "api") -> AppTest:
@@ -105,11 +57,11 @@ def test_import_reports_bad_lines_and_invalid_rows(platform):
 
 def test_gateway_down_and_wrong_key_are_messages(platform):
     down = f"http://127.0.0.1:{free_port()}"
-    at = add_example(page("dataset", down), ROW["instruction"], ROW["output"])
+    at = page("dataset", down)  # the method table is the first answer it needs
     assert not at.exception
     assert errors(at) == [f"The gateway at {down} is not reachable. Is `qlp serve` running, "
                           "and is the URL in the sidebar right?"]  # fmt: skip
-    at = add_example(page("dataset", platform["url"], key="wrong"), ROW["instruction"], "x" * 9)
+    at = page("dataset", platform["url"], key="wrong")
     assert not at.exception and "refused the API key (401)" in errors(at)[0]
     at = page("adapters", platform["url"], key="user-key")
     assert "may not use admin routes (403)" in errors(at)[0]

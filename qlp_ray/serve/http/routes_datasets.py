@@ -1,7 +1,9 @@
 """Training data over HTTP (trainer or admin key): check capsule rows, upload a training file.
 
-``POST /v1/datasets/validate``  ``{"rows": [capsule, ...]}`` → every row's checks (invalid,
-                                duplicate, too short, PII: :mod:`qlp_ray.data.quality`),
+``POST /v1/datasets/validate``  ``{"rows": [capsule, ...], "method"?}`` → every row's checks
+                                (invalid, duplicate, too short, PII: :mod:`qlp_ray.data.quality`;
+                                with ``method``, in that method's data shape:
+                                :mod:`qlp_ray.train.method_data`),
                                 counts per flag and domain, and the records the trainer
                                 needs (``min_records``) and ``evaluation.min_train_examples``
 ``POST /v1/files``              ``{"purpose": "fine-tune", "filename", "rows"}`` → the rows
@@ -40,6 +42,7 @@ class DatasetRows(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rows: list[Any] = Field(max_length=MAX_ROWS, description="Capsule objects.")
+    method: str | None = Field(None, description="Check in this training method's data shape.")
 
 
 class FileUpload(BaseModel):
@@ -48,20 +51,28 @@ class FileUpload(BaseModel):
     purpose: Literal["fine-tune"] = Field("fine-tune", description="What the file is for.")
     filename: str = Field("dataset.jsonl", min_length=1, max_length=128, description="Label.")
     rows: list[Any] = Field(min_length=1, max_length=MAX_ROWS, description="Capsule objects.")
+    method: str | None = Field(None, description="The rows are in this method's data shape.")
 
 
 def _cfg(request: Request) -> QLPConfig:
     return request.app.state.gateway.cfg
 
 
-def report(cfg: QLPConfig, rows: list[Any]) -> dict[str, Any]:
-    """The quality report of ``rows`` with this deployment's thresholds."""
-    return check_rows(rows, recommended_records=cfg.evaluation.min_train_examples).to_dict()
+def report(cfg: QLPConfig, rows: list[Any], method: str | None = None) -> dict[str, Any]:
+    """The quality report of ``rows`` with this deployment's thresholds (in ``method``'s data
+    shape when given; 400 names an unknown method)."""
+    recommended = cfg.evaluation.min_train_examples
+    if method is None:
+        return check_rows(rows, recommended_records=recommended).to_dict()
+    from qlp_ray.train.method_data import check_method_rows
+    from qlp_ray.train.methods import get_method
+
+    return check_method_rows(get_method(method), rows, recommended)
 
 
 def save_upload(cfg: QLPConfig, body: FileUpload) -> dict[str, Any]:
     """Write valid rows as JSONL in the uploads directory; 400 names the first bad row."""
-    checked = report(cfg, body.rows)
+    checked = report(cfg, body.rows, body.method)
     for row in checked["rows"]:
         if not row["valid"]:
             i = row["index"]
@@ -83,7 +94,7 @@ def save_upload(cfg: QLPConfig, body: FileUpload) -> dict[str, Any]:
 
 @router.post("/datasets/validate")
 async def validate_dataset(body: DatasetRows, request: Request) -> dict[str, Any]:
-    return await asyncio.to_thread(report, _cfg(request), body.rows)
+    return await asyncio.to_thread(report, _cfg(request), body.rows, body.method)
 
 
 @router.post("/files")

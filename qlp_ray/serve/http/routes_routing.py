@@ -5,6 +5,10 @@
                                    threshold, top_k, the fallback target, the registry
                                    generation it was built from
 ``POST /v1/admin/routes/refresh``  rebuild the table from the registry now; returns it
+``POST /v1/admin/routes/evaluate`` ``{"rows": [{"text"|"instruction", "domain"}, ...]}``
+                                   (a labelled file's rows) → the live router's decisions
+                                   scored: accuracy, macro-F1, coverage, per-domain recall,
+                                   the confusion matrix (:mod:`qlp_ray.route.live_eval`)
 
 The table also follows the registry by itself (its generation marker is checked on the
 request path), so the refresh route is for operators and scripts that want certainty.
@@ -15,11 +19,22 @@ Both routes take the admin key when ``serve.admin_key`` is set.
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
 
+from qlp_ray.route.live_eval import labelled_rows, score
 from qlp_ray.serve.http.auth import require_admin
 from qlp_ray.serve.http.errors import await_remote
 
 router = APIRouter(prefix="/v1/admin/routes", dependencies=[Depends(require_admin)])
+MAX_EVAL_ROWS = 5000
+EVAL_CHUNK = 64  # texts per router call
+
+
+class LabelledRows(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: list[Any] = Field(min_length=1, max_length=MAX_EVAL_ROWS,
+                            description="Labelled rows: {text | instruction, domain}.")  # fmt: skip
 
 
 def _with_fallback(gateway: Any, table: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +60,20 @@ async def refresh_routes(request: Request) -> dict[str, Any]:
     table = await await_remote(gateway.router.refresh.remote())
     await gateway.models.adapters(fresh=True)  # explicit model names follow too
     return _with_fallback(gateway, table)
+
+
+@router.post("/evaluate")
+async def evaluate_routes(body: LabelledRows, request: Request) -> dict[str, Any]:
+    """Route every row's text with the live router and score it against the row's domain."""
+    gateway = request.app.state.gateway
+    texts, truth = labelled_rows(body.rows)
+    decisions: list[dict[str, Any]] = []
+    for i in range(0, len(texts), EVAL_CHUNK):
+        chunk = texts[i : i + EVAL_CHUNK]
+        decisions += await await_remote(gateway.router.route_many.remote(chunk))
+    table = await await_remote(gateway.router.table.remote())
+    scored = score(truth, decisions, float(table["threshold"]))
+    return {"object": "routing.evaluation", "mode": table.get("mode"), **scored}
 
 
 __all__ = ["router"]

@@ -5,6 +5,10 @@
                                            progress (step of total), and once it succeeded
                                            the signed adapter version it registered
 ``GET /v1/fine-tuning/jobs/{id}/loss_curve.png``  the loss curve the run wrote when it ended
+``GET /v1/fine-tuning/methods``            every training method (the one table,
+                                           :mod:`qlp_ray.train.methods`): data shape and
+                                           fields, needed options (reward, teacher, parent),
+                                           metric; qlora ``available`` only with a CUDA GPU
 ``POST /v1/fine-tuning/estimate``          ``{"training_file", "validation_file",
                                            "hyperparameters"}`` → steps, tokens, time at the
                                            measured tokens/s, cost at the configured price
@@ -81,6 +85,25 @@ def _registered_by(cfg: QLPConfig, run_name: str) -> dict[str, Any] | None:
                     "signed": rec.signed, "problem": rec.problem,
                     "model": f"{rec.adapter_id}@{rec.version}"}  # fmt: skip
     return None
+
+
+def cluster_has_gpu() -> bool:
+    """Whether the cluster (the Ray one this process is in, else this host) has a GPU."""
+    import ray  # lazy: a replica has it loaded
+
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) > 0
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@router.get("/methods")
+async def fine_tuning_methods() -> dict[str, Any]:
+    """The training methods a job may name (see the module docstring)."""
+    from qlp_ray.train.method_data import methods_listing
+
+    return methods_listing(await asyncio.to_thread(cluster_has_gpu))
 
 
 @router.get("/jobs/{job_id}/metrics")

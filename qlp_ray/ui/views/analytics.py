@@ -1,12 +1,13 @@
 """Admin console: per-adapter analytics (requests, p50/p95/p99, success rate, ratings,
-savings against the reference model) and the A/B experiments (variants, traffic, Wilson
-intervals, chi-square p-value, winner, stop)."""
+savings against the reference model) since the replica started and over time (line charts
+of ``GET /v1/admin/analytics/timeseries``, per minute, hour or day), and the A/B
+experiments (variants, traffic, Wilson intervals, chi-square p-value, winner, stop)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from qlp_ray.ui.logic import analytics_rows
+from qlp_ray.ui.logic import TIMESERIES_METRICS, analytics_rows, timeseries_chart
 from qlp_ray.ui.session import call, client
 
 st.title("Analytics & experiments")
@@ -24,6 +25,25 @@ if report is not None:
         st.caption(f"Cost {total['cost_usd']:.6f} vs {total['reference_cost_usd']:.6f} at "
                    f"{report['cost']['reference_model']}: saved {total['savings_usd']:.6f} "
                    f"{report['cost']['currency']}.")  # fmt: skip
+
+st.header("Over time")
+cols = st.columns(2)
+bucket = cols[0].radio("Per", ["minute", "hour", "day"], horizontal=True, key="ts_bucket")
+picked = cols[1].multiselect("Charts", list(TIMESERIES_METRICS), key="ts_metrics",
+                             default=["requests", "p95_ms", "success_rate", "savings_usd"],
+                             format_func=TIMESERIES_METRICS.get)  # fmt: skip
+points = call(client().admin, "GET", f"analytics/timeseries?bucket={bucket}")
+if points is not None:
+    data = points["data"]
+    if not data:
+        st.info(f"No request in the last 60 {bucket}s (the store's request log).")
+    else:
+        chart_cols = st.columns(2)
+        for i, metric in enumerate(picked):
+            chart_cols[i % 2].altair_chart(timeseries_chart(data, metric), width="stretch")
+        st.caption("Success rate: rated requests with a thumbs up or a rating of 4 or more. "
+                   f"Savings in {points['currency']} against "
+                   f"{points['reference_model']}.")  # fmt: skip
 
 st.header("Experiments")
 listing = call(client().admin, "GET", "experiments")

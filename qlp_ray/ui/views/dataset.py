@@ -1,5 +1,8 @@
-"""Wizard step 1: build the training set — a form per example, a review table with the
-API's quality flags (invalid, duplicate, too short, PII), JSONL import and export."""
+"""Wizard step 1: build the training set in the data shape the chosen method needs —
+instruction capsules (SFT, AdaLoRA, QLoRA, distill), preference pairs (DPO, reward) or
+prompts (PPO, GRPO, RLOO), from ``GET /v1/fine-tuning/methods`` — a form per example, a
+review table with the API's quality flags (invalid, duplicate, too short, PII), JSONL
+import and export."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import streamlit as st
 
 from qlp_ray.core.config import DOMAINS
 from qlp_ray.ui.logic import (
-    capsule_row,
+    form_row,
     invalid_rows,
     parse_jsonl,
     review_table,
@@ -15,23 +18,46 @@ from qlp_ray.ui.logic import (
     to_jsonl,
 )
 from qlp_ray.ui.session import wizard_state
-from qlp_ray.ui.wizard import recheck
+from qlp_ray.ui.wizard import method_spec, methods, recheck
+
+LABELS = {"instruction": "Instruction", "input": "Input (optional)", "output": "Output",
+          "prompt": "Prompt", "chosen": "Chosen answer (the better one)",
+          "rejected": "Rejected answer (the worse one)"}  # fmt: skip
 
 state = wizard_state()
 st.title("Step 1 of 4 · Dataset")
-st.caption("Examples the adapter learns from: an instruction, optional input, the answer.")
+table = methods()
+if table is None:
+    st.stop()
+names = list(table)
+current = method_spec()["name"]
+chosen = st.selectbox(
+    "Training method (decides the rows' shape)", names, index=names.index(current),
+    format_func=lambda m: f"{m} — {table[m]['summary']}", key="dataset_method",
+)  # fmt: skip
+if chosen != state["config"].get("method"):
+    state["config"] = {**state["config"], "method": chosen}
+    recheck()  # the same rows, checked in the new shape
+spec = table[chosen]
+fields = spec["fields"]
+st.caption(f"Rows for {chosen}: {spec['data']} ({spec['data_shape']}).")
 
 with st.form("add_example", clear_on_submit=True):
-    domain = st.selectbox("Domain", DOMAINS, key="form_domain")
-    instruction = st.text_area("Instruction", key="form_instruction")
-    input_ = st.text_area("Input (optional)", key="form_input")
-    output = st.text_area("Output", key="form_output")
+    values = {}
+    for f in fields:
+        if f == "domain":
+            optional = spec["data_shape"] != "instructions"
+            options = ["", *DOMAINS] if optional else list(DOMAINS)
+            label = "Domain (optional)" if optional else "Domain"
+            values[f] = st.selectbox(label, options, key="form_domain")
+        else:
+            values[f] = st.text_area(LABELS.get(f, f), key=f"form_{f}")
     if st.form_submit_button("Add example"):
-        state["rows"] = [*state["rows"], capsule_row(instruction, input_, output, domain)]
+        state["rows"] = [*state["rows"], form_row(values, fields)]
         recheck()
 
 with st.expander("Import / export JSONL"):
-    upload = st.file_uploader("Import capsules (.jsonl)", type=["jsonl"], key="import_file")
+    upload = st.file_uploader("Import rows (.jsonl)", type=["jsonl"], key="import_file")
     pasted = st.text_area("…or paste JSONL", key="import_text")
     if st.button("Import", key="import_button"):
         text = upload.getvalue().decode("utf-8") if upload is not None else pasted
@@ -71,14 +97,14 @@ if report:
 
 st.subheader("Review")
 edited = st.data_editor(
-    review_table(state["rows"], report),
+    review_table(state["rows"], report, fields),
     num_rows="dynamic",
     disabled=["flags", "details"],
     key="review",
     width="stretch",
 )
 if st.button("Save edits", key="save_edits"):
-    state["rows"] = rows_from_table(edited)
+    state["rows"] = rows_from_table(edited, fields)
     recheck()
     st.rerun()
 
