@@ -158,6 +158,7 @@ def test_secret_variables_are_every_secret_field():
 
     assert secret_variables() == {
         "QLP_DB_URL",
+        "QLP_IMPROVE__API_KEY",
         "QLP_ROUTER__EXTERNAL__API_KEY",
         "QLP_S3__ACCESS_KEY_ID",
         "QLP_S3__SECRET_ACCESS_KEY",
