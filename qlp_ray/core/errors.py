@@ -109,6 +109,14 @@ class SignatureError(QLPError, PermissionError):
     code = "adapter_verification_failed"
 
 
+class AdapterRevoked(SignatureError):
+    """An adapter version signed by a key that was revoked (``qlp keys revoke``): refused at
+    every request, and evicted from the replicas that had loaded it."""
+
+    http_status = 403
+    code = "adapter_revoked"
+
+
 class AdapterLoadError(QLPError, RuntimeError):
     """A verified adapter could not be loaded (corrupt weights, wrong base model)."""
 
@@ -201,6 +209,7 @@ __all__ = [
     "ExternalEndpointError",
     "ExternalEndpointTimeout",
     "SignatureError",
+    "AdapterRevoked",
     "AdapterLoadError",
     "KeyMissing",
     "Overloaded",

@@ -3,7 +3,8 @@
 ``rotate_keys`` makes a fresh Ed25519 pair the signing key and keeps the old public
 key in ``<keys>/trusted/<id>.pub.pem``, so versions it signed still verify. Dropping
 trust is a separate, explicit ``revoke_key``; everything the revoked key signed is
-refused at load from then on.
+refused at load from then on (``AdapterRevoked``: the id goes to ``<keys>/revoked_keys.txt``
+so a refusal names the revocation, and serving replicas evict what they had loaded).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from qlp_ray.core.errors import InvalidRequest, NotFound
+from qlp_ray.core.errors import InvalidRequest, KeyMissing, NotFound
 from qlp_ray.registry.signing import (
     PUBLIC_KEY_FILE,
     TRUSTED_DIR,
@@ -30,6 +31,17 @@ if TYPE_CHECKING:
     from qlp_ray.registry.audit import RegistryAudit
 
 logger = logging.getLogger(__name__)
+
+
+REVOKED_FILE = "revoked_keys.txt"  # ids of revoked keys, one a line (names refusals)
+
+
+def revoked_key_ids(keys_dir: Path) -> set[str]:
+    """Ids of the keys ``revoke_key`` dropped (so a refusal can say "revoked")."""
+    path = Path(keys_dir) / REVOKED_FILE
+    if not path.is_file():
+        return set()
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,10 @@ def rotate_keys(cfg: QLPConfig, audit: RegistryAudit | None = None) -> tuple[str
 
 def revoke_key(cfg: QLPConfig, key_id: str, audit: RegistryAudit | None = None) -> Path:
     """Stop trusting a retired key (adapters it signed are refused from now on)."""
-    current = key_info(cfg.paths.keys).key_id
+    try:
+        current = key_info(cfg.paths.keys).key_id
+    except KeyMissing:  # no signing key: only configured keys could match (refused below)
+        current = None
     if key_id == current:
         raise InvalidRequest(f"key {key_id} is the current signing key; rotate first")
     for tk in trusted_keys(cfg):
@@ -83,6 +98,8 @@ def revoke_key(cfg: QLPConfig, key_id: str, audit: RegistryAudit | None = None) 
                 "remove it from the config instead"
             )
         tk.path.unlink()
+        with (cfg.paths.keys / REVOKED_FILE).open("a") as out:
+            out.write(f"{key_id}\n")
         if audit is not None:
             audit.record("key_rotate", None, None, revoked_key_id=key_id)
         return tk.path

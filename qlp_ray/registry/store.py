@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from qlp_ray.core.config import QLPConfig
-from qlp_ray.core.errors import AdapterNotFound, InvalidRequest, SignatureError
+from qlp_ray.core.errors import AdapterNotFound, AdapterRevoked, InvalidRequest, SignatureError
 from qlp_ray.registry.audit import audit_for
+from qlp_ray.registry.keyring import revoked_key_ids
 from qlp_ray.registry.local import ADAPTER_ID_PATTERN, open_storage
 from qlp_ray.registry.manifest import (
     MANIFEST_FILE,
@@ -281,9 +282,7 @@ class Registry:
             self.audit.check_pinned(adapter_id, version)  # 410 for a rolled-back version
         record = self._inspect(adapter_id, version, trusted_public_keys(self.cfg))
         if not record.signed and self.cfg.registry.require_signature:
-            raise SignatureError(
-                f"adapter {adapter_id!r} v{version} does not verify: {record.problem}"
-            )
+            raise refusal(record)
         return record
 
     def verify(
@@ -321,9 +320,10 @@ class Registry:
                 record = check_unsigned(adapter_id, version, path, expected_base_model)
                 logger.warning("loading UNSIGNED adapter %s v%d: %s", adapter_id, version, exc)
         except SignatureError as exc:
+            exc = self._named_revocation(adapter_id, version, path, exc)
             if self.audit is not None:
                 self.audit.record("verify", adapter_id, version, ok=False, problem=str(exc))
-            raise
+            raise exc from None
         if self.audit is not None:
             key_id = _key_id(path) if record.signed else None
             self.audit.record("verify", adapter_id, version, ok=True, signed=record.signed,
@@ -404,6 +404,7 @@ class Registry:
         try:
             return check_signed(adapter_id, version, path, trusted)
         except SignatureError as exc:
+            exc = self._named_revocation(adapter_id, version, path, exc)
             try:
                 info = read_metadata(path)
             except SignatureError:
@@ -417,7 +418,32 @@ class Registry:
                 base_model=str(info.get("base_model", "")),
                 metadata=info,
                 problem=str(exc),
+                revoked=isinstance(exc, AdapterRevoked),
             )
+
+    def _named_revocation(
+        self, adapter_id: str, version: int, path: Path, exc: SignatureError
+    ) -> SignatureError:
+        """``AdapterRevoked`` when the version's signing key was revoked, else ``exc``."""
+        key_id = _key_id(path)
+        if key_id is None or key_id not in revoked_key_ids(self.cfg.paths.keys):
+            return exc
+        return AdapterRevoked(
+            f"adapter {adapter_id!r} v{version} is signed by key {key_id}, which was revoked "
+            "(`qlp keys revoke`); it is no longer served",
+            param="model",
+        )
+
+
+def refusal(record: AdapterRecord) -> SignatureError:
+    """Why a request for an unverified ``record`` is refused: 403 ``adapter_revoked`` when
+    its key was revoked, else 424 ``adapter_verification_failed``."""
+    if record.revoked:
+        return AdapterRevoked(record.problem or f"adapter {record.adapter_id!r} is revoked",
+                              param="model")  # fmt: skip
+    return SignatureError(
+        f"adapter {record.adapter_id!r} v{record.version} does not verify: {record.problem}"
+    )
 
 
 def _files_stamp(path: Path) -> tuple[tuple[str, int, int], ...]:
@@ -442,4 +468,4 @@ def _key_id(path: Path) -> str | None:
         return None
 
 
-__all__ = ["AdapterRecord", "Registry", "validate_adapter_id"]
+__all__ = ["AdapterRecord", "Registry", "refusal", "validate_adapter_id"]

@@ -40,6 +40,7 @@ class AdapterRecord:
     base_model: str
     metadata: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None  # why ``signed`` is False, when it is
+    revoked: bool = False  # signed by a key `qlp keys revoke` dropped
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready listing entry (no centroid)."""

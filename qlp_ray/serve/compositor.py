@@ -14,6 +14,29 @@ TTL composition cache. ``prefetch`` queues loads in the background; ``warm`` and
 through the handle; with ``serve.compositor_replicas > 1`` every replica takes them from
 the swap board (``serve/swap_board.py``). The backend comes from ``serve.backend``.
 
+``revalidate`` evicts every loaded adapter (and cached stack holding one) that a request may
+no longer be served (``Registry.servable``: retired, or signed by a revoked key): its lease
+is released, so the backend frees it once the rows using it are done, and Serve's router
+learns the replica no longer holds it. It runs on the swap board's ``revalidate`` notice
+(``POST /v1/admin/keys/{key_id}/revoke``) and whenever the registry's generation marker
+moves (``qlp keys revoke`` / ``qlp registry retire`` from any process), without a restart;
+the next load of such a version is refused by the registry (403 ``adapter_revoked``).
+
+Concurrent requests are generated together (up to ``serve.max_batch_size``) whatever their
+adapters. With ``serve.continuous_batching`` (default) a request joins the running
+batch at the next decoding step and leaves it when done
+(:class:`~qlp_ray.serve.batching.StepMerger`); otherwise requests that arrive while the
+backend generates form its next batch (:class:`~qlp_ray.serve.batching.BatchMerger`).
+Each row holds its adapter's lease until it is done, and a row's error fails only that
+request.
+
+``generate_stream`` (a generator method, called through ``handle.options(stream=True)``)
+yields a row's text as the continuous decoder produces it (:meth:`StepMerger.stream`,
+detokenised by :class:`~qlp_ray.models.stream_text.TextDeltas`); other rows come whole, as
+one event. When the caller goes away Serve cancels the generator, and the row leaves the
+decoder before its next step. Chat requests carry their ``messages``: a tokenizer with a
+chat template renders them (:func:`~qlp_ray.models.prompt.chat_template_prompt`).
+
 Concurrent requests are generated together (up to ``serve.max_batch_size``) whatever their
 adapters. With ``serve.continuous_batching`` (default) a request joins the running
 batch at the next decoding step and leaves it when done
@@ -52,6 +75,7 @@ from qlp_ray.models.openvino_backend import OpenVINOBackend
 from qlp_ray.models.prompt import chat_template_prompt
 from qlp_ray.models.stream_text import TextDeltas
 from qlp_ray.models.vllm_backend import VLLMBackend, vllm_unavailable_reason
+from qlp_ray.registry.generation import GenerationWatch
 from qlp_ray.registry.store import Registry
 from qlp_ray.serve.admission import deployment_limits, replica_options
 from qlp_ray.serve.batching import BatchMerger, StepMerger
@@ -75,10 +99,12 @@ class Compositor:
         self.base_model = base_model_id(self.cfg)
         self.registry = Registry(self.cfg)
         self.loads = 0
+        self.evicted: dict[str, str] = {}  # model id -> why revalidate() evicted it
         # wired at init so the LRU size comes from the config (Serve detects this at runtime)
+        self._loader = self._make_loader()
         self.get_adapter = serve.multiplexed(
             max_num_models_per_replica=self.cfg.serve.max_adapters_per_replica
-        )(self._make_loader())
+        )(self._loader)
         self.stacks = self._make_stack_composer()
         self.prefetcher = PrefetchQueue(self._prefetch_one)
         # concurrent requests join one backend batch whatever their adapters (serve/batching.py)
@@ -95,6 +121,8 @@ class Compositor:
         self._board_task: asyncio.Task | None = None  # held: the loop keeps weak refs
         if self.cfg.serve.compositor_replicas > 1:  # a swap must reach every replica
             self._follow_swap_board()
+        self._registry_task: asyncio.Task | None = None
+        self._follow_registry()
         logger.info("compositor ready (%s) in %.1f s", self.base_model, time.perf_counter() - t0)
 
     # -- stacks, prefetch, swap -----------------------------------------------------
@@ -183,6 +211,81 @@ class Compositor:
                 warmed.append(fresh.key)
         return warmed
 
+    # -- revocation / retirement: evict what may no longer be served ---------------
+    def _multiplex(self) -> Any:
+        """Serve's multiplex cache of this replica (None before the first load). Ray 2.60
+        keeps it on the loader function as ``__serve_multiplex_wrapper``, its ``models`` an
+        OrderedDict model id -> lease (tests/serve/test_swap_replicas.py fails if it moves)."""
+        return getattr(self._loader, "__serve_multiplex_wrapper", None)
+
+    def loaded_models(self) -> list[str]:
+        """Model ids (``adapter@version``) in this replica's multiplex cache."""
+        cache = self._multiplex()
+        return list(cache.models) if cache is not None else []
+
+    def _evict(self, model_id: str) -> bool:
+        cache = self._multiplex()
+        lease = cache.models.pop(model_id, None) if cache is not None else None
+        if lease is None:
+            return False
+        lease.release()  # freed now if idle, else when its last row is done
+        cache._push_multiplexed_replica_info = True  # Serve's router: no longer held here
+        return True
+
+    async def revalidate(self) -> list[str]:
+        """Evict loaded adapters and cached stacks whose versions a request may no longer be
+        served; returns the evicted model ids and stack keys."""
+        refused: dict[tuple[str, int | None], str | None] = {}
+
+        def why(adapter_id: str, version: int | None) -> str | None:
+            if (adapter_id, version) not in refused:
+                try:
+                    self.registry.servable(adapter_id, version)
+                    refused[(adapter_id, version)] = None
+                except QLPError as exc:
+                    refused[(adapter_id, version)] = exc.message
+            return refused[(adapter_id, version)]
+
+        evicted: list[str] = []
+        for model_id in self.loaded_models():
+            reason = await asyncio.to_thread(why, *parse_multiplex_id(model_id))
+            if reason and self._evict(model_id):
+                self.evicted[model_id] = reason
+                evicted.append(model_id)
+                logger.warning("evicted %s: %s", model_id, reason)
+        for stack in self.stacks.cached_stacks() if self.stacks is not None else []:
+            for m in stack.members:
+                reason = await asyncio.to_thread(why, m.adapter_id, m.version)
+                if reason:
+                    for key in self.stacks.invalidate(m.adapter_id, m.version):
+                        self.evicted[key] = reason
+                        evicted.append(key)
+        return evicted
+
+    def _follow_registry(self) -> None:
+        """Revalidate whenever the registry's generation marker moves (polled)."""
+        self._generation = GenerationWatch(
+            self.registry.generation, max(self.cfg.router.generation_poll_s, 1.0)
+        )
+        self._generation.commit(self._generation.snapshot())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # built outside Serve: revalidate() is called by hand
+            return
+        self._registry_task = loop.create_task(self._follow_registry_forever())
+
+    async def _follow_registry_forever(self) -> None:
+        watch = self._generation
+        while True:
+            await asyncio.sleep(watch.poll_s)
+            try:
+                if await watch.changed_async():
+                    marker = await asyncio.to_thread(watch.snapshot)
+                    await self.revalidate()
+                    watch.commit(marker)
+            except Exception:  # an unreadable registry must not stop the replica
+                logger.exception("registry revalidation failed; retrying")
+
     def _follow_swap_board(self) -> None:
         """Answer the swap board's notices from now on (polled every ``swap_poll_s``)."""
 
@@ -222,6 +325,8 @@ class Compositor:
                 elif notice.kind == "prefetch":
                     queued = await self.prefetch(list(args["model_ids"]), int(args["priority"]))
                     result = queued["queued"]
+                elif notice.kind == "revalidate":
+                    result = await self.revalidate()
                 else:
                     result = self.invalidate(
                         str(args["adapter_id"]), args.get("version"), args.get("current")
@@ -423,6 +528,8 @@ class Compositor:
             "peft_adapters": sorted(peft.peft_config) if peft is not None else [],
             "loads": self.loads,
             "stacks": self.stacks.cache.keys() if self.stacks is not None else [],
+            "multiplexed": self.loaded_models(),
+            "evicted": dict(self.evicted),
         }
 
 

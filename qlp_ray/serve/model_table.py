@@ -22,7 +22,7 @@ import asyncio
 import time
 from typing import Any
 
-from qlp_ray.core.errors import AdapterNotFound, InvalidRequest, SignatureError
+from qlp_ray.core.errors import AdapterNotFound, InvalidRequest
 from qlp_ray.models.composition import (
     AdapterStack,
     is_stack,
@@ -31,6 +31,7 @@ from qlp_ray.models.composition import (
     parse_stack,
 )
 from qlp_ray.registry.generation import GenerationWatch
+from qlp_ray.registry.store import refusal
 from qlp_ray.serve.http.errors import unwrap
 from qlp_ray.serve.http.protocol import AUTO_MODEL
 
@@ -135,7 +136,7 @@ class ModelTable:
             )
         if not record.signed and self.registry.cfg.registry.require_signature:
             # e.g. its signing key was revoked since it was loaded: refused at every request
-            raise SignatureError(f"adapter {model!r} does not verify: {record.problem}")
+            raise refusal(record)
         return Target(record.adapter_id, int(record.version), record.domain)
 
     async def record_of(self, model: str) -> Any:

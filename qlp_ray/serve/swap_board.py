@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 NOTICE_SUFFIX = ".notice.json"
 ACK_SUFFIX = ".ack.json"
-KINDS = ("warm", "invalidate", "prefetch")
+KINDS = ("warm", "invalidate", "prefetch", "revalidate")
 
 
 @dataclass(frozen=True)

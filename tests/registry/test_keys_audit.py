@@ -100,7 +100,7 @@ def test_key_rotation_keeps_old_versions_verifiable_until_revoked(cfg, tmp_path)
     with pytest.raises(InvalidRequest, match="current signing key"):
         revoke_key(cfg, new)
     revoke_key(cfg, old, audit_for(cfg))
-    with pytest.raises(SignatureError, match=f"untrusted key '{old}'"):
+    with pytest.raises(SignatureError, match=f"signed by key {old}, which was revoked"):
         reg.verify("api", 1)
     assert reg.verify("api", 2).signed
     with pytest.raises(NotFound):

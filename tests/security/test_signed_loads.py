@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qlp_ray.core.errors import AdapterNotFound, SignatureError
+from qlp_ray.core.errors import AdapterNotFound, AdapterRevoked
 from qlp_ray.registry.audit import RollbackRefused, audit_for
 from qlp_ray.registry.keyring import revoke_key, rotate_keys
 from qlp_ray.registry.store import Registry
@@ -60,10 +60,36 @@ def test_a_revoked_key_stops_serving_pinned_and_listed_adapters(cfg, tmp_path: P
     revoke_key(cfg, old)
     reg.storage.bump_generation()  # what `qlp keys revoke` does: gateways re-list
     for model in ("sql@1", "sql"):
-        with pytest.raises(SignatureError):
-            asyncio.run(table.adapters(fresh=True))
+        asyncio.run(table.adapters(fresh=True))
+        with pytest.raises(AdapterRevoked, match=f"signed by key {old}, which was revoked") as e:
             _resolve(table, model)
+        assert e.value.http_status == 403 and e.value.code == "adapter_revoked"
+    with pytest.raises(AdapterRevoked):  # loading it (what a compositor does) is refused too
+        reg.verified_path("sql", 1)
     audited = len(reg.audit.events(kinds=("verify",)))
     for _ in range(3):  # the listing checks from cached verification: no audit row a call
         reg.list()
     assert len(reg.audit.events(kinds=("verify",))) == audited
+
+
+def test_the_http_revoke_route_is_admin_only_and_names_bad_keys(keyed) -> None:
+    """POST /v1/admin/keys/{id}/revoke (Serve eviction: tests/serve/test_serve_http.py)."""
+    from qlp_ray.registry.keyring import revoked_key_ids
+    from qlp_ray.registry.signing import init_keys
+    from tests.security.conftest import bearer
+
+    client, keys, cfg = keyed
+    init_keys(cfg.paths.keys)
+    old, new = rotate_keys(cfg)
+    path = f"/v1/admin/keys/{old}/revoke"
+    assert client.post(path, headers=bearer(keys["user"])).status_code == 403
+    r = client.post(f"/v1/admin/keys/{new}/revoke", headers=bearer(keys["admin"]))
+    assert r.status_code == 400 and "current signing key" in r.json()["error"]["message"]
+    r = client.post("/v1/admin/keys/nope/revoke", headers=bearer(keys["admin"]))
+    assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
+    r = client.post(path, headers=bearer(keys["admin"]))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"object": "key.revocation", "key_id": old, "evicted": [],
+                        "acknowledged": 0}  # fmt: skip
+    assert revoked_key_ids(cfg.paths.keys) == {old}
+    assert audit_for(cfg).events(None, ("key_rotate",))[-1].payload == {"revoked_key_id": old}

@@ -270,14 +270,17 @@ def test_store_failure_never_fails_the_request(gw):
 
 
 def test_feedback_right_after_the_reply_finds_its_request(gw):
-    """The reply does not wait for the request-log commit; feedback sent at once must still
-    find the request (the feedback route waits for a row still queued in its replica; the
-    wait itself is tested with a held-up writer in tests/serve/test_request_log.py)."""
+    """Durable acknowledgements (the default): the reply goes out after its row's group
+    commit, so the row is readable at once and feedback sent right away finds it (with
+    ``background`` the feedback route waits for a row still queued in its replica; that wait
+    is tested with a held-up writer in tests/serve/test_request_log.py)."""
     for i in range(10):
         r = _post("/v1/completions", {"model": "frontend", "prompt": f"Center div {i}",
                                       "max_tokens": 2})  # fmt: skip
         assert r.status_code == 200, r.text
         rid = r.json()["qlp"]["request_id"]
+        assert r.headers["x-qlp-recorded"] == "committed"
+        assert gw["store"].get_request(rid).id == rid  # no wait: committed before the reply
         fb = _post("/v1/feedback", {"request_id": rid, "kind": "thumbs", "value": 1})
         assert fb.status_code == 200, fb.text
         assert [f.kind for f in gw["store"].query_feedback(request_id=rid)] == ["thumbs"]
@@ -615,3 +618,57 @@ def test_a_client_that_disconnects_frees_its_slot(stack):
     final = _until(lambda: (s := stats())["running"] == 0 and s)
     assert final["cancelled"] > after["cancelled"]
     assert final["steps"] - after["steps"] < 8 * 230
+
+
+def _register_and_retire_key(stack, adapter_id: str) -> str:
+    """Register ``adapter_id`` (the devops weights) signed by a fresh key that signs
+    nothing else, then rotate again: that key is now a retired, still-trusted key; returns
+    its id. The test unregisters the adapter at its end (``stack["cleanup"]``)."""
+    from qlp_ray.models.base import base_model_id
+    from qlp_ray.registry.keyring import rotate_keys
+
+    cfg, (d, _) = stack["cfg"], stack["dirs"]["devops"]
+    _old, signer = rotate_keys(cfg)
+    record = stack["registry"].register(d, adapter_id=adapter_id, domain="devops",
+                                        base_model=base_model_id(cfg))  # fmt: skip
+    stack.setdefault("cleanup", []).append(Path(record.path).parent)
+    rotate_keys(cfg)
+    return signer
+
+
+def test_revocation_evicts_loaded_adapters_without_a_restart(stack):
+    """Issue 22: a revoked key kept serving adapters already loaded. Revoked over HTTP, the
+    loaded adapter leaves the compositor before the answer; revoked as `qlp keys revoke`
+    does it (another process: key file + registry generation), the replica evicts it by
+    itself. Requests are then 403 adapter_revoked; other adapters keep serving."""
+    from qlp_ray.registry.keyring import revoke_key
+    from qlp_ray.registry.store import Registry
+
+    compositor, cfg = stack["compositor"], stack["cfg"]
+    loaded = lambda: compositor.stats.remote().result()["multiplexed"]  # noqa: E731
+    ask = lambda model: _post("/v1/completions", {"model": model, "prompt": "Deploy it",  # noqa: E731
+                                                  "max_tokens": 2})  # fmt: skip
+    signer = _register_and_retire_key(stack, "revokeme")
+    assert ask("revokeme").status_code == 200
+    assert loaded() == ["revokeme@1"]
+    r = _post(f"/v1/admin/keys/{signer}/revoke", {})
+    assert r.status_code == 200, r.text
+    assert r.json()["evicted"] == ["revokeme@1"] and r.json()["acknowledged"] == 1
+    stats = compositor.stats.remote().result()
+    assert stats["multiplexed"] == [] and "revoked" in stats["evicted"]["revokeme@1"]
+    assert not [a for a in stats["backend_adapters"] if a.startswith("revokeme")]
+    for model in ("revokeme", "revokeme@1"):
+        err = _assert_openai_error(ask(model), 403, "adapter_revoked")
+        assert f"signed by key {signer}, which was revoked" in err["message"]
+    assert loaded() == []  # refused before anything was loaded again
+    assert ask("dataeng").status_code == 200  # signed by another key: still served
+
+    signer = _register_and_retire_key(stack, "revokeme2")
+    assert ask("revokeme2").status_code == 200 and loaded() == ["revokeme2@1"]
+    revoke_key(cfg, signer)  # what `qlp keys revoke` does, in this (another) process
+    Registry(cfg).storage.bump_generation()
+    assert _until(lambda: loaded() == [], timeout_s=15)  # the replica follows the generation
+    assert "revoked" in compositor.stats.remote().result()["evicted"]["revokeme2@1"]
+    _assert_openai_error(ask("revokeme2"), 403, "adapter_revoked")
+    for path in stack.pop("cleanup"):  # unregister: later tests see the module's adapters
+        shutil.rmtree(path)

@@ -13,6 +13,10 @@ and the audit log (every sign / verify / promote / rollback / improve decision).
 ``POST /v1/admin/adapters/{id}/rollback``      ``{"version", "reason"}`` → an explicit, audited
                                                rollback to an older verified version
 ``GET  /v1/admin/audit``                       ``?adapter=&kind=&last=`` audit events
+``POST /v1/admin/keys/{key_id}/revoke``        stop trusting a retired signing key (as
+                                               ``qlp keys revoke``): its adapters are refused
+                                               (403 ``adapter_revoked``) and every compositor
+                                               replica evicts them before the answer
 
 The same operations as ``qlp adapters`` and ``qlp improve promote|rollback|audit``; the
 gateway's model table follows the change at once (the routing table by its generation).
@@ -28,8 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from qlp_ray.core.errors import InvalidRequest, NotFound
 from qlp_ray.models.base import base_model_id
 from qlp_ray.registry.audit import audit_for
+from qlp_ray.registry.keyring import revoke_key
 from qlp_ray.registry.store import Registry
 from qlp_ray.serve.http.auth import require_admin
+from qlp_ray.serve.http.errors import await_remote
+from qlp_ray.serve.swap_board import broadcast, raise_first_error
+from qlp_ray.serve.swap_board_actor import make_swap_board
 
 router = APIRouter(prefix="/v1/admin", dependencies=[Depends(require_admin)])
 LINEAGE_KEYS = ("created_at", "method", "data_hash", "data_file", "heldout_hash", "metrics",
@@ -117,6 +125,42 @@ async def promote_adapter(adapter_id: str, body: VersionBody, request: Request) 
 @router.post("/adapters/{adapter_id}/rollback")
 async def rollback_adapter(adapter_id: str, body: VersionBody, request: Request) -> Any:
     return await _point(request, adapter_id, body, rollback=True)
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_signing_key(key_id: str, request: Request) -> dict[str, Any]:
+    """``qlp keys revoke`` over HTTP, then eviction on every compositor replica."""
+    gateway = request.app.state.gateway
+    cfg = gateway.cfg
+
+    def work() -> None:
+        revoke_key(cfg, key_id, audit_for(cfg))  # 400 current key, 404 unknown
+        Registry(cfg).storage.bump_generation()  # other gateways and replicas re-check
+
+    await asyncio.to_thread(work)
+    evicted, acknowledged = await _revalidate_compositors(gateway)
+    models = getattr(gateway, "models", None)
+    if models is not None:  # the gateway's own table: refused at the next request
+        await models.adapters(fresh=True)
+        await await_remote(gateway.router.refresh.remote())  # routed requests too
+    return {"object": "key.revocation", "key_id": key_id, "evicted": evicted,
+            "acknowledged": acknowledged}  # fmt: skip
+
+
+async def _revalidate_compositors(gateway: Any) -> tuple[list[str], int]:
+    """Every compositor replica evicts what may no longer be served: one handle call with
+    one replica, the swap board with several. ``(evicted ids, replicas that answered)``."""
+    compositor = getattr(gateway, "compositor", None)
+    if compositor is None:  # an app without Serve (tests)
+        return [], 0
+    s = gateway.cfg.serve
+    if s.compositor_replicas == 1:
+        return list(await await_remote(compositor.revalidate.remote())), 1
+    board = await asyncio.to_thread(make_swap_board, gateway.cfg)
+    acks = await broadcast(board, "revalidate", replicas=s.compositor_replicas,
+                           timeout_s=s.swap_warm_timeout_s, poll_s=s.swap_poll_s)  # fmt: skip
+    raise_first_error(acks)
+    return list(dict.fromkeys(key for ack in acks for key in ack.result)), len(acks)
 
 
 @router.get("/audit")
