@@ -215,7 +215,7 @@ class Compositor:
     def _multiplex(self) -> Any:
         """Serve's multiplex cache of this replica (None before the first load). Ray 2.60
         keeps it on the loader function as ``__serve_multiplex_wrapper``, its ``models`` an
-        OrderedDict model id -> lease (tests/serve/test_swap_replicas.py fails if it moves)."""
+        OrderedDict model id -> lease (tests/serve/test_serve_http.py fails if it moves)."""
         return getattr(self._loader, "__serve_multiplex_wrapper", None)
 
     def loaded_models(self) -> list[str]:
