@@ -295,3 +295,26 @@ def test_hot_swap_under_load_has_zero_failures(app, warm):
     # ... and the new version served within 1 s of the swap request
     first_new = min(x[1] for x in load.results if f"dataeng@{new}" in x[3])
     assert first_new - t_swap <= 1.0, (first_new - t_swap, body)
+
+
+def test_a_rolled_back_version_is_410_pinned_until_promoted(app):
+    """Issue 22: an explicit rollback withdraws the version it rolled back from; a pinned
+    request for it is 410 in the OpenAI error shape until an admin promotes it again."""
+
+    def point(action: str, version: int) -> None:
+        r = httpx.post(f"{URL}/v1/admin/adapters/dataeng/{action}", headers=ADMIN, timeout=60,
+                       json={"version": version, "reason": f"test {action}"})  # fmt: skip
+        assert r.status_code == 200, r.text
+
+    point("promote", 2)
+    point("rollback", 1)  # v2 withdrawn
+    r = complete("dataeng@2")
+    assert r.status_code == 410, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["code"] == "adapter_version_rolled_back" and "v2 was rolled back" in err["message"]
+    assert complete("dataeng@1").status_code == 200
+    point("promote", 2)  # re-enabled
+    assert complete("dataeng@2").status_code == 200
+    point("promote", 1)  # back to v1 by a plain promote: withdraws nothing
+    assert complete("dataeng@2").status_code == 200
