@@ -15,8 +15,8 @@ from qlp_ray.store.database import FeedbackStore
 from qlp_ray.store.leases import TAKEOVER_EVENT, LeaseHeld, LeaseLost, Leases
 from tests.helpers.postgres import PostgresUnavailable, postgres_database
 
-TRAIN_S = 4.0  # one round's training time: longer than the lease TTL, so it must renew
-TTL_S = 1.5
+TRAIN_S = 8.0  # one round's training time: longer than the lease TTL, so it must renew
+TTL_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +46,14 @@ def store_url(request, tmp_path):
 def test_held_lease_names_its_holder_and_is_taken_over_after_expiry(store_url) -> None:
     store = FeedbackStore(store_url)
     leases = Leases(store)
-    a = leases.hold("improve:api", "host-a:pid1", ttl_s=0.6, what="round for api")
+    a = leases.hold("improve:api", "host-a:pid1", ttl_s=2.0, what="round for api")
     a._stop.set()  # owner A "dies": no more renewals
     with pytest.raises(LeaseHeld) as err:
-        leases.acquire("improve:api", "host-b:pid2", 0.6, what="round for api")
+        leases.acquire("improve:api", "host-b:pid2", 2.0, what="round for api")
     msg = str(err.value)
     assert msg.startswith("round for api is being run by host-a:pid1 since ")
     assert "UTC; expires at " in msg and err.value.http_status == 409
-    time.sleep(0.7)
+    time.sleep(2.1)
     b = leases.hold("improve:api", "host-b:pid2", ttl_s=30, what="round for api")
     [ev] = store.query_events(kinds=[TAKEOVER_EVENT])
     assert ev.actor == "host-b:pid2" and ev.adapter_id == "api"
@@ -72,12 +72,12 @@ def test_held_lease_names_its_holder_and_is_taken_over_after_expiry(store_url) -
 def test_a_held_lease_is_renewed_while_its_work_runs(store_url) -> None:
     store = FeedbackStore(store_url)
     leases = Leases(store)
-    with leases.hold("improve:sql", "a", ttl_s=0.6):
-        for _ in range(4):  # 1.6 s: past the TTL twice over, yet never free
-            time.sleep(0.4)
+    with leases.hold("improve:sql", "a", ttl_s=1.5):
+        for _ in range(4):  # 3.2 s: past the TTL twice over, yet never free
+            time.sleep(0.8)
             with pytest.raises(LeaseHeld):
-                leases.acquire("improve:sql", "b", 0.6)
-    assert leases.acquire("improve:sql", "b", 0.6).owner == "b"
+                leases.acquire("improve:sql", "b", 1.5)
+    assert leases.acquire("improve:sql", "b", 1.5).owner == "b"
     assert store.query_events(kinds=[TAKEOVER_EVENT]) == []  # a release, not a takeover
     store.close()
 
@@ -109,7 +109,7 @@ def _orchestrate(home: str, url: str, barrier, results) -> None:
         actions.append((out.action, out.reason))
         if out.action != "busy":
             break
-        time.sleep(TTL_S + 0.5)
+        time.sleep(TTL_S + 1.0)
     results.put((orch.owner, actions, len(trainer.calls)))
     store.close()
 
