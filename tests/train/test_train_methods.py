@@ -71,6 +71,7 @@ def home(qlp_home, ray_session, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("QLP_HOME", str(qlp_home))
     mp.setenv("QLP_TRAIN__CPUS_PER_WORKER", "0.5")
+    mp.setenv("QLP_TRAIN__CHECKPOINT_EVERY", "2")  # train.checkpoint_every: save_steps of TRL
     for console in (cli.console, cli.err_console):  # no wrapping inside asserted messages
         mp.setattr(console, "_width", 400)
     cfg = load_config()
@@ -158,6 +159,16 @@ def test_dpo_on_top_of_a_parent(home):
     )
     assert run.data.tags["qlp.adapter_id"] == f"api-dpo-{RUN}"
     assert run.info.status == "FINISHED"
+    tc = info["train_config"]  # train.* reached TRL: schedule, checkpoints
+    assert (tc["lr_scheduler_type"], tc["checkpoint_every"]) == ("linear", 2)
+    # the curve: the training loss of every step and the held-out loss, CSV + PNG
+    run_dir = home["cfg"].paths.runs / info["run"]["run_name"]
+    rows = [r.split(",") for r in (run_dir / "loss_curve.csv").read_text().splitlines()]
+    assert rows[0] == ["split", "step", "loss"]
+    assert [int(r[1]) for r in rows if r[0] == "train"] == [1, 2, 3, 4]
+    assert [int(r[1]) for r in rows if r[0] == "heldout"] == [2, 4]
+    assert (run_dir / "loss_curve.png").stat().st_size > 1000
+    assert "loss curve:" in out
 
 
 def test_reward_model_registered_and_loadable_as_a_reward(home):
