@@ -40,6 +40,19 @@ def test_series_progress_and_curve_files(tmp_path):
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 5000
 
 
+def test_ppo_curve_adds_reward_and_kl(tmp_path):
+    """PPO's per-step stats: the loss rows plus reward and KL rows, a two-panel PNG."""
+    for step, (loss, reward, kl) in enumerate([(0.3, 0.5, 0.0), (0.2, 0.7, 0.4)], start=1):
+        append_metrics(tmp_path / "metrics.jsonl",
+                       {"step": step, "loss": loss, "reward": reward, "kl": kl})  # fmt: skip
+    csv_path, png_path = write_loss_curve(tmp_path, extra_keys=("reward", "kl", "absent"))
+    rows = list(csv.reader(csv_path.open()))
+    assert rows == [["split", "step", "value"], ["train", "1", "0.3"], ["train", "2", "0.2"],
+                    ["reward", "1", "0.5"], ["reward", "2", "0.7"], ["kl", "1", "0.0"],
+                    ["kl", "2", "0.4"]]  # fmt: skip
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_no_loss_no_curve(tmp_path):
     assert read_metrics(tmp_path / "missing.jsonl") == []
     assert write_loss_curve(tmp_path) is None
