@@ -169,7 +169,7 @@ class ServeConfig(Section):
     backend: Literal["transformers", "openvino", "vllm"] = Field(
         "transformers",
         description="Inference backend of the compositor (openvino: IR on serve.openvino_device; "
-        "vllm: GPU only).",
+        "vllm: vLLM's async engine, its CPU build or CUDA).",
     )
     openvino_device: str = Field("CPU", description="OpenVINO device when backend is openvino.")
     openvino_weight_format: Literal["fp32", "int8", "int4"] = Field(
@@ -192,7 +192,7 @@ class ServeConfig(Section):
     prewarm_stacks: list[str] = Field(
         default_factory=list, description="Stacks (e.g. 'a+b') composed when a compositor starts."
     )
-    vllm_max_loras: int = Field(8, ge=1, description="vLLM: LoRAs resident on the GPU at once.")
+    vllm_max_loras: int = Field(8, ge=1, description="vLLM: LoRAs in one batch (max_loras).")
     vllm_max_lora_rank: int = Field(16, ge=1, description="vLLM: largest LoRA rank accepted.")
     vllm_gpu_memory_utilization: float = Field(
         0.85, gt=0, le=1, description="vLLM: share of GPU memory the engine may use."
