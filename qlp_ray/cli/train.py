@@ -173,6 +173,10 @@ def train(
         "[green]yes[/]" if record.signed else f"[red]no[/] ({record.problem})",
     )
     console.print(table)
+    meta = record.metadata.get("meta_init")
+    if meta:  # --init meta / <id@N>
+        console.print(f"started from meta-init {meta['adapter_id']} v{meta['version']} "
+                      f"(weights {meta['weights_sha256'][:12]})")  # fmt: skip
     console.print(
         f"{metrics.get('tokens_per_s', 0):.0f} tokens/s, {metrics.get('seconds', 0):.1f} s "
         f"of training; stored at {record.path}",

@@ -114,6 +114,7 @@ def test_qlp_train_init_meta_starts_from_the_signed_meta_init(home):
     assert info["init"] == "meta" and info["method"] == "lora"
     ref = info["meta_init"]
     assert ref["adapter_id"] == META_INIT_ID and ref["requested"] == "meta"
+    assert f"started from meta-init {META_INIT_ID} v{ref['version']}" in result.output
 
     # the meta-init entry: signed, verifies, lineage names the source domains and data
     meta = registry.verify(META_INIT_ID, ref["version"])
