@@ -1,26 +1,34 @@
-"""Load + chaos: mixed HTTP load while a compositor replica, then the router replica, is killed.
+"""Load + chaos: mixed HTTP load while a compositor, the router, then the gateway replica is killed.
 
 Deploys the app on local Ray Serve (port 8250, app ``qlp_load_chaos_bench``; two compositor
 replicas, one router replica, a ``user`` API key) with five signed adapters that have real
 routing centroids (``_router_setup.build_registry``). ``--concurrency`` asyncio clients
 (httpx) send, for ``--duration-s``, a mix of routed (``model=auto``), pinned
 (``<adapter>@1``) and stacked (``a:0.5+b:0.5``) completions and feedback posts on the
-server-chosen request ids (``x-qlp-request-id``) of earlier answers. At 25 % of the run one
+server-chosen request ids (``x-qlp-request-id``) of earlier answers. At 20 % of the run one
 compositor replica process is SIGKILLed; once the load succeeds again and Serve has
-replaced it (or at 60 % of the run at the latest), the router replica process is
-SIGKILLed. Replica PIDs come from ``ray.util.state.list_actors`` (Serve replica actors
-``ServeReplica:<app>:<deployment>``).
+replaced it (or at 45 % of the run at the latest), the router replica process; likewise
+(70 % at the latest) the gateway replica process (the HTTP ingress, which owns the request
+log writer: with ``--request-log background`` its queued rows die with it). Replica PIDs
+come from ``ray.util.state.list_actors`` (Serve replica actors
+``ServeReplica:<app>:<deployment>``). A client retries a request that got no answer (a
+transport error) or a 500/502/503/504 up to ``--retries`` times within its timeout, with
+the same body: completions carry no idempotency key (a retried completion is a new request
+with a new id; only answered ids count as acknowledged), and feedback is idempotent enough
+(a second thumbs on the same id is one more row).
 
-Printed: requests sent per kind, success %, max latency vs the client timeout, recovery
-per kill (kill → first success of a request sent after the kill; kill → last failed
-request, after which every request succeeded; kill → Serve runs a new replica), and
-acknowledged rows lost: every 200 completion's request id looked up in the feedback store
-after the run (``FeedbackStore.from_config``; the default background group-commit writer,
-given ``--flush-wait-s`` to commit). With ``--soak-s`` a steady load (no kills) follows and
-the RSS of every Serve replica process is reported at its start and end against a bound
+Printed: requests sent per kind, success % (after retries; and the attempts that failed),
+max latency vs the client timeout, recovery per kill (kill → first success of a request
+sent after the kill; kill → last failed request, after which every request succeeded;
+kill → Serve runs a new replica), and acknowledged rows lost: every 200 completion's
+request id looked up in the feedback store after the run (``FeedbackStore.from_config``;
+``--request-log`` sets ``store.request_log_commit``, default ``durable``: a 200 goes out
+after its row's commit). With ``--soak-s`` a steady load (no kills) follows and the RSS of
+every Serve replica process is reported at its start and end against a bound
 (``--rss-bound-mib`` growth per process).
 
-    python benchmarks/load_chaos.py [--duration-s 60] [--soak-s 600] [--concurrency 4]
+    python benchmarks/load_chaos.py [--duration-s 90] [--soak-s 600] [--concurrency 4]
+                                    [--retries 3] [--request-log durable|background]
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ URL = f"http://127.0.0.1:{PORT}"
 APP = "qlp_load_chaos_bench"
 API_KEY = "load-chaos-user-key"
 HOME = Path(os.environ.get("QLP_HOME", "/tmp/qlp_load_chaos_bench"))
+RETRY_STATUS = (500, 502, 503, 504)
 MIX = (("routed", 0.4), ("pinned", 0.25), ("stacked", 0.2), ("feedback", 0.15))
 
 
@@ -58,6 +67,7 @@ class Result:
     status: int  # 0 = transport error or client timeout
     request_id: str | None = None
     error: str = ""
+    failed_attempts: int = 0  # attempts retried (transport error, 500/502/503/504)
 
     @property
     def ok(self) -> bool:
@@ -70,6 +80,7 @@ class Load:
     texts: list[str]
     max_tokens: int
     timeout_s: float
+    retries: int = 0
     results: list[Result] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)  # ids of 200 completions
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -94,11 +105,22 @@ class Load:
         if kind != "feedback":
             path, body = "/v1/completions", self._body(kind, rng)
         sent = time.monotonic()
-        try:
-            r = await client.post(path, json=body)
-        except httpx.HTTPError as exc:
-            return Result(kind, sent, time.monotonic(), 0, error=type(exc).__name__)
-        res = Result(kind, sent, time.monotonic(), r.status_code)
+        failed = 0
+        while True:
+            try:
+                r = await client.post(path, json=body)
+                if r.status_code not in RETRY_STATUS:
+                    break
+                error, status = r.text[:160], r.status_code
+            except httpx.HTTPError as exc:
+                error, status = type(exc).__name__, 0
+            left = self.timeout_s - (time.monotonic() - sent)
+            if failed >= self.retries or left < 1.0:
+                return Result(kind, sent, time.monotonic(), status, error=error,
+                              failed_attempts=failed + 1)  # fmt: skip
+            failed += 1
+            await asyncio.sleep(min(0.5 * failed, left / 2))
+        res = Result(kind, sent, time.monotonic(), r.status_code, failed_attempts=failed)
         if kind != "feedback":
             res.request_id = r.headers.get("x-qlp-request-id")
             if r.status_code == 200:
@@ -171,7 +193,9 @@ def kill_one(deployment: str) -> Kill:
 def recovery(load: Load, kill: Kill, until: float) -> dict[str, float | int | None]:
     after = [r for r in load.results if kill.at <= r.sent < until]
     # the first success of a request that needs the killed deployment
-    needs = ("routed",) if kill.deployment == "Router" else ("routed", "pinned", "stacked")
+    needs = {"Router": ("routed",), "Compositor": ("routed", "pinned", "stacked")}.get(
+        kill.deployment, tuple(k for k, _ in MIX)
+    )
     ok = [r.done for r in after if r.ok and r.kind in needs]
     lat = [r.done - r.sent for r in load.results if r.done >= kill.at and r.sent < until]
     failed = [r for r in after if not r.ok]
@@ -182,23 +206,26 @@ def recovery(load: Load, kill: Kill, until: float) -> dict[str, float | int | No
         "max_latency_s": max(lat, default=0.0),
         "failed": len(failed),
         "sent": len(after),
+        "retried": sum(r.failed_attempts > 0 for r in after),
+        "failed_attempts": sum(r.failed_attempts for r in after),
     }
 
 
 async def chaos_phase(load: Load, duration_s: float, concurrency: int) -> list[Kill]:
     t0 = time.monotonic()
     tasks = [asyncio.create_task(load.worker(i)) for i in range(concurrency)]
-    await asyncio.sleep(0.25 * duration_s)
+    await asyncio.sleep(0.2 * duration_s)
     kills = [await asyncio.to_thread(kill_one, "Compositor")]
-    latest = t0 + 0.6 * duration_s
-    while time.monotonic() < latest:  # the load succeeds again and Serve replaced it
-        k = kills[0]
-        back = [r for r in load.results if r.sent > k.at and r.ok]
-        if back and k.replaced_at is not None:
-            break
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(min(5.0, max(0.0, latest - time.monotonic())))
-    kills.append(await asyncio.to_thread(kill_one, "Router"))
+    for deployment, share in (("Router", 0.45), ("Gateway", 0.7)):
+        latest = t0 + share * duration_s
+        while time.monotonic() < latest:  # the load succeeds again and Serve replaced it
+            k = kills[-1]
+            back = [r for r in load.results if r.sent > k.at and r.ok]
+            if back and k.replaced_at is not None:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(min(5.0, max(0.0, latest - time.monotonic())))
+        kills.append(await asyncio.to_thread(kill_one, deployment))
     await asyncio.sleep(max(0.0, t0 + duration_s - time.monotonic()))
     load.stop.set()
     await asyncio.gather(*tasks)
@@ -248,7 +275,9 @@ def summary(label: str, results: list[Result], timeout_s: float) -> None:
     n = len(results)
     ok = sum(r.ok for r in results)
     lat = [r.done - r.sent for r in results]
-    print(f"{label}: {n} requests, {ok} ok = {100 * ok / max(n, 1):.2f} % (target >= 99 %)")
+    print(f"{label}: {n} requests, {ok} ok = {100 * ok / max(n, 1):.2f} % (target >= 99 %); "
+          f"{sum(r.failed_attempts > 0 for r in results)} needed a retry, "
+          f"{sum(r.failed_attempts for r in results)} attempts failed")  # fmt: skip
     by_kind = {k: [r for r in results if r.kind == k] for k, _ in MIX}
     print("  by kind: " + ", ".join(
         f"{k} {sum(r.ok for r in v)}/{len(v)}" for k, v in by_kind.items()))  # fmt: skip
@@ -267,12 +296,20 @@ def summary(label: str, results: list[Result], timeout_s: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration-s", type=float, default=60.0, help="chaos load phase")
+    parser.add_argument("--duration-s", type=float, default=90.0, help="chaos load phase")
     parser.add_argument("--soak-s", type=float, default=0.0, help="steady soak after (0 = none)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--timeout-s", type=float, default=30.0, help="client timeout")
     parser.add_argument("--flush-wait-s", type=float, default=3.0)
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries of a request that got a transport error or 5xx",
+    )
+    parser.add_argument("--request-log", choices=("durable", "background"), default="durable",
+                        help="store.request_log_commit (background: lossy opt-out)")  # fmt: skip
     parser.add_argument("--rss-bound-mib", type=float, default=64.0,
                         help="soak: largest allowed RSS growth of one replica process")  # fmt: skip
     args = parser.parse_args()
@@ -288,11 +325,12 @@ def main() -> None:
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={
         "port": PORT, "app_name": APP, "api_key": API_KEY, "compositor_replicas": 2,
         "compositor_num_cpus": 0.5, "router_num_cpus": 0.25, "feedback_per_minute": 100000,
-    })})  # fmt: skip
+    }), "store": cfg.store.model_copy(update={"request_log_commit": args.request_log}),
+    })  # fmt: skip
     adapters = build_registry(cfg)
     texts = dev_titles()[:200]
     ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
-    load = Load(adapters, texts, args.max_tokens, args.timeout_s)
+    load = Load(adapters, texts, args.max_tokens, args.timeout_s, retries=args.retries)
     soak: list[Result] = []
     rss0 = rss1 = {}
     try:
@@ -301,10 +339,9 @@ def main() -> None:
         print(f"deployed in {time.perf_counter() - t_start:.0f} s; replicas {all_replica_pids()}")
         kills = asyncio.run(chaos_phase(load, args.duration_s, args.concurrency))
         chaos = list(load.results)
-        if kills[1].replaced_at is None:  # give the router time to come back before the soak
-            deadline = time.monotonic() + 120
-            while kills[1].replaced_at is None and time.monotonic() < deadline:
-                time.sleep(1)
+        deadline = time.monotonic() + 120  # the last kills' replicas back before the soak
+        while any(k.replaced_at is None for k in kills) and time.monotonic() < deadline:
+            time.sleep(1)
         if args.soak_s > 0:
             pids = all_replica_pids()
             asyncio.run(steady_phase(load, min(10.0, args.soak_s), args.concurrency))  # warm
@@ -318,7 +355,8 @@ def main() -> None:
         ray.shutdown()
     completions = [r for r in load.results if r.kind != "feedback"]
     chaos_end = max((r.sent for r in chaos), default=0.0) + 1e-6
-    rec = [recovery(load, kills[0], kills[1].at), recovery(load, kills[1], chaos_end)]
+    ends = [k.at for k in kills[1:]] + [chaos_end]
+    rec = [recovery(load, k, end) for k, end in zip(kills, ends, strict=True)]
     lost = lost_rows(cfg, list(load.answered), args.flush_wait_s)
 
     print(f"\nload + chaos over HTTP on {URL}: {args.concurrency} async clients, "
@@ -330,7 +368,8 @@ def main() -> None:
         print(f"  kill {k.deployment} pid {k.pid} at +{k.at - min(r.sent for r in chaos):.1f} s: "
               f"first success needing it {fmt(r['first_ok_s'])}, last failure "
               f"{fmt(r['last_fail_s'])}, max latency in flight or after {fmt(r['max_latency_s'])} "
-              f"({r['failed']} failed of {r['sent']} sent until the next kill/end), "
+              f"({r['failed']} failed of {r['sent']} sent until the next kill/end, "
+              f"{r['retried']} needed a retry), "
               f"new replica running {fmt(r['replaced_s'])}")  # fmt: skip
     print(f"acknowledged rows lost: {len(lost)} of {len(load.answered)} answered completions "
           "(chaos + soak) "
