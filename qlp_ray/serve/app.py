@@ -29,7 +29,11 @@ def build_app(cfg: QLPConfig) -> serve.Application:
     # placement "gateway": the gateway routes in its own process (serve/local_router.py)
     router = router_deployment(cfg).bind(config) if cfg.router.placement == "deployment" else None
     compositor = compositor_deployment(cfg).bind(config)
-    return gateway_deployment(cfg).bind(config, router, compositor)
+    gateway = gateway_deployment(cfg)
+    if cfg.serve.gateway_resources:  # pinned to the nodes that advertise them
+        options = {"num_cpus": cfg.serve.gateway_num_cpus, "resources": cfg.serve.gateway_resources}
+        gateway = gateway.options(ray_actor_options=options)
+    return gateway.bind(config, router, compositor)
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:

@@ -56,6 +56,7 @@ class Ack:
     result: list[str] = field(default_factory=list)
     error: str | None = None
     error_type: str | None = None
+    node: str | None = None  # the Ray node the replica runs on
 
 
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -126,7 +127,8 @@ class SwapBoard:
             data = _read(path)
             if data is not None:
                 out.append(Ack(str(data.get("replica")), list(data.get("result") or []),
-                               data.get("error"), data.get("error_type")))  # fmt: skip
+                               data.get("error"), data.get("error_type"),
+                               data.get("node")))  # fmt: skip
         return out
 
     def remove(self, notice_id: str) -> None:

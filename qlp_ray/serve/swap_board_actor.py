@@ -10,6 +10,7 @@ version on first use.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ray
@@ -70,6 +71,9 @@ class RaySwapBoard:
         return self._get(self.actor.notices.remote(list(skip)))
 
     def ack(self, notice_id: str, ack: Ack) -> None:
+        """Answer a notice, stamped with the Ray node of the answering replica."""
+        if ack.node is None:
+            ack = dataclasses.replace(ack, node=ray.get_runtime_context().get_node_id())
         self._get(self.actor.ack.remote(notice_id, ack))
 
     def acks(self, notice_id: str) -> list[Ack]:

@@ -418,7 +418,10 @@ def _fit(
         scaling_config=ScalingConfig(
             num_workers=train_cfg.workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": train_cfg.cpus_per_worker},
+            resources_per_worker={
+                **train_cfg.resources_per_worker,
+                "CPU": train_cfg.cpus_per_worker,
+            },
         ),
         run_config=RunConfig(
             storage_path=storage_path,

@@ -166,3 +166,19 @@ def test_secret_variables_are_every_secret_field():
         "QLP_SERVE__API_KEY",
         "QLP_STORE__URL",
     }
+
+
+def test_node_home_takes_the_home_of_the_process_that_reads_the_config(monkeypatch, tmp_path):
+    """A config shipped to a Ray worker on another node (a plain dict, as Serve and Ray Train
+    pass it) keeps the sender's home unless ``paths.node_home``: then the receiving
+    process's ``QLP_HOME`` (the node's) wins."""
+    sent = QLPConfig.model_validate({"paths": {"home": str(tmp_path / "laptop")}})
+    shipped = sent.model_dump(mode="json")
+    monkeypatch.setenv("QLP_HOME", str(tmp_path / "node-b"))
+    assert QLPConfig.model_validate(shipped).paths.root == tmp_path / "laptop"
+    shipped["paths"]["node_home"] = True
+    received = QLPConfig.model_validate(shipped)
+    assert received.paths.root == tmp_path / "node-b"
+    assert received.paths.keys == tmp_path / "node-b" / "keys"
+    monkeypatch.delenv("QLP_HOME")  # a node without QLP_HOME keeps what it was sent
+    assert QLPConfig.model_validate(shipped).paths.root == tmp_path / "laptop"

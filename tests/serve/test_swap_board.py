@@ -32,10 +32,11 @@ def test_notice_acks_and_removal(tmp_path):
 
     board.ack(first, Ack("r1", ["a@2", "a@2:0.5+b@1:0.5"]))
     board.ack(first, Ack("r/2#x", error="bad signature", error_type="SignatureError"))
-    board.ack(first, Ack("r1", ["a@2"]))  # a replica answers once: its file is replaced
+    board.ack(first, Ack("r1", ["a@2"], node="n1"))  # a replica answers once: file replaced
     acks = {a.replica: a for a in board.acks(first)}
     assert set(acks) == {"r1", "r/2#x"}
     assert acks["r1"].result == ["a@2"] and acks["r1"].error is None
+    assert acks["r1"].node == "n1" and acks["r/2#x"].node is None  # where the replica runs
     assert acks["r/2#x"].error == "bad signature"
     assert board.acks(second) == []  # answers belong to their notice
 

@@ -4,11 +4,15 @@ when there is none (``cluster``)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from qlp_ray.core.config.base import Section
+
+NODE_HOME_ENV = "QLP_HOME"
 
 
 class PathsConfig(Section):
@@ -17,6 +21,22 @@ class PathsConfig(Section):
         description="Root of everything qlp_ray writes: models, registry, keys, runs "
         "(env QLP_HOME).",
     )
+    node_home: bool = Field(
+        False,
+        description="Each node keeps its own home: a process whose environment sets QLP_HOME "
+        "(a node's Ray processes inherit it) uses that, even in a config another node sent "
+        "(Serve replicas, Ray Train workers, job drivers). Shared state must then come from "
+        "registry.uri, store.url / QLP_DB_URL and train.storage_uri.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _home_of_this_node(cls, data: Any) -> Any:
+        """With ``node_home``, this process's ``QLP_HOME`` wins over the ``home`` it got."""
+        on = isinstance(data, dict) and str(data.get("node_home")).lower() in ("true", "1")
+        if on and os.environ.get(NODE_HOME_ENV):
+            return {**data, "home": os.environ[NODE_HOME_ENV]}
+        return data
 
     @property
     def root(self) -> Path:

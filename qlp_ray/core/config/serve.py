@@ -77,6 +77,11 @@ class ServeConfig(Section):
         description="Custom Ray resources per compositor replica, e.g. {qlp_npu: 1} (the "
         "scheduler sets them when place_devices is on).",
     )
+    gateway_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources of each gateway replica (the HTTP ingress), e.g. a "
+        "label resource of the nodes that should serve HTTP.",
+    )
     router_num_gpus: float = Field(0.0, ge=0, description="GPUs of the router replica.")
     router_resources: dict[str, float] = Field(
         default_factory=dict,

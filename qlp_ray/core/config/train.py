@@ -115,6 +115,11 @@ class TrainConfig(Section):
     )
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP, gloo on CPU).")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Ray Train worker.")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per Ray Train worker of an SFT run, e.g. "
+        "{qlp_cuda: 1} or a label resource a node advertises, to pin where it trains.",
+    )
     storage_uri: str = Field(
         "",
         description="Checkpoints and results of Ray Train / Tune runs: '' = <home>/runs (one "

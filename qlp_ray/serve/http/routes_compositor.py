@@ -26,7 +26,7 @@ With ``serve.compositor_replicas > 1`` a handle call would reach one replica onl
 warm-up and the invalidation go through the swap board (``serve/swap_board.py``): every
 replica does them and acknowledges, and the switch waits for the warm-ups of all replicas
 (``serve.swap_warm_timeout_s`` at most; a replica's error refuses the swap). The answer
-says how many replicas acknowledged each step.
+says how many replicas acknowledged each step, and on which Ray nodes they run.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real types.
@@ -89,7 +89,7 @@ async def prefetch(body: PrefetchRequest, request: Request) -> dict[str, Any]:
         ack = await await_remote(gateway.compositor.prefetch.remote(ids, body.priority))
         return {"status": "queued", **ack, "acknowledged": 1}
     # every replica queues them (each answers as soon as they are queued, not loaded)
-    _, acknowledged = await _on_compositors(
+    _, acknowledged, _ = await _on_compositors(
         gateway, "prefetch", model_ids=ids, priority=body.priority
     )
     return {"status": "queued", "queued": ids, "priority": body.priority,
@@ -133,6 +133,7 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
     replicas = gateway.cfg.serve.compositor_replicas
     warmed: list[str] = []
     acknowledged = {"warm": 0, "invalidate": 0}
+    nodes: dict[str, list[str]] = {"warm": [], "invalidate": []}
     if body.warm:  # verify (here) and pre-load/pre-compose (compositor) side by side
         both = await asyncio.gather(
             verify,
@@ -142,7 +143,7 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
         for outcome in both:  # the verification's error first
             if isinstance(outcome, BaseException):
                 raise outcome
-        record, (warmed, acknowledged["warm"]) = both
+        record, (warmed, acknowledged["warm"], nodes["warm"]) = both
     else:
         record = await verify
     warm_ms = (time.perf_counter() - t0) * 1000
@@ -150,7 +151,7 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
     await asyncio.to_thread(gateway.registry.set_current, adapter_id, new_version)
     gateway.models.switch(adapter_id, record)
     switched_ms = (time.perf_counter() - t0) * 1000
-    invalidated, acknowledged["invalidate"] = await _on_compositors(
+    invalidated, acknowledged["invalidate"], nodes["invalidate"] = await _on_compositors(
         gateway, "invalidate", adapter_id=adapter_id, version=old_version, current=new_version
     )
     await await_remote(gateway.router.refresh.remote())  # routed ('auto') requests follow too
@@ -169,24 +170,26 @@ async def swap(body: SwapRequest, request: Request) -> dict[str, Any]:
         "switched_ms": round(switched_ms, 2),
         "compositor_replicas": replicas,
         "acknowledged": acknowledged,
+        "acknowledged_nodes": nodes,
     }
 
 
-async def _on_compositors(gateway: Any, kind: str, **args: Any) -> tuple[list[str], int]:
+async def _on_compositors(gateway: Any, kind: str, **args: Any) -> tuple[list[str], int, list[str]]:
     """``warm`` or ``invalidate`` (one handle call with one replica) or ``prefetch`` (only
     called with several) on the compositor, through the swap board with several replicas;
-    returns what was done (in order, once each) and how many replicas acknowledged."""
+    returns what was done (in order, once each), how many replicas acknowledged and the Ray
+    nodes they run on (through the board only)."""
 
     s = gateway.cfg.serve
     if s.compositor_replicas == 1:
         method = getattr(gateway.compositor, kind)
-        return await await_remote(method.remote(**args)), 1
+        return await await_remote(method.remote(**args)), 1, []
     board = await asyncio.to_thread(make_swap_board, gateway.cfg)
     wait = {"timeout_s": s.swap_warm_timeout_s, "poll_s": s.swap_poll_s}
     acks = await broadcast(board, kind, replicas=s.compositor_replicas, **wait, **args)
     raise_first_error(acks)
     done = dict.fromkeys(key for ack in acks for key in ack.result)
-    return list(done), len(acks)
+    return list(done), len(acks), sorted({ack.node for ack in acks if ack.node})
 
 
 __all__ = ["router"]
