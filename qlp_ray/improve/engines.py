@@ -64,6 +64,8 @@ class RayTrainCandidateTrainer:
         frozen reference), plus the routing centroid of the pairs' prompts."""
         from qlp_ray.models.prompt import parse_prompt
         from qlp_ray.train.ray_rlhf import RLHFOptions, train_rlhf_on_ray  # lazy: loads ray
+        from qlp_ray.train.run_metrics import METRICS_FILE, write_loss_curve
+        from qlp_ray.train.storage import run_storage
 
         join_or_start_ray(self.cfg)
         imp, tc = self.cfg.improve, self.cfg.train
@@ -73,11 +75,15 @@ class RayTrainCandidateTrainer:
             method_kwargs={"beta": imp.dpo_beta},
         )  # fmt: skip
         out = self.cfg.paths.runs / run_name
+        out.mkdir(parents=True, exist_ok=True)
+        storage, filesystem = run_storage(self.cfg)  # train.storage_uri, as qlp train
         result = train_rlhf_on_ray(
             "dpo", base_path=str(resolve_base_path(self.cfg)), data=pairs, options=opts,
-            output_dir=out / "adapter", storage_path=self.cfg.paths.runs, run_name=run_name,
-            parent_path=str(parent_dir), cpus_per_worker=tc.cpus_per_worker,
+            output_dir=out / "adapter", storage_path=storage, storage_filesystem=filesystem,
+            run_name=run_name, parent_path=str(parent_dir), cpus_per_worker=tc.cpus_per_worker,
+            max_failures=tc.max_failures, metrics_file=out / METRICS_FILE,
         )  # fmt: skip
+        write_loss_curve(out, title=f"{run_name} (improve dpo, {imp.dpo_steps} steps)")
         metrics = {k: float(v) for k, v in result.metrics.items()
                    if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
         prompts = [(parse_prompt(p.prompt) or (p.prompt, ""))[0] for p in pairs]
