@@ -13,6 +13,9 @@ TTL composition cache. ``prefetch`` queues loads in the background; ``warm`` and
 ``invalidate`` serve the hot-swap admin route. With one replica the admin routes call them
 through the handle; with ``serve.compositor_replicas > 1`` every replica takes them from
 the swap board (``serve/swap_board.py``). The backend comes from ``serve.backend``.
+With ``serve.backend: vllm`` (``models/vllm_backend.py``) requests are awaited on vLLM's
+async engine, which batches and streams them itself; adapters reach it as private copies
+verified after copying, stacks as one LoRA of concatenated ranks (always ``cat``).
 
 ``revalidate`` evicts every loaded adapter (and cached stack holding one) that a request may
 no longer be served (``Registry.servable``: retired, or signed by a revoked key): its lease
@@ -61,6 +64,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -76,6 +80,7 @@ from qlp_ray.models.prompt import chat_template_prompt
 from qlp_ray.models.stream_text import TextDeltas
 from qlp_ray.models.vllm_backend import VLLMBackend, vllm_unavailable_reason
 from qlp_ray.registry.generation import GenerationWatch
+from qlp_ray.registry.private_copy import verified_copy
 from qlp_ray.registry.store import Registry
 from qlp_ray.serve.admission import deployment_limits, replica_options
 from qlp_ray.serve.batching import BatchMerger, StepMerger
@@ -128,20 +133,28 @@ class Compositor:
     # -- stacks, prefetch, swap -----------------------------------------------------
     def _make_stack_composer(self) -> StackComposer | None:
 
-        if not isinstance(self.backend, TransformersBackend):
-            return None  # stacks are PEFT add_weighted_adapter compositions
+        # PEFT add_weighted_adapter compositions, or one vLLM LoRA of concatenated ranks
+        cat = isinstance(self.backend, VLLMBackend)
+        if not (cat or isinstance(self.backend, TransformersBackend)):
+            return None
         s = self.cfg.serve
         return StackComposer(
             self.backend,
-            lambda adapter_id, version: self.registry.verified_path(
-                adapter_id, version, expected_base_model=self.base_model
-            ),
-            combination=s.composition_type,
-            fallback=s.composition_fallback,
+            self._adapter_files,
+            combination="cat" if cat else s.composition_type,
+            fallback=None if cat else s.composition_fallback,
             density=s.composition_density,
             cache_size=s.composition_cache_size,
             ttl_s=s.composition_cache_ttl_s,
         )
+
+    def _adapter_files(self, adapter_id: str, version: int | None) -> Path:
+        """The verified directory to load an adapter version from. vLLM reads files lazily:
+        it gets a private copy, verified after copying (``registry/private_copy.py``)."""
+        if isinstance(self.backend, VLLMBackend):
+            return verified_copy(self.registry, adapter_id, version, self.backend.scratch_dir(),
+                                 expected_base_model=self.base_model)  # fmt: skip
+        return self.registry.verified_path(adapter_id, version, expected_base_model=self.base_model)
 
     def _stack(self, model_id: str) -> AdapterStack:
         """The parsed stack with every member pinned (to the current version if unnamed)."""
@@ -371,12 +384,7 @@ class Compositor:
         async def load_adapter(model_id: str) -> AdapterLease:
             adapter_id, version = parse_multiplex_id(model_id)
             t0 = time.perf_counter()
-            path = await asyncio.to_thread(
-                self.registry.verified_path,
-                adapter_id,
-                version,
-                expected_base_model=self.base_model,
-            )
+            path = await asyncio.to_thread(self._adapter_files, adapter_id, version)
             lease = AdapterLease(self.backend, model_id)
             await asyncio.to_thread(self.backend.load_adapter, lease.name, str(path))
             self.loads += 1
@@ -462,6 +470,11 @@ class Compositor:
     async def _stream_run(
         self, request: GenerationRequest, adapter: str | None
     ) -> AsyncIterator[dict[str, Any]]:
+        if isinstance(self.backend, VLLMBackend):  # vLLM's own deltas; closing aborts
+            async for item in self.backend.astream(request, adapter):
+                done = isinstance(item, Generation)
+                yield final_event(item, "") if done else {"text": item}
+            return
         if not (self.batching and isinstance(self._merger, StepMerger)):
             yield final_event(await self._run(request, adapter), "")
             return
@@ -506,6 +519,8 @@ class Compositor:
 
     async def _run(self, request: GenerationRequest, adapter: str | None) -> Generation:
         """One request: alone (``serve.max_batch_size`` 1) or as a row of a batch."""
+        if isinstance(self.backend, VLLMBackend):  # vLLM batches concurrent requests itself
+            return await self.backend.agenerate(request, adapter)
         if not self.batching:
             return await asyncio.to_thread(self.backend.generate, request, adapter)
         (result,) = await self._merger.submit([(request, adapter)])
