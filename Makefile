@@ -3,6 +3,7 @@ VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.qlp-installed
+VLLM_VENV ?= .venv-vllm
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
@@ -24,7 +25,12 @@ demo: setup
 	$(VENV)/bin/qlp demo $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m pytest -q -ra --timeout=900 --durations=40 tests
+	$(PY) -m pytest -q -ra --timeout=900 --durations=40 --ignore=tests/vllm tests
+	@# tests/vllm in the vLLM venv (scripts/vllm_venv.sh; CI installs it in the background: wait)
+	@if [ -e $(VLLM_VENV)/.install.lock ]; then flock $(VLLM_VENV)/.install.lock true; fi
+	@if [ -f $(VLLM_VENV)/.qlp-vllm-installed ]; then \
+	  $(VLLM_VENV)/bin/python -m pytest -q -ra --timeout=900 --durations=10 tests/vllm; \
+	else echo "tests/vllm NOT RUN: no $(VLLM_VENV) (bash scripts/vllm_venv.sh installs it)"; fi
 
 test-unit: setup
 	$(PY) -m pytest -q -ra -m "not integration" tests
