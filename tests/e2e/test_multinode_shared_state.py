@@ -237,9 +237,18 @@ def app(nodes, trained):
     environ = {"QLP_HOME": str(driver_home), **nodes["secrets"]}
     cfg = load_config(nodes["etc"] / "qlp.yaml", environ=environ)
     assert cfg.paths.root == driver_home
-    with deployed(cfg) as url:
-        assert url == SERVE_URL
-        yield {"cfg": cfg}
+    try:
+        with deployed(cfg) as url:
+            assert url == SERVE_URL
+            yield {"cfg": cfg}
+    finally:  # the app's swap board is a detached actor: it would outlive the module
+        import ray
+
+        from qlp_ray.serve.swap_board_actor import ACTOR_PREFIX
+
+        with contextlib.suppress(ValueError):
+            board = ray.get_actor(ACTOR_PREFIX + APP, namespace=cfg.hardware.namespace)
+            ray.kill(board, no_restart=True)
 
 
 def _replica_nodes(ray_session, deployment: str) -> list[str]:
