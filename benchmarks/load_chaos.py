@@ -150,10 +150,13 @@ def warm_up(adapters: list[str]) -> None:
 
 def replicas(deployment: str) -> list[int]:
     """PIDs of the ALIVE Serve replica actors of ``deployment`` in this app."""
+    import ray
     from ray.util.state import list_actors
 
     name = f"ServeReplica:{APP}:{deployment}"
-    actors = list_actors(filters=[("class_name", "=", name), ("state", "=", "ALIVE")])
+    address = ray.get_runtime_context().gcs_address  # other Ray instances may run here too
+    actors = list_actors(address=address,
+                         filters=[("class_name", "=", name), ("state", "=", "ALIVE")])  # fmt: skip
     return [a.pid for a in actors if a.pid]
 
 
