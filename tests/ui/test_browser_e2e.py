@@ -73,7 +73,14 @@ def platform(tmp_path_factory, qlp_home, ray_session):
 def ui_url(platform, tmp_path_factory):
     """``qlp ui`` on a free port, pointed at the app; stopped (its process group) after."""
     port = free_port()
-    env = {**os.environ, "QLP_UI_API_KEY": ADMIN_KEY, "QLP_HOME": str(platform["home"])}
+    labelled = tmp_path_factory.mktemp("ui_data")  # the router page's data directory
+    rows = [{"text": json.loads(line)["instruction"], "domain": domain}
+            for domain in ("api", "devops")
+            for line in (SAMPLES / f"{domain}.heldout.jsonl").read_text().splitlines()[:10]
+            ]  # fmt: skip
+    (labelled / "labelled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "QLP_UI_API_KEY": ADMIN_KEY, "QLP_HOME": str(platform["home"]),
+           "QLP_UI_DATA_DIRS": str(labelled)}  # fmt: skip
     log = (tmp_path_factory.mktemp("ui_log") / "qlp_ui.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "qlp_ray", "ui", "--url", platform["url"], "--port", str(port)],
@@ -176,7 +183,8 @@ def test_wizard_trains_an_adapter_the_console_shows(platform, ui_url, browser, t
     # 1. dataset: import a JSONL file; the API checks every row
     browser.get(ui_url)
     page.wait_text("Step 1 of 4 · Dataset")
-    page.d.find_element(By.XPATH, "//summary[contains(., 'Import / export JSONL')]").click()
+    summary = "//summary[contains(., 'Import / export JSONL')]"  # after the method table
+    page.wait(lambda d: d.find_element(By.XPATH, summary), what="import expander").click()
     upload = page.wait(lambda d: d.find_element(By.CSS_SELECTOR, "input[type=file]"),
                        what="file input")  # fmt: skip
     upload.send_keys(str(data))
@@ -245,9 +253,34 @@ def test_wizard_trains_an_adapter_the_console_shows(platform, ui_url, browser, t
     assert api["id"] == "api" and api["versions"][0]["signed"] is True
     assert api["versions"][0]["run"]["run_name"] == job_id
 
-    # the rest of the console answers from the live app: no error box on either page
+    # the rest of the console answers from the live app: no error box on any page
+    with Client(platform["url"]) as client:  # a little traffic for the time series
+        served = [client.complete("Paginate GET /orders", model="api", max_tokens=4)
+                  for _ in range(3)]  # fmt: skip
+    thumbs = {"request_id": served[0].qlp.request_id, "kind": "thumbs", "value": 1}
+    assert httpx.post(f"{platform['url']}/v1/feedback", json=thumbs, timeout=30).is_success
     page.nav("analytics", "Analytics & experiments")
     page.wait_text("No experiment defined")
+    page.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, charts)) >= 4, what="4 charts")
+    over_time = page.d.find_element(By.XPATH, "//h2[contains(., 'Over time')]")
+    page.d.execute_script("arguments[0].scrollIntoView()", over_time)
+    page.shot("08_analytics_over_time")
+    page.nav("router", "Live routing table")
+    page.click("Evaluate the live router")
+    page.wait_text("Macro-F1")
+    matrix = page.wait(lambda d: d.find_elements(By.CSS_SELECTOR, charts), what="matrix")
+    assert "Rows\n20" in page.text(), page.text()
+    page.d.execute_script("arguments[0].scrollIntoView()", matrix[0])
+    page.shot("09_router")
+    page.nav("devices", "Devices & placements")
+    tables = "[data-testid=stDataFrame]"
+    page.wait(lambda d: "No placements" in page.text() or "hardware scheduler" in page.text()
+              or len(d.find_elements(By.CSS_SELECTOR, tables)) >= 1,
+              what="placements or the scheduler message")  # fmt: skip
+    page.shot("10_devices")
+    page.nav("decisions", "Improve decisions")
+    page.wait_text("The improve loop has decided nothing yet")
+    page.shot("11_decisions")
     page.nav("serving", "Router, cache & audit")
     page.wait_text("Audit log")
     page.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=stJson]"), what="json")
