@@ -42,7 +42,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from qlp_ray.models.vllm_backend import VLLMBackend
+    from qlp_ray.models.vllm_backend import VLLMBackend, vllm_unavailable_reason
+
+    if vllm_unavailable_reason():  # `make bench` runs every script in the main venv
+        print(f"skipped: {vllm_unavailable_reason()}; run it with .venv-vllm/bin/python")
+        return
     from tests.helpers.tiny_lm import save_random_lora  # the tests' real PEFT adapters
 
     cfg = load_config()
