@@ -324,7 +324,7 @@ def confusion_chart(evaluation: dict[str, Any]) -> Any:
     )
     cells = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")))
     text = base.mark_text().encode(text="count:Q")
-    return (cells + text).properties(height=60 + 40 * len(evaluation["labels"]))
+    return (cells + text).properties(height=120 + 50 * len(evaluation["labels"]))
 
 
 def routing_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
