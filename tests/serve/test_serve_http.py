@@ -640,7 +640,8 @@ def test_revocation_evicts_loaded_adapters_without_a_restart(stack):
     """Issue 22: a revoked key kept serving adapters already loaded. Revoked over HTTP, the
     loaded adapter leaves the compositor before the answer; revoked as `qlp keys revoke`
     does it (another process: key file + registry generation), the replica evicts it by
-    itself. Requests are then 403 adapter_revoked; other adapters keep serving."""
+    itself. Requests are then 403 adapter_revoked; other adapters keep serving. A retired
+    adapter is evicted the same way."""
     from qlp_ray.registry.keyring import revoke_key
     from qlp_ray.registry.store import Registry
 
@@ -670,5 +671,11 @@ def test_revocation_evicts_loaded_adapters_without_a_restart(stack):
     assert _until(lambda: loaded() == [], timeout_s=15)  # the replica follows the generation
     assert "revoked" in compositor.stats.remote().result()["evicted"]["revokeme2@1"]
     _assert_openai_error(ask("revokeme2"), 403, "adapter_revoked")
+
+    _register_and_retire_key(stack, "retireme")  # retiring an adapter evicts it the same way
+    assert ask("retireme").status_code == 200 and loaded() == ["retireme@1"]
+    stack["registry"].retire("retireme", reason="unsafe")
+    assert _until(lambda: loaded() == [], timeout_s=15)
+    assert "retired" in compositor.stats.remote().result()["evicted"]["retireme@1"]
     for path in stack.pop("cleanup"):  # unregister: later tests see the module's adapters
         shutil.rmtree(path)
