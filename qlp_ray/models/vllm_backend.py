@@ -165,8 +165,12 @@ class VLLMBackend(InferenceBackend):
     def close(self) -> None:
         """Stop the engine (its core process) and delete the private adapter copies."""
         engine, self._engine = self._engine, None
-        if engine is not None:
-            engine.shutdown()
+        if engine is not None:  # on its loop: its output task is cancelled, not left to fail
+
+            async def shutdown() -> None:
+                engine.shutdown()
+
+            self._loop.run(shutdown(), timeout=60)
             self._loop.stop()
         shutil.rmtree(self._root, ignore_errors=True)
 
