@@ -17,6 +17,7 @@ from qlp_ray.serve.http.auth import caller_of
 from qlp_ray.serve.http.errors import install_error_handlers, qlp_error_response
 from qlp_ray.serve.http.limits import BodyLimitMiddleware
 from qlp_ray.serve.http.routes_adapters import router as adapters_router
+from qlp_ray.serve.http.routes_console import router as console_router
 from qlp_ray.serve.http.routes_datasets import router as datasets_router
 from qlp_ray.serve.http.routes_experiments import router as experiments_router
 from qlp_ray.serve.http.routes_improve import router as improve_router
@@ -31,7 +32,7 @@ def build_app(cfg: Any) -> FastAPI:
     """What gateway.py assembles, minus the Serve ingress class."""
     app = FastAPI(title="qlp_ray security")
     for router in (improve_router, training_router, jobs_router, datasets_router,
-                   adapters_router, experiments_router):  # fmt: skip
+                   adapters_router, experiments_router, console_router):  # fmt: skip
         app.include_router(router)
 
     @app.middleware("http")

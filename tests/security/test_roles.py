@@ -19,12 +19,16 @@ ADMIN_ROUTES = [
     ("GET", "/v1/admin/adapters"),
     ("GET", "/v1/admin/experiments"),
     ("GET", "/v1/admin/corrections"),
+    ("GET", "/v1/admin/analytics/timeseries"),
+    ("GET", "/v1/admin/improve/decisions"),
+    ("GET", "/v1/admin/devices"),
 ]
 TRAINER_ROUTES = [
     ("GET", "/v1/fine-tuning/jobs"),
     ("POST", "/v1/datasets/validate"),
     ("POST", "/v1/files"),
     ("GET", "/v1/evaluations/leaderboard"),
+    ("GET", "/v1/fine-tuning/methods"),
 ]
 
 

@@ -32,6 +32,7 @@ from qlp_ray.store.database import FeedbackStore
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/admin", dependencies=[Depends(require_admin)])
 IMPROVE_KINDS = ("train", "evaluate", "experiment", "decision")
+MAX_EPOCH_S = 1e11  # beyond any real request time (and within SQLite's INTEGER)
 
 
 async def _store(request: Request) -> FeedbackStore:
@@ -51,8 +52,8 @@ async def _store(request: Request) -> FeedbackStore:
 async def analytics_timeseries(
     request: Request,
     bucket: str = "minute",
-    since: float | None = Query(None, ge=0),
-    until: float | None = Query(None, ge=0),
+    since: float | None = Query(None, ge=0, le=MAX_EPOCH_S, description="Epoch seconds."),
+    until: float | None = Query(None, ge=0, le=MAX_EPOCH_S, description="Epoch seconds."),
     adapter: str | None = None,
 ) -> dict[str, Any]:
     cfg = request.app.state.gateway.cfg
