@@ -39,21 +39,6 @@ detokenised by :class:`~qlp_ray.models.stream_text.TextDeltas`); other rows come
 one event. When the caller goes away Serve cancels the generator, and the row leaves the
 decoder before its next step. Chat requests carry their ``messages``: a tokenizer with a
 chat template renders them (:func:`~qlp_ray.models.prompt.chat_template_prompt`).
-
-Concurrent requests are generated together (up to ``serve.max_batch_size``) whatever their
-adapters. With ``serve.continuous_batching`` (default) a request joins the running
-batch at the next decoding step and leaves it when done
-(:class:`~qlp_ray.serve.batching.StepMerger`); otherwise requests that arrive while the
-backend generates form its next batch (:class:`~qlp_ray.serve.batching.BatchMerger`).
-Each row holds its adapter's lease until it is done, and a row's error fails only that
-request.
-
-``generate_stream`` (a generator method, called through ``handle.options(stream=True)``)
-yields a row's text as the continuous decoder produces it (:meth:`StepMerger.stream`,
-detokenised by :class:`~qlp_ray.models.stream_text.TextDeltas`); other rows come whole, as
-one event. When the caller goes away Serve cancels the generator, and the row leaves the
-decoder before its next step. Chat requests carry their ``messages``: a tokenizer with a
-chat template renders them (:func:`~qlp_ray.models.prompt.chat_template_prompt`).
 """
 
 from __future__ import annotations
