@@ -30,7 +30,8 @@ test: setup
 	@if [ -e $(VLLM_VENV)/.install.lock ]; then flock $(VLLM_VENV)/.install.lock true; fi
 	@if [ -f $(VLLM_VENV)/.qlp-vllm-installed ]; then \
 	  $(VLLM_VENV)/bin/python -m pytest -q -ra --timeout=900 --durations=10 tests/vllm; \
-	else echo "tests/vllm NOT RUN: no $(VLLM_VENV) (bash scripts/vllm_venv.sh installs it)"; fi
+	else echo "tests/vllm NOT RUN: no $(VLLM_VENV) (bash scripts/vllm_venv.sh installs it)"; \
+	  if [ -n "$$QLP_REQUIRE_VLLM" ]; then echo "QLP_REQUIRE_VLLM is set: failing"; exit 1; fi; fi
 
 test-unit: setup
 	$(PY) -m pytest -q -ra -m "not integration" tests
