@@ -78,7 +78,7 @@ def run_ppo(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
     run_dir.mkdir(parents=True, exist_ok=True)
     _say(run.progress, f"training {run.label or run.domain} (ppo, {tc.steps} steps) on Ray Train")
     t0 = time.perf_counter()
-    tracked = tracking.start_run(  # MLflow: params now, every step's stats while it trains
+    tracked = tracking.start_run(  # MLflow: params now, the steps' stats at each checkpoint
         cfg,
         run.run_name,
         {"train": {**asdict(options), "target_modules": list(options.target_modules)},
@@ -100,7 +100,7 @@ def run_ppo(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
             max_failures=tc.max_failures,
             parent_path=run.parent.path if run.parent else None,
             metrics_file=run_dir / METRICS_FILE,
-            ray_callbacks=tracking.report_callback(tracked),
+            tracking_run=tracked,
         )
     except BaseException:
         tracking.finish_run(tracked, failed=True)

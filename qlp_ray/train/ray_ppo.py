@@ -6,10 +6,12 @@ workers (``all_reduce``) before every optimiser step, so all workers hold the sa
 policy (OpenRLHF's layout minus its separate actor/critic/reference actors: here the
 reference is the adapter-disabled policy and the critic a head on the policy).
 
-Every step is reported to Ray Train (reward, KL, losses: the MLflow callback logs them) and
-appended by rank 0 to the run's ``metrics.jsonl`` (its curve); every ``checkpoint_every``
-steps rank 0 saves adapter + value head + optimiser + scheduler + step + KL coefficient +
-RNG and reports it with the step; a restarted worker group
+Rank 0 appends every step's stats (reward, KL, losses) to the run's ``metrics.jsonl`` (its
+curve) and logs them to the MLflow run in one batch per checkpoint (not one
+``ray.train.report`` per step: a report waits for the controller's next poll, which doubled
+the step time); every ``checkpoint_every`` steps rank 0 saves adapter + value head +
+optimiser + scheduler + step + KL coefficient + RNG and reports it with
+``ray.train.report``; a restarted worker group
 (``FailureConfig(max_failures)``) resumes from ``ray.train.get_checkpoint()``. Rank 0
 evaluates the held-out prompts before the first step (kept in the checkpoints) and after
 the last: mean reward and KL to the reference. The final adapter directory holds the value
@@ -127,6 +129,16 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
         logger.info("rank %d resumed PPO at step %d", rank, learner.step)
     resumed_from = learner.step
     metrics_file = config.get("metrics_file") if rank == 0 else None
+    mlflow_run = config.get("tracking_run") if rank == 0 else None
+    pending: list[tuple[int, dict[str, float]]] = []  # steps not yet logged to MLflow
+
+    def flush() -> None:
+        if mlflow_run and pending:
+            from qlp_ray.train.tracking import log_metric_steps
+
+            log_metric_steps(*mlflow_run, pending)
+        pending.clear()
+
     if metrics_file and resumed_from:  # the steps after the checkpoint come again
         drop_metrics_after(metrics_file, resumed_from)
     eval_prompts = config.get("eval_prompts") or []
@@ -144,18 +156,18 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
             stats["loss"] = stats["policy_loss"] + opts.vf_coef * stats["value_loss"]
             if metrics_file:
                 append_metrics(metrics_file, {**stats, "step": learner.step})
-            checkpoint = None
+            pending.append((learner.step, stats))
             if learner.step % opts.checkpoint_every == 0 and learner.step < opts.steps:
+                checkpoint = None
                 if rank == 0:
                     path = Path(tmp) / f"step-{learner.step}"
                     learner.save(path / STATE_DIR, extra={"eval_before": before})
                     checkpoint = ray.train.Checkpoint.from_directory(str(path))
-            if learner.step < opts.steps:  # the last step's stats go with the final report
+                flush()
                 ray.train.report({**stats, "step": float(learner.step)}, checkpoint=checkpoint)
             if config.get("kill_marker"):
                 _maybe_kill(config, learner.step, rank)
         metrics: dict[str, float] = {
-            "step": float(learner.step),  # the MLflow callback logs the last step's stats
             "steps": float(learner.step),
             "resumed_from_step": float(resumed_from),
             "workers": float(world),
@@ -167,6 +179,7 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
             metrics["train_reward_first"] = history[0]["reward"]
             metrics["train_reward_last"] = history[-1]["reward"]
             metrics.update({k: v for k, v in history[-1].items() if k not in metrics})
+        flush()
         checkpoint = None
         if rank == 0:
             if eval_prompts:
@@ -200,7 +213,7 @@ def train_ppo_on_ray(
     max_failures: int | None = None,
     parent_path: str | None = None,
     metrics_file: str | Path | None = None,
-    ray_callbacks: list[Any] | None = None,
+    tracking_run: tuple[str, str] | None = None,
     _kill_at_step: int | None = None,
     _kill_rank: int = 0,
 ) -> PPORayResult:
@@ -210,7 +223,8 @@ def train_ppo_on_ray(
     the workers); ``eval_prompts`` are held out for the before/after reward and KL.
     ``parent_path``: a (verified) adapter directory to continue; it is also the reference.
     The adapter (with its value head) lands in ``output_dir`` (default
-    ``<runs>/<run_name>/adapter``); rank 0 appends every step's stats to ``metrics_file``.
+    ``<runs>/<run_name>/adapter``); rank 0 appends every step's stats to ``metrics_file``
+    and logs them to the MLflow run ``tracking_run`` (``(uri, run_id)``).
     Checkpoints go to ``train.storage_uri`` (:func:`~qlp_ray.train.storage.run_storage`).
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -241,6 +255,7 @@ def train_ppo_on_ray(
         "parent_path": parent_path,
         "threads": max(1, int(cpus)),
         "metrics_file": str(metrics_file) if metrics_file is not None else None,
+        "tracking_run": tracking_run,
     }
     if _kill_at_step is not None:
         config.update(
@@ -271,7 +286,6 @@ def train_ppo_on_ray(
                     cfg.train.max_failures if max_failures is None else max_failures
                 ),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                callbacks=ray_callbacks or None,
             ),
         )
         logger.info("Ray Train PPO run %s: %d worker(s), %d steps", run_name, placed, opts.steps)

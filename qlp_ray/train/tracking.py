@@ -131,6 +131,22 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, Any], step: int) -> No
         logger.warning("MLflow metrics of run %s not logged: %s", run_id, exc)
 
 
+def log_metric_steps(uri: str, run_id: str, points: list[tuple[int, dict[str, Any]]]) -> None:
+    """Log several steps' scalar metrics in one batch (a worker that buffers its steps)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, v, now, step) for step, m in points for k, v in scalar_metrics(m).items()]
+    try:
+        client = _client(uri)
+        for i in range(0, len(items), 1000):  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(run_id, metrics=items[i : i + 1000])
+    except Exception as exc:
+        logger.warning("MLflow metrics of run %s not logged: %s", run_id, exc)
+
+
 def finish_run(
     run: tuple[str, str] | None,
     *,
@@ -228,6 +244,7 @@ __all__ = [
     "close_children",
     "finish_run",
     "flat_params",
+    "log_metric_steps",
     "log_metrics",
     "report_callback",
     "scalar_metrics",
