@@ -156,7 +156,8 @@ class Client:
         """``POST /v1/fine-tuning/jobs``; ``options``: the training ``method`` (sft, dpo, ppo,
         grpo, rloo, reward, distill, ...), ``reward``, ``teacher``, ``parent``; ``hp``:
         n_steps | n_epochs, method (PEFT), batch_size, learning_rate, lora_rank, lora_alpha,
-        lora_dropout."""
+        lora_dropout; the method's own (``GET /v1/fine-tuning/methods``: ppo's kl_coef,
+        kl_target, clip_range, ppo_epochs)."""
         body: dict[str, Any] = {"model": model, "training_file": training_file,
                                 "hyperparameters": hp, **(options or {})}  # fmt: skip
         if validation_file is not None:

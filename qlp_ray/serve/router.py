@@ -8,11 +8,11 @@ concurrent requests are embedded together (``@serve.batch``).
 The routing table is built from the registry's *verified* adapters (centroid from each
 adapter's ``qlp.json``) and rebuilt by :meth:`RouterDeployment.refresh` — on
 ``GET /v1/models``, ``POST /v1/admin/routes/refresh``, when the registry's generation
-marker moved (checked every ``router.generation_poll_s`` on the request path: register,
-promote and retire take effect at once) and at least every ``router.refresh_interval_s``
-— so adapters registered, promoted or retired while Serve runs are routed accordingly
-without a restart. With ``router.top_k > 1`` a request between domains may be routed to
-a composed stack (:mod:`qlp_ray.route.stacking`).
+marker moved (checked every ``router.generation_poll_s`` on the request path and on a
+``GET /v1/admin/routes`` read: register, promote and retire take effect at once) and at
+least every ``router.refresh_interval_s`` — so adapters registered, promoted or retired
+while Serve runs are routed accordingly without a restart. With ``router.top_k > 1`` a
+request between domains may be routed to a composed stack (:mod:`qlp_ray.route.stacking`).
 """
 
 from __future__ import annotations
@@ -150,14 +150,23 @@ class RouterDeployment:
         logger.info(
             "routing table: %d adapters, %d skipped", len(table.entries), len(table.skipped)
         )
-        return self.table()
+        return self.held_table()
 
     async def refresh(self) -> dict[str, Any]:
         """Rebuild the routing table from the registry; returns the new table."""
         async with self._refresh_lock:
             return await asyncio.to_thread(self._rebuild)
 
-    def table(self) -> dict[str, Any]:
+    async def table(self) -> dict[str, Any]:
+        """The routing table, brought up to date first as a routing call does: rebuilt when
+        the registry's generation marker moved (read at most every
+        ``router.generation_poll_s``), so a table read follows register/promote/retire
+        without waiting for routed traffic."""
+        await self._current_table()
+        return self.held_table()
+
+    def held_table(self) -> dict[str, Any]:
+        """The routing table as this replica holds it now (no registry read)."""
         return {
             "adapters": {
                 e.adapter_id: {"domain": e.domain, "version": self._table.versions[e.adapter_id]}

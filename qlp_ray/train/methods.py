@@ -81,6 +81,8 @@ class MethodSpec:
     ``peft``: the ``train.method`` an SFT-family entry trains with.
     ``accepts_init``: ``--init meta`` / ``--init <meta-init id@N>`` can start its LoRA
     (the meta-learned weights are LoRA / AdaLoRA weights of the run's own shape).
+    ``hyperparameters``: fields of its config section ``train.<name>`` a run may set
+    (``qlp train --<field>``, a job's ``hyperparameters.<field>``).
     """
 
     name: str
@@ -95,6 +97,7 @@ class MethodSpec:
     accepts_parent: bool = False
     peft: str | None = None
     accepts_init: bool = False
+    hyperparameters: tuple[str, ...] = ()
 
     @property
     def available(self) -> bool:
@@ -117,7 +120,8 @@ METHODS: dict[str, MethodSpec] = {
                    True, _RLHF_RUNNER, accepts_parent=True),
         MethodSpec("ppo", "PPO: LoRA policy, value head, KL to the reference", PROMPTS,
                    "mean_reward", True, "qlp_ray.train.ppo_run:run_ppo", needs_reward=True,
-                   accepts_parent=True),
+                   accepts_parent=True,
+                   hyperparameters=("kl_coef", "kl_target", "clip_range", "ppo_epochs")),
         MethodSpec("grpo", "group-relative policy optimisation", PROMPTS, "mean_reward", True,
                    _RLHF_RUNNER, needs_reward=True, accepts_parent=True),
         MethodSpec("rloo", "REINFORCE leave-one-out", PROMPTS, "mean_reward", True,

@@ -137,16 +137,49 @@ def main_domain(report: dict[str, Any] | None) -> str | None:
     return max(sorted(domains), key=domains.get) if domains else None
 
 
-def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+def hyperparameters(config: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``hyperparameters`` object of a fine-tuning request from the wizard's config
-    (the training method travels beside it: :func:`job_options`)."""
+    (the training method travels beside it: :func:`job_options`), with the extra ones the
+    method's API entry lists (``spec["hyperparameters"]``, e.g. PPO's kl_coef) that are set."""
     keys = ("batch_size", "learning_rate", "lora_rank", "lora_alpha", "lora_dropout")
+    keys += tuple(o["name"] for o in (spec or {}).get("hyperparameters") or ())
     hp = {k: config[k] for k in keys if config.get(k) is not None}
     if config.get("length") == "steps":
         hp["n_steps"] = int(config["n_steps"])
     else:
         hp["n_epochs"] = float(config["n_epochs"])
     return hp
+
+
+def option_widget(option: dict[str, Any], current: Any) -> dict[str, Any]:
+    """``st.number_input`` arguments of a method's extra hyperparameter (an entry of its
+    API ``hyperparameters`` list): bounds (an exclusive bound is the widget's inclusive
+    limit; the gateway refuses the bound itself), step, value (``current`` when set and in
+    range, else the default; None leaves an optional one empty) and a help text."""
+    integer = option["type"] == "integer"
+    cast = int if integer else float
+    low = option.get("minimum", option.get("exclusiveMinimum"))
+    high = option.get("maximum", option.get("exclusiveMaximum"))
+    value = option["default"] if current is None and not option["nullable"] else current
+    if value is not None and (
+        (low is not None and value < low) or (high is not None and value > high)
+    ):
+        value = option["default"]
+    limits = []
+    if low is not None:
+        limits.append(f"{'>' if 'exclusiveMinimum' in option else '≥'} {low:g}")
+    if high is not None:
+        limits.append(f"{'<' if 'exclusiveMaximum' in option else '≤'} {high:g}")
+    default = "none" if option["default"] is None else f"{option['default']:g}"
+    return {
+        "min_value": None if low is None else cast(low),
+        "max_value": None if high is None else cast(high),
+        "value": None if value is None else cast(value),
+        "step": 1 if integer else 0.01,
+        "format": "%d" if integer else "%.3f",
+        "help": f"{option['description']} Default {default}"
+        + (f"; {', '.join(limits)}." if limits else "."),
+    }
 
 
 def job_options(config: dict[str, Any], spec: dict[str, Any] | None) -> dict[str, str]:
@@ -377,6 +410,7 @@ __all__ = [
     "form_row",
     "job_options",
     "missing_options",
+    "option_widget",
     "placement_rows",
     "routing_rows",
     "timeseries_chart",

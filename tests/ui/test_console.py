@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from qlp_ray.client import Client
+from qlp_ray.core.config.train import PPOConfigSection
 from qlp_ray.serve.telemetry.cost import CostLedger, PriceTable
 from qlp_ray.store.database import FeedbackStore
 from qlp_ray.train.methods import METHODS
@@ -41,6 +42,23 @@ def test_methods_endpoint_is_the_method_table(platform):
 
     assert body["gpu"] is torch.cuda.is_available()
     assert by_name["qlora"]["available"] is body["gpu"] and by_name["sft"]["available"]
+    ppo = {o["name"]: o for o in by_name["ppo"]["hyperparameters"]}
+    assert list(ppo) == list(METHODS["ppo"].hyperparameters)
+    defaults = PPOConfigSection()  # the documented defaults (this config leaves them)
+    assert {k: o["default"] for k, o in ppo.items()} == {k: getattr(defaults, k) for k in ppo}
+    assert ppo["kl_coef"] | {"description": ""} == {
+        "name": "kl_coef",
+        "type": "number",
+        "default": 0.2,
+        "nullable": False,
+        "description": "",
+        "minimum": 0,
+        "maximum": 100,
+    }  # config ge 0, request le 100
+    assert ppo["kl_target"]["nullable"] and ppo["kl_target"]["exclusiveMinimum"] == 0
+    assert (ppo["clip_range"]["exclusiveMinimum"], ppo["clip_range"]["exclusiveMaximum"]) == (0, 1)
+    assert ppo["ppo_epochs"]["type"] == "integer" and ppo["ppo_epochs"]["maximum"] == 64
+    assert not [m for m in body["data"] if m["hyperparameters"] and m["name"] != "ppo"]
     user = _get(platform["url"], "/v1/fine-tuning/methods", headers={"authorization": "Bearer x"})
     assert user.status_code == 401 and user.json()["error"]["message"]
 
@@ -251,3 +269,20 @@ def test_new_pages_say_when_the_gateway_is_down_or_the_key_is_wrong(platform, na
     assert not at.exception and "is not reachable" in errors(at)[0]
     at = page(name, platform["url"], key="user-key")
     assert not at.exception and "may not use admin routes (403)" in errors(at)[0]
+
+
+def test_routing_table_read_follows_the_registry(platform):
+    """``GET /v1/admin/routes`` checks the registry's generation marker as routing does: an
+    adapter registered (then retired) shows without any routing call or explicit refresh."""
+    poll_s = platform["cfg"].router.generation_poll_s
+    before = _get(platform["url"], "/v1/admin/routes").json()
+    assert "dataeng" not in before["adapters"]
+    _register_routable(platform, "dataeng", seed=11)
+    time.sleep(poll_s + 0.1)
+    after = _get(platform["url"], "/v1/admin/routes").json()
+    assert after["adapters"]["dataeng"] == {"domain": "dataeng", "version": 1}
+    assert after["generation"] != before["generation"] and after["refreshed_s_ago"] < 5
+    platform["registry"].retire("dataeng", "test: table follows a retire too")
+    time.sleep(poll_s + 0.1)
+    retired = _get(platform["url"], "/v1/admin/routes").json()
+    assert "dataeng" not in retired["adapters"] and retired["generation"] != after["generation"]

@@ -21,6 +21,7 @@ from qlp_ray.ui.logic import (
     job_options,
     loss_frame,
     missing_options,
+    option_widget,
     parse_jsonl,
     placement_rows,
     review_table,
@@ -77,6 +78,33 @@ def test_hyperparameters_send_epochs_or_steps():
     config = {"method": "lora", "lora_rank": 4, "length": "epochs", "n_epochs": 2, "n_steps": 9}
     assert hyperparameters(config) == {"lora_rank": 4, "n_epochs": 2.0}  # method: beside it
     assert hyperparameters({**config, "length": "steps"})["n_steps"] == 9
+
+
+def test_a_methods_own_hyperparameters_are_sent_only_when_it_lists_them():
+    ppo = {"name": "ppo", "hyperparameters": [{"name": "kl_coef"}, {"name": "kl_target"}]}
+    config = {"length": "steps", "n_steps": 3, "kl_coef": 0.1, "kl_target": None}
+    assert hyperparameters(config, ppo) == {"n_steps": 3, "kl_coef": 0.1}  # None: not sent
+    assert hyperparameters(config, {"name": "grpo"}) == {"n_steps": 3}
+
+
+def test_option_widget_bounds_default_and_help():
+    clip = {"name": "clip_range", "type": "number", "default": 0.2, "nullable": False,
+            "description": "PPO ratio clip (epsilon).", "exclusiveMinimum": 0,
+            "exclusiveMaximum": 1}  # fmt: skip
+    w = option_widget(clip, None)
+    assert (w["min_value"], w["max_value"], w["value"], w["step"]) == (0.0, 1.0, 0.2, 0.01)
+    assert w["help"] == "PPO ratio clip (epsilon). Default 0.2; > 0, < 1."
+    assert option_widget(clip, 0.5)["value"] == 0.5
+    assert option_widget(clip, 7.0)["value"] == 0.2  # out of range (an old session): default
+    epochs = {"name": "ppo_epochs", "type": "integer", "default": 2, "nullable": False,
+              "description": "Passes.", "minimum": 1, "maximum": 64}  # fmt: skip
+    w = option_widget(epochs, None)
+    assert (w["min_value"], w["max_value"], w["value"], w["step"]) == (1, 64, 2, 1)
+    assert all(type(w[k]) is int for k in ("min_value", "max_value", "value", "step"))
+    target = {"name": "kl_target", "type": "number", "default": None, "nullable": True,
+              "description": "KL target.", "exclusiveMinimum": 0, "maximum": 1000}  # fmt: skip
+    assert option_widget(target, None)["value"] is None  # optional: left empty
+    assert option_widget(target, None)["help"] == "KL target. Default none; > 0, ≤ 1000."
 
 
 def test_job_options_send_what_the_method_takes():

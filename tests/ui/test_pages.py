@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -124,3 +125,62 @@ def test_adapters_console_promotes_and_rolls_back(platform):
     at.selectbox(key="version_choice").select(2)
     at = click(at, "Roll back")  # not older than current: refused with a reason
     assert "a rollback goes to an older version" in errors(at)[0]
+
+
+class _Recording(httpx.HTTPTransport):
+    """A real HTTP transport that keeps each request it sends (to read the launch body)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        return super().handle_request(request)
+
+
+def test_ppo_options_are_offered_sent_and_checked_by_the_gateway(platform):
+    url, ppo = platform["url"], platform["cfg"].train.ppo
+    state = _wizard_state(url, 8)  # capsules: PPO takes the instruction as the prompt
+    config = {"model": "api", "method": "ppo", "reward": "keyword:cursor,page"}
+    at = page("configure", url, config=config, **state)
+    assert not at.exception and not errors(at), errors(at)
+    names = ("kl_coef", "kl_target", "clip_range", "ppo_epochs")
+    fields = {n: at.number_input(key=f"hp_{n}") for n in names}
+    assert {n: f.value for n, f in fields.items()} == {n: getattr(ppo, n) for n in names}
+    assert fields["kl_target"].value is None  # optional: adaptive KL off by default
+    assert (fields["kl_coef"].min, fields["kl_coef"].max) == (0.0, 100.0)
+    assert (fields["ppo_epochs"].min, fields["ppo_epochs"].max) == (1, 64)
+    assert (fields["clip_range"].min, fields["clip_range"].max) == (0.0, 1.0)
+    chosen = {"kl_coef": 0.05, "kl_target": 6.0, "clip_range": 0.1, "ppo_epochs": 3}
+    for name, value in chosen.items():
+        fields[name].set_value(value)
+    at = at.run()
+    assert {n: at.session_state["config"][n] for n in names} == chosen
+
+    sft = page("configure", url, config={"model": "api", "method": "sft"}, **state)
+    assert not [w for w in sft.number_input if str(w.key).startswith("hp_")]  # ppo only
+
+    config = {**at.session_state["config"], "n_steps": 2}
+    transport = _Recording()
+    held = ((url, ADMIN_KEY), Client(url, api_key=ADMIN_KEY, transport=transport))
+    at = page("launch", url, config=config, _client=held, **state)
+    review = json.loads(at.json[0].value)
+    assert review["method"] == "ppo" and {n: review["hyperparameters"][n] for n in names} == chosen
+    at = click(at, "Launch training")  # validated (method, options, shape) before the Jobs API
+    assert errors(at)[0].startswith("The platform cannot do this right now (503)"), errors(at)
+    [job] = [r for r in transport.sent if r.url.path == "/v1/fine-tuning/jobs"]
+    body = json.loads(job.content)
+    assert body["method"] == "ppo" and body["reward"] == "keyword:cursor,page"
+    assert body["hyperparameters"] == {**chosen, "n_steps": 2, "batch_size": 8,
+                                       "learning_rate": 2e-3, "lora_rank": 8,
+                                       "lora_alpha": 16, "lora_dropout": 0.05}  # fmt: skip
+
+    at = page("configure", url, config=config, **state)
+    at.number_input(key="hp_clip_range").set_value(1.0)  # the widget's limit; the API's is < 1
+    at = at.run()
+    at = page("launch", url, config=at.session_state["config"], **state)
+    at = click(at, "Launch training")
+    assert errors(at) == ["The gateway refused the request: `hyperparameters.clip_range`: "
+                          "Input should be less than 1 (got 1.0)"]  # fmt: skip
+    assert at.session_state["job_id"] is None

@@ -42,6 +42,7 @@ from qlp_ray.registry.store import Registry
 from qlp_ray.serve.http.auth import require_trainer
 from qlp_ray.train import PeftMethod
 from qlp_ray.train.estimate import steps_for_epochs
+from qlp_ray.train.methods import METHODS
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_trainer)])
@@ -96,7 +97,7 @@ class Hyperparameters(BaseModel):
         return out
 
 
-PPO_FIELDS = ("kl_coef", "kl_target", "clip_range", "ppo_epochs")
+PPO_FIELDS = METHODS["ppo"].hyperparameters  # the method table's list (train.ppo fields)
 
 
 class FineTuningRequest(BaseModel):

@@ -11,7 +11,8 @@
                                    the confusion matrix (:mod:`qlp_ray.route.live_eval`)
 
 The table also follows the registry by itself (its generation marker is checked on the
-request path), so the refresh route is for operators and scripts that want certainty.
+request path and on every ``GET`` of the table, as routing does), so the refresh route is
+for operators and scripts that want certainty.
 Both routes take the admin key when ``serve.admin_key`` is set.
 """
 

@@ -8,7 +8,10 @@
 ``GET /v1/fine-tuning/methods``            every training method (the one table,
                                            :mod:`qlp_ray.train.methods`): data shape and
                                            fields, needed options (reward, teacher, parent),
-                                           metric; qlora ``available`` only with a CUDA GPU
+                                           metric, the extra hyperparameters it takes
+                                           (ppo: kl_coef, kl_target, clip_range, ppo_epochs:
+                                           type, default, bounds); qlora ``available`` only
+                                           with a CUDA GPU
 ``POST /v1/fine-tuning/estimate``          ``{"training_file", "validation_file",
                                            "hyperparameters"}`` → steps, tokens, time at the
                                            measured tokens/s, cost at the configured price
@@ -22,7 +25,7 @@ import asyncio
 import functools
 import logging
 import shlex
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
@@ -98,12 +101,57 @@ def cluster_has_gpu() -> bool:
     return bool(torch.cuda.is_available())
 
 
+_LIMITS = (("ge", 1, False), ("gt", 1, True), ("le", -1, False), ("lt", -1, True))
+
+
+def _bounds(*fields: Any) -> dict[str, float]:
+    """The tightest of the fields' ``ge``/``gt``/``le``/``lt`` constraints, as JSON Schema
+    keywords (``minimum``, ``exclusiveMinimum``, ``maximum``, ``exclusiveMaximum``)."""
+    tightest: dict[int, tuple[float, bool]] = {}  # side (1 lower, -1 upper) -> (value, strict)
+    for f in fields:
+        for m in f.metadata:
+            for attr, side, strict in _LIMITS:
+                value = getattr(m, attr, None)
+                held = tightest.get(side)
+                if value is not None and (
+                    held is None or (side * value, strict) > (side * held[0], held[1])
+                ):
+                    tightest[side] = (value, strict)
+    out: dict[str, float] = {}
+    for side, (value, strict) in tightest.items():
+        word = "Minimum" if side == 1 else "Maximum"
+        out[f"exclusive{word}" if strict else word.lower()] = value
+    return out
+
+
+def method_hyperparameters(cfg: QLPConfig, spec: Any) -> list[dict[str, Any]]:
+    """The extra hyperparameters a job of ``spec`` may set (``spec.hyperparameters``, fields
+    of ``train.<method>``): type, the deployment's default, description, and the bounds
+    both the config section and the request (``Hyperparameters``) enforce."""
+    if not spec.hyperparameters:
+        return []
+    section = getattr(cfg.train, spec.name)
+    out = []
+    for name in spec.hyperparameters:
+        field = type(section).model_fields[name]
+        request_field = Hyperparameters.model_fields[name]
+        kind = "integer" if int in (field.annotation, *get_args(field.annotation)) else "number"
+        out.append({"name": name, "type": kind, "default": getattr(section, name),
+                    "nullable": field.default is None, "description": field.description,
+                    **_bounds(field, request_field)})  # fmt: skip
+    return out
+
+
 @router.get("/methods")
-async def fine_tuning_methods() -> dict[str, Any]:
+async def fine_tuning_methods(request: Request) -> dict[str, Any]:
     """The training methods a job may name (see the module docstring)."""
     from qlp_ray.train.method_data import methods_listing
+    from qlp_ray.train.methods import METHODS
 
-    return methods_listing(await asyncio.to_thread(cluster_has_gpu))
+    listing = methods_listing(await asyncio.to_thread(cluster_has_gpu))
+    for entry in listing["data"]:
+        entry["hyperparameters"] = method_hyperparameters(_cfg(request), METHODS[entry["name"]])
+    return listing
 
 
 @router.get("/jobs/{job_id}/metrics")

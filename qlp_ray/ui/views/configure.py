@@ -1,6 +1,8 @@
 """Wizard step 2: the run's configuration — what to train, the training method (the API's
 method table: SFT, AdaLoRA, QLoRA where the cluster has a GPU, DPO, PPO, GRPO, RLOO,
-reward model, distillation) with the reward / teacher / parent it takes, LoRA rank, alpha
+reward model, distillation) with the reward / teacher / parent it takes and its own
+hyperparameters from the API's method table (PPO: KL coefficient and target, clip range,
+epochs per rollout — defaults and bounds as the gateway states them), LoRA rank, alpha
 and dropout, length (epochs or steps), batch size, learning rate — and for SFT methods the
 API's estimate of tokens, time (at the measured tokens/s) and cost (at the configured
 price)."""
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from qlp_ray.ui.logic import hyperparameters, main_domain, missing_options
+from qlp_ray.ui.logic import hyperparameters, main_domain, missing_options, option_widget
 from qlp_ray.ui.session import call, client, wizard_state
 from qlp_ray.ui.wizard import method_spec, methods, recheck, uploaded
 
@@ -89,6 +91,16 @@ config["batch_size"] = cols[2].number_input("Batch size", 1, 512, config.get("ba
 config["learning_rate"] = cols[3].number_input(
     "Learning rate", 1e-6, 1.0, config.get("learning_rate", 2e-3), format="%.5f"
 )
+options = spec.get("hyperparameters") or []  # the method's own, e.g. PPO's KL and clip
+if options:
+    st.caption(
+        f"{config['method']} options (train.{config['method']}; filled with the gateway's defaults)"
+    )
+    for col, option in zip(st.columns(len(options)), options, strict=True):
+        name = option["name"]
+        config[name] = col.number_input(
+            name, key=f"hp_{name}", **option_widget(option, config.get(name))
+        )
 state["config"] = config
 
 if not spec["sft_family"]:

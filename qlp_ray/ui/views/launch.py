@@ -1,6 +1,6 @@
 """Wizard step 3: review the configuration and a sample of the dataset, then one click
-submits the fine-tuning job (``POST /v1/fine-tuning/jobs`` with the method and its reward,
-teacher or parent)."""
+submits the fine-tuning job (``POST /v1/fine-tuning/jobs`` with the method, its reward,
+teacher or parent and its own hyperparameters, e.g. PPO's kl_coef)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ if spec is None:
     st.stop()
 options = job_options(config, spec)
 st.subheader("Configuration")
-st.json({"model": config["model"], **options, "hyperparameters": hyperparameters(config)})
+hp = hyperparameters(config, spec)  # with the method's own (PPO: kl_coef, ...)
+st.json({"model": config["model"], **options, "hyperparameters": hp})
 problems = missing_options(config, spec)
 for problem in problems:
     st.warning(f"{problem} Set it in step 2.")
@@ -34,7 +35,7 @@ if st.button("Launch training", type="primary", key="launch_button", disabled=bo
     upload = uploaded()
     if upload is not None:
         job = call(client().create_fine_tuning_job, config["model"], upload["path"],
-                   options=options, **hyperparameters(config))  # fmt: skip
+                   options=options, **hp)  # fmt: skip
         if job is not None:
             state["job_id"] = job["id"]
             st.success(f"Job {job['id']} submitted: follow it in 4. Monitor.")
