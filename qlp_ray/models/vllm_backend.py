@@ -150,6 +150,7 @@ class VLLMBackend(InferenceBackend):
         kwargs.update(engine_kwargs or {})
         self._root = Path(tempfile.mkdtemp(prefix="qlp-vllm-adapters-"))  # mode 0700
         self._lora_requests: dict[str, Any] = {}
+        self._names: dict[int, str] = {}  # engine LoRA id -> name, until removed
         self._ids = itertools.count(1)  # vLLM needs a unique positive int per adapter load
         self._lock = threading.Lock()
         self._loop = _EngineLoop()
@@ -221,6 +222,7 @@ class VLLMBackend(InferenceBackend):
         with self._lock:
             old = self._lora_requests.get(name)
             self._lora_requests[name] = request
+            self._names[request.lora_int_id] = name
         if old is not None:
             self._drop(old)
         logger.info("vLLM adapter %s loaded (id %d)", name, request.lora_int_id)
@@ -238,7 +240,22 @@ class VLLMBackend(InferenceBackend):
             return
         future = self._loop.submit(self._engine.remove_lora(request.lora_int_id))
         path = Path(request.lora_path)
-        future.add_done_callback(lambda _: shutil.rmtree(path, ignore_errors=True))
+
+        def removed(_: Any) -> None:
+            shutil.rmtree(path, ignore_errors=True)
+            with self._lock:
+                self._names.pop(request.lora_int_id, None)
+
+        future.add_done_callback(removed)
+
+    def engine_adapters(self, timeout: float = 30.0) -> list[str]:
+        """Names of the LoRAs vLLM's engine holds now (its ``list_loras``; ``#<id>`` for an
+        id this backend removed or never added), for stats and tests."""
+        if self._engine is None:
+            return []
+        ids = self._loop.run(self._engine.list_loras(), timeout)
+        with self._lock:
+            return sorted(self._names.get(i, f"#{i}") for i in ids)
 
     def compose_from_dirs(
         self,

@@ -326,7 +326,7 @@ class Compositor:
                 elif notice.kind == "revalidate":
                     result = await self.revalidate()
                 else:
-                    result = self.invalidate(
+                    result = await self.invalidate(
                         str(args["adapter_id"]), args.get("version"), args.get("current")
                     )
                 ack = Ack(_replica_name(), list(result))
@@ -339,14 +339,24 @@ class Compositor:
             answered += 1
         return answered
 
-    def invalidate(
+    async def invalidate(
         self, adapter_id: str, version: int | None = None, current: int | None = None
     ) -> list[str]:
         """Drop cached stacks holding ``adapter_id`` (at ``version``; a swap to ``current``
-        also keeps them from being cached again); returns their keys."""
-        if self.stacks is None:
-            return []
-        return self.stacks.invalidate(adapter_id, version, current)
+        also keeps them from being cached again); returns their keys. A swap also evicts
+        the old version itself from the multiplex cache: the backend frees it (vLLM's
+        ``remove_lora``) once the requests still on it are done; a request pinned to it
+        later loads it again. Async: the eviction runs on the loop that owns Serve's cache."""
+        stacks = self.stacks
+        dropped = (
+            []
+            if stacks is None
+            else await asyncio.to_thread(stacks.invalidate, adapter_id, version, current)
+        )
+        old_id = f"{adapter_id}@{version}"
+        if version is not None and current is not None and self._evict(old_id):
+            dropped.append(old_id)
+        return dropped
 
     def cache_stats(self) -> dict[str, Any]:
         """Composition-cache counters, prefetch queue and loaded adapters."""
@@ -525,6 +535,10 @@ class Compositor:
         return {
             "base_model": self.base_model,
             "backend_adapters": self.backend.loaded_adapters,
+            # what vLLM's engine itself holds (list_loras), by backend name
+            "engine_adapters": self.backend.engine_adapters()
+            if isinstance(self.backend, VLLMBackend)
+            else None,
             "peft_adapters": sorted(peft.peft_config) if peft is not None else [],
             "loads": self.loads,
             "stacks": self.stacks.cache.keys() if self.stacks is not None else [],
