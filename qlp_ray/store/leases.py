@@ -1,13 +1,15 @@
-"""Leases in the store: one holder of a named piece of work at a time, across processes
-and hosts (e.g. one improve round per domain, whatever runs ``qlp improve``).
+"""Leases in the store: one holder of a named piece of work at a time, across processes and
+hosts (e.g. one improve round per domain, whatever runs ``qlp improve``).
 
 A lease is a row (name, owner, since, expiry). Taking it is one transaction that locks the
-row: ``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` (the database's write
-lock) on SQLite. A held, unexpired lease refuses others with :class:`LeaseHeld` naming
-the holder; an expired one is taken over and the takeover is an audit event
-(``lease_takeover``). :class:`HeldLease` renews it every third of its TTL while the work
-runs; a holder whose lease was taken over finds out at its next :meth:`HeldLease.check`.
-Expiry compares wall clocks: hosts sharing a store need synchronised clocks (NTP).
+name: an advisory lock on it plus ``SELECT ... FOR UPDATE`` on PostgreSQL (the advisory
+lock also covers the first taker, when no row exists yet), ``BEGIN IMMEDIATE`` (the
+database's write lock) on SQLite. A held, unexpired lease refuses others with
+:class:`LeaseHeld` naming the holder; an expired one is taken over and the takeover is an
+audit event (``lease_takeover``). :class:`HeldLease` renews it every third of its TTL
+while the work runs; a holder whose lease was taken over finds out at its next
+:meth:`HeldLease.check`. Expiry compares wall clocks: hosts sharing a store need
+synchronised clocks (NTP).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 
 from qlp_ray.core.errors import Conflict
 from qlp_ray.store import schema
@@ -102,6 +104,11 @@ class Leases:
         with self._locked() as conn:
             q = select(t).where(t.c.name == name)
             if conn.dialect.name == "postgresql":
+                # FOR UPDATE locks no row before the first lease exists: two first takers
+                # would both INSERT (unique violation). A transaction-level advisory lock
+                # on the name serialises them, the first insert included.
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:n))"),
+                             {"n": f"qlp-lease:{name}"})  # fmt: skip
                 q = q.with_for_update()
             row = conn.execute(q).first()
             held = None if row is None else LeaseInfo(**row._mapping)

@@ -152,3 +152,32 @@ def test_two_orchestrators_at_once_run_one_round(store_url, tmp_path) -> None:
     assert [r.version for r in Registry(cfg).list(all_versions=True)] == [1]
     assert Leases(store).get("improve:api") is None  # released after the round
     store.close()
+
+
+def test_first_takers_racing_for_a_new_lease_get_one_holder_and_no_error(store_url) -> None:
+    """No row exists yet, so FOR UPDATE locks nothing: without the advisory lock two first
+    takers both INSERT and one fails with a unique violation (seen in CI on PostgreSQL)."""
+    import threading
+
+    store = FeedbackStore(store_url)
+    leases = Leases(store)
+    for round_ in range(5):  # a fresh lease name each round: the first-insert race again
+        name = f"improve:race{round_}"
+        barrier, got = threading.Barrier(6), []
+
+        def take(i: int, name=name, barrier=barrier, got: list = got) -> None:
+            barrier.wait()
+            try:
+                leases.acquire(name, f"owner-{i}", 30.0)
+                got.append("held")
+            except LeaseHeld:
+                got.append("refused")
+            except Exception as exc:  # noqa: BLE001 - the failure this test is about
+                got.append(repr(exc))
+
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(got) == ["held"] + ["refused"] * 5, got
