@@ -286,9 +286,14 @@ class FeedbackStore:
         request_id: str | None = None,
         kinds: Iterable[str] | None = None,
         since: float | None = None,
+        trusted_only: bool = False,
     ) -> list[FeedbackRecord]:
+        """Feedback rows, oldest first; ``trusted_only``: what training and A/B promotion
+        count (:func:`trusted_feedback`)."""
         t = schema.feedback
         q = select(t).order_by(t.c.id)
+        if trusted_only:
+            q = q.where(trusted_feedback())
         if request_id is not None:
             q = q.where(t.c.request_id == request_id)
         if kinds is not None:

@@ -145,6 +145,7 @@ def _store_rows(platform) -> tuple[float, list[float]]:
     store.record_feedback("ts-a0", "thumbs", 1)
     store.record_feedback("ts-a1", "rating", 2)
     store.record_feedback("ts-a2", "rating", 5)
+    store.record_feedback("ts-a3", "rating", 1, caller="not-the-requester")  # untrusted
     store.close()
     return t0, lat
 

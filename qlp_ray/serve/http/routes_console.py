@@ -65,7 +65,9 @@ async def analytics_timeseries(
         reqs = store.query_requests(since=start, until=end)
         if adapter is not None:
             reqs = [r for r in reqs if r.model == adapter]
-        fb = store.query_feedback(kinds=("thumbs", "rating"), since=start)
+        # the feedback A/B promotion counts: a caller rating someone else's request
+        # does not move anyone's chart
+        fb = store.query_feedback(kinds=("thumbs", "rating"), since=start, trusted_only=True)
         return series(reqs, fb, bucket=bucket, prices=prices,
                       external_price_entry=price_entry(cfg))  # fmt: skip
 

@@ -41,7 +41,8 @@ if points is not None:
         chart_cols = st.columns(2)
         for i, metric in enumerate(picked):
             chart_cols[i % 2].altair_chart(timeseries_chart(data, metric), width="stretch")
-        st.caption("Success rate: rated requests with a thumbs up or a rating of 4 or more. "
+        st.caption("Success rate: rated requests with a thumbs up or a rating of 4 or more "
+                   "(trusted feedback only: from the key that made the request). "
                    f"Savings in {points['currency']} against "
                    f"{points['reference_model']}.")  # fmt: skip
 
