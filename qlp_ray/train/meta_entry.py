@@ -35,7 +35,7 @@ from qlp_ray.data.capsules import SAMPLES_DIR, file_sha256, load_capsules
 from qlp_ray.models.base import base_model_id, resolve_base_path
 from qlp_ray.registry import Registry
 from qlp_ray.train.meta_init import ReptileOptions
-from qlp_ray.train.methods import parse_init
+from qlp_ray.train.methods import ALIASES, METHODS, parse_init
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,11 @@ META_INIT_ID = "meta-init"
 META_DOMAIN = "meta"
 KIND = "meta_init"
 WEIGHTS = "adapter_model.safetensors"
-SFT_LINEAGE = ("lora", "adalora", "qlora", "sft")  # lineage methods trained on capsules
+# lineage methods of the SFT family (trained on capsules), from the one method table
+SFT_LINEAGE = frozenset(
+    [n for n, m in METHODS.items() if m.peft is not None]
+    + [alias for alias, n in ALIASES.items() if METHODS[n].peft is not None]
+)
 MAX_FILE_BYTES = 256 * 2**20
 
 
