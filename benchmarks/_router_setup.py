@@ -89,3 +89,29 @@ def build_registry(cfg: Any) -> list[str]:
         )
     shutil.rmtree(src)
     return [f"{d}-router-bench" for d in DOMAINS]
+
+
+def embedding_ms(calls: int = 60) -> float:
+    """Median milliseconds of one router embedding (the per-request work a budget is
+    measured against), after a warm-up."""
+    import statistics
+    import time
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from qlp_ray.route.embeddings import get_embedder
+
+    embedder = get_embedder()
+    titles = [
+        "Spark job fails with OOM on large shuffle",
+        "Helm chart upgrade breaks ingress",
+        "FastAPI dependency injection with async DB session",
+        "Vite HMR not working",
+    ]
+    for t in titles:
+        embedder.encode(t)  # warm up
+    lat = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        embedder.encode(titles[i % len(titles)])
+        lat.append(time.perf_counter() - t0)
+    return statistics.median(lat) * 1000

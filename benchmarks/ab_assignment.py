@@ -20,10 +20,11 @@ row's group commit), is measured with concurrent clients by ``durable_acks.py``.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import time
+
+from _router_setup import embedding_ms
 
 from qlp_ray.experiments.ab import ExperimentBook
 from qlp_ray.serve.telemetry.analytics import Analytics
@@ -110,24 +111,7 @@ def main() -> None:
         f"({serving_us / 50:.3f} of the 50 us budget; 3 running experiments, audience filters)"
     )
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from qlp_ray.route.embeddings import get_embedder
-
-    embedder = get_embedder()
-    titles = [
-        "Spark job fails with OOM on large shuffle",
-        "Helm chart upgrade breaks ingress",
-        "FastAPI dependency injection with async DB session",
-        "Vite HMR not working",
-    ]
-    for t in titles:
-        embedder.encode(t)  # warm up
-    lat = []
-    for i in range(60):
-        t0 = time.perf_counter()
-        embedder.encode(titles[i % len(titles)])
-        lat.append(time.perf_counter() - t0)
-    request_ms = statistics.median(lat) * 1e3
+    request_ms = embedding_ms()
 
     analytics = Analytics()
     ledger = CostLedger(PriceTable.load())
@@ -164,7 +148,8 @@ def main() -> None:
     )
     print(
         f"worst assignment: {worst:.2f} us -> {'PASS' if worst <= 50 else 'FAIL'}; "
-        f"recording overhead -> {'PASS' if ratio <= 0.02 else 'FAIL'}"
+        f"recording overhead with the background log -> {'PASS' if ratio <= 0.02 else 'FAIL'} "
+        "(the default durable log waits for its group commit: benchmarks/durable_acks.py)"
     )
 
 

@@ -29,6 +29,8 @@ import tempfile
 import time
 from types import SimpleNamespace
 
+from _router_setup import embedding_ms
+
 from qlp_ray.core.config import load_config
 from qlp_ray.serve.telemetry.recording import RequestRecorder
 
@@ -96,27 +98,6 @@ def measure(mode: str, rows: int, concurrency: int) -> dict[str, float]:
         "p99_ms": _pct(waits, 0.99) * 1000,
         "rows_per_commit": (rows + 20) / max(batches, 1),
     }
-
-
-def embedding_ms() -> float:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from qlp_ray.route.embeddings import get_embedder
-
-    embedder = get_embedder()
-    titles = [
-        "Spark job fails with OOM on large shuffle",
-        "Helm chart upgrade breaks ingress",
-        "FastAPI dependency injection with async DB session",
-        "Vite HMR not working",
-    ]
-    for t in titles:
-        embedder.encode(t)
-    lat = []
-    for i in range(60):
-        t0 = time.perf_counter()
-        embedder.encode(titles[i % len(titles)])
-        lat.append(time.perf_counter() - t0)
-    return statistics.median(lat) * 1000
 
 
 def main() -> None:
