@@ -17,6 +17,16 @@ app = typer.Typer(
     invoke_without_command=True,
 )
 
+# `qlp improve --once` exit status when every domain it looked at was busy (another
+# orchestrator holds its lease): nothing was done, so a script or cron job can tell.
+EXIT_ALL_BUSY = 3
+
+
+def cycle_exit_code(actions: list[str]) -> int:
+    """0 when the cycle did something or had nothing due; EXIT_ALL_BUSY when every domain
+    it reached was held by another orchestrator."""
+    return EXIT_ALL_BUSY if actions and all(a == "busy" for a in actions) else 0
+
 
 @app.callback()
 def improve(
@@ -32,7 +42,9 @@ def improve(
         "(default improve.experiment_timeout_s; 0 = decide in a later cycle).",
     ),  # fmt: skip
 ) -> None:
-    """Run one continual-learning cycle with progress and a decision report."""
+    """Run one continual-learning cycle with progress and a decision report.
+
+    Exits 3 when every domain was busy (another orchestrator holds its lease)."""
     if ctx.invoked_subcommand is not None:
         return
     if not once:
@@ -53,9 +65,10 @@ def improve(
     except QLPError as exc:
         fail(str(exc))
         return
+    code = cycle_exit_code([o.action for o in outcomes])
     if as_json:
         typer.echo(json.dumps([asdict(o) for o in outcomes], indent=1, default=str))
-        return
+        raise typer.Exit(code)
     table = Table(title="improvement cycle")
     for col in ("domain", "decision", "why", "numbers"):
         table.add_column(col, overflow="fold")
@@ -63,6 +76,9 @@ def improve(
         nums = {k: round(v, 4) if isinstance(v, float) else v for k, v in o.numbers.items()}
         table.add_row(o.domain, o.action, o.reason, json.dumps(nums, default=str))
     console.print(table)
+    if code:
+        console.print("every domain is busy: another orchestrator holds its lease (exit 3)")
+        raise typer.Exit(code)
 
 
 def _registry():
