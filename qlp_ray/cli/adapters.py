@@ -17,8 +17,14 @@ app = typer.Typer(help="Signed, versioned LoRA adapters in the registry.", no_ar
 def list_adapters(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
     all_versions: bool = typer.Option(False, "--all", help="Every version, not just current."),
+    kind: str | None = typer.Option(
+        None, "--kind", help="Only this kind: adapter, reward_model or meta_init."
+    ),
 ) -> None:
-    """List adapters with domain, version and whether their signature verifies."""
+    """List adapters with domain, version, kind and whether their signature verifies.
+
+    Kinds: ``adapter`` is served and routed to; ``reward_model`` and ``meta_init`` are
+    training artefacts (a PPO reward, a meta-learned starting point), never served."""
     from rich.table import Table
 
     try:
@@ -26,6 +32,8 @@ def list_adapters(
     except QLPError as exc:
         fail(str(exc))
         return
+    if kind is not None:
+        records = [r for r in records if r.kind == kind]
     if as_json:
         typer.echo(json.dumps([r.summary() for r in records], indent=1))
         return
@@ -33,7 +41,8 @@ def list_adapters(
         console.print("no adapters registered")
         return
     table = Table(title="adapters")
-    for column in ("id", "domain", "version", "signed", "base model", "eval loss", "path"):
+    columns = ("id", "domain", "version", "kind", "signed", "base model", "eval loss", "path")
+    for column in columns:
         table.add_column(column, overflow="fold")  # ids and paths must stay copyable
     for r in records:
         loss = r.metadata.get("metrics", {}).get("eval_loss_after")
@@ -41,6 +50,7 @@ def list_adapters(
             r.adapter_id,
             r.domain,
             f"v{r.version}",
+            r.kind,
             "[green]yes[/]" if r.signed else f"[red]no[/] ({r.problem})",
             r.base_model,
             f"{loss:.4f}" if isinstance(loss, int | float) else "",

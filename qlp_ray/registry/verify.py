@@ -42,6 +42,12 @@ class AdapterRecord:
     problem: str | None = None  # why ``signed`` is False, when it is
     revoked: bool = False  # signed by a key `qlp keys revoke` dropped
 
+    @property
+    def kind(self) -> str:
+        """``adapter`` (served and routed to), or a training artefact kept in the registry:
+        ``reward_model`` (PPO/RLHF reward), ``meta_init`` (a meta-learned starting point)."""
+        return str(self.metadata.get("kind", "adapter"))
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready listing entry (no centroid)."""
         out: dict[str, Any] = {
@@ -51,6 +57,7 @@ class AdapterRecord:
             "path": str(self.path),
             "signed": self.signed,
             "base_model": self.base_model,
+            "kind": self.kind,
         }
         for key in ("metrics", "method", "data_hash"):
             if key in self.metadata:

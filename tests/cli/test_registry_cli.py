@@ -33,7 +33,7 @@ def invoke(*args: str):
     return result, " ".join(result.output.split())  # rich wraps long lines
 
 
-def register(tmp_path: Path, adapter_id: str, seed: int) -> Path:
+def register(tmp_path: Path, adapter_id: str, seed: int, kind: str | None = None) -> Path:
     src = tmp_path / f"src-{adapter_id}"
     src.mkdir()
     g = torch.Generator().manual_seed(seed)
@@ -48,7 +48,8 @@ def register(tmp_path: Path, adapter_id: str, seed: int) -> Path:
         adapter_id=adapter_id,
         domain=adapter_id,
         base_model="builtin:tiny-llama",
-        metadata={"metrics": {"eval_loss_after": 1.5}, "centroid": [0.1] * 384},
+        metadata={"metrics": {"eval_loss_after": 1.5}, "centroid": [0.1] * 384}
+        | ({"kind": kind} if kind else {}),
     )
     return rec.path
 
@@ -101,3 +102,18 @@ def test_adapters_list_verify_show(home: Path) -> None:
     assert result.exit_code != 0 and "unknown adapter 'ghost' (known: dataeng, devops)" in out
     result, out = invoke("adapters", "verify", "devops", "--version", "2")
     assert result.exit_code != 0 and "no version 2" in out
+
+
+def test_adapters_list_shows_and_filters_kinds(home: Path) -> None:
+    assert invoke("keys", "init")[0].exit_code == 0
+    register(home, "api", 0)
+    register(home, "api-reward", 1, kind="reward_model")
+    result, _ = invoke("adapters", "list", "--json")
+    assert [(r["id"], r["kind"]) for r in json.loads(result.stdout)] == [
+        ("api", "adapter"),
+        ("api-reward", "reward_model"),
+    ]
+    result, _ = invoke("adapters", "list", "--json", "--kind", "adapter")
+    assert [r["id"] for r in json.loads(result.stdout)] == ["api"]
+    result, out = invoke("adapters", "list", "--kind", "reward_model")
+    assert result.exit_code == 0 and "api-reward" in out and "reward_model" in out
