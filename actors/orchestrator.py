@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.config import QLPConfig, portable_config, resolve_config
 from qlp_ray.improve.engines import build_orchestrator
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class OrchestratorActor:
 
     def __init__(self, cfg_data: dict[str, Any]) -> None:
 
-        self.cfg = QLPConfig.model_validate(cfg_data)
+        self.cfg = resolve_config(cfg_data)  # secrets from this node (core/config/secrets.py)
         self._log: list[str] = []
         self.orchestrator = build_orchestrator(self.cfg, progress=self._log.append)
         self.cycles = 0
@@ -68,5 +68,5 @@ class OrchestratorActor:
 def start_orchestrator(cfg: QLPConfig, *, name: str = ACTOR_NAME):
     """The named orchestrator actor (created once; later calls return the same one)."""
     return OrchestratorActor.options(name=name, get_if_exists=True).remote(
-        cfg.model_dump(mode="json")
+        portable_config(cfg, "improve-orchestrator")
     )

@@ -8,7 +8,7 @@ import time
 import httpx
 from ray import serve
 
-from qlp_ray.core.config import QLPConfig, load_config
+from qlp_ray.core.config import QLPConfig, load_config, portable_config
 from qlp_ray.core.errors import QLPError
 from qlp_ray.core.runtime import connect_existing, ensure_ray
 from qlp_ray.serve.external import check_external_pricing
@@ -18,14 +18,17 @@ logger = logging.getLogger(__name__)
 
 
 def build_app(cfg: QLPConfig) -> serve.Application:
-    """The bound application; the config travels to every deployment as a plain dict."""
+    """The bound application. The config travels to every deployment as a plain dict
+    without its secrets: Serve keeps init args in its controller's checkpoint, so each
+    replica resolves them from its own environment or this process's secrets file
+    (:mod:`qlp_ray.core.config.secrets`)."""
     from qlp_ray.serve.compositor import (
         compositor_deployment,  # lazy: loads peft, torch, transformers
     )
     from qlp_ray.serve.router import router_deployment  # lazy: loads torch
 
     check_external_pricing(cfg)  # a clear error here rather than a failing replica
-    config = cfg.model_dump(mode="json")
+    config = portable_config(cfg, f"serve-{cfg.serve.app_name}")
     # placement "gateway": the gateway routes in its own process (serve/local_router.py)
     router = router_deployment(cfg).bind(config) if cfg.router.placement == "deployment" else None
     compositor = compositor_deployment(cfg).bind(config)

@@ -54,7 +54,7 @@ from typing import Any
 
 from ray import serve
 
-from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.config import QLPConfig, resolve_config
 from qlp_ray.core.errors import ConfigError, InvalidRequest, Overloaded, QLPError
 from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationRequest, InferenceBackend
 from qlp_ray.models.base import base_model_id, load_base, resolve_base_path
@@ -83,7 +83,7 @@ class Compositor:
 
     def __init__(self, config: dict[str, Any]) -> None:
 
-        self.cfg = QLPConfig.model_validate(config)
+        self.cfg = resolve_config(config)  # secrets from this node (core/config/secrets.py)
         t0 = time.perf_counter()
         self.backend = create_backend(self.cfg)
         self.base_model = base_model_id(self.cfg)

@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.config import QLPConfig, resolve_config
 from qlp_ray.core.errors import AuthenticationError, QLPError
 from qlp_ray.data.format import chat_to_prompt, routing_text
 from qlp_ray.models.base import base_model_id
@@ -166,7 +166,7 @@ class Gateway:
         compositor: DeploymentHandle,
     ) -> None:
 
-        self.cfg = QLPConfig.model_validate(config)
+        self.cfg = resolve_config(config)  # secrets from this node (core/config/secrets.py)
         self.external = external_fallback(self.cfg)  # None unless router.fallback: external
         if router is None:  # router.placement: gateway, same call shape as the handle
             router = InProcessRouter(config)

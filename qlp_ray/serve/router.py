@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.config import QLPConfig, resolve_config
 from qlp_ray.core.errors import QLPError
 from qlp_ray.models.base import base_model_id
 from qlp_ray.registry.generation import GenerationWatch
@@ -91,7 +91,7 @@ class RouterDeployment:
 
     def __init__(self, config: dict[str, Any], *, encode_in_thread: bool = False) -> None:
 
-        self.cfg = QLPConfig.model_validate(config)
+        self.cfg = resolve_config(config)  # secrets from this node (core/config/secrets.py)
         self.mode = self.cfg.router.mode
         self._learned = None
         embedding_model = self.cfg.router.embedding_model

@@ -2,7 +2,8 @@
 
 On one machine ``<home>/runs``; on a cluster the workers of one run sit on several nodes,
 so Ray needs storage they all reach: ``s3://bucket/prefix`` (the ``s3`` section's endpoint
-and keys, through pyarrow's S3 filesystem) or a path every node mounts.
+and keys, through pyarrow's S3 filesystem, whose pickle carries no key) or a path every
+node mounts.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
-from qlp_ray.core.config import QLPConfig
+from qlp_ray.core.config import QLPConfig, portable_config
 from qlp_ray.registry.s3 import parse_s3_uri
 
 
@@ -22,7 +23,7 @@ def run_storage(cfg: QLPConfig) -> tuple[str, Any | None]:
         return str(cfg.paths.runs), None
     if not uri.startswith("s3://"):
         return uri, None  # a shared filesystem path
-    from pyarrow import fs  # lazy: pyarrow comes with Ray Train
+    from qlp_ray.train.storage_s3 import KeylessS3FileSystem  # lazy: pyarrow
 
     bucket, prefix = parse_s3_uri(uri)
     s3 = cfg.s3
@@ -30,9 +31,10 @@ def run_storage(cfg: QLPConfig) -> tuple[str, Any | None]:
     if s3.endpoint_url:
         endpoint = urlparse(s3.endpoint_url)
         options.update(endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https")
-    if s3.access_key_id and s3.secret_access_key:
-        options.update(access_key=s3.access_key_id, secret_key=s3.secret_access_key)
-    return f"{bucket}/{prefix}".rstrip("/"), fs.S3FileSystem(**options)
+    # Ray pickles the filesystem into its workers and the run's saved state: the keys
+    # travel as markers, resolved where it is unpickled (core/config/secrets.py)
+    portable = portable_config(cfg, "train-storage", section="s3")["s3"]
+    return f"{bucket}/{prefix}".rstrip("/"), KeylessS3FileSystem(options, portable)
 
 
 __all__ = ["run_storage"]

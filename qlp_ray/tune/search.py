@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qlp_ray.core.config import QLPConfig, TrainConfig, read_yaml
+from qlp_ray.core.config import QLPConfig, TrainConfig, read_yaml, without_secrets
 from qlp_ray.core.errors import ConfigError, InvalidRequest, TrainingError
 from qlp_ray.data.capsules import load_capsules, sample_path
 from qlp_ray.data.format import to_prompt_completion
@@ -122,7 +122,9 @@ def make_trainable(
     parent_run: tuple[str, str] | None = None,
 ):
     """The Tune function trainable: one Ray Train SFT run per sampled config (an MLflow
-    child run of ``parent_run``)."""
+    child run of ``parent_run``). Tune pickles it into the cluster's state, so the config
+    it holds has no secrets (a trial needs none: core/config/secrets.py)."""
+    cfg = without_secrets(cfg)
 
     def sft_trial(params: dict[str, Any]) -> None:
         import ray.tune

@@ -44,6 +44,7 @@ from qlp_ray.core.config.hardware import HW_DEVICE_CLASSES, WORKLOADS, HardwareC
 from qlp_ray.core.config.improve import ActiveLearningConfig, ImproveConfig
 from qlp_ray.core.config.model import BUILTIN_TINY, ModelConfig, TinyModelConfig
 from qlp_ray.core.config.router import ExternalEndpointConfig, RouterConfig
+from qlp_ray.core.config.secrets import portable_config, resolve_config, without_secrets
 from qlp_ray.core.config.serve import ExperimentsConfig, ServeConfig
 from qlp_ray.core.config.store import RegistryConfig, S3Config, StoreConfig
 from qlp_ray.core.config.tracking import TrackingConfig
@@ -270,5 +271,8 @@ __all__ = [
     "dump_effective",
     "dump_yaml",
     "load_config",
+    "portable_config",
+    "resolve_config",
+    "without_secrets",
     "read_yaml",
 ]
