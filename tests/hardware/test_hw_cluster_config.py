@@ -48,9 +48,11 @@ def test_cluster_yaml_passes_ray_validation(cluster: dict) -> None:
 
 def test_cluster_qlp_config_shares_state() -> None:
     from qlp_ray.core.config import load_config
+    from qlp_ray.core.config.secrets import secret_values
 
     cfg = load_config(ROOT / "configs" / "qlp-cluster.yaml", environ={})
     assert cfg.registry.uri.startswith("s3://")
+    assert secret_values(cfg) == {}  # secrets come from the nodes' env file only
 
 
 @pytest.mark.parametrize(
@@ -145,9 +147,11 @@ def test_kuberay_manifests(manifests: dict) -> None:
 
 def test_configmap_holds_a_valid_shared_config(manifests: dict, tmp_path: Path) -> None:
     from qlp_ray.core.config import load_config
+    from qlp_ray.core.config.secrets import secret_values
 
     data = manifests["ConfigMap"]["data"]
     (tmp_path / "qlp.yaml").write_text(data["qlp.yaml"])
     cfg = load_config(tmp_path / "qlp.yaml", environ={})
     assert cfg.registry.uri.startswith("s3://") and cfg.store.url == ""
     assert [str(p) for p in cfg.registry.trusted_keys] == ["/etc/qlp/signing_key.pub.pem"]
+    assert secret_values(cfg) == {}  # secrets come from the Secret (envFrom) only
