@@ -160,7 +160,17 @@ def placements(cfg: HardwareConfig | None = None) -> dict[str, dict[str, Any]]:
     return ray.get(scheduler.placements.remote())
 
 
+def device_workloads(cfg: HardwareConfig | None = None) -> dict[str, dict[str, Any]]:
+    """The scheduler's device workloads so far, per kind ({} when no scheduler runs)."""
+    try:
+        scheduler = get_scheduler(cfg)
+    except ValueError:
+        return {}
+    return ray.get(scheduler.workloads.remote())
+
+
 __all__ = [
+    "device_workloads",
     "get_scheduler",
     "placements",
     "plan_serving",

@@ -241,6 +241,7 @@ class SchedulerActor:
             "node_id": entry.state.node_id,
             "attempt": job.attempts,
             "outcome": "running",
+            "started": time.time(),
         }
         self._history.append(record)
         try:
@@ -435,6 +436,20 @@ class SchedulerActor:
     async def history(self) -> list[dict[str, Any]]:
         """Every placement so far (job, device, node, attempt, outcome)."""
         return list(self._history)
+
+    async def workloads(self) -> dict[str, dict[str, Any]]:
+        """The device workloads run so far, per kind: placements by outcome (``running``,
+        ``done``, ``failed``: an error or a dead device), the devices that took them, and
+        when the last one started (``qlp devices --placements``)."""
+        out: dict[str, dict[str, Any]] = {}
+        for h in self._history:
+            w = out.setdefault(h["kind"], {"workload": h["kind"], "running": 0, "done": 0,
+                                           "failed": 0, "devices": {}, "last": 0.0})  # fmt: skip
+            key = {"running": "running", "done": "done"}.get(h["outcome"], "failed")
+            w[key] += 1
+            w["devices"][h["device"]] = w["devices"].get(h["device"], 0) + 1
+            w["last"] = max(w["last"], h.get("started", 0.0))
+        return out
 
     async def queued(self) -> int:
         return len(self._queue)

@@ -88,16 +88,46 @@ def cluster_rows(namespace: str) -> list[dict[str, Any]]:
     ]
 
 
+def _short(device_id: str) -> str:
+    """``<node id>/<device key>`` with the node id cut to 8 characters."""
+    node, _, key = device_id.partition("/")
+    return f"{node[:8]}/{key}"
+
+
+def workload_rows(workloads: dict[str, dict[str, Any]], now: float) -> dict[str, dict]:
+    """The scheduler's device workloads (``embedding``, ``vector_search``...) as placement
+    records ``workload:<kind>``: running or idle, the devices that ran them, how many."""
+    rows = {}
+    for kind, w in sorted(workloads.items()):
+        top = max(w["devices"].items(), key=lambda kv: kv[1])[0] if w["devices"] else "-/-"
+        rows[f"workload:{kind}"] = {
+            "workload": kind,
+            "state": "running" if w["running"] else "idle",
+            "devices": w["devices"],
+            "done": w["done"],
+            "running": w["running"],
+            "failed": w["failed"],
+            "reason": f"{w['done']} done, {w['failed']} failed; mostly on {_short(top)}; last "
+            f"started {max(now - w['last'], 0):.0f} s ago",
+        }
+    return rows
+
+
 def _show_placements(as_json: bool) -> None:
-    """The scheduler's live placements: serving's CPU share and each training run."""
+    """The scheduler's live placements: serving's CPU share, each training run, and the
+    device workloads (router embedding and vector search...) it placed."""
+    import time
+
     from rich.table import Table
 
-    from actors.launch import placements  # lazy: loads ray
+    from actors.launch import device_workloads, placements  # lazy: loads ray
 
     if not connect_existing(get_config()):
         fail("no running Ray cluster (set RAY_ADDRESS or start one with `qlp serve`)")
         return
-    live = placements(get_config().hardware)
+    hw = get_config().hardware
+    live = placements(hw)
+    live.update(workload_rows(device_workloads(hw), time.time()))
     if as_json:
         console.print_json(json.dumps(live))
         return
@@ -108,10 +138,12 @@ def _show_placements(as_json: bool) -> None:
     for run_id, r in live.items():
         if r["workload"] == "serve":
             res = ", ".join(f"{k} {v:g} CPU" for k, v in r["cpus"].items())
+        elif run_id.startswith("workload:"):
+            res = ", ".join(f"{_short(d)} x{n}" for d, n in r["devices"].items())
         else:
             res = f"{r['workers']}/{r['requested_workers']} x {r['cpus_per_worker']:g} CPU"
         table.add_row(run_id, r["workload"], r["state"], res, r["reason"])
-    console.print(table if live else "no placements: nothing is served or training")
+    console.print(table if live else "no placements: nothing is served, training or computing")
 
 
 @app.command("devices")
@@ -123,8 +155,9 @@ def devices(
     show_placements: bool = typer.Option(
         False,
         "--placements",
-        help="Show where the scheduler placed serving and every training run (and why a "
-        "run waits) instead of devices.",
+        help="Show where the scheduler placed serving, every training run (and why a "
+        "run waits) and the device workloads it ran (router embedding, vector search) "
+        "instead of devices.",
     ),
 ) -> None:
     """List devices: node, kind, class, AVX-512, utilization, queue."""

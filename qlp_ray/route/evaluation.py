@@ -114,17 +114,25 @@ class EmbeddingCache:
         return np.stack([self._vecs[k] for k in keys])
 
 
-def cached_encoder(model: str, cache_dir: Path) -> Callable[[Sequence[str]], np.ndarray]:
+def cached_encoder(
+    model: str,
+    cache_dir: Path,
+    encode: Callable[[list[str]], np.ndarray] | None = None,
+) -> Callable[[Sequence[str]], np.ndarray]:
     """``encode(texts)`` with the configured embedding model behind an :class:`EmbeddingCache`.
 
     The cache key is the model directory plus the names and sizes of its weight files, so a
-    different (e.g. fine-tuned) model never reads another model's vectors.
+    different (e.g. fine-tuned) model never reads another model's vectors. ``encode``
+    computes the missing vectors (default: the model in this process; ``qlp router`` passes
+    one that runs on the scheduler's device actors, ``router.offload``).
     """
 
     model_dir = resolve_model_dir(model)
     weights = sorted(model_dir.glob("*.safetensors"))
     key = f"{model_dir}|" + "|".join(f"{w.name}:{w.stat().st_size}" for w in weights)
-    cache = EmbeddingCache(lambda texts: get_embedder(model).encode(list(texts)), key, cache_dir)
+    if encode is None:
+        encode = lambda texts: get_embedder(model).encode(list(texts))  # noqa: E731
+    cache = EmbeddingCache(encode, key, cache_dir)
     return cache.encode
 
 

@@ -13,6 +13,12 @@ marker moved (checked every ``router.generation_poll_s`` on the request path and
 least every ``router.refresh_interval_s`` — so adapters registered, promoted or retired
 while Serve runs are routed accordingly without a restart. With ``router.top_k > 1`` a
 request between domains may be routed to a composed stack (:mod:`qlp_ray.route.stacking`).
+
+Batch work goes to the hardware scheduler's device actors (``router.offload``,
+:mod:`actors.offload`): :meth:`RouterDeployment.route_offline` (a labelled file's rows,
+``POST /v1/admin/routes/evaluate``) embeds them as ``embedding`` workloads and runs the
+centroid search as one ``vector_search`` workload; a routed request embeds and searches in
+this replica unless ``offload: always`` (then its centroid search goes to a device too).
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from actors.offload import DeviceOffload
 from qlp_ray.core.config import QLPConfig, resolve_config
 from qlp_ray.core.errors import QLPError
+from qlp_ray.hardware.offload import Placement, chunk_bounds, wants_devices
 from qlp_ray.models.base import base_model_id
 from qlp_ray.registry.generation import GenerationWatch
 from qlp_ray.registry.store import Registry
-from qlp_ray.route.centroid import CentroidRouter, RouteEntry
+from qlp_ray.route.centroid import CentroidRouter, RouteDecision, RouteEntry
 from qlp_ray.route.embeddings import embedding_cache_dir, get_embedder
 from qlp_ray.route.learned import LearnedRouter, targets_by_domain
 from qlp_ray.route.openvino_embedder import OpenVINOEmbedder
@@ -104,6 +112,8 @@ class RouterDeployment:
             if tuned is not None:
                 embedding_model = str(tuned)
         self.embedder = router_embedder(self.cfg, embedding_model)
+        self._embedding_model = embedding_model
+        self._offload = DeviceOffload(self.cfg.router.offload, self.cfg.hardware)
         self._encode_in_thread = encode_in_thread  # in a gateway: keep its event loop free
         self._route_batch.set_max_batch_size(self.cfg.router.max_batch_size)
         self._route_batch.set_batch_wait_timeout_s(self.cfg.router.batch_wait_timeout_s)
@@ -204,15 +214,36 @@ class RouterDeployment:
             vecs = await asyncio.to_thread(self.embedder.encode, list(texts))
         else:
             vecs = self.embedder.encode(list(texts))
-        if self._learned is not None:
-            found = self._learned.route_batch(
-                vecs, list(texts), targets=self._targets, threshold=self._threshold()
-            )
-        else:
-            found = self._router.route_batch(vecs)
+        found, _ = await self._search(vecs, list(texts), "request")
         self._batches += 1
         self._batched_texts += len(texts)
         self._batch_seconds += time.perf_counter() - t0
+        return self._decisions(found, record=True)
+
+    async def _search(
+        self, vecs: np.ndarray, texts: list[str], scope: str
+    ) -> tuple[list[RouteDecision], Placement]:
+        """The decisions for ``vecs``; the centroid search runs on a device actor when
+        ``router.offload`` sends work of ``scope`` there (``learned`` scores here)."""
+        if self._learned is not None:
+            found = self._learned.route_batch(
+                vecs, texts, targets=self._targets, threshold=self._threshold()
+            )
+            return found, Placement("vector_search", "process", "learned mode scores here")
+        router = self._router
+        if not router.entries or not wants_devices(self._offload.mode, scope):
+            reason = (f"router.offload {self._offload.mode!r} keeps {scope} search here"
+                      if router.entries else "no routable adapter")  # fmt: skip
+            return router.route_batch(vecs), Placement("vector_search", "process", reason)
+        n = len(router.entries)
+        scores, idx, placement = await asyncio.to_thread(
+            self._offload.search, vecs, router.matrix, n, lambda q: q @ router.matrix.T, scope
+        )
+        sims = np.empty((len(vecs), n), dtype=np.float32)
+        np.put_along_axis(sims, np.asarray(idx, dtype=np.int64), scores, axis=1)
+        return router.decide(sims), placement
+
+    def _decisions(self, found: list[RouteDecision], *, record: bool) -> list[dict[str, Any]]:
         decisions = []
         for d in found:
             decision = d.to_dict()
@@ -223,10 +254,39 @@ class RouterDeployment:
             else:
                 decision["version"] = self._table.versions.get(decision["target"] or "")
                 decision["stack"] = None
-            record_route(self.mode, decision["confidence"], decision["fallback"])
+            if record:
+                record_route(self.mode, decision["confidence"], decision["fallback"])
             decision["mode"] = self.mode
             decisions.append(decision)
         return decisions
+
+    def _encode_chunked(self, texts: list[str]) -> np.ndarray:
+        chunk = self.cfg.router.max_batch_size
+        parts = [self.embedder.encode(texts[a:b]) for a, b in chunk_bounds(len(texts), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
+
+    async def route_offline(self, texts: list[str]) -> dict[str, Any]:
+        """Route many texts as batch work (a labelled file's rows, not traffic: no routing
+        metrics): embedded by the scheduler's device actors (``embedding`` workloads) and
+        searched there (one ``vector_search``) per ``router.offload``, else in this replica.
+        Returns ``{"decisions": [...], "computed_on": {"embedding": ..., "search": ...}}``.
+        A device embeds with its own backend (torch f32, or OpenVINO f32 on NPU/Arc), so a
+        decision can differ from the live encoder's (bf16 where the CPU has it) only for a
+        text whose confidence sits within that rounding of the threshold."""
+        texts = list(texts)
+        await self._current_table()
+        vecs, embedded = await asyncio.to_thread(
+            self._offload.embed, texts, self._encode_chunked, self._embedding_model
+        )
+        found, searched = await self._search(vecs, texts, "batch")
+        return {
+            "decisions": self._decisions(found, record=False),
+            "computed_on": {"embedding": embedded.to_dict(), "search": searched.to_dict()},
+        }
+
+    def offload_stats(self) -> dict[str, Any]:
+        """``router.offload`` and how many pieces of work ran on devices / in process."""
+        return {"mode": self._offload.mode, **self._offload.counts}
 
     def batch_stats(self) -> dict[str, float]:
         """Batches, texts and seconds spent embedding + deciding since start."""

@@ -174,6 +174,16 @@ class RouterConfig(Section):
         description="placement 'deployment': a gateway sends its concurrent routing calls as "
         "one call (up to max_batch_size texts; a lone request goes at once).",
     )
+    offload: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Where the router's work runs. auto: batch work (embedding the rows of "
+        "`qlp router train|eval` and of POST /v1/admin/routes/evaluate) goes to the hardware "
+        "scheduler's device actors as `embedding` workloads when a scheduler runs, per-request "
+        "routing stays in the router (an actor call costs more than the search it would "
+        "move); always: per-request centroid search too, as `vector_search` workloads; "
+        "never: all in the router's process. Without a scheduler or a capable device the "
+        "work runs in process and the reason is logged.",
+    )
 
     @model_validator(mode="after")
     def _external_is_configured(self) -> RouterConfig:

@@ -8,7 +8,10 @@
 ``POST /v1/admin/routes/evaluate`` ``{"rows": [{"text"|"instruction", "domain"}, ...]}``
                                    (a labelled file's rows) → the live router's decisions
                                    scored: accuracy, macro-F1, coverage, per-domain recall,
-                                   the confusion matrix (:mod:`qlp_ray.route.live_eval`)
+                                   the confusion matrix (:mod:`qlp_ray.route.live_eval`);
+                                   ``computed_on`` says where the rows were embedded and
+                                   searched (device actors per ``router.offload``, or the
+                                   router with the reason)
 
 The table also follows the registry by itself (its generation marker is checked on the
 request path and on every ``GET`` of the table, as routing does), so the refresh route is
@@ -28,7 +31,6 @@ from qlp_ray.serve.http.errors import await_remote
 
 router = APIRouter(prefix="/v1/admin/routes", dependencies=[Depends(require_admin)])
 MAX_EVAL_ROWS = 5000
-EVAL_CHUNK = 64  # texts per router call
 
 
 class LabelledRows(BaseModel):
@@ -65,16 +67,16 @@ async def refresh_routes(request: Request) -> dict[str, Any]:
 
 @router.post("/evaluate")
 async def evaluate_routes(body: LabelledRows, request: Request) -> dict[str, Any]:
-    """Route every row's text with the live router and score it against the row's domain."""
+    """Route every row's text with the live router's table and score it against the row's
+    domain. The rows are batch work: embedded (and searched) on the scheduler's device
+    actors per ``router.offload``, else in the router."""
     gateway = request.app.state.gateway
     texts, truth = labelled_rows(body.rows)
-    decisions: list[dict[str, Any]] = []
-    for i in range(0, len(texts), EVAL_CHUNK):
-        chunk = texts[i : i + EVAL_CHUNK]
-        decisions += await await_remote(gateway.router.route_many.remote(chunk))
+    routed = await await_remote(gateway.router.route_offline.remote(texts))
     table = await await_remote(gateway.router.table.remote())
-    scored = score(truth, decisions, float(table["threshold"]))
-    return {"object": "routing.evaluation", "mode": table.get("mode"), **scored}
+    scored = score(truth, routed["decisions"], float(table["threshold"]))
+    return {"object": "routing.evaluation", "mode": table.get("mode"), **scored,
+            "computed_on": routed["computed_on"]}  # fmt: skip
 
 
 __all__ = ["router"]
