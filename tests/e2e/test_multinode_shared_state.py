@@ -289,6 +289,26 @@ def test_b_serves_the_adapter_trained_on_a(nodes, app):
     assert out["qlp"]["adapter"] == "api" and out["qlp"]["version"] == 1, out
 
 
+def test_no_secret_is_in_what_serve_keeps(nodes, app):
+    """Serve keeps each deployment's init args in its controller's checkpoint (the GCS):
+    they carry markers, not the keys or the database URL. The replicas on A and B took the
+    S3 keys and QLP_DB_URL from their node's environment (read first) and the admin key,
+    which only the YAML file had, from the deploying process's secrets file."""
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
+
+    keys = _internal_kv_list(b"", namespace=b"serve")
+    kept = b"".join(_internal_kv_get(k, namespace=b"serve") or b"" for k in keys)
+    assert nodes["s3"].endpoint_url.encode() in kept  # the config is in there ...
+    assert b"qlp_secret" in kept
+    for secret in ("mn-admin", "mn-user", nodes["db_url"]):  # ... its secrets are not
+        assert secret.encode() not in kept, secret
+    driver_file = nodes["root"] / "driver" / "secrets" / f"serve-{APP}.json"
+    assert json.loads(driver_file.read_text())["serve.admin_key"] == "mn-admin"
+    assert driver_file.stat().st_mode & 0o077 == 0
+    r = httpx.get(SERVE_URL + "/v1/admin/routes", headers=ADMIN, timeout=60)
+    assert r.status_code == 200, r.text  # the admin key resolved in B's gateway
+
+
 def test_a_hot_swap_reaches_the_replicas_on_both_nodes(nodes, app):
     a, b = nodes["homes"]["a"], nodes["homes"]["b"]
     before = {_complete("POST /orders creates")["choices"][0]["text"] for _ in range(4)}
