@@ -27,12 +27,16 @@ def serve_cmd(
         url = deploy(cfg, persistent=True)
     console.print(f"[green]serving[/] at [bold]{url}[/] (OpenAI API under {url}/v1)")
     from actors.launch import placements  # lazy: loads ray
+    from qlp_ray.models.precision import planned_dtype
 
     serving = placements(cfg.hardware).get("serve")
     if serving:
         console.print(f"placement: {serving['reason']}")
-        for device in serving.get("devices", {}).values():
+        for name, device in serving.get("devices", {}).items():
             console.print(f"placement: {device['reason']}")
+            if name == "compositor":
+                dtype = planned_dtype(cfg.model.dtype, device["device_class"])
+                console.print(f"placement: the base model computes in {dtype} (model.dtype)")
     for line in cluster_note(cfg):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print("stop it with [bold]qlp shutdown[/] (and the Ray cluster: --stop-ray)")

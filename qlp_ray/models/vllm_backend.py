@@ -73,9 +73,11 @@ def engine_kwargs_for(
     gpu_memory_utilization: float,
     max_model_len: int | None,
     cuda: bool,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
-    """``AsyncEngineArgs`` keywords: fp32 and a fixed KV-cache size on CPU, the model's
-    dtype and a share of GPU memory on CUDA."""
+    """``AsyncEngineArgs`` keywords: fp32 and a fixed KV-cache size on CPU; on CUDA
+    ``dtype`` (``model.dtype`` resolved for the GPU, :mod:`qlp_ray.models.precision`) and a
+    share of GPU memory."""
     kwargs: dict[str, Any] = dict(
         model=model_path,
         enable_lora=True,
@@ -86,7 +88,7 @@ def engine_kwargs_for(
         disable_log_stats=True,
     )
     if cuda:
-        kwargs.update(dtype="auto", gpu_memory_utilization=gpu_memory_utilization)
+        kwargs.update(dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
     else:
         kwargs["dtype"] = "float32"
         if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
@@ -129,16 +131,20 @@ class VLLMBackend(InferenceBackend):
         gpu_memory_utilization: float = 0.85,
         max_model_len: int | None = None,
         engine_kwargs: dict[str, Any] | None = None,
+        model_dtype: str = "auto",
     ) -> None:
         reason = vllm_unavailable_reason()
         if reason is not None:
             raise ConfigError(f"`serve.backend` is 'vllm' but {reason}")
-        import torch
         from transformers import AutoTokenizer
+
+        from qlp_ray.models.precision import local_facts, resolve_dtype
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)  # chat templates
         self.max_lora_rank = max_lora_rank
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        facts = local_facts()  # vLLM's CUDA build computes on the GPU whenever one is visible
+        self.device = facts.device
+        self.dtype = resolve_dtype(model_dtype, facts)
         kwargs = engine_kwargs_for(
             model_path,
             max_loras=max_loras,
@@ -146,6 +152,7 @@ class VLLMBackend(InferenceBackend):
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             cuda=self.device == "cuda",
+            dtype=self.dtype,
         )
         kwargs.update(engine_kwargs or {})
         self._root = Path(tempfile.mkdtemp(prefix="qlp-vllm-adapters-"))  # mode 0700

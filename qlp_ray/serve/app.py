@@ -11,6 +11,7 @@ from ray import serve
 from qlp_ray.core.config import QLPConfig, load_config, portable_config
 from qlp_ray.core.errors import QLPError
 from qlp_ray.core.runtime import connect_existing, ensure_ray
+from qlp_ray.models.precision import planned_dtype
 from qlp_ray.serve.external import check_external_pricing
 from qlp_ray.serve.gateway import gateway_deployment
 
@@ -75,7 +76,9 @@ def wait_healthy(url: str, timeout_s: float) -> None:
 
 def placed_config(cfg: QLPConfig) -> tuple[QLPConfig, dict]:
     """``cfg`` with the CPUs per replica the scheduler gives each deployment (rule 1 of
-    :mod:`qlp_ray.hardware.cpu_share`), and the scheduler's placement record."""
+    :mod:`qlp_ray.hardware.cpu_share`), and the scheduler's placement record; the
+    compositor's device entry also says the dtype its base model computes in
+    (``model.dtype`` on that device, :func:`qlp_ray.models.precision.planned_dtype`)."""
     from actors.launch import plan_serving  # lazy: starts the scheduler actor
 
     s = cfg.serve
@@ -102,6 +105,8 @@ def placed_config(cfg: QLPConfig) -> tuple[QLPConfig, dict]:
             placed.serve.openvino_device = device["openvino_device"]
         if name == "router":
             placed.router.embedding_device = device["openvino_device"]
+        if name == "compositor":
+            device["dtype"] = planned_dtype(cfg.model.dtype, device["device_class"])
         logger.info("serving placement: %s", device["reason"])
     logger.info("serving placement: %s", plan["reason"])
     return placed, plan

@@ -61,6 +61,7 @@ from qlp_ray.models.base import base_model_id, load_base, resolve_base_path
 from qlp_ray.models.composition import AdapterStack, is_stack, parse_multiplex_id, parse_stack
 from qlp_ray.models.hf_backend import TransformersBackend
 from qlp_ray.models.openvino_backend import OpenVINOBackend
+from qlp_ray.models.precision import DeviceFacts, resolve_dtype, torch_dtype
 from qlp_ray.models.prompt import chat_template_prompt
 from qlp_ray.models.stream_text import TextDeltas
 from qlp_ray.models.vllm_backend import VLLMBackend, vllm_unavailable_reason
@@ -566,20 +567,29 @@ def create_backend(cfg: QLPConfig) -> InferenceBackend:
         if reason is not None:
             raise ConfigError(f"`serve.backend` is 'vllm' but {reason}")
         s = cfg.serve
-        return VLLMBackend(
+        backend = VLLMBackend(
             resolve_base_path(cfg),
             max_loras=s.vllm_max_loras,
             max_lora_rank=s.vllm_max_lora_rank,
             gpu_memory_utilization=s.vllm_gpu_memory_utilization,
+            model_dtype=cfg.model.dtype,
         )
-    model, tokenizer = load_base(cfg)
-    if cfg.serve.backend == "openvino":
+        logger.info("compositor: vllm on %s in %s", backend.device, backend.dtype)
+        return backend
+    if cfg.serve.backend == "openvino":  # exports the float32 model to an IR
+        model, tokenizer = load_base(cfg)
         return OpenVINOBackend(
             model,
             tokenizer,
             device=cfg.serve.openvino_device,
             weight_format=cfg.serve.openvino_weight_format,
         )
+    # the transformers backend's decoder (batches, LoRA tables, the lean decoder) builds its
+    # tensors on CPU, so the scheduler never places it on a GPU (hardware/replica_devices.py)
+    # and it computes in float32 whatever model.dtype says (models/precision.py)
+    dtype = resolve_dtype(cfg.model.dtype, DeviceFacts("cpu"))
+    model, tokenizer = load_base(cfg, dtype=torch_dtype(dtype))
+    logger.info("compositor: transformers on cpu in %s", dtype)
     return TransformersBackend(model, tokenizer, lean_forward=cfg.serve.lean_forward)
 
 

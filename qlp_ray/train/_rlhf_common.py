@@ -7,15 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def device_args() -> dict[str, Any]:
-    """TRL config flags for the current device: fp32 on CPU, bf16 on a capable GPU.
+def device_args(model_dtype: str = "auto") -> dict[str, Any]:
+    """TRL config flags for the current device: fp32 on CPU; on a GPU mixed precision in
+    ``model.dtype`` (``auto``: bf16 where the GPU supports it, else fp16;
+    :mod:`qlp_ray.models.precision`).
 
     TRL configs default to bf16 and gradient checkpointing; on CPU both only cost time.
     """
-    import torch
+    from qlp_ray.models.precision import local_facts, trainer_flags
 
-    if torch.cuda.is_available():
-        return {"bf16": torch.cuda.is_bf16_supported(), "gradient_checkpointing": False}
+    facts = local_facts()
+    if facts.device == "cuda":
+        return {**trainer_flags(model_dtype, facts), "gradient_checkpointing": False}
     return {"use_cpu": True, "bf16": False, "fp16": False, "gradient_checkpointing": False}
 
 
@@ -29,6 +32,7 @@ def common_args(
     warmup_ratio: float = 0.0,
     lr_scheduler_type: str = "linear",
     grad_accum: int = 1,
+    model_dtype: str = "auto",
 ) -> dict[str, Any]:
     """Keyword arguments every TRL config here shares."""
     return {
@@ -44,7 +48,7 @@ def common_args(
         "report_to": "none",
         "seed": seed,
         "disable_tqdm": True,
-        **device_args(),
+        **device_args(model_dtype),
     }
 
 
@@ -104,6 +108,7 @@ class RunOptions:
     prepare: Callable[[Any], Any] | None = None
     resume_from_checkpoint: str | None = None
     new_adapter: bool = True  # False: the model already is a trainable PeftModel (a parent)
+    model_dtype: str = "auto"  # ``model.dtype``: the mixed precision on a GPU
 
     def trl_args(
         self, *, output_dir: str, steps: int, batch_size: int, learning_rate: float
@@ -119,6 +124,7 @@ class RunOptions:
                 warmup_ratio=self.warmup_ratio,
                 lr_scheduler_type=self.lr_scheduler_type,
                 grad_accum=self.grad_accum,
+                model_dtype=self.model_dtype,
             ),
             **(self.extra_args or {}),
         }

@@ -397,6 +397,7 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
             workers=tc.workers,
             cpus_per_worker=tc.cpus_per_worker,
             use_gpu=_use_gpu(tc),
+            model_dtype=cfg.model.dtype,
             max_failures=tc.max_failures,
             placement_timeout_s=tc.placement_timeout_s,
             ray_callbacks=tracking.report_callback(tracked),

@@ -174,6 +174,7 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
             prepare=prepare_trainer,
             resume_from_checkpoint=resume,
             new_adapter=not config.get("parent_path"),
+            model_dtype=config.get("model_dtype", "auto"),
         )
         common = dict(
             steps=opts.steps,
@@ -266,6 +267,7 @@ def train_rlhf_on_ray(
     workers: int = 1,
     cpus_per_worker: float = 1.0,
     use_gpu: bool = False,
+    model_dtype: str = "auto",
     max_failures: int = 1,
     placement_timeout_s: float = 120.0,
     ray_callbacks: list[Any] | None = None,
@@ -299,6 +301,7 @@ def train_rlhf_on_ray(
         "evaluate": evaluate,
         "options": options,
         "threads": max(1, int(cpus_per_worker)),
+        "model_dtype": model_dtype,  # mixed precision on a GPU (models/precision.py)
         "metrics_file": str(metrics_file) if metrics_file is not None else None,
     }
     if _kill_at_step is not None:  # test hook: a marker on a local storage path

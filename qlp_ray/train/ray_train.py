@@ -250,6 +250,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             resume_from=resume,
             eval_loss_before=state.get("eval_loss_before"),
             init=config.get("init"),
+            model_dtype=config.get("model_dtype", "auto"),
         )
         metrics = {
             **result.metrics(),
@@ -288,6 +289,7 @@ def sft_loop_config(
         "eval_records": eval_records,
         "max_seq_len": cfg.model.max_seq_len,
         "use_gpu": use_gpu,
+        "model_dtype": cfg.model.dtype,  # mixed precision on a GPU (models/precision.py)
         "metrics_file": metrics_file,
     }
 

@@ -91,10 +91,11 @@ def bf16_supported(use_cpu: bool) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str, use_cpu: bool) -> str:
-    """``train.precision`` -> ``"bf16"`` or ``"fp32"``; ``TrainingError`` when bf16 is asked
-    for on a device without it. ``auto`` means bf16 on a capable GPU only: on CPU bf16
-    autocast measured slower than fp32 (benchmarks/sft_precision.py)."""
+def resolve_precision(precision: str, use_cpu: bool, model_dtype: str = "auto") -> str:
+    """``train.precision`` -> ``"bf16"``, ``"fp16"`` or ``"fp32"``; ``TrainingError`` when
+    bf16 is asked for on a device without it. ``auto`` follows ``model.dtype`` on a GPU
+    (mixed precision in bf16 or fp16, :func:`qlp_ray.models.precision.trainer_flags`) and
+    is fp32 on CPU, where bf16 autocast measured slower (benchmarks/sft_precision.py)."""
     if precision == "fp32":
         return "fp32"
     if precision == "bf16":
@@ -104,7 +105,10 @@ def resolve_precision(precision: str, use_cpu: bool) -> str:
                 + ("CPU has no AVX512-BF16/AMX" if use_cpu else "GPU does not support bf16")
             )
         return "bf16"
-    return "bf16" if not use_cpu and bf16_supported(use_cpu) else "fp32"
+    from qlp_ray.models.precision import local_facts, trainer_flags
+
+    flags = trainer_flags(model_dtype, local_facts(use_gpu=not use_cpu))
+    return "bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "fp32"
 
 
 def build_sft_args(
@@ -115,16 +119,19 @@ def build_sft_args(
     use_cpu: bool,
     checkpoints: bool = False,
     overrides: dict[str, Any] | None = None,
+    model_dtype: str = "auto",
 ) -> Any:
     """Seeded ``SFTConfig`` of ``train_cfg``: no hub, no external loggers (MLflow runs are
     logged by the driver, :mod:`qlp_ray.train.tracking`).
 
     Every ``train.checkpoint_every`` steps the held-out loss is evaluated and, with
     ``checkpoints``, a resumable checkpoint saved. ``overrides`` replace single keys.
+    ``model_dtype`` (``model.dtype``) sets the mixed precision on a GPU.
     """
     from trl import SFTConfig
 
     steps = train_cfg.steps
+    precision = resolve_precision(train_cfg.precision, use_cpu, model_dtype)
     learning_rate = train_cfg.learning_rate
     if train_cfg.method == "adalora" and train_cfg.adalora.learning_rate is not None:
         learning_rate = train_cfg.adalora.learning_rate
@@ -142,8 +149,8 @@ def build_sft_args(
         save_strategy="no",  # the final adapter is saved by us, as safetensors
         report_to="none",
         use_cpu=use_cpu,
-        bf16=resolve_precision(train_cfg.precision, use_cpu) == "bf16",
-        fp16=False,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         gradient_checkpointing=False,
         max_length=max_seq_len,
         packing=False,
@@ -260,6 +267,7 @@ def build_sft_trainer(
     callbacks: Sequence[Any] = (),
     checkpoints: bool = False,
     args_overrides: dict[str, Any] | None = None,
+    model_dtype: str = "auto",
 ) -> tuple[Any, AdaLoraAllocateCallback | None]:
     """The SFT trainer of every SFT run here (``qlp train`` and tuning trials), and for
     AdaLoRA the rank-allocation callback it runs (else None).
@@ -284,6 +292,7 @@ def build_sft_trainer(
         use_cpu=use_cpu,
         checkpoints=checkpoints,
         overrides=args_overrides,
+        model_dtype=model_dtype,
     )
     if train_cfg.early_stopping_patience is not None and eval_ds is not None:
         # stops on the held-out loss of the evaluations every checkpoint_every steps; the
@@ -317,6 +326,7 @@ def run_sft(
     resume_from: str | None = None,
     eval_loss_before: float | None = None,
     init: dict[str, str] | None = None,
+    model_dtype: str = "auto",
 ) -> SFTResult:
     """Fine-tune a LoRA/AdaLoRA adapter on ``base_path``; measure held-out loss before/after.
 
@@ -345,6 +355,7 @@ def run_sft(
         use_cpu=use_cpu,
         callbacks=callbacks,
         checkpoints=checkpoints,
+        model_dtype=model_dtype,
     )
     init_state = None
     if init is not None:  # before the held-out loss "before": it measures the meta-init

@@ -23,7 +23,15 @@ def small_cfg(tmp_path_factory):
 
 
 def test_default_backend_is_transformers(small_cfg):
-    assert isinstance(create_backend(small_cfg), TransformersBackend)
+    import torch
+
+    backend = create_backend(small_cfg)
+    assert isinstance(backend, TransformersBackend)
+    assert backend._base.dtype == torch.float32
+    # half precision is a GPU setting: the CPU decoder falls back to float32
+    half = small_cfg.model_copy(deep=True)
+    half.model.dtype = "bfloat16"
+    assert create_backend(half)._base.dtype == torch.float32
 
 
 def test_openvino_backend_generates_the_same_greedy_text(small_cfg):

@@ -1,6 +1,7 @@
 """The scheduler places the Serve replicas at deploy time (``serve.app.placed_config``):
 an OpenVINO router asks Ray for an NPU on a cluster that advertises one and embeds on it;
-a vLLM compositor asks for a GPU; without them both stay on CPU. (Deploying on the
+a vLLM compositor asks for a GPU and computes in half precision there; without them both
+stay on CPU (float32). (Deploying on the
 stand-in accelerator node is not done: this machine has no NPU or GPU to compute on.)"""
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def test_replicas_ask_for_advertised_accelerators_and_fall_back_to_cpu(ray_sessi
     assert "resources" not in router and "num_gpus" not in compositor  # no accelerators
     assert placed.router.embedding_device == "CPU"
     assert plan["devices"]["router"]["device_class"] == "cpu"
+    assert plan["devices"]["compositor"]["dtype"] == "float32"  # on CPU, whatever model.dtype
+    assert placed.serve.compositor_num_gpus == 0.0
 
     node = ray_session.add_node(num_cpus=0, num_gpus=1, resources={"qlp_npu": 1})
     try:
@@ -39,8 +42,13 @@ def test_replicas_ask_for_advertised_accelerators_and_fall_back_to_cpu(ray_sessi
         placed, plan = placed_config(cfg)
         compositor, router = _options(placed)
         assert router["resources"] == {"qlp_npu": 1} and placed.router.embedding_device == "NPU"
-        assert compositor["num_gpus"] == 1
+        assert compositor["num_gpus"] == 1 and placed.serve.compositor_num_gpus == 1.0
         assert plan["devices"]["compositor"]["reason"].startswith("inference on cuda (vllm")
+        # the replica on the GPU loads in half precision (bf16, or fp16 on an older GPU)
+        assert plan["devices"]["compositor"]["dtype"].startswith("bfloat16 (float16 on a GPU")
+        cfg.model.dtype = "float16"
+        assert placed_config(cfg)[1]["devices"]["compositor"]["dtype"] == "float16"
+        cfg.model.dtype = "auto"
         # as configured when the scheduler is told not to place devices
         cfg.serve.place_devices = False
         placed, _ = placed_config(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from qlp_ray.core.config.base import Section
@@ -37,4 +39,10 @@ class ModelConfig(Section):
         description="Base model: 'builtin:tiny-llama', a Hugging Face id or a local path.",
     )
     max_seq_len: int = Field(256, ge=16, description="Truncate training examples to this length.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Precision of the base model on a CUDA GPU (serving, and mixed precision in "
+        "training): auto = bfloat16 on a GPU that supports it, else float16. On CPU everything "
+        "runs float32 (an explicit half precision falls back, with a warning).",
+    )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Built-in model.")

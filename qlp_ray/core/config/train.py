@@ -110,8 +110,9 @@ class TrainConfig(Section):
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="Training precision: bf16 autocast, fp32, or auto (bf16 on a GPU that "
-        "supports it; fp32 on CPU, where bf16 measured slower: benchmarks/sft_precision.py).",
+        description="Training precision: bf16 autocast, fp32, or auto (on a GPU: mixed "
+        "precision in `model.dtype`, bf16 or fp16; fp32 on CPU, where bf16 measured slower: "
+        "benchmarks/sft_precision.py).",
     )
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP, gloo on CPU).")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Ray Train worker.")
