@@ -80,7 +80,7 @@ def on_ray(base_path: str, records, args, workers: int) -> tuple[float, float]:
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=sft_loop_config(
-                cfg, train_cfg, base_path=base_path, train_records=records,
+                cfg, train_cfg, base_model=base_path, train_records=records,
                 eval_records=records[:16], use_gpu=False,
             ),
             scaling_config=ScalingConfig(num_workers=workers),

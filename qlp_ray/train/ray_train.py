@@ -34,18 +34,22 @@ from qlp_ray.core.errors import ConfigError, InvalidRequest, TrainingError
 from qlp_ray.data.capsules import load_capsules
 from qlp_ray.data.format import routing_text, to_prompt_completion
 from qlp_ray.data.quality import MIN_TRAIN_RECORDS
-from qlp_ray.models.base import resolve_base_path
 from qlp_ray.registry import validate_adapter_id
 from qlp_ray.train import tracking
+from qlp_ray.train.node_files import (
+    BaseModelRef,
+    base_model_ref,
+    materialize,
+    resolve_base_on_node,
+    restore_metrics_from,
+    save_metrics_to,
+    ship_file,
+)
 from qlp_ray.train.peft_setup import build_peft_config
 from qlp_ray.train.placement import failure_config, placed_workers, quick_controller_polls
+from qlp_ray.train.ray_metrics import live_metrics_callback, metrics_from_checkpoint
 from qlp_ray.train.ray_resume import HF_CHECKPOINT, kill_worker_callback, resume_dir
-from qlp_ray.train.run_metrics import (
-    METRICS_FILE,
-    append_metrics,
-    drop_metrics_after,
-    write_loss_curve,
-)
+from qlp_ray.train.run_metrics import METRICS_FILE, append_metrics, write_loss_curve
 from qlp_ray.train.sft import ADAPTER_FILES, run_sft
 from qlp_ray.train.storage import run_storage
 
@@ -165,8 +169,9 @@ RUN_STATE = "qlp_sft.json"  # in every checkpoint: what a resumed run cannot mea
 
 def _ray_report_callback(metrics_file: str | None, state: dict[str, Any], tmp: str):
     """A ``TrainerCallback`` that sends every trainer log line to ``ray.train.report`` (given
-    ``metrics_file``, appended there too: :mod:`qlp_ray.train.run_metrics`) and, at every
-    checkpoint the trainer saves, reports it (rank 0; with ``state`` written beside it).
+    ``metrics_file``, rank 0's file in its temp dir, appended there too:
+    :mod:`qlp_ray.train.run_metrics`) and, at every checkpoint the trainer saves, reports it
+    (rank 0; with ``state`` and the metrics so far written beside it).
 
     Every rank logs and saves at the same steps, so every rank reports equally often (the
     report is a barrier across workers).
@@ -199,6 +204,7 @@ def _ray_report_callback(metrics_file: str | None, state: dict[str, Any], tmp: s
             src = Path(args.output_dir) / f"checkpoint-{step}"
             if ray.train.get_context().get_world_rank() == 0 and src.is_dir():
                 (src / RUN_STATE).write_text(json.dumps(state))
+                save_metrics_to(metrics_file, src)  # a resumed rank 0 continues from it
                 dest = Path(tmp) / f"report-{step}"
                 shutil.copytree(src, dest / HF_CHECKPOINT)
                 checkpoint = ray.train.Checkpoint.from_directory(str(dest))
@@ -212,9 +218,23 @@ def _ray_report_callback(metrics_file: str | None, state: dict[str, Any], tmp: s
     return RayMetricsCallback()
 
 
+def _worker_init(init: dict[str, Any] | None, tmp: str) -> dict[str, str] | None:
+    """The meta-init the driver shipped (bytes), as the ``{"weights", "sha256"}`` of a file
+    in this worker's ``tmp`` (``apply_init`` checks the digest again)."""
+    if init is None or "data" not in init:
+        return init
+    dest = materialize({init["name"]: init["data"]}, Path(tmp) / "init")
+    return {"weights": str(dest / init["name"]), "sha256": init["sha256"]}
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker: run (or resume) the SFT loop with checkpoints; rank 0 reports the
-    adapter as the final checkpoint."""
+    adapter, with the run's ``metrics.jsonl``, as the final checkpoint.
+
+    Nothing here reads the driver's disk: the base model resolves on this node
+    (:func:`~qlp_ray.train.node_files.resolve_base_on_node`), records and a meta-init come
+    in ``config``, and rank 0 keeps its metrics in its temp dir and its checkpoints.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray.train
@@ -222,21 +242,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     rank = ray.train.get_context().get_world_rank()
     train_cfg = TrainConfig.model_validate(config["train"])
-    metrics_file = config.get("metrics_file") if rank == 0 else None
+    base_path = resolve_base_on_node(config["base_model"])
     with tempfile.TemporaryDirectory(prefix="qlp-train-") as tmp:
+        metrics_file = str(Path(tmp) / METRICS_FILE) if rank == 0 else None
         resume, resumed_step = resume_dir(tmp)
         state: dict[str, Any] = {}
         if resume is not None:
             state = json.loads((Path(resume) / RUN_STATE).read_text())
             logger.info("resuming SFT at step %d from %s", resumed_step, resume)
-            if metrics_file is not None:  # the lines logged after the checkpoint come again
-                drop_metrics_after(metrics_file, resumed_step)
+            if metrics_file is not None:  # the lines up to the checkpoint's step
+                restore_metrics_from(resume, metrics_file, resumed_step)
         reporter = _ray_report_callback(metrics_file, state, tmp)
         callbacks: list[Any] = [reporter]
         if config.get("kill_at_step"):  # test hook: a worker dies mid-run
             callbacks.append(kill_worker_callback(config["kill_at_step"], 0, config["kill_marker"]))
         result = run_sft(
-            config["base_path"],
+            base_path,
             config["train_records"],
             config["eval_records"],
             train_cfg,
@@ -249,7 +270,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             checkpoints=train_cfg.checkpoint_every > 0,
             resume_from=resume,
             eval_loss_before=state.get("eval_loss_before"),
-            init=config.get("init"),
+            init=_worker_init(config.get("init"), tmp),
             model_dtype=config.get("model_dtype", "auto"),
         )
         metrics = {
@@ -266,6 +287,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             out = Path(tmp) / "final"
             shutil.copytree(result.adapter_dir, out / ADAPTER_DIR)
             (out / "metrics.json").write_text(json.dumps(metrics))
+            save_metrics_to(metrics_file, out)
             checkpoint = ray.train.Checkpoint.from_directory(str(out))
         ray.train.report(final, checkpoint=checkpoint)  # uploads synchronously
     return metrics
@@ -275,23 +297,29 @@ def sft_loop_config(
     cfg: QLPConfig,
     train_cfg: TrainConfig,
     *,
-    base_path: str,
     train_records: list[dict[str, str]],
     eval_records: list[dict[str, str]],
     use_gpu: bool,
-    metrics_file: str | None = None,
+    base_model: BaseModelRef | str | None = None,
+    init: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The ``train_loop_config`` of :func:`train_loop_per_worker`."""
-    return {
+    """The ``train_loop_config`` of :func:`train_loop_per_worker`: no path under the
+    driver's home. ``base_model``: default :func:`~qlp_ray.train.node_files.base_model_ref`
+    of ``cfg`` (a plain string is a directory or hub id every worker's node has). ``init``
+    (``{"weights", "sha256"}``, a verified meta-init on the driver): its bytes are shipped.
+    """
+    config: dict[str, Any] = {
         "train": train_cfg.model_dump(mode="json"),
-        "base_path": base_path,
+        "base_model": base_model if base_model is not None else base_model_ref(cfg),
         "train_records": train_records,
         "eval_records": eval_records,
         "max_seq_len": cfg.model.max_seq_len,
         "use_gpu": use_gpu,
         "model_dtype": cfg.model.dtype,  # mixed precision on a GPU (models/precision.py)
-        "metrics_file": metrics_file,
     }
+    if init is not None:
+        config["init"] = {**ship_file(init["weights"]), "sha256": init["sha256"]}
+    return config
 
 
 def _use_gpu(train_cfg: TrainConfig) -> bool:
@@ -388,7 +416,8 @@ def _fit(
     kill_at_step: int | None = None,
     init: dict[str, str] | None = None,
 ) -> Any:
-    """Build the base model (once, here) and run the TorchTrainer on ``train_cfg.workers``."""
+    """Run the TorchTrainer on ``train_cfg.workers`` (each resolves the base model on its
+    node); rank 0's reports are appended live to the run's ``metrics.jsonl`` here."""
     from ray.train import (  # lazy: loads torch
         CheckpointConfig,
         RunConfig,
@@ -397,19 +426,16 @@ def _fit(
     )
     from ray.train.torch import TorchTrainer
 
-    base_path = resolve_base_path(cfg)  # build the builtin model here, not in every worker
     storage_path, filesystem = run_storage(cfg)
     loop_config = sft_loop_config(
         cfg,
         train_cfg,
-        base_path=base_path,
         train_records=[to_prompt_completion(c) for c in data.train],
         eval_records=[to_prompt_completion(c) for c in data.heldout],
         use_gpu=use_gpu,
-        metrics_file=str(cfg.paths.runs / run_name / METRICS_FILE),
+        init=init,
     )
-    if init is not None:
-        loop_config["init"] = init
+    live = live_metrics_callback(cfg.paths.runs / run_name / METRICS_FILE)
     if kill_at_step is not None:
         marker = cfg.paths.runs / run_name / "killed"
         loop_config.update(kill_at_step=kill_at_step, kill_marker=str(marker))
@@ -431,7 +457,7 @@ def _fit(
             name=run_name,
             failure_config=failure_config(train_cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=tracking.report_callback(tracking_run) or None,
+            callbacks=[*tracking.report_callback(tracking_run), *live],
         ),
     )
     logger.info(
@@ -467,7 +493,7 @@ def _finish(
 
     run_dir = cfg.paths.runs / run_name
     adapter_dir = run_dir / "adapter"
-    _copy_adapter(result.checkpoint, adapter_dir)
+    _copy_adapter(result.checkpoint, adapter_dir, metrics_to=run_dir / METRICS_FILE)
     write_loss_curve(run_dir, title=f"{run_name} ({train_cfg.method}, {train_cfg.steps} steps)")
     metrics = dict(result.return_value)
     metrics.update(
@@ -494,10 +520,12 @@ def _finish(
     )
 
 
-def _copy_adapter(checkpoint: Any, dest: Path) -> None:
-    """Copy only the adapter files out of a Ray Train checkpoint into ``dest``."""
+def _copy_adapter(checkpoint: Any, dest: Path, metrics_to: Path | None = None) -> None:
+    """Copy only the adapter files out of a Ray Train checkpoint into ``dest`` (and rank 0's
+    ``metrics.jsonl`` to ``metrics_to``)."""
     dest.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as ckpt_dir:
+        metrics_from_checkpoint(ckpt_dir, metrics_to)
         src = Path(ckpt_dir) / ADAPTER_DIR
         missing = [name for name in ADAPTER_FILES if not (src / name).is_file()]
         if missing:

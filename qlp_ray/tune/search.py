@@ -26,8 +26,8 @@ from qlp_ray.core.config import QLPConfig, TrainConfig, read_yaml, without_secre
 from qlp_ray.core.errors import ConfigError, InvalidRequest, TrainingError
 from qlp_ray.data.capsules import load_capsules, sample_path
 from qlp_ray.data.format import to_prompt_completion
-from qlp_ray.models.base import resolve_base_path
 from qlp_ray.train import tracking
+from qlp_ray.train.node_files import BaseModelRef, base_model_ref
 from qlp_ray.train.pipeline import TrainedAdapter
 from qlp_ray.train.placement import failure_config, placed_workers, quick_controller_polls
 from qlp_ray.train.ray_train import sft_loop_config, train_loop_per_worker
@@ -114,7 +114,7 @@ def _evals_to_tune() -> Any:
 def make_trainable(
     cfg: QLPConfig,
     *,
-    base_path: str,
+    base_model: BaseModelRef,
     records: list[dict[str, str]],
     eval_records: list[dict[str, str]],
     storage_path: str,
@@ -148,7 +148,7 @@ def make_trainable(
             train_loop_config=sft_loop_config(
                 cfg,
                 train_cfg,
-                base_path=base_path,
+                base_model=base_model,
                 train_records=records,
                 eval_records=eval_records,
                 use_gpu=False,
@@ -227,7 +227,7 @@ def run_tune(
         eval_records = [
             to_prompt_completion(c) for c in load_capsules(sample_path(domain, "heldout"))
         ]
-    base_path = resolve_base_path(cfg)  # build the builtin model once, here
+    base_model = base_model_ref(cfg)  # each trial's worker finds or builds it on its node
     name = f"tune-{domain}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage, filesystem = run_storage(cfg)  # <home>/runs, or train.storage_uri (S3)
     study_storage = optuna_storage_url(cfg)
@@ -241,7 +241,7 @@ def run_tune(
     trainable = tune.with_resources(
         make_trainable(
             cfg,
-            base_path=base_path,
+            base_model=base_model,
             records=records,
             eval_records=eval_records,
             storage_path=f"{storage}/{name}/train",

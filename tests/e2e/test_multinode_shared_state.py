@@ -7,8 +7,10 @@ with ``paths.node_home: true``, the store URL and S3 keys as node secrets) and a
 resource (``node_a`` / ``node_b``) that pins work to it. Then, as a user would:
 
 - ``ray job submit --entrypoint-resources '{"node_a": 1}' -- qlp train ...``: the job
-  driver and its Ray Train worker (``train.resources_per_worker``) run on A; the adapter is
-  signed with A's key and published to S3;
+  driver runs on A, its Ray Train worker on B (``train.resources_per_worker``); the worker
+  gets no path of A's home: it builds the base model in B's home, and its metrics and
+  adapter come back to A through the run's checkpoint on S3; the adapter is signed with
+  A's key and published to S3;
 - a Ray task on A registers two more versions (the private key never leaves A);
 - the app is deployed with one compositor replica on each node and the gateway and
   router on B; B trusts only the public key it is given (``registry.trusted_keys``);
@@ -163,7 +165,8 @@ def _s3_keys(nodes, prefix: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(nodes, ray_session):
-    """One Ray Train run on A (a Jobs API job pinned to A), then v2 and v3 signed on A."""
+    """One Ray Train run driven from A (a Jobs API job pinned to A) whose worker runs on B,
+    then v2 and v3 signed on A."""
     import ray
     from ray.util.state import list_actors
 
@@ -177,9 +180,12 @@ def trained(nodes, ray_session):
     logs = _job(ray_session,
                 ["train", "--domain", "api", "--data", str(SAMPLES / "api.train.jsonl"),
                  "--steps", "3", "--run-name", "mn-api"], "a",
-                env={"QLP_TRAIN__RESOURCES_PER_WORKER": '{"node_a": 1}'})  # fmt: skip
+                env={"QLP_TRAIN__RESOURCES_PER_WORKER": '{"node_b": 1}'})  # fmt: skip
     train_nodes = {n for actor, n in train_workers().items() if actor not in earlier}
     train_s = time.monotonic() - t0
+    # what each home holds once the run is over (before anything else here loads a model)
+    after_train = {name: sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+                   for name, home in nodes["homes"].items()}  # fmt: skip
 
     def register_versions() -> dict:  # a task on A: A's home, A's private key
         import torch
@@ -210,22 +216,44 @@ def trained(nodes, ray_session):
 
     task = ray.remote(num_cpus=0, resources={"node_a": 1})(register_versions)
     where = ray.get(task.remote(), timeout=300)
-    return {"logs": logs, "train_nodes": train_nodes, "train_s": train_s, "registered": where}
+    return {"logs": logs, "train_nodes": train_nodes, "train_s": train_s, "registered": where,
+            "after_train": after_train}  # fmt: skip
 
 
-def test_the_adapter_is_trained_and_signed_on_a_and_published_to_s3(nodes, trained):
+def test_the_adapter_is_trained_on_b_for_a_driver_on_a(nodes, trained):
+    """The worker on B got no path of A's home: it built the base model in B's home (A's
+    driver built none), and the metrics reached A's run directory through the checkpoint."""
+    a = nodes["homes"]["a"]
+    assert trained["train_nodes"] == {nodes["ids"]["b"]}, trained["train_nodes"]
+    on_a, on_b = trained["after_train"]["a"], trained["after_train"]["b"]
+    assert not [f for f in on_a if f.startswith("models/")], on_a  # the driver built nothing
+    built = [f for f in on_b if f.startswith("models/tiny-llama-")]
+    assert any(f.endswith("/model.safetensors") for f in built), on_b
+    assert not [f for f in on_b if not f.startswith("models/")], on_b  # no run files, no keys
+    # rank 0's metrics.jsonl travelled in the final checkpoint on S3, and the driver on A
+    # wrote its run directory from it: the held-out loss before and after, and the steps
+    checkpointed = [k for k in _s3_keys(nodes, "runs/mn-api/") if k.endswith("/metrics.jsonl")]
+    assert checkpointed, _s3_keys(nodes, "runs/mn-api/")
+    lines = [
+        json.loads(x) for x in (a / "runs" / "mn-api" / "metrics.jsonl").read_text().splitlines()
+    ]
+    evals = [r["eval_loss"] for r in lines if "eval_loss" in r]
+    assert len(evals) >= 2 and all(v > 0 for v in evals), lines
+    assert max(r["step"] for r in lines) == 3, lines
+    assert (a / "runs" / "mn-api" / "loss_curve.png").is_file()
+
+
+def test_the_adapter_is_signed_on_a_and_published_to_s3(nodes, trained):
     a, b = nodes["homes"]["a"], nodes["homes"]["b"]
-    assert trained["train_nodes"] == {nodes["ids"]["a"]}, trained["train_nodes"]
     assert trained["registered"] == {"home": str(a), "node": nodes["ids"]["a"]}
-    # the run's metrics stay on A; its adapter went to the registry (the run copy is removed)
-    assert (a / "runs" / "mn-api" / "metrics.jsonl").is_file()
     assert "mn-api" in trained["logs"], trained["logs"][-2000:]
     keys = _s3_keys(nodes, "registry/adapters/api/")
     for v in (1, 2, 3):
         assert f"registry/adapters/api/files/{v}/adapter_model.safetensors" in keys, keys
         assert f"registry/adapters/api/published/{v:08d}.json" in keys
     assert _s3_keys(nodes, "runs/mn-api/"), "the Ray Train run keeps its results on S3"
-    assert _files(b) == [] and not (b / "keys").exists()  # B holds nothing yet
+    adapters = [p for p in _files(b) if p.relative_to(b).parts[0] != "models"]
+    assert adapters == [] and not (b / "keys").exists()  # B holds no adapter yet, no key
     assert not (a / "feedback.db").exists()  # the store is PostgreSQL
 
 

@@ -103,6 +103,7 @@ def _machine_address_kept() -> Iterator[None]:
 
     path = Path(get_ray_address_file(None))
     before = path.read_text() if path.is_file() else None
+    path.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has no /tmp/ray yet
     try:
         yield
     finally:
