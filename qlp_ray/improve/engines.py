@@ -22,10 +22,11 @@ from qlp_ray.core.runtime import connect_existing, ensure_ray
 from qlp_ray.improve.heldout import PreferenceEvaluator
 from qlp_ray.improve.orchestrator import Orchestrator
 from qlp_ray.improve.splitter import ServeExperimentSplitter
-from qlp_ray.models.base import base_model_id, resolve_base_path
+from qlp_ray.models.base import base_model_id
 from qlp_ray.registry.store import Registry
 from qlp_ray.store.database import FeedbackStore
 from qlp_ray.train.dpo import PreferencePair
+from qlp_ray.train.node_files import base_model_ref
 from qlp_ray.train.pipeline import TrainedAdapter, train_with_lineage, training_centroid
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class RayTrainCandidateTrainer:
         out.mkdir(parents=True, exist_ok=True)
         storage, filesystem = run_storage(self.cfg)  # train.storage_uri, as qlp train
         result = train_rlhf_on_ray(
-            "dpo", base_path=str(resolve_base_path(self.cfg)), data=pairs, options=opts,
+            "dpo", base_path=base_model_ref(self.cfg), data=pairs, options=opts,
             output_dir=out / "adapter", storage_path=storage, storage_filesystem=filesystem,
             run_name=run_name, parent_path=str(parent_dir), cpus_per_worker=tc.cpus_per_worker,
             max_failures=tc.max_failures, metrics_file=out / METRICS_FILE,

@@ -32,7 +32,7 @@ from qlp_ray.core.config import QLPConfig
 from qlp_ray.core.errors import InvalidRequest, TrainingError
 from qlp_ray.core.jsonl import iter_jsonl
 from qlp_ray.data.capsules import file_sha256
-from qlp_ray.models.base import base_model_id, resolve_base_path
+from qlp_ray.models.base import base_model_id
 from qlp_ray.registry import AdapterRecord, Registry, validate_adapter_id
 from qlp_ray.train import tracking
 from qlp_ray.train.methods import (
@@ -45,6 +45,14 @@ from qlp_ray.train.methods import (
     prompt_of,
     require_available,
     validate_data_file,
+)
+from qlp_ray.train.node_files import (
+    BaseModelRef,
+    adapter_on_node,
+    base_model_ref,
+    load_teacher,
+    model_ref,
+    resolve_base_on_node,
 )
 from qlp_ray.train.pipeline import ProgressFn, TrainedAdapter, run_pipeline, training_centroid
 from qlp_ray.train.run_metrics import METRICS_FILE, write_loss_curve
@@ -234,31 +242,28 @@ class PairAccuracyEval:
 
 @dataclass
 class KLEval:
-    """Distillation: mean per-token KL(teacher || student) on the held-out texts."""
+    """Distillation: mean per-token KL(teacher || student) on the held-out texts; the teacher
+    is a :func:`~qlp_ray.train.node_files.model_ref`, loaded on the worker's node."""
 
-    teacher_path: str
+    teacher_path: dict[str, Any] | str
     texts: list[str]
     _teacher: Any = None
 
     def __call__(self, model: Any, tokenizer: Any) -> dict[str, float]:
-        import torch
-        from transformers import AutoModelForCausalLM
-
         from qlp_ray.train.distill import student_teacher_kl
 
         if self._teacher is None:
-            self._teacher = AutoModelForCausalLM.from_pretrained(
-                self.teacher_path, dtype=torch.float32
-            ).eval()
+            self._teacher = load_teacher(self.teacher_path).eval()
         return {"eval_kl": student_teacher_kl(model, self._teacher, tokenizer, self.texts)}
 
 
 class RewardModelFunc:
     """A TRL reward function scoring ``prompt + completion`` with a registered reward model
-    (loaded on first use, in the worker, from the directory the driver verified)."""
+    (loaded on first use, in the worker: the base model resolved on its node, the adapter's
+    files, which the driver verified, carried in the function itself)."""
 
-    def __init__(self, base_path: str, adapter_dir: str) -> None:
-        self.base_path, self.adapter_dir = base_path, adapter_dir
+    def __init__(self, base: BaseModelRef | str, adapter_dir: str | Path) -> None:
+        self.model = model_ref(base, adapter_dir)
         self.__name__ = "reward_model"  # TRL logs rewards by function name
         self._loaded: tuple[Any, Any] | None = None
 
@@ -269,14 +274,22 @@ class RewardModelFunc:
         from qlp_ray.train.rewards import load_reward_lora, score_with_reward_model
 
         if self._loaded is None:
-            self._loaded = load_reward_lora(self.base_path, self.adapter_dir)
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="qlp-reward-") as tmp:
+                adapter = adapter_on_node(self.model, tmp)
+                base = resolve_base_on_node(self.model["base"])
+                self._loaded = load_reward_lora(base, str(adapter))
         model, tok = self._loaded
         texts = [p + c for p, c in zip(prompts, completions, strict=True)]
         return score_with_reward_model(model, tok, texts)
 
 
-def reward_function(spec: RewardSpec, domain: str, base_path: str, model: Ref | None) -> Any:
-    """The TRL reward function of a ``--reward`` spec."""
+def reward_function(
+    spec: RewardSpec, domain: str, base_path: BaseModelRef | str, model: Ref | None
+) -> Any:
+    """The TRL reward function of a ``--reward`` spec (``base_path``: a
+    :func:`~qlp_ray.train.node_files.base_model_ref`, or a directory / hub id)."""
     from qlp_ray.train import rewards
 
     if spec.kind == "keyword":
@@ -295,19 +308,10 @@ def reward_function(spec: RewardSpec, domain: str, base_path: str, model: Ref | 
 # --- runners ----------------------------------------------------------------------------
 
 
-def _teacher_dir(cfg: QLPConfig, run: MethodRun, base_path: str, run_dir: Path) -> str:
-    """The teacher as a model directory: the base, or base + adapter merged into it."""
-    if run.teacher is None:
-        return base_path
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    dest = run_dir / "teacher"
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, run.teacher.path).merge_and_unload()
-    merged.save_pretrained(str(dest), safe_serialization=True)
-    return str(dest)
+def _teacher_ref(run: MethodRun, base: BaseModelRef) -> dict[str, Any]:
+    """The teacher for the workers: the base, or base + the verified adapter's files (merged
+    on the worker's node: :func:`~qlp_ray.train.node_files.load_teacher`)."""
+    return model_ref(base, run.teacher.path if run.teacher is not None else None)
 
 
 def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
@@ -321,7 +325,7 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
     tc = effective_train_config(
         cfg, workers=run.workers, steps=run.steps, overrides=run.overrides, method="lora"
     )
-    base_path = resolve_base_path(cfg)
+    base_path = base_model_ref(cfg)  # resolved by each worker on its node
     train, held, routing = _items(run, cfg)
     kwargs: dict[str, Any] = {}
     if method in ("grpo", "rloo"):
@@ -363,7 +367,7 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
     elif method == "reward":
         evaluate = PairAccuracyEval(held)
     elif method == "distill":
-        teacher_path = _teacher_dir(cfg, run, base_path, run_dir)
+        teacher_path = _teacher_ref(run, base_path)
         evaluate, eval_data = KLEval(teacher_path, held), held
     else:
         raise InvalidRequest(f"no Ray Train runner for method {method!r}", param="method")
@@ -419,8 +423,6 @@ def run_rlhf(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
     metadata = run_metadata(cfg, run, options, metrics, seconds=seconds, workers=tc.workers,
                             n_train=len(train), n_heldout=len(held), routing=routing,
                             resumed_from_step=m.get("resumed_from_step", 0.0))  # fmt: skip
-    if teacher_path is not None and run.teacher is not None:
-        shutil.rmtree(teacher_path, ignore_errors=True)
     write_loss_curve(run_dir, title=f"{run.run_name} ({method}, {tc.steps} steps)")
     tracking.finish_run(tracked, metrics=metrics)
     if tracked is not None:

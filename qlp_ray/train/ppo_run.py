@@ -64,7 +64,7 @@ def ppo_options(tc: TrainConfig) -> PPOOptions:
 
 def run_ppo(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
     """PPO on Ray Train; ``mean_reward`` and ``kl`` to the reference before and after."""
-    from qlp_ray.models.base import resolve_base_path
+    from qlp_ray.train.node_files import base_model_ref
     from qlp_ray.train.ray_train import effective_train_config
 
     tc = effective_train_config(
@@ -72,7 +72,7 @@ def run_ppo(cfg: QLPConfig, run: MethodRun) -> TrainedAdapter:
     )
     train, held, routing = _items(run, cfg)
     assert run.reward is not None  # the method table requires --reward
-    reward = reward_function(run.reward, run.domain, resolve_base_path(cfg), run.reward_model)
+    reward = reward_function(run.reward, run.domain, base_model_ref(cfg), run.reward_model)
     options = ppo_options(tc)
     run_dir = cfg.paths.runs / run.run_name
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -6,12 +6,15 @@ workers (``all_reduce``) before every optimiser step, so all workers hold the sa
 policy (OpenRLHF's layout minus its separate actor/critic/reference actors: here the
 reference is the adapter-disabled policy and the critic a head on the policy).
 
-Rank 0 appends every step's stats (reward, KL, losses) to the run's ``metrics.jsonl`` (its
-curve) and logs them to the MLflow run in one batch per checkpoint (not one
+Rank 0 appends every step's stats (reward, KL, losses) to a ``metrics.jsonl`` in its temp
+dir, kept in its checkpoints, and sends them in one batch per checkpoint (not one
 ``ray.train.report`` per step: a report waits for the controller's next poll, which doubled
-the step time); every ``checkpoint_every`` steps rank 0 saves adapter + value head +
-optimiser + scheduler + step + KL coefficient + RNG and reports it with
-``ray.train.report``; a restarted worker group
+the step time); on the driver's node the controller appends them to the run's
+``metrics.jsonl`` and logs them to the MLflow run (:mod:`qlp_ray.train.ray_metrics`), and the
+final checkpoint's file replaces it at the end. A worker reads nothing of the driver's disk:
+the base model resolves on its node, a parent adapter comes as bytes. Every
+``checkpoint_every`` steps rank 0 saves adapter + value head + optimiser + scheduler + step
++ KL coefficient + RNG and reports it with ``ray.train.report``; a restarted worker group
 (``FailureConfig(max_failures)``) resumes from ``ray.train.get_checkpoint()``. Rank 0
 evaluates the held-out prompts before the first step (kept in the checkpoints) and after
 the last: mean reward and KL to the reference. The final adapter directory holds the value
@@ -36,9 +39,18 @@ from typing import Any
 
 from qlp_ray.core.config import QLPConfig
 from qlp_ray.core.errors import InvalidRequest, TrainingError
+from qlp_ray.train.node_files import (
+    materialize,
+    resolve_base_on_node,
+    restore_metrics_from,
+    save_metrics_to,
+    ship_dir,
+)
 from qlp_ray.train.placement import failure_config, placed_workers, quick_controller_polls
 from qlp_ray.train.ppo_loop import ADAPTER_DIR, VALUE_HEAD_FILE, PPOOptions
-from qlp_ray.train.run_metrics import append_metrics, drop_metrics_after
+from qlp_ray.train.ray_metrics import STEP_STATS, metrics_from_checkpoint, step_stats_callback
+from qlp_ray.train.run_metrics import METRICS_FILE as METRICS_LOG
+from qlp_ray.train.run_metrics import append_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +120,16 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
     opts: PPOOptions = config["options"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    tokenizer = AutoTokenizer.from_pretrained(config["base_path"])
+    base_path = resolve_base_on_node(config["base_path"])
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    base = AutoModelForCausalLM.from_pretrained(config["base_path"], dtype=torch.float32)
-    policy, head = make_policy(base, opts, config.get("parent_path"))
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    work = tempfile.TemporaryDirectory(prefix="qlp-ppo-work-")  # parent files, metrics
+    parent = None
+    if config.get("parent_path"):  # the verified parent's files, shipped as bytes
+        parent = str(materialize(config["parent_path"], Path(work.name) / "parent"))
+    policy, head = make_policy(base, opts, parent)
     learner = PPOLearner(
         policy,
         head,
@@ -121,26 +138,24 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
         opts,
         grad_sync=_average_grads if world > 1 else None,
     )
+    metrics_file = str(Path(work.name) / METRICS_LOG) if rank == 0 else None
     meta: dict[str, Any] = {}
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             meta = learner.load(Path(d) / STATE_DIR)
+            if metrics_file:  # the lines up to the checkpoint's step
+                restore_metrics_from(d, metrics_file, learner.step)
         logger.info("rank %d resumed PPO at step %d", rank, learner.step)
     resumed_from = learner.step
-    metrics_file = config.get("metrics_file") if rank == 0 else None
-    mlflow_run = config.get("tracking_run") if rank == 0 else None
-    pending: list[tuple[int, dict[str, float]]] = []  # steps not yet logged to MLflow
+    pending: list[tuple[int, dict[str, float]]] = []  # rank 0's steps not yet reported
 
-    def flush() -> None:
-        if mlflow_run and pending:
-            from qlp_ray.train.tracking import log_metric_steps
-
-            log_metric_steps(*mlflow_run, pending)
+    def flush() -> dict[str, Any]:
+        """The report's batch of rank 0's steps (:func:`step_stats_callback`)."""
+        batch = list(pending) if rank == 0 else []
         pending.clear()
+        return {STEP_STATS: batch}
 
-    if metrics_file and resumed_from:  # the steps after the checkpoint come again
-        drop_metrics_after(metrics_file, resumed_from)
     eval_prompts = config.get("eval_prompts") or []
     before = meta.get("eval_before")
     if before is None and eval_prompts and rank == 0:
@@ -162,9 +177,12 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
                 if rank == 0:
                     path = Path(tmp) / f"step-{learner.step}"
                     learner.save(path / STATE_DIR, extra={"eval_before": before})
+                    save_metrics_to(metrics_file, path)
                     checkpoint = ray.train.Checkpoint.from_directory(str(path))
-                flush()
-                ray.train.report({**stats, "step": float(learner.step)}, checkpoint=checkpoint)
+                batch = flush()
+                ray.train.report(
+                    {**stats, "step": float(learner.step), **batch}, checkpoint=checkpoint
+                )
             if config.get("kill_marker"):
                 _maybe_kill(config, learner.step, rank)
         metrics: dict[str, float] = {
@@ -179,7 +197,7 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
             metrics["train_reward_first"] = history[0]["reward"]
             metrics["train_reward_last"] = history[-1]["reward"]
             metrics.update({k: v for k, v in history[-1].items() if k not in metrics})
-        flush()
+        batch = flush()
         checkpoint = None
         if rank == 0:
             if eval_prompts:
@@ -194,8 +212,10 @@ def ppo_loop_per_worker(config: dict[str, Any]) -> None:
             final = Path(tmp) / "final"
             learner.save(final / STATE_DIR, extra={"eval_before": before})
             (final / METRICS_FILE).write_text(json.dumps(metrics))
+            save_metrics_to(metrics_file, final)
             checkpoint = ray.train.Checkpoint.from_directory(str(final))
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report({**metrics, **batch}, checkpoint=checkpoint)
+    work.cleanup()
 
 
 def train_ppo_on_ray(
@@ -223,14 +243,14 @@ def train_ppo_on_ray(
     the workers); ``eval_prompts`` are held out for the before/after reward and KL.
     ``parent_path``: a (verified) adapter directory to continue; it is also the reference.
     The adapter (with its value head) lands in ``output_dir`` (default
-    ``<runs>/<run_name>/adapter``); rank 0 appends every step's stats to ``metrics_file``
-    and logs them to the MLflow run ``tracking_run`` (``(uri, run_id)``).
+    ``<runs>/<run_name>/adapter``); every step's stats of rank 0 reach ``metrics_file`` and
+    the MLflow run ``tracking_run`` (``(uri, run_id)``) through its reports, here.
     Checkpoints go to ``train.storage_uri`` (:func:`~qlp_ray.train.storage.run_storage`).
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from qlp_ray.models.base import resolve_base_path
+    from qlp_ray.train.node_files import base_model_ref
     from qlp_ray.train.storage import run_storage
 
     if not prompts:
@@ -247,15 +267,13 @@ def train_ppo_on_ray(
     storage.mkdir(parents=True, exist_ok=True)
     storage_path, filesystem = run_storage(cfg)
     config: dict[str, Any] = {
-        "base_path": resolve_base_path(cfg),
+        "base_path": base_model_ref(cfg),  # resolved by each worker on its node
         "prompts": list(prompts),
         "eval_prompts": list(eval_prompts),
         "reward": reward,
         "options": opts,
-        "parent_path": parent_path,
+        "parent_path": ship_dir(parent_path) if parent_path is not None else None,
         "threads": max(1, int(cpus)),
-        "metrics_file": str(metrics_file) if metrics_file is not None else None,
-        "tracking_run": tracking_run,
     }
     if _kill_at_step is not None:
         config.update(
@@ -286,6 +304,7 @@ def train_ppo_on_ray(
                     cfg.train.max_failures if max_failures is None else max_failures
                 ),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=step_stats_callback(metrics_file, tracking_run),
             ),
         )
         logger.info("Ray Train PPO run %s: %d worker(s), %d steps", run_name, placed, opts.steps)
@@ -304,6 +323,7 @@ def train_ppo_on_ray(
         shutil.copytree(src, dest)
         shutil.copyfile(Path(d) / STATE_DIR / VALUE_HEAD_FILE, dest / VALUE_HEAD_FILE)
         metrics = json.loads((Path(d) / METRICS_FILE).read_text())
+        metrics_from_checkpoint(d, metrics_file)
     logger.info("PPO run %s finished: %s", run_name, metrics)
     return PPORayResult(dest, metrics)
 

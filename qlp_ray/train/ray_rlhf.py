@@ -12,8 +12,11 @@ Rank 0 reports the final adapter as the last checkpoint.
 
 Schedules: cosine / linear / constant LR with linear warm-up, gradient accumulation, and
 early stopping on eval loss (DPO, logit distillation) when an eval set is given. Rank 0
-appends every trainer log line to the run's ``metrics.jsonl`` (``metrics_file``), from
-which the driver draws the loss curve, as for SFT.
+appends every trainer log line to a ``metrics.jsonl`` in its temp dir, kept in every
+checkpoint and the final one; the driver writes it to ``metrics_file`` and draws the loss
+curve from it, as for SFT. A worker reads nothing of the driver's disk
+(:mod:`qlp_ray.train.node_files`): the base model resolves on its node, a parent adapter and
+a teacher's adapter come as bytes.
 """
 
 from __future__ import annotations
@@ -31,12 +34,22 @@ from qlp_ray.core.errors import InvalidRequest, TrainingError
 from qlp_ray.train._rlhf_common import RunOptions
 from qlp_ray.train.distill import train_distill
 from qlp_ray.train.dpo import train_dpo
+from qlp_ray.train.node_files import (
+    BaseModelRef,
+    load_teacher,
+    materialize,
+    resolve_base_on_node,
+    restore_metrics_from,
+    save_metrics_to,
+    ship_dir,
+)
 from qlp_ray.train.placement import failure_config, placed_workers, quick_controller_polls
+from qlp_ray.train.ray_metrics import live_metrics_callback, metrics_from_checkpoint
 from qlp_ray.train.ray_resume import kill_worker_callback as _kill_worker_callback
 from qlp_ray.train.ray_resume import resume_dir as _resume_dir
 from qlp_ray.train.ray_resume import world_rank as _rank
 from qlp_ray.train.rl import train_rl
-from qlp_ray.train.run_metrics import append_metrics, drop_metrics_after
+from qlp_ray.train.run_metrics import METRICS_FILE, append_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -115,19 +128,38 @@ def _metrics_log_callback(path: str) -> Any:
     return LogMetrics()
 
 
+def _report_callback() -> Any:
+    """Ray's ``RayTrainReportCallback`` that first puts rank 0's ``metrics.jsonl`` (its
+    ``metrics_file``, set once the temp dir exists) into the checkpoint it reports."""
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    class ReportWithMetrics(RayTrainReportCallback):
+        metrics_file: str | None = None
+
+        def on_save(self, args, state, control, **kwargs):
+            last = get_last_checkpoint(args.output_dir)
+            if last is not None:
+                save_metrics_to(self.metrics_file, last)
+            return super().on_save(args, state, control, **kwargs)
+
+    return ReportWithMetrics()
+
+
 def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: run one method with checkpoints, resume, and a final adapter report."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray.train
     import torch
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from ray.train.huggingface.transformers import prepare_trainer
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
 
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     opts: RLHFOptions = config["options"]
     method = config["method"]
-    tokenizer = AutoTokenizer.from_pretrained(config["base_path"])
+    base_path = resolve_base_on_node(config["base_path"])
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if method == "reward":  # a 1-label scorer on the base backbone (seeded score head)
@@ -135,17 +167,20 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
 
         torch.manual_seed(opts.seed)
         model = AutoModelForSequenceClassification.from_pretrained(
-            config["base_path"], num_labels=1, dtype=torch.float32
+            base_path, num_labels=1, dtype=torch.float32
         )
     else:
-        model = AutoModelForCausalLM.from_pretrained(config["base_path"], dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     if config.get("parent_path"):  # continue a registered adapter (verified by the driver)
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, config["parent_path"], is_trainable=True)
+        with tempfile.TemporaryDirectory(prefix="qlp-parent-") as parent:
+            materialize(config["parent_path"], parent)  # its files, shipped as bytes
+            model = PeftModel.from_pretrained(model, parent, is_trainable=True)
     evaluate = config.get("evaluate")  # (model, tokenizer) -> {metric: value}, rank 0 only
     before = evaluate(model, tokenizer) if evaluate and _rank() == 0 else {}
-    callbacks: list[Any] = [RayTrainReportCallback()]
+    reporter = _report_callback()
+    callbacks: list[Any] = [reporter]
     has_eval = bool(config.get("eval_data"))
     if opts.early_stopping_patience is not None and has_eval:
         callbacks.append(
@@ -155,10 +190,11 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
         callbacks.append(_kill_worker_callback(config["kill_at_step"], 0, config["kill_marker"]))
     with tempfile.TemporaryDirectory(prefix=f"qlp-{method}-") as tmp:
         resume, resumed_step = _resume_dir(tmp)
-        metrics_file = config.get("metrics_file") if _rank() == 0 else None
+        metrics_file = str(Path(tmp) / METRICS_FILE) if _rank() == 0 else None
         if metrics_file:
-            if resumed_step:  # the lines logged after the checkpoint come again
-                drop_metrics_after(metrics_file, resumed_step)
+            if resume is not None:  # the lines up to the checkpoint's step
+                restore_metrics_from(resume, metrics_file, resumed_step)
+            reporter.metrics_file = metrics_file
             callbacks.append(_metrics_log_callback(metrics_file))
         out_dir = str(Path(tmp) / "out")
         run = RunOptions(
@@ -202,9 +238,7 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
                 **common,
             )
         elif method == "distill":
-            teacher = AutoModelForCausalLM.from_pretrained(
-                config["teacher_path"], dtype=torch.float32
-            )
+            teacher = load_teacher(config["teacher_path"])
             res = train_distill(
                 model,
                 teacher,
@@ -244,6 +278,7 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
             # (DPO from a parent adds a frozen "ref" copy of the adapter: not saved)
             res.model.save_pretrained(str(final / ADAPTER_DIR), safe_serialization=True, **save_kw)
             (final / "metrics.json").write_text(json.dumps(metrics))
+            save_metrics_to(metrics_file, final)
             checkpoint = ray.train.Checkpoint.from_directory(str(final))
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -251,7 +286,7 @@ def rlhf_loop_per_worker(config: dict[str, Any]) -> None:
 def train_rlhf_on_ray(
     method: RLHFMethod,
     *,
-    base_path: str,
+    base_path: BaseModelRef | str,
     data: list[Any],
     options: RLHFOptions,
     output_dir: str | Path,
@@ -261,8 +296,8 @@ def train_rlhf_on_ray(
     metrics_file: str | Path | None = None,
     eval_data: list[Any] | None = None,
     reward_funcs: list[Any] | None = None,
-    teacher_path: str | None = None,
-    parent_path: str | None = None,
+    teacher_path: dict[str, Any] | str | None = None,
+    parent_path: str | Path | None = None,
     evaluate: Any = None,
     workers: int = 1,
     cpus_per_worker: float = 1.0,
@@ -275,11 +310,15 @@ def train_rlhf_on_ray(
 ) -> RLHFRayResult:
     """Run ``method`` on ``workers`` Ray Train workers; copy the adapter to ``output_dir``.
 
-    ``parent_path``: a (verified) adapter directory to continue instead of a new LoRA.
+    ``base_path``: :func:`~qlp_ray.train.node_files.base_model_ref` (or a directory / hub
+    id every worker's node has); each worker resolves it on its node. ``parent_path``: a
+    (verified) adapter directory here to continue instead of a new LoRA (its files are
+    shipped). ``teacher_path``: a :func:`~qlp_ray.train.node_files.model_ref` (or a base).
     ``evaluate``: a picklable ``(model, tokenizer) -> {name: value}`` that rank 0 runs
     before and after training; the metrics get ``<name>_before`` / ``<name>_after``.
     ``storage_path`` / ``storage_filesystem``: Ray's checkpoints (``run_storage``);
-    ``metrics_file``: rank 0's log lines (the run's curve).
+    ``metrics_file``: rank 0's log lines (the run's curve), appended live as the reports come
+    in, written from the final checkpoint at the end.
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -297,12 +336,11 @@ def train_rlhf_on_ray(
         "eval_data": eval_data,
         "reward_funcs": reward_funcs,
         "teacher_path": teacher_path,
-        "parent_path": parent_path,
+        "parent_path": ship_dir(parent_path) if parent_path is not None else None,
         "evaluate": evaluate,
         "options": options,
         "threads": max(1, int(cpus_per_worker)),
         "model_dtype": model_dtype,  # mixed precision on a GPU (models/precision.py)
-        "metrics_file": str(metrics_file) if metrics_file is not None else None,
     }
     if _kill_at_step is not None:  # test hook: a marker on a local storage path
         Path(storage_path).mkdir(parents=True, exist_ok=True)
@@ -327,7 +365,7 @@ def train_rlhf_on_ray(
                 storage_filesystem=storage_filesystem,
                 failure_config=failure_config(max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                callbacks=ray_callbacks or None,
+                callbacks=[*(ray_callbacks or []), *live_metrics_callback(metrics_file)],
             ),
         )
         logger.info(
@@ -351,6 +389,7 @@ def train_rlhf_on_ray(
             shutil.rmtree(dest)
         shutil.copytree(src, dest)
         metrics = json.loads((Path(d) / "metrics.json").read_text())
+        metrics_from_checkpoint(d, metrics_file)
     return RLHFRayResult(dest, metrics)
 
 
