@@ -1,14 +1,17 @@
 """A training run's reported metrics on disk, and its loss curve (CSV + PNG).
 
 Rank 0 of a Ray Train run appends every trainer log line (the training loss every
-``logging_steps``, the held-out loss measured before and after training) to
-``<run dir>/metrics.jsonl`` while it trains; the HTTP API reads that file to show a running
-job's progress, and the driver turns it into ``loss_curve.csv`` and ``loss_curve.png`` when
-the run ends. Every method writes it: SFT and the TRL methods (DPO, GRPO, RLOO, reward,
-distill) their trainer's log lines, PPO its per-step stats (``loss`` = the PPO objective, plus
-``reward`` and ``kl``, which its curve shows in a second panel). The file lives under
-``paths.runs``: a gateway shows a job's live metrics when it shares that directory with the
-job (one node, or a shared file system).
+``logging_steps``, the held-out loss measured before and after training) to a
+``metrics.jsonl`` in its own temp dir and its checkpoints; on the driver's node the run's
+``<run dir>/metrics.jsonl`` gets the reported lines while it trains and rank 0's file from
+the final checkpoint at the end (:mod:`qlp_ray.train.ray_metrics`: rank 0 may be on another
+node). The HTTP API reads that file to show a running job's progress, and the driver turns
+it into ``loss_curve.csv`` and ``loss_curve.png`` when the run ends. Every method writes it:
+SFT and the TRL methods (DPO, GRPO, RLOO, reward, distill) their trainer's log lines, PPO its
+per-step stats (``loss`` = the PPO objective, plus ``reward`` and ``kl``, which its curve
+shows in a second panel). The file lives under
+``paths.runs`` of the job's driver: a gateway shows a job's live metrics when it shares that
+directory with the driver (one node, or a shared file system).
 """
 
 from __future__ import annotations
