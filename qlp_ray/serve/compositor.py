@@ -35,10 +35,12 @@ request.
 
 ``generate_stream`` (a generator method, called through ``handle.options(stream=True)``)
 yields a row's text as the continuous decoder produces it (:meth:`StepMerger.stream`,
-detokenised by :class:`~qlp_ray.models.stream_text.TextDeltas`); other rows come whole, as
-one event. When the caller goes away Serve cancels the generator, and the row leaves the
-decoder before its next step. Chat requests carry their ``messages``: a tokenizer with a
-chat template renders them (:func:`~qlp_ray.models.prompt.chat_template_prompt`).
+detokenised by :class:`~qlp_ray.models.stream_text.TextDeltas`), or as openvino-genai's
+loop produces it with ``serve.backend: openvino`` (:meth:`OpenVINOBackend.astream`); other
+rows come whole, as one event. When the caller goes away Serve cancels the generator, and the
+row leaves the decoder before its next step (openvino: the generation stops at its next
+token). Chat requests carry their ``messages``: a tokenizer with a chat template renders
+them (:func:`~qlp_ray.models.prompt.chat_template_prompt`).
 """
 
 from __future__ import annotations
@@ -471,14 +473,18 @@ class Compositor:
                 done = isinstance(item, Generation)
                 yield final_event(item, "") if done else {"text": item}
             return
-        if not (self.batching and isinstance(self._merger, StepMerger)):
+        if isinstance(self.backend, OpenVINOBackend):  # genai's own token loop; closing stops it
+            tokens: AsyncIterator[Any] = self.backend.astream(request, adapter)
+        elif self.batching and isinstance(self._merger, StepMerger):
+            tokens = self._merger.stream(request, adapter)
+        else:
             yield final_event(await self._run(request, adapter), "")
             return
         deltas = TextDeltas(
             lambda ids: self.backend.tokenizer.decode(ids, skip_special_tokens=True), request.stop
         )
         first = True
-        async for item in self._merger.stream(request, adapter):
+        async for item in tokens:
             if isinstance(item, Generation):
                 yield final_event(item, deltas.finish(item.text))
                 return
@@ -583,6 +589,8 @@ def create_backend(cfg: QLPConfig) -> InferenceBackend:
             tokenizer,
             device=cfg.serve.openvino_device,
             weight_format=cfg.serve.openvino_weight_format,
+            lora_mode=cfg.serve.openvino_lora,
+            cache_dir=cfg.paths.models / "openvino-ir",
         )
     # the transformers backend's decoder (batches, LoRA tables, the lean decoder) builds its
     # tensors on CPU, so the scheduler never places it on a GPU (hardware/replica_devices.py)

@@ -180,6 +180,13 @@ class ServeConfig(Section):
     openvino_weight_format: Literal["fp32", "int8", "int4"] = Field(
         "fp32", description="OpenVINO weight compression (NNCF) when backend is openvino."
     )
+    openvino_lora: Literal["runtime", "merged"] = Field(
+        "runtime",
+        description="How the openvino backend runs LoRA adapters: runtime = openvino-genai "
+        "runtime adapters on the one base pipeline (no export per adapter); merged = each "
+        "adapter merged into the base and exported to its own IR (DoRA, modules_to_save "
+        "and other adapters runtime LoRA cannot run always go this way).",
+    )
     composition_type: Literal["linear", "cat", "svd", "ties"] = Field(
         "linear", description="PEFT add_weighted_adapter combination type for adapter stacks."
     )
