@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +52,29 @@ def stdout_for_json(as_json: bool) -> Iterator[None]:
         return
     with contextlib.redirect_stdout(sys.stderr):
         yield
+
+
+def batch_encoder(cfg: QLPConfig):
+    """``encode(texts)`` for a command's bulk embedding (``qlp router train|eval``, ``qlp
+    label next``): on the scheduler's device actors (``embedding`` workloads) when
+    ``router.offload`` is not ``never`` and a Ray cluster runs (``RAY_ADDRESS`` or qlp's
+    own); otherwise, or without a scheduler or a capable device, in this process (the
+    reason is logged)."""
+    from qlp_ray.core.runtime import connect_existing
+    from qlp_ray.route.embeddings import get_embedder
+
+    model = cfg.router.embedding_model
+
+    def local(texts):
+        return get_embedder(model).encode(list(texts))
+
+    if cfg.router.offload == "never":
+        return local
+    if not connect_existing(cfg):
+        logging.getLogger(__name__).info(
+            "embedding in this process: no running Ray cluster for router.offload"
+        )
+        return local
+    from actors.offload import DeviceOffload  # lazy: loads ray
+
+    return DeviceOffload(cfg.router.offload, cfg.hardware).encoder(local, model)

@@ -6,9 +6,8 @@ import json
 
 import typer
 
-from qlp_ray.cli.common import console, get_config
+from qlp_ray.cli.common import batch_encoder, console, get_config
 from qlp_ray.data.label_queue import next_to_label
-from qlp_ray.route.embeddings import get_embedder
 from qlp_ray.store.database import FeedbackStore
 
 app = typer.Typer(help="Active learning: which requests to label next.", no_args_is_help=True)
@@ -28,9 +27,7 @@ def next_batch(
     cfg = get_config()
     store = FeedbackStore.from_config(cfg)
 
-    def embed(texts: list[str]):
-        return get_embedder(cfg.router.embedding_model).encode(texts)
-
+    embed = batch_encoder(cfg)  # the pool's prompts: on device actors per router.offload
     items = next_to_label(store, embed, cfg.active_learning, k=k, method=method)
     if as_json:
         for item in items:

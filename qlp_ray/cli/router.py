@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from qlp_ray.cli.common import console, fail, get_config
+from qlp_ray.cli.common import batch_encoder, console, fail, get_config
 from qlp_ray.core.errors import QLPError
-from qlp_ray.core.runtime import connect_existing
-from qlp_ray.route.embeddings import embedding_cache_dir, get_embedder
+from qlp_ray.route.embeddings import embedding_cache_dir
 from qlp_ray.route.evaluation import (
     LearnedOptions,
     cached_encoder,
@@ -23,38 +21,16 @@ from qlp_ray.route.evaluation import (
 )
 from qlp_ray.route.report import write_routing_report
 
-logger = logging.getLogger(__name__)
-
 app = typer.Typer(help="Skill-aware routing: train and evaluate the router.", no_args_is_help=True)
 
 
 def _cached_encoder(cfg):
     """Embedding function with an on-disk cache (see ``embedding_cache_dir``); the texts
-    it has not seen are embedded per ``router.offload`` (:func:`_batch_encode`)."""
+    it has not seen are embedded per ``router.offload`` (``common.batch_encoder``)."""
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = cfg.router.embedding_model
-    return cached_encoder(model, embedding_cache_dir(cfg.paths.root), _batch_encode(cfg))
-
-
-def _batch_encode(cfg):
-    """``encode(texts)``: on the scheduler's device actors (``embedding`` workloads) when
-    ``router.offload`` is not ``never`` and a Ray cluster runs (``RAY_ADDRESS`` or qlp's
-    own); otherwise, or without a scheduler or a capable device, in this process (the
-    reason is logged)."""
-    model = cfg.router.embedding_model
-
-    def local(texts):
-        return get_embedder(model).encode(list(texts))
-
-    if cfg.router.offload == "never":
-        return local
-    if not connect_existing(cfg):
-        logger.info("embedding in this process: no running Ray cluster for router.offload")
-        return local
-    from actors.offload import DeviceOffload  # lazy: loads ray
-
-    return DeviceOffload(cfg.router.offload, cfg.hardware).encoder(local, model)
+    return cached_encoder(model, embedding_cache_dir(cfg.paths.root), batch_encoder(cfg))
 
 
 def _options(cfg, folds_seed: int = 0):

@@ -100,3 +100,15 @@ def test_device_workloads_as_placement_rows() -> None:
     row = rows["workload:embedding"]
     assert row["state"] == "running" and row["done"] == 3
     assert row["reason"] == "3 done, 0 failed; mostly on node0123/cpu; last started 10 s ago"
+
+
+def test_cli_batch_encoder_without_a_cluster_embeds_here(tmp_path) -> None:
+    from qlp_ray.cli.common import batch_encoder
+    from qlp_ray.core.config import load_config
+
+    texts = TEXTS[:1]
+    want = get_embedder(PACKAGED_MODEL).encode(texts)
+    for offload in ("auto", "never"):  # auto: no RAY_ADDRESS, no qlp cluster: here
+        cfg = load_config(overrides={"paths": {"home": str(tmp_path)},
+                                     "router": {"offload": offload}}, environ={})  # fmt: skip
+        np.testing.assert_array_equal(batch_encoder(cfg)(texts), want)

@@ -20,6 +20,7 @@ import logging
 import threading
 from typing import Any
 
+from actors.offload import DeviceOffload
 from qlp_ray.core.config import QLPConfig
 from qlp_ray.route.embeddings import get_embedder
 from qlp_ray.serve.telemetry import metrics
@@ -44,6 +45,7 @@ class RequestRecorder:
         self._store_errors = 0
         self._lock = threading.Lock()  # analytics/ledger are touched from worker threads
         self._embedder: Any = None
+        self._offload = DeviceOffload(cfg.router.offload, cfg.hardware)
         self.mode = cfg.store.request_log_commit
         self.writer: RequestLogWriter | None = None
         if self.mode != "inline":
@@ -73,11 +75,16 @@ class RequestRecorder:
         self.store.close()
 
     def embed(self, texts: list[str]) -> Any:
-        """Prompt embeddings for the label queue (the router's encoder, loaded lazily)."""
+        """Prompt embeddings for the label queue (bulk: on the scheduler's device actors per
+        ``router.offload``, else the router's model in this process, loaded lazily)."""
+        model = self.cfg.router.embedding_model
 
-        if self._embedder is None:
-            self._embedder = get_embedder(self.cfg.router.embedding_model)
-        return self._embedder.encode(list(texts))
+        def local(batch: list[str]) -> Any:
+            if self._embedder is None:
+                self._embedder = get_embedder(model)
+            return self._embedder.encode(list(batch))
+
+        return self._offload.embed(list(texts), local, model)[0]
 
     async def record(
         self,
