@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,6 +41,8 @@ STATUS_TIMEOUT_S = 10.0
 # a training grant counts against the free CPUs until Ray shows its workers holding them
 GRANT_HOLD_S = 90.0
 DEAD_DROP_S = 60.0
+# placements kept for `history` / `workloads` (router.offload: always adds one per request)
+HISTORY_MAX = 10_000
 _DEVICE_GONE = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
@@ -75,7 +78,7 @@ class SchedulerActor:
         self._queue: list[tuple[int, int, _Job]] = []
         self._seq = itertools.count()
         self._turn = itertools.count()
-        self._history: list[dict[str, Any]] = []
+        self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_MAX)
         self._wake: asyncio.Event | None = None
         self._loops: list[asyncio.Task] = []
         # live placements of cluster workloads (serving, training runs): id -> record
@@ -434,13 +437,13 @@ class SchedulerActor:
         ]
 
     async def history(self) -> list[dict[str, Any]]:
-        """Every placement so far (job, device, node, attempt, outcome)."""
+        """The last ``HISTORY_MAX`` placements (job, device, node, attempt, outcome)."""
         return list(self._history)
 
     async def workloads(self) -> dict[str, dict[str, Any]]:
-        """The device workloads run so far, per kind: placements by outcome (``running``,
-        ``done``, ``failed``: an error or a dead device), the devices that took them, and
-        when the last one started (``qlp devices --placements``)."""
+        """The device workloads of the last ``HISTORY_MAX`` placements, per kind: by
+        outcome (``running``, ``done``, ``failed``: an error or a dead device), the devices
+        that took them, and when the last one started (``qlp devices --placements``)."""
         out: dict[str, dict[str, Any]] = {}
         for h in self._history:
             w = out.setdefault(h["kind"], {"workload": h["kind"], "running": 0, "done": 0,
