@@ -3,8 +3,11 @@
 Same merged model (the configured base, builtin tiny Llama by default, plus a LoRA
 adapter trained here for a few steps and merged with ``merge_and_unload``), same
 prompts (held-out instructions of the bundled samples), greedy decoding, one process.
-The OpenVINO IR has no KV cache, so torch is timed twice: ``generate`` with its KV cache
-(what you would run) and a no-cache loop (the same algorithm as the IR).
+Every engine decodes with a KV cache: torch ``generate``, and openvino-genai's
+``LLMPipeline`` on the stateful IR the OpenVINO backend exports. One more row runs the
+adapter *unmerged*, as an openvino-genai runtime LoRA adapter on the INT8 base (what the
+backend does by default). Each engine is timed ``--rounds`` times, interleaved; the best
+round counts (the 2-core VM is shared with other work).
 
     QLP_HOME=/tmp/qlp_bench PYTHONPATH=. python benchmarks/openvino_vs_torch.py
 """
@@ -76,25 +79,12 @@ def _torch_generate(model, tok, prompts: list[str], n: int) -> tuple[list[list[i
     return outs, time.perf_counter() - t0
 
 
-def _torch_nocache(model, tok, prompts: list[str], n: int) -> tuple[list[list[int]], float]:
+def _ov_generate(
+    backend: OpenVINOBackend, tok, prompts, n, adapter: str | None = None
+) -> tuple[list[list[int]], float]:
     outs, t0 = [], time.perf_counter()
     for p in prompts:
-        ids = tok(p)["input_ids"]
-        new: list[int] = []
-        for _ in range(n):
-            with torch.no_grad():
-                logits = model(torch.tensor([ids + new]), use_cache=False).logits[0, -1]
-            new.append(int(logits.argmax()))
-            if new[-1] == tok.eos_token_id:
-                break
-        outs.append(new)
-    return outs, time.perf_counter() - t0
-
-
-def _ov_generate(backend: OpenVINOBackend, tok, prompts, n) -> tuple[list[list[int]], float]:
-    outs, t0 = [], time.perf_counter()
-    for p in prompts:
-        outs.append(backend.generate_ids(tok(p)["input_ids"], n))
+        outs.append(backend.generate_ids(tok(p)["input_ids"], n, adapter=adapter))
     return outs, time.perf_counter() - t0
 
 
@@ -103,6 +93,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=5, help="held-out prompts per domain")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--adapter-steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per engine")
     args = parser.parse_args()
 
     cfg = load_config()
@@ -110,52 +101,61 @@ def main() -> None:
     heldout = _records("heldout", args.prompts)
     prompts = [format_prompt(r["instruction"], r["input"]) for r in heldout]
     ppl_texts = [p + r["output"] for p, r in zip(prompts, heldout, strict=True)]
-    with tempfile.TemporaryDirectory() as tmp:
-        adapter = _train_adapter(base, tok, Path(tmp), args.adapter_steps)
-        merged = merge_adapter(base, adapter)
-    max_len = int(merged.config.max_position_embeddings)
-
     n = args.new_tokens
-    _torch_generate(merged, tok, prompts[:1], 4)  # warm-up
-    torch_out, t_torch = _torch_generate(merged, tok, prompts, n)
-    nocache_out, t_nocache = _torch_nocache(merged, tok, prompts, n)
-    fp32 = OpenVINOBackend(merged, tok, weight_format="fp32")
-    int8 = OpenVINOBackend(merged, tok, weight_format="int8")
-    _ov_generate(fp32, tok, prompts[:1], 4)
-    _ov_generate(int8, tok, prompts[:1], 4)
-    fp32_out, t_fp32 = _ov_generate(fp32, tok, prompts, n)
-    int8_out, t_int8 = _ov_generate(int8, tok, prompts, n)
-
-    ppl = {
-        "torch fp32": perplexity(merged, tok, ppl_texts, max_length=max_len).perplexity,
-        "OpenVINO fp32": perplexity_from_nll(*fp32.token_nll(ppl_texts)),
-        "OpenVINO INT8": perplexity_from_nll(*int8.token_nll(ppl_texts)),
-    }
-    runs = {
-        "torch fp32 (KV cache)": (torch_out, t_torch),
-        "torch fp32 (no cache)": (nocache_out, t_nocache),
-        "OpenVINO fp32": (fp32_out, t_fp32),
-        "OpenVINO INT8": (int8_out, t_int8),
-    }
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = _train_adapter(base, tok, Path(tmp) / "adapter", args.adapter_steps)
+        merged = merge_adapter(base, adapter)
+        max_len = int(merged.config.max_position_embeddings)
+        t0 = time.perf_counter()
+        fp32 = OpenVINOBackend(merged, tok, weight_format="fp32", cache_dir=Path(tmp) / "ir")
+        int8 = OpenVINOBackend(merged, tok, weight_format="int8", cache_dir=Path(tmp) / "ir")
+        export_s = (time.perf_counter() - t0) / 2
+        lora8 = OpenVINOBackend(base, tok, weight_format="int8", cache_dir=Path(tmp) / "ir")
+        t0 = time.perf_counter()
+        lora8.load_adapter("lora", str(adapter))
+        load_ms = (time.perf_counter() - t0) * 1000
+        engines = {
+            "torch fp32 (KV cache)": lambda ps, k: _torch_generate(merged, tok, ps, k),
+            "OpenVINO fp32": lambda ps, k: _ov_generate(fp32, tok, ps, k),
+            "OpenVINO INT8": lambda ps, k: _ov_generate(int8, tok, ps, k),
+            "OpenVINO INT8 + runtime LoRA": lambda ps, k: _ov_generate(lora8, tok, ps, k, "lora"),
+        }
+        for run in engines.values():  # warm-up
+            run(prompts[:1], 4)
+        best: dict[str, tuple[list[list[int]], float]] = {}
+        for _ in range(args.rounds):
+            for name, run in engines.items():
+                outs, secs = run(prompts, n)
+                if name not in best or secs < best[name][1]:
+                    best[name] = (outs, secs)
+        ppl = {
+            "torch fp32": perplexity(merged, tok, ppl_texts, max_length=max_len).perplexity,
+            "OpenVINO fp32": perplexity_from_nll(*fp32.token_nll(ppl_texts)),
+            "OpenVINO INT8": perplexity_from_nll(*int8.token_nll(ppl_texts)),
+        }  # (the backend scores a runtime adapter on a merged export: the INT8 row again)
+    torch_out, t_torch = best["torch fp32 (KV cache)"]
     params = sum(p.numel() for p in merged.parameters())
     print(
         f"model: {cfg.model.base_model} + merged LoRA ({params / 1e6:.2f} M params), "
-        f"{len(prompts)} prompts x {n} new tokens, greedy, torch threads {torch.get_num_threads()}"
+        f"{len(prompts)} prompts x {n} new tokens, greedy, torch threads "
+        f"{torch.get_num_threads()}, best of {args.rounds} rounds"
     )
+    print(f"OpenVINO export (stateful IR) {export_s:.1f} s per format; runtime LoRA load "
+          f"{load_ms:.0f} ms (no export)")  # fmt: skip
     print(
-        f"{'engine':<24}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'vs torch':>10}{'same tokens':>13}"
+        f"{'engine':<30}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'vs torch':>10}{'same tokens':>13}"
     )
     base_tps = sum(map(len, torch_out)) / t_torch
-    for name, (outs, secs) in runs.items():
+    for name, (outs, secs) in best.items():
         toks = sum(map(len, outs))
         same = sum(o == t for o, t in zip(outs, torch_out, strict=True))
         print(
-            f"{name:<24}{toks:>8}{secs:>9.2f}{toks / secs:>9.1f}{toks / secs / base_tps:>9.2f}x"
+            f"{name:<30}{toks:>8}{secs:>9.3f}{toks / secs:>9.1f}{toks / secs / base_tps:>9.2f}x"
             f"{same:>8}/{len(prompts)}"
         )
     print(f"\nheld-out perplexity ({len(ppl_texts)} texts):")
     for name, value in ppl.items():
-        print(f"  {name:<16}{value:>10.3f}")
+        print(f"  {name:<30}{value:>10.4f}")
     change = ppl["OpenVINO INT8"] / ppl["OpenVINO fp32"] - 1
     print(f"INT8 perplexity change vs OpenVINO fp32: {100 * change:+.2f}%")
 
