@@ -340,6 +340,9 @@ def main() -> None:
     parser.add_argument(
         "--vllm-max-loras", type=int, help="vLLM's LoRAs per batch (default: the most adapters)"
     )
+    parser.add_argument(
+        "--vllm-max-cpu-loras", type=int, help="vLLM's LoRAs kept loaded (default: max_loras)"
+    )
     parser.add_argument("--prefix-caching", action="store_true", help="vLLM's prefix cache on")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -376,7 +379,8 @@ def main() -> None:
         t0 = time.perf_counter()
         vllm_be = VLLMBackend(
             resolve_base_path(cfg), max_loras=max_loras, max_lora_rank=8,
-            engine_kwargs={"enable_prefix_caching": args.prefix_caching},
+            engine_kwargs={"enable_prefix_caching": args.prefix_caching,
+                           "max_cpu_loras": args.vllm_max_cpu_loras},
         )  # fmt: skip
         load_s = time.perf_counter() - t0
         engines.append(VLLM(vllm_be))
@@ -402,7 +406,8 @@ def main() -> None:
     if skipped:
         print(f"vLLM skipped: {skipped}")
     else:
-        print(f"vLLM engine load {load_s:.1f} s (max_loras {max_loras}, prefix caching "
+        print(f"vLLM engine load {load_s:.1f} s (max_loras {max_loras}, max_cpu_loras "
+              f"{args.vllm_max_cpu_loras or max_loras}, prefix caching "
               f"{'on' if args.prefix_caching else 'off'})")  # fmt: skip
     _report(results, args)
 
