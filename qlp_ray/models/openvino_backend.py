@@ -43,7 +43,12 @@ from typing import Any, Literal
 import numpy as np
 
 from qlp_ray.core.errors import AdapterLoadError, AdapterNotFound, InvalidRequest
-from qlp_ray.models.backend import Generation, GenerationRequest, InferenceBackend
+from qlp_ray.models.backend import (
+    AdapterNotLoaded,
+    Generation,
+    GenerationRequest,
+    InferenceBackend,
+)
 from qlp_ray.models.openvino_export import (
     MODEL_XML,
     WEIGHT_FORMATS,
@@ -163,6 +168,7 @@ class OpenVINOBackend(InferenceBackend):
         self._kept_root = tempfile.mkdtemp(prefix="qlp-ov-adapters-")
         weakref.finalize(self, shutil.rmtree, self._kept_root, True)
         self._lock = threading.Lock()  # the base pipeline: one generation at a time
+        self._loading = threading.RLock()  # loads and unloads, one at a time
         self.base_ir = ir_dir(model, tokenizer, weight_format, self.cache_dir)
         # name -> (openvino_genai.Adapter, scale, a private copy of the verified files)
         self._runtime: dict[str, tuple[Any, float, Path]] = {}
@@ -211,9 +217,13 @@ class OpenVINOBackend(InferenceBackend):
     def load_adapter(self, name: str, path: str) -> None:
         """Load a verified adapter directory: a runtime adapter on the base pipeline when
         it can be (``lora_mode='runtime'``), else a merged export of its own."""
+
+        with self._loading:
+            self._load(name, _check_adapter_files(path))
+
+    def _load(self, name: str, adapter_dir: Path) -> None:
         import openvino_genai as og
 
-        adapter_dir = _check_adapter_files(path)
         scale = runtime_lora_scale(self._base, adapter_dir) if self.lora_mode == "runtime" else None
         if scale is not None:
             try:
@@ -227,7 +237,9 @@ class OpenVINOBackend(InferenceBackend):
             runtime = {**self._runtime, name: (adapter, scale, kept)}
             pipeline = self._build_pipeline(self.base_ir, runtime)
             with self._lock:
-                self._runtime, self._pipeline = runtime, pipeline
+                # pipeline first: a reader that finds the adapter finds a pipeline with it
+                self._pipeline = pipeline
+                self._runtime = runtime
             self._merged.pop(name, None)
             mode = "runtime"
         else:
@@ -247,14 +259,17 @@ class OpenVINOBackend(InferenceBackend):
     def unload_adapter(self, name: str) -> None:
         if name is None:
             return
-        self._merged.pop(name, None)
-        self._scorers.pop(name, None)
-        if name in self._runtime:
+        with self._loading:
+            self._merged.pop(name, None)
+            self._scorers.pop(name, None)
+            if name not in self._runtime:
+                return
             shutil.rmtree(self._runtime[name][2], ignore_errors=True)
             runtime = {k: v for k, v in self._runtime.items() if k != name}
             pipeline = self._build_pipeline(self.base_ir, runtime)
             with self._lock:
-                self._runtime, self._pipeline = runtime, pipeline
+                self._runtime = runtime  # table first: the adapter is gone before its slot
+                self._pipeline = pipeline
 
     @property
     def loaded_adapters(self) -> list[str]:
@@ -278,10 +293,10 @@ class OpenVINOBackend(InferenceBackend):
         if adapter in self._merged:
             merged = self._merged[adapter]
             return merged.pipeline, merged.lock, None
-        if adapter in self._runtime:
-            runtime_adapter, scale, _ = self._runtime[adapter]
-            return self._pipeline, self._lock, og.AdapterConfig(runtime_adapter, scale)
-        raise AdapterNotFound(f"adapter {adapter!r} is not loaded in the OpenVINO backend")
+        entry = self._runtime.get(adapter)  # read before the pipeline (see load_adapter)
+        if entry is not None:
+            return self._pipeline, self._lock, og.AdapterConfig(entry[0], entry[1])
+        raise AdapterNotLoaded(adapter)  # as the other backends: the compositor reloads it
 
     def _generation_config(self, request: GenerationRequest, adapters: Any) -> Any:
         import openvino_genai as og

@@ -26,7 +26,11 @@ from qlp_ray.core.errors import (  # noqa: E402
     SignatureError,
 )
 from qlp_ray.evaluate.metrics import perplexity_from_nll  # noqa: E402
-from qlp_ray.models.backend import Generation, GenerationRequest  # noqa: E402
+from qlp_ray.models.backend import (  # noqa: E402
+    AdapterNotLoaded,
+    Generation,
+    GenerationRequest,
+)
 from qlp_ray.models.hf_backend import TransformersBackend  # noqa: E402
 from qlp_ray.models.openvino_backend import OpenVINOBackend  # noqa: E402
 from qlp_ray.models.openvino_export import MODEL_XML, weight_bytes  # noqa: E402
@@ -126,8 +130,10 @@ def test_greedy_tokens_equal_torch_for_base_runtime_and_merged_adapters(
     for prompt in PROMPTS:
         assert backend.generate_ids(tokenizer(prompt)["input_ids"], 16) == base[prompt]
     backend.unload_adapter("qv")
-    with pytest.raises(AdapterNotFound):
+    with pytest.raises(AdapterNotLoaded):  # the compositor's cue to load it again
         backend.generate_ids([1, 2], 2, adapter="qv")
+    with pytest.raises(AdapterNotFound):
+        backend.adapter_mode("qv")
     mlp_model = adapters["mlp"][1]
     ids = tokenizer(PROMPTS[0])["input_ids"]
     assert backend.generate_ids(ids, 16, adapter="mlp") == _torch_greedy(
