@@ -55,7 +55,13 @@ def _memory(device: Device) -> tuple[int | None, int | None]:
 
 @ray.remote(max_task_retries=0, max_concurrency=16)
 class DeviceActor:
-    def __init__(self, device: dict[str, Any], node_id: str, scheduler_name: str) -> None:
+    def __init__(
+        self,
+        device: dict[str, Any],
+        node_id: str,
+        scheduler_name: str,
+        scheduler_namespace: str | None = None,
+    ) -> None:
         self.device = Device.from_dict(device)
         self.node_id = node_id
         self.started = time.time()
@@ -70,7 +76,8 @@ class DeviceActor:
         self._busy: deque[tuple[float, float]] = deque()
         self._completed = 0
         ctx = ray.get_runtime_context()
-        scheduler = ray.get_actor(scheduler_name, namespace=ctx.namespace)
+        # the scheduler's namespace (hardware.namespace), else this actor's job's namespace
+        scheduler = ray.get_actor(scheduler_name, namespace=scheduler_namespace or ctx.namespace)
         ray.get(scheduler.register.remote(self.info(), ctx.current_actor))
 
     def info(self) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def start_device_actor(
         scheduling_strategy=_pinned(node_id),
         max_restarts=max_restarts,
         lifetime="detached",  # owned by the cluster, not by whoever ran the sync
-    ).remote(device.to_dict(), node_id, SCHEDULER_NAME)
+    ).remote(device.to_dict(), node_id, SCHEDULER_NAME, cfg.namespace)
 
 
 def sync_devices(

@@ -71,6 +71,23 @@ def start_hardware(cfg: HardwareConfig | None = None) -> Any:
     return scheduler
 
 
+def ensure_devices(scheduler: Any, cfg: HardwareConfig | None = None) -> list[str]:
+    """Device actors for the alive nodes that have none registered yet (``hardware.
+    device_actors``); returns the ids started. Nodes with devices are left as they are, so
+    a redeploy costs one ``devices()`` call; new nodes get theirs at the next start."""
+    cfg = cfg or HardwareConfig()
+    if not cfg.device_actors:
+        return []
+    covered = {r["node_id"] for r in ray.get(scheduler.devices.remote()) if r["alive"]}
+    missing = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] not in covered]
+    if not missing:
+        return []
+    found = {node: devs for node, devs in discover_cluster().items() if node in missing}
+    added, _ = sync_devices(scheduler, found, cfg)
+    logger.info("device actors started on %d node(s): %s", len(found), added)
+    return added
+
+
 def plan_serving(
     requested: dict[str, tuple[float, int]],
     training_slot: float,
@@ -82,7 +99,12 @@ def plan_serving(
     device of each deployment in ``workloads`` (name -> (workload kind, backend))."""
     requested_lists = {name: [c, r] for name, (c, r) in requested.items()}
     kinds = {name: [k, b] for name, (k, b) in (workloads or {}).items()}
-    return ray.get(start_scheduler(cfg).plan_serving.remote(requested_lists, training_slot, kinds))
+    scheduler = start_scheduler(cfg)
+    try:  # the platform's devices, for the work the scheduler places on them
+        ensure_devices(scheduler, cfg)
+    except Exception:  # noqa: BLE001 - serving does not depend on device actors
+        logger.exception("could not start the device actors; the scheduler places without them")
+    return ray.get(scheduler.plan_serving.remote(requested_lists, training_slot, kinds))
 
 
 def _run_id(kind: str) -> str:

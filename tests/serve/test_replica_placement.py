@@ -23,6 +23,22 @@ def _options(cfg):
     )
 
 
+def _alive_nodes() -> set[str]:
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+def _device_nodes(cfg) -> set[str]:
+    """Nodes with a live device actor registered with the platform's scheduler."""
+    import ray
+
+    from actors.launch import get_scheduler
+
+    rows = ray.get(get_scheduler(cfg.hardware).devices.remote())
+    return {r["node_id"] for r in rows if r.get("alive", True)}
+
+
 def test_replicas_ask_for_advertised_accelerators_and_fall_back_to_cpu(ray_session, tmp_path):
     from qlp_ray.serve.app import placed_config
 
@@ -35,6 +51,7 @@ def test_replicas_ask_for_advertised_accelerators_and_fall_back_to_cpu(ray_sessi
     assert plan["devices"]["router"]["device_class"] == "cpu"
     assert plan["devices"]["compositor"]["dtype"] == "float32"  # on CPU, whatever model.dtype
     assert placed.serve.compositor_num_gpus == 0.0
+    assert _device_nodes(cfg) == _alive_nodes()  # the platform started its device actors
 
     node = ray_session.add_node(num_cpus=0, num_gpus=1, resources={"qlp_npu": 1})
     try:
@@ -43,6 +60,7 @@ def test_replicas_ask_for_advertised_accelerators_and_fall_back_to_cpu(ray_sessi
         compositor, router = _options(placed)
         assert router["resources"] == {"qlp_npu": 1} and placed.router.embedding_device == "NPU"
         assert compositor["num_gpus"] == 1 and placed.serve.compositor_num_gpus == 1.0
+        assert _device_nodes(cfg) == _alive_nodes()  # the new node got its device actors
         assert plan["devices"]["compositor"]["reason"].startswith("inference on cuda (vllm")
         # the replica on the GPU loads in half precision (bf16, or fp16 on an older GPU)
         assert plan["devices"]["compositor"]["dtype"].startswith("bfloat16 (float16 on a GPU")

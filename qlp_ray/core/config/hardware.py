@@ -53,6 +53,12 @@ class HardwareConfig(Section):
         0.0, ge=0, description="Seconds between device re-discoveries (hot-plug); 0 = off."
     )
     namespace: str = Field("qlp", description="Ray namespace of the device and scheduler actors.")
+    device_actors: bool = Field(
+        True,
+        description="When the platform starts (qlp serve, a RayService app), start a device "
+        "actor for every device discovered on each node the scheduler has none of; false = "
+        "the scheduler only (start them with actors.launch.start_hardware()).",
+    )
 
     @model_validator(mode="after")
     def _known_names(self) -> HardwareConfig:
