@@ -139,7 +139,32 @@ class NaivePeft:
         return await loop.run_in_executor(self._pool, self._generate, request, adapter)
 
 
-class HandWritten:
+class _Streaming:
+    """An engine of the project's backends: adapters loaded once, each request streamed;
+    the first streamed token/text delta is the time to first token, the last item the
+    ``Generation``."""
+
+    backend: Any
+
+    def add_adapters(self, paths: dict[str, Path]) -> None:
+        for name, path in paths.items():
+            if name not in self.backend.loaded_adapters:
+                self.backend.load_adapter(name, str(path))
+
+    def _stream(self, request: GenerationRequest, adapter: str) -> Any:
+        raise NotImplementedError
+
+    async def run(self, request: GenerationRequest, adapter: str) -> tuple[float | None, Any]:
+        first = result = None
+        async for item in self._stream(request, adapter):
+            if isinstance(item, int | str):  # a token id / a text delta
+                first = first or time.perf_counter()
+            else:
+                result = item
+        return first, result
+
+
+class HandWritten(_Streaming):
     """The compositor's default engine: lean decoder + ``StepMerger`` continuous batching."""
 
     name = "hand-written"
@@ -151,22 +176,11 @@ class HandWritten:
         self.backend = TransformersBackend(model, tokenizer, lean_forward=True)
         self.merger = StepMerger(self.backend, max_rows)
 
-    def add_adapters(self, paths: dict[str, Path]) -> None:
-        for name, path in paths.items():
-            if name not in self.backend.loaded_adapters:
-                self.backend.load_adapter(name, str(path))
-
-    async def run(self, request: GenerationRequest, adapter: str) -> tuple[float | None, Any]:
-        first = result = None
-        async for item in self.merger.stream(request, adapter):
-            if isinstance(item, int):
-                first = first or time.perf_counter()
-            else:
-                result = item
-        return first, result
+    def _stream(self, request: GenerationRequest, adapter: str) -> Any:
+        return self.merger.stream(request, adapter)  # token ids, then the Generation
 
 
-class VLLM:
+class VLLM(_Streaming):
     """vLLM's ``AsyncLLM`` through the project's ``VLLMBackend``."""
 
     name = "vLLM"
@@ -174,19 +188,8 @@ class VLLM:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
 
-    def add_adapters(self, paths: dict[str, Path]) -> None:
-        for name, path in paths.items():
-            if name not in self.backend.loaded_adapters:
-                self.backend.load_adapter(name, str(path))
-
-    async def run(self, request: GenerationRequest, adapter: str) -> tuple[float | None, Any]:
-        first = result = None
-        async for item in self.backend.astream(request, adapter):
-            if isinstance(item, str):
-                first = first or time.perf_counter()
-            else:
-                result = item
-        return first, result
+    def _stream(self, request: GenerationRequest, adapter: str) -> Any:
+        return self.backend.astream(request, adapter)  # text deltas, then the Generation
 
 
 # -- the load -------------------------------------------------------------------------
