@@ -5,6 +5,9 @@
   (:mod:`actors.fleet`), kept in sync by the scheduler's re-discovery loop.
 * :func:`plan_serving` / :func:`training_placement` — the scheduler's CPU sharing between
   Serve replicas and training runs (:mod:`qlp_ray.hardware.cpu_share`).
+* :func:`run_placed` — one workload (``qlp eval``, ``qlp optimize``) as a Ray task on the
+  device and node :mod:`qlp_ray.hardware.task_placement` picks, held as a placement while
+  it runs (``qlp devices --placements``) and released after.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.device import SCHEDULER_NAME
 from actors.fleet import discover_cluster, sync_devices
 from actors.scheduler import SchedulerActor
 from qlp_ray.core.config import HardwareConfig
 from qlp_ray.core.errors import Unplaceable
+from qlp_ray.hardware.task_placement import TaskPlacement, place_task
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +169,65 @@ def training_placement(
             logger.warning("could not release placement %s: %s", run_id, exc)
 
 
+def _in_task(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[Any, str]:
+    return fn(**kwargs), ray.get_runtime_context().get_node_id()
+
+
+def plan_task(
+    kind: str, backend: str, *, pin_to_driver: bool, cfg: HardwareConfig | None = None
+) -> TaskPlacement:
+    """The placement of one ``kind`` task on the connected cluster, now."""
+    cfg = cfg or HardwareConfig()
+    driver = ray.get_runtime_context().get_node_id()
+    return place_task(
+        kind, backend, cfg.capabilities, ray.nodes(), driver, pin_to_driver=pin_to_driver
+    )
+
+
+def run_placed(
+    kind: str,
+    backend: str,
+    fn: Callable[..., Any],
+    kwargs: dict[str, Any],
+    *,
+    pin_to_driver: bool = False,
+    cfg: HardwareConfig | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """``fn(**kwargs, device=<torch device>, openvino_device=...)`` as a placed Ray task;
+    returns its result and where it ran (device class, node, placement id, reason)."""
+    placement = plan_task(kind, backend, pin_to_driver=pin_to_driver, cfg=cfg)
+    scheduler = start_scheduler(cfg)
+    run_id = _run_id(kind)
+    record = {**placement.to_dict(), "workers": 1, "requested_workers": 1,
+              "cpus_per_worker": placement.ray_options.get("num_cpus", 1.0)}  # fmt: skip
+    ray.get(scheduler.hold_task.remote(run_id, record))
+    logger.info("%s placed as %s: %s", kind, run_id, placement.reason)
+    task = ray.remote(_in_task).options(
+        **placement.ray_options,
+        max_retries=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(placement.node_id, soft=False),
+    )
+    args = {
+        **kwargs,
+        "device": placement.torch_device,
+        "openvino_device": placement.openvino_device,
+    }
+    outcome = "error"
+    try:
+        try:
+            result, node_id = ray.get(task.remote(fn, args))
+        except ray.exceptions.RayTaskError as exc:  # the work's own error, unwrapped
+            raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
+        outcome = "done"
+    finally:
+        try:
+            ray.get(scheduler.release.remote(run_id, outcome))
+        except Exception as exc:  # noqa: BLE001 - the task's own outcome matters more
+            logger.warning("could not release placement %s: %s", run_id, exc)
+    where = {"where": "ray", "placement": run_id, **placement.to_dict(), "node_id": node_id}
+    return result, where
+
+
 def release_placement(run_id: str, cfg: HardwareConfig | None = None) -> bool:
     """Drop a placement (e.g. "serve" when the app is shut down); False if none was held."""
     try:
@@ -197,6 +261,7 @@ __all__ = [
     "placements",
     "plan_serving",
     "release_placement",
+    "run_placed",
     "training_placement",
     "submit_workload",
     "start_hardware",

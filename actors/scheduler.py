@@ -406,8 +406,36 @@ class SchedulerActor:
         self._save_state()
         return dict(record)
 
+    async def hold_task(self, run_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """A one-off Ray task (``qlp eval``, ``qlp optimize``) runs where ``record`` says
+        (``hardware/task_placement.py``): held as a placement until :meth:`release`, and
+        kept in the history (``workloads``) with its device and outcome."""
+        now = time.time()
+        held = {**record, "state": "placed", "since": now}
+        self._placements[run_id] = held
+        self._save_state()
+        self._history.append(
+            {
+                "job_id": run_id,
+                "kind": record["workload"],
+                "priority": 0,
+                "device": f"{record['node_id']}/{record['device_class']}",
+                "device_class": record["device_class"],
+                "node_id": record["node_id"],
+                "attempt": 1,
+                "outcome": "running",
+                "started": now,
+            }
+        )
+        return dict(held)
+
     async def release(self, run_id: str, outcome: str = "done") -> bool:
-        """A training run ended: its placement is dropped (``outcome`` is logged)."""
+        """A training run or task ended: its placement is dropped (``outcome`` is logged,
+        and a task's history entry takes it)."""
+        for h in reversed(self._history):
+            if h["job_id"] == run_id and h["outcome"] == "running":
+                h["outcome"] = outcome
+                break
         record = self._placements.pop(run_id, None)
         if record is not None:
             self._save_state()

@@ -13,6 +13,7 @@ from qlp_ray.cli.common import console, fail, get_config
 from qlp_ray.core.errors import QLPError
 from qlp_ray.evaluate.charts import write_eval_report
 from qlp_ray.evaluate.leaderboard import Leaderboard, default_leaderboard_path
+from qlp_ray.evaluate.placed_run import describe
 from qlp_ray.evaluate.suite import run_evaluation
 
 app = typer.Typer(
@@ -85,6 +86,7 @@ def run(
                     "domain": domain,
                     "leaderboard_id": result.leaderboard_id,
                     "report_html": str(html_path),
+                    "ran_on": result.where,
                     **rep.to_dict(),
                 },
                 indent=1,
@@ -126,6 +128,8 @@ def run(
     if result.leaderboard_id is not None:
         console.print(f"recorded on the leaderboard as #{result.leaderboard_id}")
     console.print(f"report with charts: {html_path}", soft_wrap=True)
+    if result.where:
+        console.print(describe(result.where), soft_wrap=True)
 
 
 @app.command("leaderboard")

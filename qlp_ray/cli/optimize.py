@@ -9,7 +9,8 @@ import typer
 
 from qlp_ray.cli.common import console, fail, get_config
 from qlp_ray.core.errors import QLPError
-from qlp_ray.optimize.run import run_optimization
+from qlp_ray.evaluate.placed_run import describe
+from qlp_ray.optimize.run import run_optimization_placed
 
 app = typer.Typer(
     help="Quantize (INT8) or prune the model; report size, speed and quality.", no_args_is_help=True
@@ -35,14 +36,14 @@ def run(
     from rich.table import Table
 
     try:
-        _, rep = run_optimization(
+        rep, where = run_optimization_placed(
             get_config(), method=method, sparsity=sparsity, domain=domain, output=output
         )
     except QLPError as exc:
         fail(str(exc))
         return
     if as_json:
-        typer.echo(json.dumps(rep.to_dict(), indent=1))
+        typer.echo(json.dumps({**rep.to_dict(), "ran_on": where}, indent=1, default=str))
         return
     o, n = rep.original, rep.optimized
     target = f" (target sparsity {rep.sparsity_target:.0%})" if rep.sparsity_target else ""
@@ -72,3 +73,4 @@ def run(
     console.print(table)
     if output is not None:
         console.print(f"saved to {output}")
+    console.print(describe(where), soft_wrap=True)

@@ -39,6 +39,7 @@ class EvaluationRun:
     report: EvaluationReport
     baseline_metrics: dict[str, float] | None
     leaderboard_id: int | None
+    where: dict[str, Any] | None = None  # where the scoring ran (placed_run.run_where_placed)
 
 
 def _training_facts(metadata: dict[str, Any]) -> dict[str, float]:
@@ -51,22 +52,21 @@ def _training_facts(metadata: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_evaluation(
+def score_records(
     cfg: QLPConfig,
+    records: list[dict[str, str]],
     *,
-    domain: str,
     adapter_id: str | None = None,
     version: int | None = None,
-    data: str | Path | None = None,
-    limit: int | None = None,
     baseline: bool = True,
-    record: bool = True,
-) -> EvaluationRun:
-    """Evaluate the base model or ``adapter_id`` on ``data`` (default: held-out samples)."""
-
-    dataset = Path(data) if data is not None else sample_path(domain, "heldout")
-    records = load_eval_set(dataset)[:limit] if limit else load_eval_set(dataset)
-    model, tokenizer = load_base(cfg)
+    device: str = "cpu",
+    openvino_device: str = "CPU",
+) -> dict[str, Any]:
+    """The metrics of the base model or ``adapter_id`` on ``records`` (and of the base
+    model beside it with ``baseline``), computed on the torch ``device``. Runs wherever
+    the scheduler placed it: it reads only the model, the registry and its arguments."""
+    del openvino_device  # evaluation computes with torch
+    model, tokenizer = load_base(cfg, device=device)
     max_new = cfg.evaluation.max_new_tokens
     max_len = cfg.model.max_seq_len
     baseline_metrics = None
@@ -91,13 +91,53 @@ def run_evaluation(
                 baseline_metrics = evaluate_model(
                     peft_model, tokenizer, records, max_new_tokens=max_new, max_length=max_len
                 )
-    report = build_report({**metrics, **facts}, cfg.evaluation, baseline=baseline_metrics)
+    return {"target": target, "metrics": metrics, "baseline": baseline_metrics, "facts": facts}
+
+
+def run_evaluation(
+    cfg: QLPConfig,
+    *,
+    domain: str,
+    adapter_id: str | None = None,
+    version: int | None = None,
+    data: str | Path | None = None,
+    limit: int | None = None,
+    baseline: bool = True,
+    record: bool = True,
+) -> EvaluationRun:
+    """Evaluate the base model or ``adapter_id`` on ``data`` (default: held-out samples).
+
+    With a reachable Ray cluster the scoring runs as a Ray task where the scheduler places
+    workload ``inference`` (the records travel with it; an adapter evaluation stays on the
+    driver's node, whose disk holds the registry's trust keys); else in this process."""
+    from qlp_ray.evaluate.placed_run import run_where_placed
+
+    dataset = Path(data) if data is not None else sample_path(domain, "heldout")
+    records = load_eval_set(dataset)[:limit] if limit else load_eval_set(dataset)
+    scores, where = run_where_placed(
+        cfg,
+        "inference",
+        "torch",
+        score_records,
+        {
+            "cfg": cfg,
+            "records": records,
+            "adapter_id": adapter_id,
+            "version": version,
+            "baseline": baseline,
+        },  # fmt: skip
+        pin_to_driver=adapter_id is not None,
+    )
+    target, baseline_metrics = scores["target"], scores["baseline"]
+    report = build_report(
+        {**scores["metrics"], **scores["facts"]}, cfg.evaluation, baseline=baseline_metrics
+    )
     entry = None
     if record:
         board = Leaderboard(default_leaderboard_path(cfg))
         entry = board.record(target, report, domain=domain, dataset=str(dataset))
     logger.info("evaluation of %s on %s: grade %s", target, dataset.name, report.grade)
-    return EvaluationRun(target, domain, str(dataset), report, baseline_metrics, entry)
+    return EvaluationRun(target, domain, str(dataset), report, baseline_metrics, entry, where)
 
 
-__all__ = ["EvaluationRun", "run_evaluation"]
+__all__ = ["EvaluationRun", "run_evaluation", "score_records"]

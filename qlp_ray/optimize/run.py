@@ -70,4 +70,35 @@ def run_optimization(
     return optimized, report
 
 
-__all__ = ["run_optimization"]
+def _optimize_report(cfg: QLPConfig, device: str = "cpu", openvino_device: str = "CPU", **kw):
+    """The task body of :func:`run_optimization_placed`: the report only (a quantized
+    model does not travel back; with ``output`` it is saved where the task ran)."""
+    del device, openvino_device  # torch int8 kernels and pruning run on the CPU
+    return run_optimization(cfg, **kw)[1]
+
+
+def run_optimization_placed(
+    cfg: QLPConfig,
+    *,
+    method: str | None = None,
+    sparsity: float | None = None,
+    domain: str = "api",
+    output: str | Path | None = None,
+) -> tuple[OptimizationReport, dict[str, Any]]:
+    """:func:`run_optimization` where the scheduler places workload ``inference_int8``
+    when a Ray cluster is reachable (with ``output``, on the driver's node, whose disk it
+    writes), else in this process; returns the report and where it ran."""
+    from qlp_ray.evaluate.placed_run import run_where_placed
+
+    method = method or cfg.optimize.method
+    if method not in METHODS:  # fail before placing anything
+        raise InvalidRequest(f"unknown optimisation method {method!r}; choose from {METHODS}")
+    kwargs = {"cfg": cfg, "method": method, "sparsity": sparsity, "domain": domain,
+              "output": None if output is None else str(Path(output).resolve())}  # fmt: skip
+    return run_where_placed(
+        cfg, "inference_int8", "torch-cpu", _optimize_report, kwargs,
+        pin_to_driver=output is not None,
+    )  # fmt: skip
+
+
+__all__ = ["run_optimization", "run_optimization_placed"]
