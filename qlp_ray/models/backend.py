@@ -20,6 +20,9 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # None: no log-probabilities (the default path computes none); n >= 0: each generated
+    # token's log-probability and the n most likely alternatives at its step
+    logprobs: int | None = None
 
 
 @dataclass
@@ -29,6 +32,10 @@ class Generation:
     completion_tokens: int
     finish_reason: str = "length"  # "stop" | "length"
     extra: dict = field(default_factory=dict)
+    # one entry per generated token when the request asked for ``logprobs``, in OpenAI's
+    # chat shape: {"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+    # "bytes"}, ...]}; log-probabilities are the log-softmax of the model's raw logits
+    logprobs: list[dict] | None = None
 
 
 class InferenceBackend(abc.ABC):

@@ -45,6 +45,7 @@ from transformers.generation.logits_process import (
 
 from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationRequest
 from qlp_ray.models.lean_decoder import left_pad, scripted
+from qlp_ray.models.logprobs import token_entry
 
 if TYPE_CHECKING:
     from qlp_ray.models.hf_backend import TransformersBackend
@@ -81,6 +82,7 @@ class _Row:
     key: Any  # the caller's handle for this row
     sampler: RowSampler | None = None  # None: greedy
     new_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict] = field(default_factory=list)  # filled only when the request asks
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -146,7 +148,7 @@ class ContinuousDecoder:
         first_new = len(self.rows)
         self._merge(cache, mask)
         self.rows += joining
-        self._next = torch.cat([self._next, _pick(logits, joining)])
+        self._next = torch.cat([self._next, _pick(logits, joining, b.tokenizer)])
         self._pos = torch.cat([self._pos, torch.tensor([r.prompt_len for r in joining])])
         return done + self._collect(first_new)
 
@@ -187,7 +189,7 @@ class ContinuousDecoder:
             return failed
         self._mask = mask
         self._pos = self._pos + 1
-        self._next = _pick(logits, self.rows)
+        self._next = _pick(logits, self.rows, self.backend.tokenizer)
         return self._collect()
 
     def _collect(self, first: int = 0) -> list[tuple[Any, Generation | Exception]]:
@@ -209,7 +211,11 @@ class ContinuousDecoder:
                 keep.append(i)
                 continue
             ms = (time.perf_counter() - row.started) * 1000
-            gen = b._finish(row.new_ids, row.request, row.adapter, ms, row.prompt_len)
+            scored = row.logprobs if row.request.logprobs is not None else None
+            gen = b._finish(
+                row.new_ids, row.request, row.adapter, ms, row.prompt_len,
+                logprobs=None if scored is None else lambda n, s=scored: s[:n],
+            )  # fmt: skip
             gen.extra["batch_size"] = len(self.rows)
             finished.append((row.key, gen))
         if len(keep) < len(self.rows):
@@ -250,12 +256,17 @@ class ContinuousDecoder:
         self._pos = self._pos.index_select(0, idx)
 
 
-def _pick(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-    """Each row's next token: the argmax, or a draw for sampled rows."""
+def _pick(logits: torch.Tensor, rows: list[_Row], tokenizer: Any) -> torch.Tensor:
+    """Each row's next token: the argmax, or a draw for sampled rows; a row that asked
+    for ``logprobs`` records the token's entry from these (raw) logits."""
     tokens = logits.argmax(-1)
     for i, row in enumerate(rows):
         if row.sampler is not None:
             tokens[i] = row.sampler.draw(logits[i])
+        if row.request.logprobs is not None:
+            row.logprobs.append(
+                token_entry(tokenizer, logits[i], int(tokens[i]), row.request.logprobs)
+            )
     return tokens
 
 

@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from qlp_ray.models.backend import AdapterNotLoaded, Generation, GenerationReque
 from qlp_ray.models.batched_lora import LoRATables
 from qlp_ray.models.continuous import ContinuousDecoder
 from qlp_ray.models.lean_llama import KVCache, LeanLlama
+from qlp_ray.models.logprobs import step_entries
 from qlp_ray.models.stream_text import cut_at_stop
 
 logger = logging.getLogger(__name__)
@@ -366,6 +367,16 @@ class TransformersBackend(InferenceBackend):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
+    def _logprobs_of(
+        self, out: Any, row: int, new_ids: list[int], request: GenerationRequest
+    ) -> Callable[[int], list[dict]] | None:
+        """How ``_finish`` gets the entries of a row's first ``n`` tokens from a
+        ``generate`` output run with ``output_logits`` (None: the row did not ask)."""
+        if request.logprobs is None:
+            return None
+        top_n = request.logprobs
+        return lambda n: step_entries(self.tokenizer, out.logits, row, new_ids[:n], top_n)
+
     def generate(self, request: GenerationRequest, adapter: str | None = None) -> Generation:
         """Generate one completion with ``adapter`` (``None`` = base model, adapters off)."""
         tokens = self.tokenizer(request.prompt, return_tensors="pt", add_special_tokens=True)
@@ -378,6 +389,8 @@ class TransformersBackend(InferenceBackend):
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_RowStops(self.tokenizer, prompt_len, [request])]
             )
+        if request.logprobs is not None:  # raw logits of every step; otherwise none kept
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         t0 = time.perf_counter()
         with self._lock:
             model, ctx = self._select_locked(adapter)
@@ -385,10 +398,12 @@ class TransformersBackend(InferenceBackend):
                 torch.manual_seed(request.seed)
             with ctx, torch.inference_mode():
                 out = model.generate(**enc, **kwargs)
-        new_ids = out[0, prompt_len:].tolist()
+        sequences = out.sequences if request.logprobs is not None else out
+        new_ids = sequences[0, prompt_len:].tolist()
         return self._finish(
-            new_ids, request, adapter, (time.perf_counter() - t0) * 1000, prompt_len
-        )
+            new_ids, request, adapter, (time.perf_counter() - t0) * 1000, prompt_len,
+            logprobs=self._logprobs_of(out, 0, new_ids, request),
+        )  # fmt: skip
 
     # -- batched generation -----------------------------------------------------------
     def generate_batch(
@@ -469,15 +484,22 @@ class TransformersBackend(InferenceBackend):
         kwargs = self._sampling_kwargs(requests[0])
         kwargs["max_new_tokens"] = max(r.max_new_tokens for r in requests)
         kwargs["stopping_criteria"] = StoppingCriteriaList([stops])
+        scored = any(r.logprobs is not None for r in requests)
+        if scored:  # raw logits of every step, only when a row asked for logprobs
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         t0 = time.perf_counter()
         model, ctx = self._select_rows_locked([adapter for _, adapter in items])
         with ctx, torch.inference_mode():
             out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         ms = (time.perf_counter() - t0) * 1000
+        sequences = out.sequences if scored else out
         gens = []
         for row, (request, adapter) in enumerate(items):
-            new_ids = out[row, width:].tolist()[: stops.ended[row]]
-            gen = self._finish(new_ids, request, adapter, ms, len(token_rows[row]))
+            new_ids = sequences[row, width:].tolist()[: stops.ended[row]]
+            gen = self._finish(
+                new_ids, request, adapter, ms, len(token_rows[row]),
+                logprobs=self._logprobs_of(out, row, new_ids, request),
+            )  # fmt: skip
             gen.extra["batch_size"] = len(items)
             gens.append(gen)
         return gens
@@ -618,7 +640,10 @@ class TransformersBackend(InferenceBackend):
         adapter: str | None,
         ms: float,
         prompt_len: int,
+        logprobs: Callable[[int], list[dict]] | None = None,
     ) -> Generation:
+        """The row's Generation; ``logprobs(n)`` gives the entries of its first ``n``
+        tokens (None: the request did not ask for them)."""
         eos = self.tokenizer.eos_token_id
         finish = "length"
         if eos is not None and eos in new_ids:
@@ -635,4 +660,5 @@ class TransformersBackend(InferenceBackend):
             completion_tokens=len(new_ids),
             finish_reason=finish,
             extra={"adapter": adapter, "generate_ms": round(ms, 2)},
+            logprobs=logprobs(len(new_ids)) if logprobs is not None else None,
         )
