@@ -322,13 +322,34 @@ class VLLMBackend(InferenceBackend):
             stop=list(request.stop) or None,
             seed=request.seed,
             output_kind=RequestOutputKind[kind],
+            logprobs=request.logprobs,  # None: none computed (vLLM's raw logprobs otherwise)
         )
+
+    def _entries(self, token_ids: Any, logprobs: Any, top_n: int) -> list[dict]:
+        """backend.py's logprob entries of vLLM's per-token ``{token id: Logprob}`` dicts
+        (the sampled token and the ``top_n`` by rank)."""
+
+        def piece(token: int, lp: Any) -> dict[str, Any]:
+            text = lp.decoded_token
+            if text is None:
+                text = self.tokenizer.decode([token])
+            return {"token": text, "bytes": list(text.encode("utf-8")), "logprob": lp.logprob}
+
+        entries = []
+        for token, ranked in zip(token_ids, logprobs, strict=True):
+            top = sorted((lp.rank, t, lp) for t, lp in ranked.items() if lp.rank <= top_n)
+            entries.append(
+                {**piece(token, ranked[token]),
+                 "top_logprobs": [piece(t, lp) for _, t, lp in top[:top_n]]}
+            )  # fmt: skip
+        return entries
 
     async def _events(self, request: GenerationRequest, lora: Any) -> AsyncIterator[Any]:
         """On the engine loop: text deltas, then the :class:`Generation`."""
         params = self._params(request, "DELTA")
         parts: list[str] = []
         prompt_tokens = completion_tokens = 0
+        entries: list[dict] | None = None if request.logprobs is None else []
         finish = None
         request_id = uuid.uuid4().hex
         async for out in self._engine.generate(
@@ -337,6 +358,10 @@ class VLLMBackend(InferenceBackend):
             prompt_tokens = max(prompt_tokens, len(out.prompt_token_ids or ()))
             completion = out.outputs[0]
             completion_tokens += len(completion.token_ids)
+            if entries is not None and completion.logprobs:
+                entries += self._entries(
+                    completion.token_ids, completion.logprobs, int(request.logprobs or 0)
+                )
             finish = completion.finish_reason or finish
             if completion.text:
                 parts.append(completion.text)
@@ -347,6 +372,7 @@ class VLLMBackend(InferenceBackend):
             completion_tokens=completion_tokens,
             finish_reason="stop" if finish == "stop" else "length",
             extra={"adapter": lora.lora_name if lora is not None else None, "backend": self.name},
+            logprobs=entries,
         )
 
     async def _collect(self, request: GenerationRequest, lora: Any) -> Generation:

@@ -48,7 +48,10 @@ from qlp_ray.serve.http.protocol import (
     ModelCard,
     ModelList,
     QLPInfo,
+    chat_logprobs,
     check_limits,
+    check_logprobs,
+    completion_logprobs,
     usage_of,
     with_config_limits,
 )
@@ -222,6 +225,8 @@ class Gateway:
         }
         if isinstance(body, ChatCompletionRequest):  # rendered with the chat template, if any
             payload["messages"] = body.chat_turns
+        if body.logprob_count is not None:  # only then does the backend compute them
+            payload["logprobs"] = body.logprob_count
         return payload
 
     def _uses_external(self, target: Target) -> bool:
@@ -337,6 +342,7 @@ class Gateway:
             text, asked, max_prompt_chars=s.max_prompt_chars,
             max_tokens_limit=s.max_tokens_limit, param=param,
         )  # fmt: skip
+        check_logprobs(body, s.backend)  # stream, backend: refused before routing
 
     async def _serve(
         self, kind: str, body: Any, prompt: str, routing: str, request: Request, response: Any
@@ -347,6 +353,8 @@ class Gateway:
         self._checked(body, prompt, request)
         target = await self.models.resolve(body.model, routing)
         target = await self.experiments.apply(self, request, body, target)
+        if self._uses_external(target):  # the routed fallback: an endpoint without logprobs
+            check_logprobs(body, self.cfg.serve.backend, external=True)
         if body.stream:
             return await self._stream(kind, target, body, prompt, request, t0)
         gens = await _all_or_none([self._generate(target, body, prompt, i) for i in range(body.n)])
@@ -363,6 +371,7 @@ class Gateway:
                         index=i,
                         message=ChatMessage(role="assistant", content=gen["text"]),
                         finish_reason=gen["finish_reason"],
+                        logprobs=chat_logprobs(gen.get("logprobs")),
                     )
                     for i, gen in enumerate(gens)
                 ],
@@ -372,7 +381,12 @@ class Gateway:
         return CompletionResponse(
             model=model,
             choices=[
-                CompletionChoice(index=i, text=gen["text"], finish_reason=gen["finish_reason"])
+                CompletionChoice(
+                    index=i,
+                    text=gen["text"],
+                    finish_reason=gen["finish_reason"],
+                    logprobs=completion_logprobs(gen.get("logprobs")),
+                )  # fmt: skip
                 for i, gen in enumerate(gens)
             ],
             usage=usage_of(gens),

@@ -15,7 +15,10 @@ from qlp_ray.serve.http.errors import install_error_handlers
 from qlp_ray.serve.http.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    chat_logprobs,
     check_limits,
+    check_logprobs,
+    completion_logprobs,
     with_config_limits,
 )
 
@@ -43,7 +46,9 @@ def test_completion_request_defaults_and_single_prompt_list():
         ({"model": "auto", "prompt": "p", "n": 0}, "n", "greater than or equal to 1"),
         ({"model": "auto", "prompt": "p", "stream": "yes"}, "stream", "boolean"),
         ({"model": "auto", "prompt": "p", "best_of": 2}, "best_of", "Extra inputs"),
-        ({"model": "auto", "prompt": "p", "logprobs": 0}, "logprobs", "logprobs are not"),
+        ({"model": "auto", "prompt": "p", "logprobs": 6}, "logprobs", "less than or equal to 5"),
+        ({"model": "auto", "prompt": "p", "logprobs": -1}, "logprobs", "greater than or equal"),
+        ({"model": "auto", "prompt": "p", "logprobs": True}, "logprobs", "integer"),
         (
             {"model": "auto", "prompt": "p", "max_completion_tokens": 0},
             "max_completion_tokens",
@@ -205,9 +210,15 @@ def test_chat_logprobs_and_message_fields():
     msgs = [{"role": "user", "content": "hi", "name": "ann"}]
     ok = ChatCompletionRequest.model_validate({"model": "m", "messages": msgs, "logprobs": False})
     assert ok.chat_turns == [{"role": "user", "content": "hi"}]
-    for extra in ({"logprobs": True}, {"top_logprobs": 2}):
-        with pytest.raises(ValidationError, match="logprobs are not available"):
-            ChatCompletionRequest.model_validate({"model": "m", "messages": msgs, **extra})
+    assert ok.logprob_count is None
+    asked = {"model": "m", "messages": msgs, "logprobs": True}
+    assert ChatCompletionRequest.model_validate(asked).logprob_count == 0
+    top = ChatCompletionRequest.model_validate({**asked, "top_logprobs": 20})
+    assert top.logprob_count == 20
+    for extra, field in (({"top_logprobs": 21}, "top_logprobs"), ({"logprobs": 1}, "logprobs")):
+        with pytest.raises(ValidationError) as info:
+            ChatCompletionRequest.model_validate({**asked, **extra})
+        assert info.value.errors()[0]["loc"] == (field,)
     with pytest.raises(ValidationError, match="unknown field 'tool_calls'"):
         ChatCompletionRequest.model_validate(
             {"model": "m", "messages": [{"role": "user", "content": "x", "tool_calls": []}]}
@@ -252,7 +263,68 @@ def test_openapi_says_what_is_validated():
     assert string["maxLength"] == 2000 and string["pattern"] == r"\S"
     assert one_list["maxItems"] == 1 and one_list["items"]["maxLength"] == 2000
     assert props["stop"]["anyOf"][1]["maxItems"] == 4
-    assert props["logprobs"]["type"] == "null"
+    assert {"type": "integer", "minimum": 0, "maximum": 5} in props["logprobs"]["anyOf"]
+    chat_props = chat_req["properties"]
+    assert {"type": "integer", "minimum": 0, "maximum": 20} in chat_props["top_logprobs"]["anyOf"]
+    assert {"type": "boolean"} in chat_props["logprobs"]["anyOf"]
     message = chat_req["properties"]["messages"]["items"]
     assert message["properties"]["role"]["enum"] == ["system", "user", "assistant"]
     assert message["additionalProperties"] is False and message["required"] == ["role", "content"]
+
+
+def test_logprobs_refused_where_unavailable_with_a_400_naming_the_field():
+    msgs = [{"role": "user", "content": "hi"}]
+    plain = CompletionRequest.model_validate({"model": "m", "prompt": "p", "logprobs": 2})
+    assert plain.logprob_count == 2
+    check_logprobs(plain, "transformers")
+    check_logprobs(plain, "vllm")
+    cases = [
+        (plain, "openvino", False, "logprobs", "not available with serve.backend openvino"),
+        (plain, "transformers", True, "logprobs", "external fallback"),
+        (
+            CompletionRequest.model_validate(
+                {"model": "m", "prompt": "p", "logprobs": 0, "stream": True}
+            ),
+            "transformers",
+            False,
+            "logprobs",
+            "stream: true",
+        ),  # fmt: skip
+        (
+            ChatCompletionRequest.model_validate(
+                {"model": "m", "messages": msgs, "top_logprobs": 3}
+            ),
+            "transformers",
+            False,
+            "top_logprobs",
+            "needs logprobs: true",
+        ),  # fmt: skip
+    ]
+    for body, backend, external, param, text in cases:
+        with pytest.raises(InvalidRequest, match=text) as info:
+            check_logprobs(body, backend, external=external)
+        assert info.value.param == param
+    quiet = CompletionRequest.model_validate({"model": "m", "prompt": "p", "stream": True})
+    check_logprobs(quiet, "openvino")  # not asked: nothing to refuse
+
+
+def test_logprob_entries_in_both_openai_shapes():
+    entries = [
+        {"token": "Hi", "bytes": [72, 105], "logprob": -0.5,
+         "top_logprobs": [{"token": "Hi", "bytes": [72, 105], "logprob": -0.5},
+                          {"token": "Yo", "bytes": [89, 111], "logprob": -1.5}]},
+        {"token": " there", "bytes": list(b" there"), "logprob": -2.0,
+         "top_logprobs": [{"token": " you", "bytes": list(b" you"), "logprob": -0.1},
+                          {"token": " there", "bytes": list(b" there"), "logprob": -2.0}]},
+    ]  # fmt: skip
+    legacy = completion_logprobs(entries)
+    assert legacy.tokens == ["Hi", " there"] and legacy.token_logprobs == [-0.5, -2.0]
+    assert legacy.top_logprobs == [{"Hi": -0.5, "Yo": -1.5}, {" you": -0.1, " there": -2.0}]
+    assert legacy.text_offset == [0, 2]
+    bare = [{**e, "top_logprobs": []} for e in entries]
+    assert completion_logprobs(bare).top_logprobs is None
+    chat = chat_logprobs(entries).model_dump()
+    assert chat["content"][1]["top_logprobs"][0] == {
+        "token": " you", "logprob": -0.1, "bytes": list(b" you")
+    }  # fmt: skip
+    assert completion_logprobs(None) is None and chat_logprobs(None) is None

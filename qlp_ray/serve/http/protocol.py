@@ -57,9 +57,12 @@ _STOP_SCHEMA = {
     ],
     "description": f"A stop string or up to {MAX_STOPS}: the text ends before the first one.",
 }
-_NO_LOGPROBS = (
-    "logprobs are not available: none of this server's backends returns token "
-    "log-probabilities; leave the field out"
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limits: /v1/completions logprobs ...
+MAX_TOP_LOGPROBS = 20  # ... and /v1/chat/completions top_logprobs
+_LOGPROBS_NOTE = (
+    " Log-probabilities are the log-softmax of the model's raw logits (before temperature "
+    "and top_p). Not with stream: true, nor with serve.backend openvino or the external "
+    "fallback (400)."
 )
 
 
@@ -135,6 +138,11 @@ class _Request(BaseModel):
     def include_usage(self) -> bool:
         return self.stream and self.stream_options is not None and self.stream_options.include_usage
 
+    @property
+    def logprob_count(self) -> int | None:
+        """How many alternatives to report per generated token (None: no logprobs)."""
+        return None
+
 
 class CompletionRequest(_Request):
     prompt: Annotated[
@@ -154,9 +162,17 @@ class CompletionRequest(_Request):
             }
         ),
     ]
-    logprobs: Annotated[
-        int | None, WithJsonSchema({"type": "null", "description": "Not available here."})
-    ] = None
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_COMPLETION_LOGPROBS,
+        description="Return each generated token's log-probability and this many most likely "
+        "alternatives (choices[i].logprobs)." + _LOGPROBS_NOTE,
+    )
+
+    @property
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -168,13 +184,6 @@ class CompletionRequest(_Request):
             raise ValueError(f"prompt must be a string or a list of one string, got {shown}")
         if not v.strip():
             raise ValueError("prompt must not be empty")
-        return v
-
-    @field_validator("logprobs", mode="before")
-    @classmethod
-    def _no_logprobs(cls, v: Any) -> Any:
-        if v is not None:
-            raise ValueError(_NO_LOGPROBS)
         return v
 
 
@@ -198,12 +207,17 @@ class ChatCompletionRequest(_Request):
             }
         ),
     ]
-    logprobs: Annotated[
-        bool | None, WithJsonSchema({"enum": [False, None], "description": "Not available."})
-    ] = None
-    top_logprobs: Annotated[
-        int | None, WithJsonSchema({"type": "null", "description": "Not available here."})
-    ] = None
+    logprobs: bool | None = Field(
+        None,
+        description="Return each generated token's log-probability (choices[i].logprobs."
+        "content)." + _LOGPROBS_NOTE,
+    )
+    top_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="Most likely alternatives per token (needs logprobs: true).",
+    )
 
     @field_validator("messages")
     @classmethod
@@ -217,24 +231,43 @@ class ChatCompletionRequest(_Request):
         validate_messages(v)  # roles, text content parts, last turn from the user
         return v
 
-    @field_validator("logprobs", mode="before")
-    @classmethod
-    def _no_logprobs(cls, v: Any) -> Any:
-        if v is not None and v is not False:
-            raise ValueError(_NO_LOGPROBS)
-        return v
-
-    @field_validator("top_logprobs", mode="before")
-    @classmethod
-    def _no_top_logprobs(cls, v: Any) -> Any:
-        if v is not None:
-            raise ValueError(_NO_LOGPROBS)
-        return v
+    @property
+    def logprob_count(self) -> int | None:
+        if not self.logprobs:
+            return None
+        return self.top_logprobs or 0
 
     @property
     def chat_turns(self) -> list[dict[str, str]]:
         """The messages as ``{"role", "content"}`` with text content (parts joined)."""
         return [{"role": r, "content": t} for r, t in validate_messages(self.messages)]
+
+
+def check_logprobs(body: _Request, backend: str, *, external: bool = False) -> None:
+    """Raise ``InvalidRequest`` (param ``logprobs``) when ``body`` asks for log-probabilities
+    this server cannot give: with ``stream: true``, on a backend without them, or from the
+    external fallback; ``top_logprobs`` without ``logprobs: true``."""
+    top = getattr(body, "top_logprobs", None)
+    if top is not None and not getattr(body, "logprobs", False):
+        raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    if body.logprob_count is None:
+        return
+    if body.stream:
+        raise InvalidRequest(
+            "logprobs are not available with stream: true; ask without streaming",
+            param="logprobs",
+        )
+    if backend not in LOGPROB_BACKENDS:
+        raise InvalidRequest(
+            f"logprobs are not available with serve.backend {backend}", param="logprobs"
+        )
+    if external:
+        raise InvalidRequest(
+            "logprobs are not available from the external fallback model", param="logprobs"
+        )
+
+
+LOGPROB_BACKENDS = frozenset({"transformers", "vllm"})
 
 
 def check_limits(
@@ -303,11 +336,57 @@ class QLPInfo(BaseModel):
     variant: str | None = Field(None, description="The experiment's variant that served it.")
 
 
+class CompletionLogprobs(BaseModel):
+    """A completion choice's log-probabilities (OpenAI's legacy shape). ``text_offset``:
+    where each token starts in the choice's text; the tokens cover every generated token
+    (``usage.completion_tokens``), also past a stop string the text was cut at."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
+def completion_logprobs(entries: list[dict[str, Any]] | None) -> CompletionLogprobs | None:
+    """The legacy completions shape of a generation's logprob entries (backend.py)."""
+    if entries is None:
+        return None
+    offsets, at = [], 0
+    for e in entries:
+        offsets.append(at)
+        at += len(e["token"])
+    tops = [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries]
+    return CompletionLogprobs(
+        tokens=[e["token"] for e in entries],
+        token_logprobs=[e["logprob"] for e in entries],
+        top_logprobs=tops if any(tops) else None,
+        text_offset=offsets,
+    )
+
+
+def chat_logprobs(entries: list[dict[str, Any]] | None) -> ChatLogprobs | None:
+    return None if entries is None else ChatLogprobs.model_validate({"content": entries})
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: Literal["stop", "length", "content_filter"]
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -324,6 +403,7 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessage
     finish_reason: Literal["stop", "length", "content_filter"]
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
