@@ -553,6 +553,39 @@ def test_n_choices_stop_and_max_completion_tokens(stack):
         model="dataeng", prompt=prompt, max_tokens=6).choices[0].text  # fmt: skip
 
 
+def test_logprobs_in_the_openai_shapes(stack):
+    """The transformers backend's token log-probabilities, as OpenAI's clients read them;
+    the text is the one the same request gets without them."""
+    client = _openai()
+    prompt = "how do i partition a table"
+    plain = client.completions.create(model="dataeng", prompt=prompt, max_tokens=5)
+    got = client.completions.create(model="dataeng", prompt=prompt, max_tokens=5, logprobs=3)
+    choice = got.choices[0]
+    assert choice.text == plain.choices[0].text and plain.choices[0].logprobs is None
+    lp = choice.logprobs
+    k = got.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == k > 0
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert chosen <= 0.0 and 1 <= len(top) <= 3
+        assert max(top.values()) == pytest.approx(chosen, abs=1e-5)  # greedy: the top one
+    chat = client.chat.completions.create(
+        model="dataeng", messages=[{"role": "user", "content": prompt}], max_tokens=4,
+        logprobs=True, top_logprobs=2,
+    )  # fmt: skip
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    for entry in content:
+        assert entry.bytes == list(entry.token.encode("utf-8"))
+        values = [t.logprob for t in entry.top_logprobs]
+        assert len(values) == 2 and values == sorted(values, reverse=True)
+        assert values[0] == pytest.approx(entry.logprob, abs=1e-5)
+    bare = client.chat.completions.create(
+        model="dataeng", messages=[{"role": "user", "content": prompt}], max_tokens=2
+    )
+    assert bare.choices[0].logprobs is None
+
+
 def test_model_retrieve_and_refusals_in_openai_shape(stack):
     import openai
 
@@ -572,8 +605,8 @@ def test_model_retrieve_and_refusals_in_openai_shape(stack):
     with pytest.raises(openai.BadRequestError, match="context length"):
         client.completions.create(model="dataeng", prompt="word " * 300, max_tokens=100,
                                   stream=True)  # fmt: skip
-    with pytest.raises(openai.BadRequestError, match="logprobs are not available"):
-        client.completions.create(model="dataeng", prompt="hi", logprobs=1)
+    with pytest.raises(openai.BadRequestError, match="logprobs are not available with stream"):
+        client.completions.create(model="dataeng", prompt="hi", logprobs=1, stream=True)
     with pytest.raises(openai.BadRequestError, match="unknown field `foo`"):
         client.completions.create(model="dataeng", prompt="hi", extra_body={"foo": 1})
     spec = _get("/openapi.json").json()["components"]["schemas"]["CompletionRequest"]
