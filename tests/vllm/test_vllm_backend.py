@@ -182,3 +182,19 @@ def test_unload_removes_the_lora_from_the_engine_and_its_copy(env):
     assert not copy.exists()
     _load_verified(env, "temp2", "frontend")  # hot-swap back in under a new name
     assert vllm.generate(REQ, "temp2").text == text
+
+
+def test_logprobs_match_the_transformers_backend(env):
+    """vLLM's token logprobs (raw log-softmax) for greedy base-model text: the chosen
+    token's and the top ones' are the transformers backend's, most likely first."""
+    request = GenerationRequest(PROMPT, max_new_tokens=6, logprobs=3)
+    got, ref = env["vllm"].generate(request), env["hf"].generate(request)
+    assert env["vllm"].generate(REQ).logprobs is None  # not asked: none
+    assert len(got.logprobs) == got.completion_tokens == ref.completion_tokens
+    for mine, theirs in zip(got.logprobs, ref.logprobs, strict=True):
+        assert mine["logprob"] == pytest.approx(theirs["logprob"], abs=2e-2)
+        values = [t["logprob"] for t in mine["top_logprobs"]]
+        assert len(values) == 3 and values == sorted(values, reverse=True)
+        assert values == pytest.approx([t["logprob"] for t in theirs["top_logprobs"]], abs=2e-2)
+        assert values[0] == pytest.approx(mine["logprob"], abs=1e-6)  # greedy: the top one
+        assert mine["bytes"] == list(mine["token"].encode("utf-8"))
