@@ -125,13 +125,7 @@ class RequestLogWriter:
                 batch = [self._queue.popleft() for _ in range(size)]
                 self._cond.notify_all()  # room for blocked producers
             oks = self._commit([row for row, _ in batch])
-            for (row, on_commit), ok in zip(batch, oks, strict=True):
-                if on_commit is not None:
-                    try:
-                        on_commit(ok)
-                    except Exception:  # a waiter's problem must not stop the writer
-                        logger.exception("request log callback of %s failed", row.id)
-            with self._cond:
+            with self._cond:  # counted before anyone is told: a waiter sees its row counted
                 self.written += sum(oks)
                 self.failed += len(oks) - sum(oks)
                 self.batches += 1
@@ -142,6 +136,12 @@ class RequestLogWriter:
                     else:
                         self._pending.pop(row.id, None)
                 self._cond.notify_all()
+            for (row, on_commit), ok in zip(batch, oks, strict=True):
+                if on_commit is not None:
+                    try:
+                        on_commit(ok)
+                    except Exception:  # a waiter's problem must not stop the writer
+                        logger.exception("request log callback of %s failed", row.id)
 
     def _commit(self, batch: list[Any]) -> list[bool]:
         """Write ``batch`` in one transaction; on failure row by row. Per row: committed?"""
