@@ -287,9 +287,13 @@ class SchedulerActor:
         """Poll every device actor once. A dead actor is marked unavailable until it
         re-registers; after ``DEAD_DROP_S`` seconds it is forgotten, so work waiting
         only for it fails instead of waiting forever. A slow answer changes nothing."""
-        entries = list(self._devices.items())
-        refs = [e.handle.status.remote() for _, e in entries]
+        dead_nodes = await self._dead_nodes()
         now = time.time()
+        for key, entry in list(self._devices.items()):
+            if entry.state.node_id in dead_nodes:  # its actor can never answer (pinned there)
+                self._gone(key, entry, now, "its node is dead")
+        entries = [(k, e) for k, e in self._devices.items() if e.state.node_id not in dead_nodes]
+        refs = [e.handle.status.remote() for _, e in entries]
         for (key, entry), ref in zip(entries, refs, strict=True):
             epoch = entry.epoch
             try:
@@ -300,15 +304,8 @@ class SchedulerActor:
                 logger.warning("status of %s failed: %s", key, exc)
                 continue
             except _DEVICE_GONE as exc:
-                if entry.epoch != epoch:
-                    continue
-                if entry.state.alive:
-                    logger.warning("device %s is gone: %s", key, type(exc).__name__)
-                    entry.state.alive = False
-                    entry.dead_since = now
-                elif now - entry.dead_since > DEAD_DROP_S and self._devices.get(key) is entry:
-                    logger.warning("forgetting device %s (dead for %.0f s)", key, DEAD_DROP_S)
-                    del self._devices[key]
+                if entry.epoch == epoch:
+                    self._gone(key, entry, now, type(exc).__name__)
                 continue
             if entry.epoch != epoch:
                 continue
@@ -318,6 +315,27 @@ class SchedulerActor:
             entry.state.total_memory_bytes = status["total_memory_bytes"]
             entry.state.free_memory_bytes = status["free_memory_bytes"]
         self._wake.set()
+
+    def _gone(self, key: str, entry: Any, now: float, why: str) -> None:
+        """Mark a device unavailable; forget it after ``DEAD_DROP_S`` seconds."""
+        if entry.state.alive:
+            logger.warning("device %s is gone: %s", key, why)
+            entry.state.alive = False
+            entry.dead_since = now
+        elif now - entry.dead_since > DEAD_DROP_S and self._devices.get(key) is entry:
+            logger.warning("forgetting device %s (dead for %.0f s)", key, DEAD_DROP_S)
+            del self._devices[key]
+
+    async def _dead_nodes(self) -> set[str]:
+        """Ids of the cluster's nodes that are dead: a device actor pinned to one is never
+        restarted and its calls hang rather than fail, so polling it says nothing."""
+        loop = asyncio.get_running_loop()
+        try:
+            nodes = await loop.run_in_executor(None, ray.nodes)
+        except Exception as exc:  # noqa: BLE001 - no node view this round: poll as before
+            logger.warning("could not list the cluster's nodes: %s", exc)
+            return set()
+        return {n["NodeID"] for n in nodes if not n["Alive"]}
 
     async def _rediscovery_loop(self) -> None:
         me = ray.get_runtime_context().current_actor
