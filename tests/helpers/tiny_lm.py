@@ -36,7 +36,7 @@ def grammar_texts(n: int = 120, seed: int = 0) -> list[str]:
     while len(out) < n:
         adj, noun, verb, obj = (rng.choice(x) for x in (ADJS, NOUNS, VERBS, NOUNS))
         out.add(f"the {adj} {noun} {verb} the {obj}")
-    return sorted(out, key=lambda _: rng.random())
+    return sorted(sorted(out), key=lambda _: rng.random())  # a set iterates by string hash
 
 
 def make_tokenizer(vocab_size: int = 300) -> Any:
