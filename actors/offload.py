@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from actors.device import SCHEDULER_NAME
 from qlp_ray.core.config import HardwareConfig
@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 LOOKUP_RETRY_S = 5.0
 #: a routed request does not wait longer than this for a device (then it searches here)
 REQUEST_TIMEOUT_S = 5.0
-_UNAVAILABLE = (NoCapableDevice, WorkloadFailed)
+# no device could do it (the scheduler's verdicts, or a device actor Ray could not reach)
+_UNAVAILABLE = (NoCapableDevice, WorkloadFailed, RayActorError, ActorUnavailableError)
 
 
 class _Fallback(Exception):
