@@ -129,6 +129,13 @@ class RequestLogWriter:
                 self.written += sum(oks)
                 self.failed += len(oks) - sum(oks)
                 self.batches += 1
+            for (row, on_commit), ok in zip(batch, oks, strict=True):
+                if on_commit is not None:
+                    try:
+                        on_commit(ok)
+                    except Exception:  # a waiter's problem must not stop the writer
+                        logger.exception("request log callback of %s failed", row.id)
+            with self._cond:  # settled after its callback ran: flush() waits for both
                 for row, _ in batch:
                     left = self._pending.get(row.id, 1) - 1
                     if left > 0:
@@ -136,12 +143,6 @@ class RequestLogWriter:
                     else:
                         self._pending.pop(row.id, None)
                 self._cond.notify_all()
-            for (row, on_commit), ok in zip(batch, oks, strict=True):
-                if on_commit is not None:
-                    try:
-                        on_commit(ok)
-                    except Exception:  # a waiter's problem must not stop the writer
-                        logger.exception("request log callback of %s failed", row.id)
 
     def _commit(self, batch: list[Any]) -> list[bool]:
         """Write ``batch`` in one transaction; on failure row by row. Per row: committed?"""
