@@ -24,6 +24,18 @@ def _reachable(cfg: QLPConfig) -> tuple[bool, str]:
         return False, f"Ray cluster not reachable ({type(exc).__name__}: {exc})"
 
 
+def _resolving(fn: Callable[..., Any], config_keys: list[str]) -> Callable[..., Any]:
+    """``fn`` taking back the ``QLPConfig`` arguments sent as portable dicts (secrets as
+    markers, resolved in the task's process: :mod:`qlp_ray.core.config.secrets`)."""
+
+    def call(**kw: Any) -> Any:
+        from qlp_ray.core.config.secrets import resolve_config
+
+        return fn(**{**kw, **{k: resolve_config(kw[k]) for k in config_keys}})
+
+    return call
+
+
 def run_where_placed(
     cfg: QLPConfig,
     kind: str,
@@ -42,8 +54,13 @@ def run_where_placed(
                  "node_id": None, "torch_device": "cpu", "reason": why}  # fmt: skip
         return fn(**kwargs, device="cpu", openvino_device="CPU"), where
     from actors.launch import run_placed  # lazy: loads ray
+    from qlp_ray.core.config.secrets import portable_config
 
-    return run_placed(kind, backend, fn, kwargs, pin_to_driver=pin_to_driver, cfg=cfg.hardware)
+    # secrets never travel through Ray: a config argument goes as markers
+    configs = [k for k, v in kwargs.items() if isinstance(v, QLPConfig)]
+    sent = {**kwargs, **{k: portable_config(kwargs[k], f"task-{kind}") for k in configs}}
+    task = _resolving(fn, configs) if configs else fn
+    return run_placed(kind, backend, task, sent, pin_to_driver=pin_to_driver, cfg=cfg.hardware)
 
 
 def describe(where: dict[str, Any]) -> str:
